@@ -1,0 +1,1 @@
+//! One failure vocabulary for every layer.

@@ -1,0 +1,193 @@
+//! Recognising the provider and wire format of a request.
+
+use super::{Endpoint, Provider, WireFormat};
+
+/// Recognises [`Endpoint`]s from requests: the well-known provider hosts, and
+/// OpenAI-compatible servers configured by base URL.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderRegistry {
+    compatible: Vec<Compatible>,
+}
+
+#[derive(Clone, Debug)]
+struct Compatible {
+    provider: Provider,
+    authority: String,
+    path_prefix: String,
+}
+
+/// A compatible endpoint's base URL could not be used.
+#[derive(Debug)]
+pub struct InvalidEndpoint {
+    reason: String,
+}
+
+impl std::fmt::Display for InvalidEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid provider endpoint: {}", self.reason)
+    }
+}
+
+impl std::error::Error for InvalidEndpoint {}
+
+impl ProviderRegistry {
+    /// A registry that knows the well-known provider hosts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an OpenAI-compatible server, recognised by its base URL
+    /// (`http://127.0.0.1:8080/v1`). Requests under that URL are attributed
+    /// to [`Provider::Compatible`] with the given name.
+    pub fn with_compatible(mut self, name: &str, base_url: &str) -> Result<Self, InvalidEndpoint> {
+        let uri: http::Uri = base_url.parse().map_err(|e| InvalidEndpoint {
+            reason: format!("{base_url:?} is not a URL: {e}"),
+        })?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| InvalidEndpoint {
+                reason: format!("{base_url:?} has no host"),
+            })?
+            .as_str()
+            .to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(InvalidEndpoint {
+                reason: "the provider name is empty".into(),
+            });
+        }
+        self.compatible.push(Compatible {
+            provider: Provider::Compatible(name.into()),
+            authority,
+            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        });
+        Ok(self)
+    }
+
+    /// Recognises the destination of a request from its URI (host and path)
+    /// and, for requests without a host, from its headers.
+    pub fn detect<B>(&self, req: &http::Request<B>) -> Option<Endpoint> {
+        self.detect_parts(req.uri(), req.headers())
+    }
+
+    /// Like [`detect`](Self::detect), from a URI and headers.
+    pub fn detect_parts(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Option<Endpoint> {
+        let path = uri.path();
+        let format = WireFormat::from_path(path);
+        let host = uri.host().map(|h| h.to_ascii_lowercase()).or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
+        });
+        if let Some(host) = host.as_deref() {
+            if let Some(provider) = well_known_host(host) {
+                let format = format.unwrap_or(match provider {
+                    Provider::Anthropic => WireFormat::AnthropicMessages,
+                    Provider::Gemini => WireFormat::GeminiGenerateContent,
+                    _ => WireFormat::OpenAiChat,
+                });
+                return Some(Endpoint { provider, format });
+            }
+        }
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .or_else(|| {
+                headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_ascii_lowercase)
+            });
+        if let Some(authority) = authority.as_deref() {
+            for c in &self.compatible {
+                if c.authority == authority && path_under(path, &c.path_prefix) {
+                    return Some(Endpoint {
+                        provider: c.provider.clone(),
+                        format: format.unwrap_or(WireFormat::OpenAiChat),
+                    });
+                }
+            }
+        }
+        // Unknown host: the headers still tell who the client meant to call.
+        let format = format?;
+        let provider = if headers.contains_key("anthropic-version") {
+            Provider::Anthropic
+        } else if headers.contains_key("x-goog-api-key") {
+            Provider::Gemini
+        } else if headers.contains_key("api-key") {
+            Provider::AzureOpenAi
+        } else {
+            match format {
+                WireFormat::AnthropicMessages => Provider::Anthropic,
+                WireFormat::GeminiGenerateContent => Provider::Gemini,
+                WireFormat::OpenAiChat | WireFormat::OpenAiResponses => Provider::OpenAi,
+            }
+        };
+        Some(Endpoint { provider, format })
+    }
+}
+
+fn path_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+fn well_known_host(host: &str) -> Option<Provider> {
+    match host {
+        "api.openai.com" => Some(Provider::OpenAi),
+        "api.anthropic.com" => Some(Provider::Anthropic),
+        "generativelanguage.googleapis.com" => Some(Provider::Gemini),
+        _ if host.ends_with(".openai.azure.com")
+            || host.ends_with(".cognitiveservices.azure.com")
+            || host.ends_with(".services.ai.azure.com") =>
+        {
+            Some(Provider::AzureOpenAi)
+        }
+        _ => None,
+    }
+}
+
+impl WireFormat {
+    /// Recognises the wire format from a request path.
+    pub fn from_path(path: &str) -> Option<WireFormat> {
+        if path.ends_with("/chat/completions") {
+            Some(WireFormat::OpenAiChat)
+        } else if path.ends_with("/responses") {
+            Some(WireFormat::OpenAiResponses)
+        } else if path.ends_with("/messages") {
+            Some(WireFormat::AnthropicMessages)
+        } else if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") {
+            Some(WireFormat::GeminiGenerateContent)
+        } else {
+            None
+        }
+    }
+
+    /// The model named in the path, where the format puts it there: Gemini's
+    /// `…/models/{model}:generateContent`, Azure's
+    /// `…/deployments/{deployment}/chat/completions`.
+    pub fn model_from_path(self, path: &str) -> Option<&str> {
+        match self {
+            WireFormat::GeminiGenerateContent => {
+                let rest = &path[path.find("/models/")? + "/models/".len()..];
+                let model = &rest[..rest.find(':')?];
+                (!model.is_empty()).then_some(model)
+            }
+            WireFormat::OpenAiChat | WireFormat::OpenAiResponses => {
+                let rest = &path[path.find("/deployments/")? + "/deployments/".len()..];
+                let model = &rest[..rest.find('/')?];
+                (!model.is_empty()).then_some(model)
+            }
+            WireFormat::AnthropicMessages => None,
+        }
+    }
+
+    /// Whether the path alone says the response streams (Gemini's
+    /// `:streamGenerateContent`); `None` when the body decides.
+    pub fn stream_from_path(self, path: &str) -> Option<bool> {
+        match self {
+            WireFormat::GeminiGenerateContent => Some(path.ends_with(":streamGenerateContent")),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Usage and finish reasons in each provider's response format.

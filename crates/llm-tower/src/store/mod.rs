@@ -1,0 +1,1 @@
+//! Shared state behind limits, budgets and breakers.
