@@ -19,8 +19,56 @@ impl ProviderError {
     /// Parses an error body; `None` when the bytes are not a recognisable
     /// provider error. Never panics, whatever the input.
     pub fn parse(body: &[u8]) -> Option<ProviderError> {
-        let _ = body;
-        None
+        // Gemini's streaming endpoints wrap the error in an array.
+        let raw: Raw<'_> = match serde_json::from_slice::<OneOrMany<'_>>(body).ok()? {
+            OneOrMany::One(raw) => raw,
+            OneOrMany::Many(mut all) => all.drain(..).next()?,
+        };
+        let (mut inner, flat) = match raw.error {
+            Some(Inner::Object(inner)) => (inner, false),
+            // `{"error": "message"}`, as some compatible servers send.
+            Some(Inner::Message(message)) => (
+                Fields {
+                    message: Some(message),
+                    ..Fields::default()
+                },
+                false,
+            ),
+            None => (raw.flat, true),
+        };
+        // A flat object is an error only if it says so.
+        if flat {
+            if raw.kind.as_deref() != Some("error") && raw.object.as_deref() != Some("error") {
+                return None;
+            }
+            if raw.kind.as_deref() != Some("error") {
+                inner.kind = raw.kind;
+            }
+        }
+        let error = ProviderError {
+            error_type: inner.kind.map(|t| t.into_owned().into()),
+            code: inner.code.and_then(Code::into_text),
+            status: inner.status.map(|t| t.into_owned().into()),
+            message: inner.message.map(|t| t.into_owned().into()),
+        };
+        (error != ProviderError::default()).then_some(error)
+    }
+
+    /// A provider error with the given type, code and status, for tests and
+    /// for callers that build errors themselves.
+    pub fn new(error_type: Option<&str>, code: Option<&str>, status: Option<&str>) -> Self {
+        ProviderError {
+            error_type: error_type.map(Into::into),
+            code: code.map(Into::into),
+            status: status.map(Into::into),
+            message: None,
+        }
+    }
+
+    /// Sets the message.
+    pub fn with_message(mut self, message: &str) -> Self {
+        self.message = Some(message.into());
+        self
     }
 
     /// OpenAI's `error.type` or Anthropic's `error.type`
@@ -43,5 +91,113 @@ impl ProviderError {
     /// The human-readable message.
     pub fn message(&self) -> Option<&str> {
         self.message.as_deref()
+    }
+}
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<'a> {
+    #[serde(borrow)]
+    One(Raw<'a>),
+    Many(Vec<Raw<'a>>),
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow, default)]
+    error: Option<Inner<'a>>,
+    /// Anthropic's top level `"type": "error"`, or a flat error's type.
+    #[serde(rename = "type", default)]
+    kind: Option<Cow<'a, str>>,
+    /// vLLM-style `"object": "error"`.
+    #[serde(default)]
+    object: Option<Cow<'a, str>>,
+    #[serde(flatten)]
+    flat: Fields<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Inner<'a> {
+    #[serde(borrow)]
+    Object(Fields<'a>),
+    Message(Cow<'a, str>),
+}
+
+#[derive(Deserialize, Default)]
+struct Fields<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    code: Option<Code<'a>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Code<'a> {
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+    Number(serde_json::Number),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Code<'_> {
+    fn into_text(self) -> Option<Box<str>> {
+        match self {
+            Code::Text(t) => Some(t.into_owned().into()),
+            Code::Number(n) => Some(n.to_string().into()),
+            Code::Other(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shapes_of_each_provider() {
+        let e = ProviderError::parse(br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#).unwrap();
+        assert_eq!(e.code(), Some("insufficient_quota"));
+        assert_eq!(e.error_type(), Some("insufficient_quota"));
+        let e = ProviderError::parse(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#).unwrap();
+        assert_eq!(e.error_type(), Some("overloaded_error"));
+        assert_eq!(e.message(), Some("Overloaded"));
+        let e = ProviderError::parse(br#"[{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}]"#).unwrap();
+        assert_eq!(e.status(), Some("RESOURCE_EXHAUSTED"));
+        assert_eq!(e.code(), Some("429"));
+        let e = ProviderError::parse(br#"{"object":"error","message":"bad","type":"BadRequestError","param":null,"code":400}"#).unwrap();
+        assert_eq!(e.error_type(), Some("BadRequestError"));
+        assert_eq!(e.code(), Some("400"));
+        let e = ProviderError::parse(br#"{"error":"model not found"}"#).unwrap();
+        assert_eq!(e.message(), Some("model not found"));
+    }
+
+    #[test]
+    fn non_errors_are_none() {
+        for body in [
+            &b""[..],
+            b"null",
+            b"{}",
+            b"[]",
+            b"{\"id\":\"chatcmpl-1\"}",
+            b"<html>502</html>",
+            b"{\"error\":null}",
+        ] {
+            assert_eq!(
+                ProviderError::parse(body),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }
