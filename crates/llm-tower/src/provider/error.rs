@@ -48,7 +48,7 @@ impl ProviderError {
         let error = ProviderError {
             error_type: inner.kind.map(|t| t.into_owned().into()),
             code: inner.code.and_then(Code::into_text),
-            status: inner.status.map(|t| t.into_owned().into()),
+            status: inner.status.and_then(Code::into_text),
             message: inner.message.map(|t| t.into_owned().into()),
         };
         (error != ProviderError::default()).then_some(error)
@@ -134,8 +134,9 @@ struct Fields<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default)]
     code: Option<Code<'a>>,
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
+    /// Gemini's status name; Azure puts the HTTP status number here.
+    #[serde(default)]
+    status: Option<Code<'a>>,
     #[serde(borrow, default)]
     message: Option<Cow<'a, str>>,
 }

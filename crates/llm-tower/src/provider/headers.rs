@@ -70,4 +70,10 @@ impl RateLimitInfo {
         let _ = (headers, now);
         RateLimitInfo::default()
     }
+
+    /// The longest reset among the limits with nothing remaining: the wait
+    /// the headers imply when no `retry-after` is given.
+    pub fn exhausted_reset(&self) -> Option<Duration> {
+        None
+    }
 }

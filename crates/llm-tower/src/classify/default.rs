@@ -1,0 +1,225 @@
+use std::error::Error as StdError;
+
+use http::StatusCode;
+
+use super::{Classification, Classifier, Failure, FailureClass, ResponseView};
+use crate::{
+    metering::{MalformedStream, StreamError, TruncatedStream},
+    provider::{
+        ProviderError,
+        headers::{RateLimitInfo, retry_after, should_retry},
+    },
+    request::BodyTooLarge,
+};
+
+/// The provider-aware classifier every layer uses unless told otherwise.
+///
+/// | response or error | class | retried | health | fall back |
+/// |---|---|---|---|---|
+/// | `429 rate_limit_exceeded`, `rate_limit_error`, `RESOURCE_EXHAUSTED` | `RateLimited` | yes | no | yes |
+/// | `429 insufficient_quota`, Anthropic "credit balance is too low" | `QuotaExhausted` | no | no | yes |
+/// | `503`, `529`, `overloaded_error`, `UNAVAILABLE` | `Overloaded` | yes | yes | yes |
+/// | `500`, `502`, `504`, other `5xx` | `ServerError` | yes | yes | yes |
+/// | `408`, client timeouts | `Timeout` | yes | yes | yes |
+/// | `409` (lock conflict) | `ServerError` | yes | no | yes |
+/// | connection refused, reset, closed | `Connect` | yes | yes | yes |
+/// | `400 context_length_exceeded`, "prompt is too long" | `ContextLength` | no | no | yes |
+/// | `content_policy_violation`, `content_filter` | `ContentPolicy` | no | no | no |
+/// | `401`, `403` | `Auth` | no | no | yes |
+/// | `404` (unknown model) | `BadRequest` | no | no | yes |
+/// | `400`, `413`, `422`, other `4xx` | `BadRequest` | no | no | no |
+/// | `event: error` inside a `200` stream | by its error type, else `StreamError` | yes | yes | yes |
+/// | stream cut before its terminal event | `TruncatedStream` | yes | yes | yes |
+///
+/// A server delay comes from `retry-after-ms` or `retry-after`, or, for a
+/// rate limit, from the reset of an exhausted `x-ratelimit-*` /
+/// `anthropic-ratelimit-*` limit. `x-should-retry: true|false` overrides
+/// whether the failure is retried.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultClassifier {
+    _priv: (),
+}
+
+impl DefaultClassifier {
+    /// The default classifier.
+    pub const fn new() -> Self {
+        DefaultClassifier { _priv: () }
+    }
+}
+
+impl Classifier for DefaultClassifier {
+    fn classify_response(&self, response: &ResponseView<'_>) -> Classification {
+        let status = response.status;
+        if status.is_success() || status.is_informational() || status.is_redirection() {
+            return Classification::Success;
+        }
+        let error = response.body.and_then(ProviderError::parse);
+        let mut failure = classify_status(status, error.as_ref()).with_status(status);
+        if let Some(code) = error.as_ref().and_then(decisive_code) {
+            failure = failure.with_code(code);
+        }
+        let mut delay = retry_after(response.headers, response.now);
+        if delay.is_none() && failure.class() == FailureClass::RateLimited {
+            delay = RateLimitInfo::from_headers(response.headers, response.now).exhausted_reset();
+        }
+        failure = failure.with_retry_after(delay);
+        if let Some(retry) = should_retry(response.headers) {
+            failure = failure.with_retryable(retry);
+        }
+        Classification::Failure(failure)
+    }
+
+    fn classify_error(&self, error: &(dyn StdError + 'static)) -> Failure {
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(error);
+        while let Some(e) = cur {
+            if let Some(f) = classify_one_error(e) {
+                return f;
+            }
+            cur = e.source();
+        }
+        Failure::new(FailureClass::Other)
+    }
+}
+
+fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
+    if let Some(stream) = e.downcast_ref::<StreamError>() {
+        let pe = stream.provider_error();
+        let mut f = match class_of_provider_error(pe) {
+            // An error event is the provider's word, whatever its kind: it
+            // came inside a `200`, so anything not clearly the caller's
+            // fault says something about the provider.
+            Some(class) => Failure::new(class),
+            None => Failure::new(FailureClass::StreamError),
+        };
+        if let Some(code) = decisive_code(pe) {
+            f = f.with_code(code);
+        }
+        return Some(f);
+    }
+    if e.is::<TruncatedStream>() {
+        return Some(Failure::new(FailureClass::TruncatedStream));
+    }
+    if e.is::<MalformedStream>() {
+        return Some(Failure::new(FailureClass::StreamError));
+    }
+    if e.is::<BodyTooLarge>() {
+        return Some(Failure::new(FailureClass::BadRequest).with_fallback(false));
+    }
+    if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+        return Some(Failure::new(FailureClass::Timeout));
+    }
+    if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+        if e.is_connect() {
+            return Some(Failure::new(FailureClass::Connect));
+        }
+        // Otherwise its source says more.
+        return None;
+    }
+    if let Some(e) = e.downcast_ref::<hyper::Error>() {
+        if e.is_timeout() {
+            return Some(Failure::new(FailureClass::Timeout));
+        }
+        if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
+            return Some(Failure::new(FailureClass::Connect));
+        }
+        return None;
+    }
+    if let Some(e) = e.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind::*;
+        return match e.kind() {
+            TimedOut => Some(Failure::new(FailureClass::Timeout)),
+            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+            | UnexpectedEof | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            | NetworkDown => Some(Failure::new(FailureClass::Connect)),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The class of a response with this status and (optional) error body.
+fn classify_status(status: StatusCode, error: Option<&ProviderError>) -> Failure {
+    if let Some(class) = error.and_then(class_of_provider_error) {
+        let f = Failure::new(class);
+        // A `404` is an unknown model or path: another target may know it.
+        return if status == StatusCode::NOT_FOUND {
+            f.with_fallback(true)
+        } else {
+            f
+        };
+    }
+    match status.as_u16() {
+        429 => Failure::new(FailureClass::RateLimited),
+        503 | 529 => Failure::new(FailureClass::Overloaded),
+        408 => Failure::new(FailureClass::Timeout),
+        // The official SDKs retry a lock conflict; it says nothing about
+        // the provider's health.
+        409 => Failure::new(FailureClass::ServerError).with_counts_against_health(false),
+        401 | 403 => Failure::new(FailureClass::Auth),
+        404 => Failure::new(FailureClass::BadRequest).with_fallback(true),
+        400..=499 => Failure::new(FailureClass::BadRequest),
+        500..=599 => Failure::new(FailureClass::ServerError),
+        _ => Failure::new(FailureClass::Other),
+    }
+}
+
+/// What a provider's error code, type or status says on its own, when it
+/// says something decisive. `None` leaves the decision to the HTTP status.
+fn class_of_provider_error(e: &ProviderError) -> Option<FailureClass> {
+    for key in [e.code(), e.error_type(), e.status()].into_iter().flatten() {
+        let class = match key {
+            "insufficient_quota" | "billing_not_active" | "billing_hard_limit_reached" => {
+                FailureClass::QuotaExhausted
+            }
+            "rate_limit_exceeded" | "rate_limit_error" | "RESOURCE_EXHAUSTED" => {
+                FailureClass::RateLimited
+            }
+            "overloaded_error" | "UNAVAILABLE" | "server_is_overloaded" | "engine_overloaded" => {
+                FailureClass::Overloaded
+            }
+            "context_length_exceeded" | "string_above_max_length" => FailureClass::ContextLength,
+            "content_policy_violation" | "content_filter" | "ResponsibleAIPolicyViolation" => {
+                FailureClass::ContentPolicy
+            }
+            "invalid_api_key"
+            | "authentication_error"
+            | "permission_error"
+            | "UNAUTHENTICATED"
+            | "PERMISSION_DENIED" => FailureClass::Auth,
+            "DEADLINE_EXCEEDED" | "timeout_error" => FailureClass::Timeout,
+            "request_too_large" => FailureClass::BadRequest,
+            "not_found_error" | "model_not_found" | "NOT_FOUND" => FailureClass::BadRequest,
+            _ => continue,
+        };
+        return Some(class);
+    }
+    // Some providers say it only in words.
+    let message = e.message()?;
+    let lower = message.to_ascii_lowercase();
+    let has = |needle: &str| lower.contains(needle);
+    if has("maximum context length")
+        || has("context length")
+        || has("context window")
+        || has("prompt is too long")
+        || has("exceeds the maximum number of tokens")
+        || has("input is too long")
+    {
+        Some(FailureClass::ContextLength)
+    } else if has("credit balance is too low")
+        || has("exceeded your current quota, please check your plan")
+    {
+        Some(FailureClass::QuotaExhausted)
+    } else {
+        None
+    }
+}
+
+/// The provider's most specific word for the error (numbers are HTTP
+/// statuses repeated, not codes).
+fn decisive_code(e: &ProviderError) -> Option<&str> {
+    let word = |s: &&str| !s.bytes().all(|b| b.is_ascii_digit());
+    e.code()
+        .filter(word)
+        .or(e.error_type())
+        .or(e.status().filter(word))
+}
