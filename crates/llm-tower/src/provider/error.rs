@@ -201,4 +201,16 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = ProviderError::parse(&body);
+        }
+
+        #[test]
+        fn never_panics_on_json_like_text(body in "[\\[\\]{}\":,a-z0-9 ]{0,200}") {
+            let _ = ProviderError::parse(body.as_bytes());
+        }
+    }
 }
