@@ -100,6 +100,7 @@ use serde::Deserialize;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // Lives on the stack for one parse.
 enum OneOrMany<'a> {
     #[serde(borrow)]
     One(Raw<'a>),
