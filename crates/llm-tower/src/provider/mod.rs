@@ -1,7 +1,7 @@
 //! What the crate knows about LLM providers, written once and read by every
 //! layer: who a request goes to ([`Provider`], [`WireFormat`],
 //! [`ProviderRegistry`]), their response headers ([`headers`]), their error
-//! bodies ([`ProviderError`]) and their usage formats ([`usage`](self::usage)).
+//! bodies ([`ProviderError`]) and their usage formats ([`usage`]).
 
 use std::sync::Arc;
 
