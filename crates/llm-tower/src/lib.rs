@@ -26,6 +26,7 @@
 //! | `fallback` | `FallbackLayer` |
 //! | `budget` | `BudgetLayer` |
 //! | `full` | all of the above |
+//! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
 //!
 //! The layers land one by one; the features exist from the start so that a
 //! dependency declaration written today keeps working.

@@ -38,6 +38,8 @@
 
 mod default;
 mod peek;
+#[cfg(feature = "tower-http")]
+mod tower_http;
 
 use std::{fmt, sync::Arc, time::Duration, time::SystemTime};
 
@@ -45,6 +47,8 @@ use http::{HeaderMap, StatusCode};
 
 pub use self::default::DefaultClassifier;
 pub use self::peek::{DEFAULT_ERROR_BODY_LIMIT, PeekBody, PeekedBody};
+#[cfg(feature = "tower-http")]
+pub use self::tower_http::{HttpClassifier, StreamEos};
 use crate::provider::WireFormat;
 
 /// What kind of failure an attempt ended in.
