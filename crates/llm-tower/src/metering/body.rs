@@ -170,10 +170,10 @@ impl<B: Body> MeteredBody<B> {
                 chunks: Vec::new(),
                 overflow: false,
             },
-            BodyKind::Sse => Mode::Sse {
+            BodyKind::Sse => Mode::Sse(Box::new(SseState {
                 parser: SseParser::new(),
                 stream: StreamUsage::new(format),
-            },
+            })),
             BodyKind::Unmetered => Mode::Unmetered,
         };
         MeteredBody {
@@ -192,7 +192,7 @@ impl<B: Body> MeteredBody<B> {
     pub fn kind(&self) -> BodyKind {
         match self.meter.mode {
             Mode::Json { .. } => BodyKind::Json,
-            Mode::Sse { .. } => BodyKind::Sse,
+            Mode::Sse(_) => BodyKind::Sse,
             Mode::Unmetered => BodyKind::Unmetered,
         }
     }
@@ -200,7 +200,7 @@ impl<B: Body> MeteredBody<B> {
     /// SSE events with data seen so far (`0` unless SSE).
     pub fn events_seen(&self) -> u64 {
         match &self.meter.mode {
-            Mode::Sse { stream, .. } => stream.events_seen(),
+            Mode::Sse(sse) => sse.stream.events_seen(),
             _ => 0,
         }
     }
@@ -210,7 +210,7 @@ impl<B: Body> MeteredBody<B> {
     /// body.
     pub fn first_token_seen(&self) -> bool {
         match &self.meter.mode {
-            Mode::Sse { stream, .. } => stream.content_events() > 0,
+            Mode::Sse(sse) => sse.stream.content_events() > 0,
             Mode::Json { .. } => self.meter.bytes > 0,
             Mode::Unmetered => false,
         }
@@ -219,7 +219,7 @@ impl<B: Body> MeteredBody<B> {
     /// The stream's usage tracker, for SSE bodies.
     pub fn stream_usage(&self) -> Option<&StreamUsage> {
         match &self.meter.mode {
-            Mode::Sse { stream, .. } => Some(stream),
+            Mode::Sse(sse) => Some(&sse.stream),
             _ => None,
         }
     }
@@ -320,11 +320,14 @@ enum Mode<D> {
         chunks: Vec<D>,
         overflow: bool,
     },
-    Sse {
-        parser: SseParser,
-        stream: StreamUsage,
-    },
+    /// Boxed: the parser's buffers would triple the size of every body.
+    Sse(Box<SseState>),
     Unmetered,
+}
+
+struct SseState {
+    parser: SseParser,
+    stream: StreamUsage,
 }
 
 /// Everything but the inner body; reports on drop if nothing else did.
@@ -354,7 +357,8 @@ impl<D: AsRef<[u8]> + Clone> Metering<D> {
                     }
                 }
             }
-            Mode::Sse { parser, stream } => {
+            Mode::Sse(sse) => {
+                let SseState { parser, stream } = &mut **sse;
                 let mut signal = StreamSignal::Continue;
                 parser.feed(bytes, |ev| {
                     if signal == StreamSignal::Continue {
@@ -377,8 +381,8 @@ impl<D: AsRef<[u8]> + Clone> Metering<D> {
     /// The inner body ended: scan a JSON body, check a stream's terminal
     /// event, report.
     fn end_of_stream(&mut self) {
-        if let Mode::Sse { stream, .. } = &self.mode {
-            if !stream.is_complete() {
+        if let Mode::Sse(sse) = &self.mode {
+            if !sse.stream.is_complete() {
                 self.conclude(Outcome::Truncated);
                 self.state = State::Failing(Some(TruncatedStream::new().into()));
                 return;
@@ -431,7 +435,8 @@ impl<D> Metering<D> {
                     other.and_then(|(_, f)| f),
                 ),
             },
-            Mode::Sse { stream, .. } => {
+            Mode::Sse(sse) => {
+                let stream = &sse.stream;
                 events = stream.events_seen();
                 let finish = stream.finish_reason().cloned();
                 match stream.usage() {
@@ -464,7 +469,7 @@ impl<D> Drop for Metering<D> {
         // A client may stop reading at the terminal event: that stream is
         // complete, not dropped.
         let outcome = match &self.mode {
-            Mode::Sse { stream, .. } if stream.is_complete() => Outcome::Completed,
+            Mode::Sse(sse) if sse.stream.is_complete() => Outcome::Completed,
             _ => Outcome::DroppedEarly,
         };
         self.report(outcome, None);

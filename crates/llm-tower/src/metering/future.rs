@@ -11,10 +11,7 @@ use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
-use super::{
-    MeteredBody, Outcome, UsageReport, UsageSource,
-    report::Reporter,
-};
+use super::{MeteredBody, Outcome, UsageReport, UsageSource, report::Reporter};
 use crate::{request::RequestMeta, usage::Usage};
 
 pin_project! {

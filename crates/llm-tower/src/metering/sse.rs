@@ -182,16 +182,12 @@ impl Fields {
                 self.event.clear();
                 self.event.push_str(&String::from_utf8_lossy(value));
             }
-            b"id" => {
-                if memchr::memchr(0, value).is_none() {
-                    self.last_id.clear();
-                    self.last_id.push_str(&String::from_utf8_lossy(value));
-                }
+            b"id" if memchr::memchr(0, value).is_none() => {
+                self.last_id.clear();
+                self.last_id.push_str(&String::from_utf8_lossy(value));
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    self.retry = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-                }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             }
             _ => {}
         }
@@ -246,7 +242,11 @@ mod tests {
 
     #[test]
     fn line_ends_and_bom() {
-        let got = parse(&[b"\xEF\xBB", b"\xBFevent: a\rdata: 1\r", b"\n\r\nevent:b\ndata:2\r\r"]);
+        let got = parse(&[
+            b"\xEF\xBB",
+            b"\xBFevent: a\rdata: 1\r",
+            b"\n\r\nevent:b\ndata:2\r\r",
+        ]);
         assert_eq!(
             got,
             [

@@ -117,8 +117,7 @@ pub fn infer_stream_format(event: Option<&str>, data: &[u8]) -> Option<WireForma
     }
     if trim(data) == b"[DONE]" || CHOICES.first_value(data).is_some() {
         Some(WireFormat::OpenAiChat)
-    } else if USAGE_METADATA.first_value(data).is_some() || CANDIDATES.first_value(data).is_some()
-    {
+    } else if USAGE_METADATA.first_value(data).is_some() || CANDIDATES.first_value(data).is_some() {
         Some(WireFormat::GeminiGenerateContent)
     } else {
         event_type(data).as_deref().and_then(by_name)
@@ -290,7 +289,9 @@ impl StreamUsage {
                 if let Some(pos) = USAGE.non_null_value(data) {
                     match parse_at::<RawUsage>(data, pos) {
                         Some(raw) => self.take_usage(raw, last, false),
-                        None => return StreamSignal::Malformed("message usage is not token counts"),
+                        None => {
+                            return StreamSignal::Malformed("message usage is not token counts");
+                        }
                     }
                 }
                 if last {
@@ -464,7 +465,9 @@ impl RawUsage {
     }
 
     fn has_input(&self) -> bool {
-        self.prompt_tokens.is_some() || self.input_tokens.is_some() || self.prompt_token_count.is_some()
+        self.prompt_tokens.is_some()
+            || self.input_tokens.is_some()
+            || self.prompt_token_count.is_some()
     }
 
     /// Later fields replace earlier ones (Anthropic's `message_delta` counts
@@ -493,7 +496,7 @@ impl RawUsage {
         );
     }
 
-    fn to_usage(&self) -> Usage {
+    fn to_usage(self) -> Usage {
         let gemini = self.prompt_token_count.is_some()
             || self.candidates_token_count.is_some()
             || self.total_token_count.is_some();
@@ -557,9 +560,7 @@ fn finish_reason(format: Option<WireFormat>, body: &[u8]) -> Option<FinishReason
     match format {
         // The first occurrence is `choices[0]`'s, or `candidates[0]`'s.
         Some(WireFormat::OpenAiChat) => at(FINISH_REASON.first_value(body)),
-        Some(WireFormat::GeminiGenerateContent) => {
-            at(FINISH_REASON_CAMEL.first_value(body))
-        }
+        Some(WireFormat::GeminiGenerateContent) => at(FINISH_REASON_CAMEL.first_value(body)),
         // The top-level key comes after the content, where a tool's input
         // could hold a key of the same name.
         Some(WireFormat::AnthropicMessages) => at(STOP_REASON.values_rev(body).next()),
