@@ -167,7 +167,8 @@ impl<B: Body> MeteredBody<B> {
         let mode = match kind {
             BodyKind::Json => Mode::Json {
                 format,
-                chunks: Vec::new(),
+                first: None,
+                rest: Vec::new(),
                 overflow: false,
             },
             BodyKind::Sse => Mode::Sse(Box::new(SseState {
@@ -317,7 +318,9 @@ enum State {
 enum Mode<D> {
     Json {
         format: Option<WireFormat>,
-        chunks: Vec<D>,
+        /// Most bodies come in one chunk: kept without allocating.
+        first: Option<D>,
+        rest: Vec<D>,
         overflow: bool,
     },
     /// Boxed: the parser's buffers would triple the size of every body.
@@ -346,14 +349,21 @@ impl<D: AsRef<[u8]> + Clone> Metering<D> {
         match &mut self.mode {
             Mode::Unmetered => {}
             Mode::Json {
-                chunks, overflow, ..
+                first,
+                rest,
+                overflow,
+                ..
             } => {
                 if !*overflow {
                     if self.bytes > JSON_RETAIN_LIMIT as u64 {
                         *overflow = true;
-                        *chunks = Vec::new();
+                        *first = None;
+                        *rest = Vec::new();
                     } else if !bytes.is_empty() {
-                        chunks.push(data.clone());
+                        match first {
+                            None => *first = Some(data.clone()),
+                            Some(_) => rest.push(data.clone()),
+                        }
                     }
                 }
             }
@@ -403,14 +413,22 @@ impl<D> Metering<D> {
             (
                 Mode::Json {
                     format,
-                    chunks,
+                    first,
+                    rest,
                     overflow: false,
                 },
                 Outcome::Completed,
             ) => {
-                let body: Cow<'_, [u8]> = match chunks.as_slice() {
-                    [one] => Cow::Borrowed(one.as_ref()),
-                    many => Cow::Owned(many.iter().flat_map(|c| c.as_ref()).copied().collect()),
+                let body: Cow<'_, [u8]> = match first {
+                    None => Cow::Borrowed(&[]),
+                    Some(one) if rest.is_empty() => Cow::Borrowed(one.as_ref()),
+                    Some(one) => {
+                        let mut all = Vec::with_capacity(self.bytes as usize);
+                        for c in std::iter::once(one).chain(rest) {
+                            all.extend_from_slice(c.as_ref());
+                        }
+                        Cow::Owned(all)
+                    }
                 };
                 Some(scan_json(*format, &body))
             }

@@ -221,7 +221,7 @@ impl StreamUsage {
             self.set_finish(data, pos);
         }
         if DELTA.first_value(data).is_some() {
-            self.content(data, &CONTENT);
+            self.content(data, CONTENT.first_value(data));
         }
         StreamSignal::Continue
     }
@@ -256,8 +256,9 @@ impl StreamUsage {
                 self.complete = true;
                 StreamSignal::Error(responses_error(data))
             }
+            "error" => StreamSignal::Error(provider_error(data)),
             n if n.ends_with(".delta") => {
-                self.content(data, &DELTA);
+                self.content(data, DELTA.first_value(data));
                 StreamSignal::Continue
             }
             _ => StreamSignal::Continue,
@@ -275,12 +276,12 @@ impl StreamUsage {
         };
         match name {
             "content_block_delta" => {
-                if TEXT.first_value(data).is_some() {
-                    self.content(data, &TEXT);
-                } else {
-                    self.content(data, &PARTIAL_JSON);
-                }
+                let text = TEXT
+                    .first_value(data)
+                    .or_else(|| PARTIAL_JSON.first_value(data));
+                self.content(data, text);
             }
+            "error" => return StreamSignal::Error(provider_error(data)),
             "message_start" | "message_delta" => {
                 if !is_object(data) {
                     return StreamSignal::Malformed("message event is not JSON");
@@ -314,7 +315,7 @@ impl StreamUsage {
             return StreamSignal::Error(provider_error(data));
         }
         if CANDIDATES.first_value(data).is_some() {
-            self.content(data, &TEXT);
+            self.content(data, TEXT.first_value(data));
         }
         if let Some(pos) = FINISH_REASON_CAMEL.non_null_value(data) {
             self.set_finish(data, pos);
@@ -348,9 +349,11 @@ impl StreamUsage {
         }
     }
 
-    fn content(&mut self, data: &[u8], text_key: &Key) {
+    /// Counts an event carrying part of the answer, and the bytes of its
+    /// text at `text` (a value position).
+    fn content(&mut self, data: &[u8], text: Option<usize>) {
         self.content_events += 1;
-        if let Some(pos) = text_key.first_value(data) {
+        if let Some(pos) = text {
             self.text_bytes += string_len(data, pos) as u64;
         }
     }
