@@ -951,3 +951,32 @@ fn bodies_keep_their_data_type() {
     assert_body(&body);
     let _ = Pin::new(&mut Box::pin(body));
 }
+
+#[test]
+fn every_two_piece_split_gives_the_same_result() {
+    for (format, text) in streams() {
+        let bytes = text.as_bytes();
+        let want = events(&[bytes]);
+        let m = meta(Provider::OpenAi, format, true);
+        let rec = Recorder::default();
+        drain(MeteredBody::new(
+            chunks([bytes.to_vec()]),
+            Some(&m),
+            rec.observers(),
+        ));
+        let whole = rec.only();
+        for cut in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(events(&[a, b]), want, "{format:?} cut at {cut}");
+            let rec = Recorder::default();
+            let (out, err) = drain(MeteredBody::new(
+                chunks([a.to_vec(), b.to_vec()]),
+                Some(&m),
+                rec.observers(),
+            ));
+            assert!(err.is_none());
+            assert_eq!(out, bytes);
+            assert_eq!(rec.only(), whole, "{format:?} cut at {cut}");
+        }
+    }
+}

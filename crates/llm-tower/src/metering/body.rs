@@ -48,6 +48,10 @@ impl BodyKind {
     /// decides (`text/event-stream` or JSON); without one, the request's
     /// stream flag does.
     pub fn of_response<B>(res: &Response<B>, meta: Option<&RequestMeta>) -> BodyKind {
+        Self::choose(res, meta.is_some_and(RequestMeta::is_stream))
+    }
+
+    fn choose<B>(res: &Response<B>, stream: bool) -> BodyKind {
         if !res.status().is_success() {
             return BodyKind::Unmetered;
         }
@@ -58,7 +62,7 @@ impl BodyKind {
             .unwrap_or("");
         if ct.starts_with("text/event-stream") {
             BodyKind::Sse
-        } else if ct.contains("json") || !meta.is_some_and(RequestMeta::is_stream) {
+        } else if ct.contains("json") || !stream {
             BodyKind::Json
         } else {
             BodyKind::Sse
@@ -143,17 +147,13 @@ impl<B: Body> MeteredBody<B> {
         observers: UsageObservers,
     ) -> Response<Self> {
         let reporter = Reporter::new(CallInfo::from_meta(meta), observers);
-        Self::wrap_with(res, meta, reporter)
+        Self::wrap_with(res, reporter)
     }
 
-    pub(crate) fn wrap_with(
-        res: Response<B>,
-        meta: Option<&RequestMeta>,
-        reporter: Reporter,
-    ) -> Response<Self> {
-        let kind = BodyKind::of_response(&res, meta);
+    pub(crate) fn wrap_with(res: Response<B>, reporter: Reporter) -> Response<Self> {
+        let kind = BodyKind::choose(&res, reporter.info.stream);
         let status = res.status();
-        let format = meta.and_then(RequestMeta::format);
+        let format = reporter.info.format;
         res.map(|b| Self::from_parts(b, kind, status, format, reporter))
     }
 

@@ -12,7 +12,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::{MeteredBody, Outcome, UsageReport, UsageSource, report::Reporter};
-use crate::{request::RequestMeta, usage::Usage};
+use crate::usage::Usage;
 
 pin_project! {
     /// Response future of [`Meter`](super::Meter): wraps the response body
@@ -20,18 +20,13 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        meta: Option<RequestMeta>,
         reporter: Reporter,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, meta: Option<RequestMeta>, reporter: Reporter) -> Self {
-        ResponseFuture {
-            inner,
-            meta,
-            reporter,
-        }
+    pub(crate) fn new(inner: F, reporter: Reporter) -> Self {
+        ResponseFuture { inner, reporter }
     }
 }
 
@@ -47,11 +42,7 @@ where
         match ready!(this.inner.poll(cx)) {
             Ok(res) => {
                 let reporter = this.reporter.hand_over();
-                Poll::Ready(Ok(MeteredBody::wrap_with(
-                    res,
-                    this.meta.as_ref(),
-                    reporter,
-                )))
+                Poll::Ready(Ok(MeteredBody::wrap_with(res, reporter)))
             }
             Err(e) => {
                 // Nothing reached the provider, or nothing came back: no

@@ -79,8 +79,7 @@ where
         // Taken, not read: a second meter further in must not report the
         // same call again.
         let observers = UsageObservers::take(&mut req);
-        let meta = RequestMeta::get(&req).cloned();
-        let reporter = Reporter::new(CallInfo::from_meta(meta.as_ref()), observers);
-        ResponseFuture::new(self.inner.call(req), meta, reporter)
+        let info = CallInfo::from_meta(RequestMeta::get(&req));
+        ResponseFuture::new(self.inner.call(req), Reporter::new(info, observers))
     }
 }

@@ -70,6 +70,12 @@
 //! `message_*` are Anthropic's, `data: [DONE]` and `choices` OpenAI chat's,
 //! `usageMetadata` Gemini's) and the estimate is zero.
 //!
+//! # Clone
+//!
+//! [`MeterLayer`] holds no state and [`Meter`] is `Clone` when its inner
+//! service is: everything a call needs travels with the request (its
+//! [`RequestMeta`](crate::request::RequestMeta) and [`UsageObservers`]).
+//!
 //! # Order
 //!
 //! Place the meter inside retry and fallback, next to the HTTP client, so

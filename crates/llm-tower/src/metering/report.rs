@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use http::StatusCode;
 
 use crate::{
-    provider::Provider,
+    provider::{Provider, WireFormat},
     request::RequestMeta,
     usage::{FinishReason, Usage},
 };
@@ -184,6 +184,8 @@ impl fmt::Debug for UsageObservers {
 /// What a report needs from the request, captured once.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CallInfo {
+    pub(crate) format: Option<WireFormat>,
+    pub(crate) stream: bool,
     pub(crate) provider: Option<Provider>,
     pub(crate) model: Option<Arc<str>>,
     pub(crate) estimated_input_tokens: u64,
@@ -193,6 +195,8 @@ impl CallInfo {
     pub(crate) fn from_meta(meta: Option<&RequestMeta>) -> Self {
         match meta {
             Some(m) => CallInfo {
+                format: m.format(),
+                stream: m.is_stream(),
                 provider: m.provider().cloned(),
                 model: m.model_arc().cloned(),
                 estimated_input_tokens: m.estimated_input_tokens(),
