@@ -205,11 +205,11 @@ impl StreamUsage {
             self.complete = true;
             return StreamSignal::Continue;
         }
-        if !is_object(data) {
-            return StreamSignal::Malformed("chat chunk is not a JSON object");
-        }
         if ERROR.non_null_value(data).is_some() {
             return StreamSignal::Error(provider_error(data));
+        }
+        if !is_object(data) {
+            return StreamSignal::Malformed("chat chunk is not a JSON object");
         }
         if let Some(pos) = USAGE.non_null_value(data) {
             match parse_at::<RawUsage>(data, pos) {
@@ -308,11 +308,12 @@ impl StreamUsage {
     }
 
     fn gemini(&mut self, data: &[u8]) -> StreamSignal {
-        if !is_object(data) {
-            return StreamSignal::Malformed("gemini chunk is not a JSON object");
-        }
+        // Errors may come wrapped in an array, as Gemini's error bodies do.
         if ERROR.non_null_value(data).is_some() {
             return StreamSignal::Error(provider_error(data));
+        }
+        if !is_object(data) {
+            return StreamSignal::Malformed("gemini chunk is not a JSON object");
         }
         if CANDIDATES.first_value(data).is_some() {
             self.content(data, TEXT.first_value(data));
@@ -925,6 +926,31 @@ mod tests {
         assert_eq!(scan.usage, None);
         assert_eq!(scan.finish_reason, Some(FinishReason::Stop));
         assert_eq!(scan_json(None, b"not json"), BodyUsage::default());
+    }
+
+    #[test]
+    fn gemini_error_inside_a_stream() {
+        let mut s = StreamUsage::new(Some(WireFormat::GeminiGenerateContent));
+        let data = br#"[{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}]"#;
+        match s.on_event(None, data) {
+            StreamSignal::Error(e) => assert_eq!(e.status(), Some("UNAVAILABLE")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.on_event(None, b"<html>"),
+            StreamSignal::Malformed("gemini chunk is not a JSON object")
+        );
+    }
+
+    #[test]
+    fn anthropic_error_without_an_event_name() {
+        let mut s = StreamUsage::new(Some(WireFormat::AnthropicMessages));
+        let data =
+            br#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#;
+        match s.on_event(None, data) {
+            StreamSignal::Error(e) => assert_eq!(e.error_type(), Some("api_error")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
