@@ -104,7 +104,7 @@ fn meta(provider: Provider, format: WireFormat, stream: bool) -> RequestMeta {
 
 fn json(c: &mut Criterion) {
     let body = chat_json();
-    assert!((1000..1100).contains(&body.len()), "{}", body.len());
+    assert!((1000..=1124).contains(&body.len()), "{}", body.len());
     let m = meta(Provider::OpenAi, WireFormat::OpenAiChat, false);
     let obs = observers();
     let mut g = c.benchmark_group("openai_json_1kb");

@@ -180,7 +180,10 @@ impl Fields {
             }
             b"event" => {
                 self.event.clear();
-                self.event.push_str(&String::from_utf8_lossy(value));
+                match std::str::from_utf8(value) {
+                    Ok(name) => self.event.push_str(name),
+                    Err(_) => self.event.push_str(&String::from_utf8_lossy(value)),
+                }
             }
             b"id" if memchr::memchr(0, value).is_none() => {
                 self.last_id.clear();

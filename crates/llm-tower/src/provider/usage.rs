@@ -26,10 +26,13 @@
 //! colon (a string value) is skipped. Nothing here panics, whatever the
 //! bytes.
 
-use std::{borrow::Cow, sync::LazyLock};
+use std::{borrow::Cow, fmt, sync::LazyLock};
 
 use memchr::memmem;
-use serde::Deserialize;
+use serde::{
+    Deserialize, Deserializer,
+    de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
 
 use super::{ProviderError, WireFormat};
 use crate::usage::{FinishReason, Usage};
@@ -419,44 +422,183 @@ impl StreamUsage {
     }
 }
 
-/// Usage counters as sent, before normalisation: every field of every
-/// format. Unknown fields are skipped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-struct RawUsage {
-    // OpenAI chat (prompt includes cached).
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    prompt_tokens_details: Option<Details>,
-    completion_tokens_details: Option<Details>,
-    // OpenAI responses (input includes cached) and Anthropic (input
-    // excludes cache reads and writes).
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    input_tokens_details: Option<Details>,
-    output_tokens_details: Option<Details>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    // Gemini.
-    #[serde(rename = "promptTokenCount")]
-    prompt_token_count: Option<u64>,
-    #[serde(rename = "candidatesTokenCount")]
-    candidates_token_count: Option<u64>,
-    #[serde(rename = "cachedContentTokenCount")]
-    cached_content_token_count: Option<u64>,
-    #[serde(rename = "thoughtsTokenCount")]
-    thoughts_token_count: Option<u64>,
-    #[serde(rename = "toolUsePromptTokenCount")]
-    tool_use_prompt_token_count: Option<u64>,
-    #[serde(rename = "totalTokenCount")]
-    total_token_count: Option<u64>,
+/// Declares a record of optional counters and its deserializer. Keys are
+/// matched as raw bytes (no UTF-8 check per key, no allocation); unknown
+/// keys are skipped; a count that is not a non-negative integer reads as
+/// absent rather than failing the whole record.
+macro_rules! counters {
+    ($(#[$m:meta])* struct $name:ident { $($field:ident: $ty:ty = $key:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        struct $name {
+            $($field: Option<$ty>,)*
+        }
+
+        impl $name {
+            fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+                #[allow(non_camel_case_types)]
+                enum Field {
+                    $($field,)*
+                    __other,
+                }
+                fn which(key: &[u8]) -> Field {
+                    match key {
+                        $($key => Field::$field,)*
+                        _ => Field::__other,
+                    }
+                }
+                let mut out = $name::default();
+                while let Some(field) = map.next_key_seed(KeySeed(which))? {
+                    match field {
+                        $(Field::$field => out.$field = map.next_value::<Lenient<$ty>>()?.0,)*
+                        Field::__other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("an object of token counts")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$name, A::Error> {
+                        $name::from_map(map)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-struct Details {
-    cached_tokens: Option<u64>,
-    reasoning_tokens: Option<u64>,
+counters! {
+    /// Usage counters as sent, before normalisation: every field of every
+    /// format.
+    struct RawUsage {
+        // OpenAI chat (prompt includes cached).
+        prompt_tokens: u64 = b"prompt_tokens",
+        completion_tokens: u64 = b"completion_tokens",
+        prompt_tokens_details: Details = b"prompt_tokens_details",
+        completion_tokens_details: Details = b"completion_tokens_details",
+        // OpenAI responses (input includes cached) and Anthropic (input
+        // excludes cache reads and writes).
+        input_tokens: u64 = b"input_tokens",
+        output_tokens: u64 = b"output_tokens",
+        input_tokens_details: Details = b"input_tokens_details",
+        output_tokens_details: Details = b"output_tokens_details",
+        cache_read_input_tokens: u64 = b"cache_read_input_tokens",
+        cache_creation_input_tokens: u64 = b"cache_creation_input_tokens",
+        // Gemini.
+        prompt_token_count: u64 = b"promptTokenCount",
+        candidates_token_count: u64 = b"candidatesTokenCount",
+        cached_content_token_count: u64 = b"cachedContentTokenCount",
+        thoughts_token_count: u64 = b"thoughtsTokenCount",
+        tool_use_prompt_token_count: u64 = b"toolUsePromptTokenCount",
+        total_token_count: u64 = b"totalTokenCount",
+    }
+}
+
+counters! {
+    /// OpenAI's `*_tokens_details`.
+    struct Details {
+        cached_tokens: u64 = b"cached_tokens",
+        reasoning_tokens: u64 = b"reasoning_tokens",
+    }
+}
+
+/// Reads a map key as raw bytes and classifies it.
+struct KeySeed<F>(F);
+
+impl<'de, F: FnOnce(&[u8]) -> T, T> DeserializeSeed<'de> for KeySeed<F> {
+    type Value = T;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_bytes(self)
+    }
+}
+
+impl<F: FnOnce(&[u8]) -> T, T> Visitor<'_> for KeySeed<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<T, E> {
+        Ok((self.0)(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<T, E> {
+        Ok((self.0)(v.as_bytes()))
+    }
+}
+
+/// A value that reads as `None` when it is not what was expected.
+struct Lenient<T>(Option<T>);
+
+/// What a lenient value accepts besides "anything else is `None`".
+trait Accept: Sized {
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+impl Accept for u64 {
+    fn from_u64(v: u64) -> Option<u64> {
+        Some(v)
+    }
+}
+
+impl Accept for Details {
+    fn from_map<'de, A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        Details::from_map(map).map(Some)
+    }
+}
+
+impl<'de, T: Accept> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Accept> Visitor<'de> for V<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(T::from_u64(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(u64::try_from(v).ok().and_then(T::from_u64)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                let whole = v >= 0.0 && v.fract() == 0.0 && v < u64::MAX as f64;
+                Ok(Lenient(whole.then(|| T::from_u64(v as u64)).flatten()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                T::from_map(a).map(Lenient)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 impl RawUsage {
@@ -665,10 +807,9 @@ fn full_parse(body: &[u8]) -> Option<BodyUsage> {
     })
 }
 
-/// A JSON key (quoted), with prebuilt searchers.
+/// A JSON key (quoted), with a prebuilt searcher.
 struct Key {
     fwd: memmem::Finder<'static>,
-    rev: memmem::FinderRev<'static>,
     len: usize,
 }
 
@@ -676,7 +817,6 @@ impl Key {
     fn new(quoted: &'static [u8]) -> Self {
         Key {
             fwd: memmem::Finder::new(quoted),
-            rev: memmem::FinderRev::new(quoted),
             len: quoted.len(),
         }
     }
@@ -701,13 +841,32 @@ impl Key {
     }
 
     /// The value positions of real occurrences, from the end.
+    ///
+    /// Searches forward (vectorised) within windows taken from the end,
+    /// which beats a backward search, and stops at the first window with a
+    /// match: the usage of a large body is read without scanning it all.
     fn values_rev<'h>(&'h self, hay: &'h [u8]) -> impl Iterator<Item = usize> + 'h {
+        const WINDOW: usize = 4096;
+        // Every match found so far starts at or after `end`.
         let mut end = hay.len();
         std::iter::from_fn(move || {
-            while let Some(start) = self.rev.rfind(&hay[..end]) {
-                end = start;
-                if let Some(pos) = value_pos(hay, start, self.len) {
-                    return Some(pos);
+            while end > 0 {
+                let lo = end.saturating_sub(WINDOW);
+                let hi = (end + self.len - 1).min(hay.len());
+                let mut last = None;
+                let mut from = lo;
+                while let Some(i) = self.fwd.find(&hay[from..hi]) {
+                    last = Some(from + i);
+                    from += i + 1;
+                }
+                match last {
+                    Some(start) => {
+                        end = start;
+                        if let Some(pos) = value_pos(hay, start, self.len) {
+                            return Some(pos);
+                        }
+                    }
+                    None => end = lo,
                 }
             }
             None
@@ -951,6 +1110,28 @@ mod tests {
             StreamSignal::Error(e) => assert_eq!(e.error_type(), Some("api_error")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn keys_are_found_from_the_end_across_windows() {
+        let mut body = b"{\"usage\":1,".to_vec();
+        body.extend(std::iter::repeat_n(b' ', 10_000));
+        body.extend_from_slice(b"\"x\":\"\\\"usage\\\":3\",\"usage\" : 2, \"a\":\"usage\"}");
+        let found: Vec<u8> = USAGE.values_rev(&body).map(|p| body[p]).collect();
+        assert_eq!(found, b"21");
+        assert_eq!(USAGE.first_value(&body).map(|p| body[p]), Some(b'1'));
+        assert_eq!(USAGE.values_rev(b"\"usage\"").next(), None);
+    }
+
+    #[test]
+    fn lenient_counts() {
+        let body = br#"{"usage":{"prompt_tokens":12.0,"completion_tokens":"7","prompt_tokens_details":null,
+"completion_tokens_details":{"reasoning_tokens":-1},"input_tokens_details":[1]}}"#;
+        let u = scan_json(Some(WireFormat::OpenAiChat), body).usage.unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
+            (12, 0, 0)
+        );
     }
 
     #[test]
