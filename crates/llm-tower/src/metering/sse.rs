@@ -73,7 +73,10 @@ pub struct SseParser {
 
 #[derive(Clone, Debug, Default)]
 struct Fields {
+    /// The event type, when `has_event`; kept between events so a repeated
+    /// type is neither validated nor copied again.
     event: String,
+    has_event: bool,
     data: Vec<u8>,
     has_data: bool,
     last_id: String,
@@ -109,17 +112,28 @@ impl SseParser {
                 self.fields.line(&self.line, &mut on_event);
                 self.line.clear();
             }
-            let mut next = i + 1;
-            if rest[i] == b'\r' {
-                match rest.get(next) {
-                    Some(b'\n') => next += 1,
-                    Some(_) => {}
-                    None => self.after_cr = true,
-                }
+            rest = self.past_line_end(&rest[i..]);
+            // Blank lines (the end of an event) without another search.
+            while let Some(b'\n' | b'\r') = rest.first() {
+                self.fields.dispatch(&mut on_event);
+                rest = self.past_line_end(rest);
             }
-            rest = &rest[next..];
         }
         self.line.extend_from_slice(rest);
+    }
+
+    /// Skips the line end `rest` starts with: `\n`, `\r\n` or `\r` (which
+    /// may be the first half of a `\r\n` split across chunks).
+    fn past_line_end<'c>(&mut self, rest: &'c [u8]) -> &'c [u8] {
+        match rest {
+            [b'\r', b'\n', tail @ ..] => tail,
+            [b'\r'] => {
+                self.after_cr = true;
+                &[]
+            }
+            [_, tail @ ..] => tail,
+            [] => rest,
+        }
     }
 
     fn skip_bom<'c>(&mut self, mut rest: &'c [u8]) -> &'c [u8] {
@@ -142,7 +156,7 @@ impl SseParser {
     /// Whether an event or a line has begun and not been completed: at the
     /// end of a stream, such an event is discarded.
     pub fn has_pending(&self) -> bool {
-        !self.line.is_empty() || self.fields.has_data || !self.fields.event.is_empty()
+        !self.line.is_empty() || self.fields.has_data || self.fields.has_event
     }
 
     /// The last `id:` field seen.
@@ -162,14 +176,18 @@ impl Fields {
             self.dispatch(on_event);
             return;
         }
-        let (name, value) = match memchr::memchr(b':', line) {
-            Some(0) => return, // a comment
-            Some(c) => {
-                let v = &line[c + 1..];
-                (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
+        let (name, value): (&[u8], &[u8]) = if let Some(v) = line.strip_prefix(b"data:") {
+            (b"data", v)
+        } else if let Some(v) = line.strip_prefix(b"event:") {
+            (b"event", v)
+        } else {
+            match memchr::memchr(b':', line) {
+                Some(0) => return, // a comment
+                Some(c) => (&line[..c], &line[c + 1..]),
+                None => (line, &b""[..]),
             }
-            None => (line, &b""[..]),
         };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
         match name {
             b"data" => {
                 if self.has_data {
@@ -179,11 +197,11 @@ impl Fields {
                 self.has_data = true;
             }
             b"event" => {
-                self.event.clear();
-                match std::str::from_utf8(value) {
-                    Ok(name) => self.event.push_str(name),
-                    Err(_) => self.event.push_str(&String::from_utf8_lossy(value)),
+                if self.event.as_bytes() != value {
+                    self.event.clear();
+                    self.event.push_str(&String::from_utf8_lossy(value));
                 }
+                self.has_event = !value.is_empty();
             }
             b"id" if memchr::memchr(0, value).is_none() => {
                 self.last_id.clear();
@@ -199,11 +217,11 @@ impl Fields {
     fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent<'_>)) {
         if self.has_data {
             on_event(SseEvent {
-                event: (!self.event.is_empty()).then_some(self.event.as_str()),
+                event: self.has_event.then_some(self.event.as_str()),
                 data: &self.data,
             });
         }
-        self.event.clear();
+        self.has_event = false;
         self.data.clear();
         self.has_data = false;
     }
@@ -260,6 +278,20 @@ mod tests {
         // A partial BOM is text, not skipped.
         let got = parse(&[b"\xEF", b"data: x\n\n"]);
         assert_eq!(got, []);
+    }
+
+    #[test]
+    fn event_types_do_not_leak_between_events() {
+        let got = parse(&[b"event: a\ndata: 1\n\ndata: 2\n\nevent: a\r\nevent:\r\ndata: 3\r\n\r\n\n\nevent: b\n\ndata: 4\n\n"]);
+        assert_eq!(
+            got,
+            [
+                (Some("a".to_owned()), "1".to_owned()),
+                (None, "2".to_owned()),
+                (None, "3".to_owned()),
+                (None, "4".to_owned())
+            ]
+        );
     }
 
     #[test]
