@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// Starts the fake provider on `127.0.0.1:0` and returns its address.
-pub async fn start() -> std::io::Result<SocketAddr> {
+pub(crate) async fn start() -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -64,7 +64,11 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         "anthropic-error-event" => sse(&[("request-id", "req_01Ghi")], ANTHROPIC_ERROR_EVENT),
         "gemini-stream" => sse(&[], GEMINI_STREAM),
         "gemini-exhausted" => json(429, &[], GEMINI_EXHAUSTED),
-        _ => json(404, &[], r#"{"error":{"message":"unknown scenario","type":"invalid_request_error","code":null}}"#),
+        _ => json(
+            404,
+            &[],
+            r#"{"error":{"message":"unknown scenario","type":"invalid_request_error","code":null}}"#,
+        ),
     })
 }
 
@@ -150,8 +154,7 @@ const ANTHROPIC_STREAM: &str = concat!(
     "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
 );
 
-const ANTHROPIC_OVERLOADED: &str =
-    r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_01Def"}"#;
+const ANTHROPIC_OVERLOADED: &str = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_01Def"}"#;
 
 const ANTHROPIC_ERROR_EVENT: &str = concat!(
     "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
