@@ -191,3 +191,199 @@ impl WireFormat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detect(
+        registry: &ProviderRegistry,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<Endpoint> {
+        let mut req = http::Request::post(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        registry.detect(&req.body(()).unwrap())
+    }
+
+    fn ep(provider: Provider, format: WireFormat) -> Option<Endpoint> {
+        Some(Endpoint { provider, format })
+    }
+
+    #[test]
+    fn well_known_hosts() {
+        let r = ProviderRegistry::new();
+        assert_eq!(
+            detect(&r, "https://api.openai.com/v1/chat/completions", &[]),
+            ep(Provider::OpenAi, WireFormat::OpenAiChat)
+        );
+        assert_eq!(
+            detect(&r, "https://API.OpenAI.com:443/v1/responses", &[]),
+            ep(Provider::OpenAi, WireFormat::OpenAiResponses)
+        );
+        assert_eq!(
+            detect(&r, "https://api.anthropic.com/v1/messages", &[]),
+            ep(Provider::Anthropic, WireFormat::AnthropicMessages)
+        );
+        assert_eq!(
+            detect(
+                &r,
+                "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                &[]
+            ),
+            ep(Provider::Gemini, WireFormat::GeminiGenerateContent)
+        );
+        assert_eq!(
+            detect(
+                &r,
+                "https://my-resource.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21",
+                &[]
+            ),
+            ep(Provider::AzureOpenAi, WireFormat::OpenAiChat)
+        );
+        assert_eq!(
+            detect(
+                &r,
+                "https://x.cognitiveservices.azure.com/openai/deployments/d/chat/completions",
+                &[]
+            ),
+            ep(Provider::AzureOpenAi, WireFormat::OpenAiChat)
+        );
+        // A known host with an unknown path still names the provider.
+        assert_eq!(
+            detect(&r, "https://api.anthropic.com/v1/complete", &[]),
+            ep(Provider::Anthropic, WireFormat::AnthropicMessages)
+        );
+        // A look-alike host is not the provider.
+        assert_eq!(
+            detect(&r, "https://api.openai.com.evil.example/v1/models", &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn configured_compatible_servers() {
+        let r = ProviderRegistry::new()
+            .with_compatible("mock", "http://127.0.0.1:8080/v1")
+            .unwrap()
+            .with_compatible("ollama", "http://localhost:11434/")
+            .unwrap();
+        let mock = Provider::Compatible("mock".into());
+        assert_eq!(
+            detect(&r, "http://127.0.0.1:8080/v1/chat/completions", &[]),
+            ep(mock.clone(), WireFormat::OpenAiChat)
+        );
+        // Another port, or outside the base path, is not that server.
+        assert_eq!(
+            detect(&r, "http://127.0.0.1:9090/v1/chat/completions", &[]),
+            ep(Provider::OpenAi, WireFormat::OpenAiChat)
+        );
+        assert_eq!(
+            detect(&r, "http://127.0.0.1:8080/v10/chat/completions", &[]),
+            ep(Provider::OpenAi, WireFormat::OpenAiChat)
+        );
+        assert_eq!(
+            detect(&r, "http://localhost:11434/v1/chat/completions", &[]),
+            ep(
+                Provider::Compatible("ollama".into()),
+                WireFormat::OpenAiChat
+            )
+        );
+        // A server-side request: no authority in the URI, a Host header.
+        assert_eq!(
+            detect(&r, "/v1/chat/completions", &[("host", "127.0.0.1:8080")]),
+            ep(mock, WireFormat::OpenAiChat)
+        );
+        assert_eq!(
+            detect(&r, "/v1/messages", &[("host", "api.anthropic.com")]),
+            ep(Provider::Anthropic, WireFormat::AnthropicMessages)
+        );
+    }
+
+    #[test]
+    fn unknown_hosts_are_recognised_by_path_and_headers() {
+        let r = ProviderRegistry::new();
+        assert_eq!(
+            detect(
+                &r,
+                "http://127.0.0.1:1/v1/messages",
+                &[("anthropic-version", "2023-06-01")]
+            ),
+            ep(Provider::Anthropic, WireFormat::AnthropicMessages)
+        );
+        assert_eq!(
+            detect(
+                &r,
+                "http://127.0.0.1:1/v1beta/models/g:generateContent",
+                &[]
+            ),
+            ep(Provider::Gemini, WireFormat::GeminiGenerateContent)
+        );
+        assert_eq!(
+            detect(
+                &r,
+                "http://gw.internal/openai/deployments/d/chat/completions",
+                &[("api-key", "k")]
+            ),
+            ep(Provider::AzureOpenAi, WireFormat::OpenAiChat)
+        );
+        assert_eq!(detect(&r, "http://127.0.0.1:1/healthz", &[]), None);
+    }
+
+    #[test]
+    fn bad_compatible_endpoints_are_rejected() {
+        for (name, url) in [
+            ("mock", "not a url"),
+            ("mock", "/v1"),
+            ("", "http://127.0.0.1:1"),
+        ] {
+            let err = ProviderRegistry::new()
+                .with_compatible(name, url)
+                .unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid provider endpoint"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn models_and_streaming_from_paths() {
+        let g = WireFormat::GeminiGenerateContent;
+        assert_eq!(
+            g.model_from_path("/v1beta/models/gemini-2.5-pro:generateContent"),
+            Some("gemini-2.5-pro")
+        );
+        assert_eq!(
+            g.stream_from_path("/v1beta/models/gemini-2.5-pro:streamGenerateContent"),
+            Some(true)
+        );
+        assert_eq!(
+            g.stream_from_path("/v1beta/models/gemini-2.5-pro:generateContent"),
+            Some(false)
+        );
+        assert_eq!(g.model_from_path("/v1beta/models/:generateContent"), None);
+        assert_eq!(g.model_from_path("/v1beta/tunedModels"), None);
+        let chat = WireFormat::OpenAiChat;
+        assert_eq!(
+            chat.model_from_path("/openai/deployments/my-gpt/chat/completions"),
+            Some("my-gpt")
+        );
+        assert_eq!(chat.model_from_path("/v1/chat/completions"), None);
+        assert_eq!(chat.stream_from_path("/v1/chat/completions"), None);
+        assert_eq!(WireFormat::from_path("/v1/embeddings"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn path_helpers_never_panic(path in "\\PC{0,60}") {
+            for f in [WireFormat::OpenAiChat, WireFormat::OpenAiResponses, WireFormat::AnthropicMessages, WireFormat::GeminiGenerateContent] {
+                let _ = f.model_from_path(&path);
+                let _ = f.stream_from_path(&path);
+            }
+            let _ = WireFormat::from_path(&path);
+        }
+    }
+}
