@@ -712,6 +712,29 @@ fn oversized_json_gives_up_on_usage() {
 }
 
 #[test]
+fn oversized_stream_event_gives_up_on_usage_but_passes_every_byte() {
+    let mut big =
+        String::from("event: message_start\ndata: {\"type\":\"message_start\",\"pad\":\"");
+    big.push_str(&"x".repeat(llm_tower::metering::MAX_EVENT_SIZE + (1 << 20)));
+    big.push_str("\"}\n\n");
+    big.push_str(&anthropic_sse());
+    let rec = Recorder::default();
+    let m = meta(Provider::Anthropic, WireFormat::AnthropicMessages, true);
+    let (out, err) = drain(metered(&big, 256 * 1024, &m, &rec));
+    assert!(
+        err.is_none(),
+        "no error for a stream that could not be read: {err:?}"
+    );
+    assert_eq!(out.len(), big.len());
+    let r = rec.only();
+    assert_eq!(
+        (r.outcome, r.source),
+        (Outcome::Completed, UsageSource::Estimated)
+    );
+    assert_eq!(r.usage.input_tokens, 1000);
+}
+
+#[test]
 fn formats_are_inferred_without_metadata() {
     for (text, want) in [
         (anthropic_sse(), Usage::new(1225, 15)),

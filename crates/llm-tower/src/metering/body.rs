@@ -193,7 +193,7 @@ impl<B: Body> MeteredBody<B> {
     pub fn kind(&self) -> BodyKind {
         match self.meter.mode {
             Mode::Json { .. } => BodyKind::Json,
-            Mode::Sse(_) => BodyKind::Sse,
+            Mode::Sse(_) | Mode::GaveUp => BodyKind::Sse,
             Mode::Unmetered => BodyKind::Unmetered,
         }
     }
@@ -212,7 +212,7 @@ impl<B: Body> MeteredBody<B> {
     pub fn first_token_seen(&self) -> bool {
         match &self.meter.mode {
             Mode::Sse(sse) => sse.stream.content_events() > 0,
-            Mode::Json { .. } => self.meter.bytes > 0,
+            Mode::Json { .. } | Mode::GaveUp => self.meter.bytes > 0,
             Mode::Unmetered => false,
         }
     }
@@ -325,6 +325,9 @@ enum Mode<D> {
     },
     /// Boxed: the parser's buffers would triple the size of every body.
     Sse(Box<SseState>),
+    /// A stream event outgrew the parser's limit: bytes still pass, usage
+    /// is estimated.
+    GaveUp,
     Unmetered,
 }
 
@@ -347,7 +350,7 @@ impl<D: AsRef<[u8]> + Clone> Metering<D> {
         let bytes = data.as_ref();
         self.bytes += bytes.len() as u64;
         match &mut self.mode {
-            Mode::Unmetered => {}
+            Mode::Unmetered | Mode::GaveUp => {}
             Mode::Json {
                 first,
                 rest,
@@ -375,6 +378,10 @@ impl<D: AsRef<[u8]> + Clone> Metering<D> {
                         signal = stream.on_event(ev.event, ev.data);
                     }
                 });
+                if parser.is_overflowed() {
+                    self.mode = Mode::GaveUp;
+                    return;
+                }
                 let (outcome, error): (_, BoxError) = match signal {
                     StreamSignal::Continue => return,
                     StreamSignal::Error(e) => (Outcome::StreamError, StreamError::new(e).into()),
@@ -445,6 +452,11 @@ impl<D> Metering<D> {
         let mut events = 0;
         let (usage, source, finish) = match &self.mode {
             Mode::Unmetered => (Usage::default(), UsageSource::Actual, None),
+            Mode::GaveUp => (
+                Usage::new(estimated_input, self.bytes.div_ceil(4)),
+                UsageSource::Estimated,
+                None,
+            ),
             Mode::Json { .. } => match json {
                 Some((Some(usage), finish)) => (usage, UsageSource::Actual, finish),
                 other => (

@@ -95,4 +95,4 @@ pub use self::body::{BodyKind, JSON_RETAIN_LIMIT, MeteredBody};
 pub use self::error::{MalformedStream, StreamError, TruncatedStream};
 pub use self::layer::{Meter, MeterLayer};
 pub use self::report::{Outcome, UsageObserver, UsageObservers, UsageReport, UsageSource};
-pub use self::sse::{SseEvent, SseParser};
+pub use self::sse::{MAX_EVENT_SIZE, SseEvent, SseParser};

@@ -58,7 +58,7 @@ impl fmt::Debug for SseEvent<'_> {
 /// }
 /// assert_eq!(seen, [("ping".into(), "{}".into()), ("message".into(), "a\nb".into())]);
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SseParser {
     /// A line begun in an earlier chunk.
     line: Vec<u8>,
@@ -69,6 +69,27 @@ pub struct SseParser {
     /// Bytes of a leading byte order mark matched so far; `3` once past the
     /// start of the stream.
     bom: u8,
+    /// The largest line or event held, in bytes.
+    max_event_size: usize,
+    /// An event outgrew `max_event_size`: parsing stopped.
+    overflowed: bool,
+}
+
+/// The largest event an [`SseParser`] holds by default: 16 MiB. A stream
+/// that sends a larger one is passed on untouched but no longer parsed.
+pub const MAX_EVENT_SIZE: usize = 16 << 20;
+
+impl Default for SseParser {
+    fn default() -> Self {
+        SseParser {
+            line: Vec::new(),
+            fields: Fields::default(),
+            after_cr: false,
+            bom: 0,
+            max_event_size: MAX_EVENT_SIZE,
+            overflowed: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -91,9 +112,35 @@ impl SseParser {
         SseParser::default()
     }
 
+    /// Sets the largest line or event held, in bytes, checked after each
+    /// chunk: the parser never holds more than this limit plus one chunk,
+    /// whatever the stream sends.
+    pub fn with_max_event_size(mut self, bytes: usize) -> Self {
+        self.max_event_size = bytes;
+        self
+    }
+
+    /// Whether an event outgrew the maximum size, after which the parser
+    /// ignores the rest of the stream.
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed
+    }
+
     /// Parses the next chunk, calling `on_event` for every event it
     /// completes.
-    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent<'_>)) {
+    pub fn feed(&mut self, chunk: &[u8], on_event: impl FnMut(SseEvent<'_>)) {
+        if self.overflowed {
+            return;
+        }
+        self.feed_inner(chunk, on_event);
+        if self.line.len() + self.fields.data.len() > self.max_event_size {
+            self.overflowed = true;
+            self.line = Vec::new();
+            self.fields.data = Vec::new();
+        }
+    }
+
+    fn feed_inner(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent<'_>)) {
         let mut rest = chunk;
         if self.bom < 3 {
             rest = self.skip_bom(rest);
@@ -156,7 +203,7 @@ impl SseParser {
     /// Whether an event or a line has begun and not been completed: at the
     /// end of a stream, such an event is discarded.
     pub fn has_pending(&self) -> bool {
-        !self.line.is_empty() || self.fields.has_data || self.fields.has_event
+        self.overflowed || !self.line.is_empty() || self.fields.has_data || self.fields.has_event
     }
 
     /// The last `id:` field seen.
@@ -303,5 +350,21 @@ mod tests {
         assert!(p.has_pending());
         p.feed(b"\n\n", |_| {});
         assert!(!p.has_pending());
+    }
+
+    #[test]
+    fn an_oversized_event_stops_parsing_with_bounded_memory() {
+        let mut p = SseParser::new().with_max_event_size(64);
+        let mut n = 0;
+        p.feed(b"data: small\n\n", |_| n += 1);
+        assert_eq!(n, 1);
+        for _ in 0..100 {
+            p.feed(&[b'x'; 50], |_| n += 1);
+        }
+        assert!(p.is_overflowed());
+        assert!(p.line.capacity() <= 128, "{}", p.line.capacity());
+        p.feed(b"\n\ndata: later\n\n", |_| n += 1);
+        assert_eq!(n, 1, "nothing parsed after the overflow");
+        assert!(p.has_pending());
     }
 }
