@@ -410,17 +410,3 @@ impl<C: Classifier + ?Sized> Classifier for Arc<C> {
         (**self).needs_body(status)
     }
 }
-
-impl<C: Classifier + ?Sized> Classifier for Box<C> {
-    fn classify_response(&self, response: &ResponseView<'_>) -> Classification {
-        (**self).classify_response(response)
-    }
-
-    fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Failure {
-        (**self).classify_error(error)
-    }
-
-    fn needs_body(&self, status: StatusCode) -> bool {
-        (**self).needs_body(status)
-    }
-}
