@@ -1,4 +1,4 @@
-use std::error::Error as StdError;
+use std::{error::Error as StdError, time::SystemTime};
 
 use http::StatusCode;
 
@@ -58,9 +58,10 @@ impl Classifier for DefaultClassifier {
         if let Some(code) = error.as_ref().and_then(decisive_code) {
             failure = failure.with_code(code);
         }
-        let mut delay = retry_after(response.headers, response.now);
+        let now = response.now.unwrap_or_else(SystemTime::now);
+        let mut delay = retry_after(response.headers, now);
         if delay.is_none() && failure.class() == FailureClass::RateLimited {
-            delay = RateLimitInfo::from_headers(response.headers, response.now).exhausted_reset();
+            delay = RateLimitInfo::from_headers(response.headers, now).exhausted_reset();
         }
         failure = failure.with_retry_after(delay);
         if let Some(retry) = should_retry(response.headers) {

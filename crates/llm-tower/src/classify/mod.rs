@@ -340,20 +340,21 @@ pub struct ResponseView<'a> {
     pub body: Option<&'a [u8]>,
     /// The wire format of the request, when known.
     pub format: Option<WireFormat>,
-    /// The current wall-clock time, for HTTP-date `retry-after` values.
-    pub now: SystemTime,
+    /// The current wall-clock time, for HTTP-date `retry-after` values;
+    /// `None` reads the system clock, and only when a failure needs it.
+    pub now: Option<SystemTime>,
 }
 
 impl<'a> ResponseView<'a> {
-    /// A view of a response with no body, in no known format, at
-    /// [`SystemTime::now`].
+    /// A view of a response with no body, in no known format, read at
+    /// [`SystemTime::now`] if a date needs it.
     pub fn new(status: StatusCode, headers: &'a HeaderMap) -> Self {
         ResponseView {
             status,
             headers,
             body: None,
             format: None,
-            now: SystemTime::now(),
+            now: None,
         }
     }
 
@@ -372,7 +373,7 @@ impl<'a> ResponseView<'a> {
     /// Sets the current wall-clock time (use the stack's clock, so tests
     /// with paused time stay deterministic).
     pub fn with_now(mut self, now: SystemTime) -> Self {
-        self.now = now;
+        self.now = Some(now);
         self
     }
 }
