@@ -26,6 +26,7 @@ use llm_tower::{
         Classifier, DEFAULT_ERROR_BODY_LIMIT, DefaultClassifier, Failure, PeekBody, ResponseView,
     },
     metering::{MeterLayer, UsageObservers, UsageReport, UsageSource},
+    provider::ProviderRegistry,
     provider::headers::request_id,
     request::{PrepareLayer, ReplayBody},
 };
@@ -137,7 +138,12 @@ async fn main() -> Result<(), BoxError> {
     let addr = fake::start().await?;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let mut svc = ServiceBuilder::new()
-        .layer(PrepareLayer::new())
+        // The fake speaks OpenAI's format on loopback: name it, so its state
+        // would be kept under its own name. Anthropic and Gemini requests are
+        // recognised by their paths and headers.
+        .layer(PrepareLayer::new().registry(
+            ProviderRegistry::new().with_compatible("fake-openai", &format!("http://{addr}/v1"))?,
+        ))
         .layer(MeterLayer::new())
         .service(client);
 

@@ -63,8 +63,15 @@ impl ProviderRegistry {
         Ok(self)
     }
 
-    /// Recognises the destination of a request from its URI (host and path)
-    /// and, for requests without a host, from its headers.
+    /// Recognises the destination of a request.
+    ///
+    /// In order: a well-known provider host (the `Host` header stands in
+    /// for a URI without one); a configured compatible server; then, for an
+    /// unknown host, the path's wire format and the credentials header
+    /// (`anthropic-version`, `x-goog-api-key`, Azure's `api-key`). An unknown
+    /// host speaking OpenAI's format is [`Provider::Compatible`], named by
+    /// its address (`127.0.0.1:8080`), so its state is kept apart from
+    /// OpenAI's. `None` when neither host nor path is recognised.
     pub fn detect<B>(&self, req: &http::Request<B>) -> Option<Endpoint> {
         self.detect_parts(req.uri(), req.headers())
     }
@@ -108,7 +115,9 @@ impl ProviderRegistry {
                 }
             }
         }
-        // Unknown host: the headers still tell who the client meant to call.
+        // Unknown host: the headers still tell who the client meant to call;
+        // failing that, an OpenAI-format server is a compatible server known
+        // by its address.
         let format = format?;
         let provider = if headers.contains_key("anthropic-version") {
             Provider::Anthropic
@@ -120,7 +129,9 @@ impl ProviderRegistry {
             match format {
                 WireFormat::AnthropicMessages => Provider::Anthropic,
                 WireFormat::GeminiGenerateContent => Provider::Gemini,
-                WireFormat::OpenAiChat | WireFormat::OpenAiResponses => Provider::OpenAi,
+                WireFormat::OpenAiChat | WireFormat::OpenAiResponses => {
+                    Provider::Compatible(authority.as_deref().unwrap_or("unknown").into())
+                }
             }
         };
         Some(Endpoint { provider, format })
@@ -278,11 +289,17 @@ mod tests {
         // Another port, or outside the base path, is not that server.
         assert_eq!(
             detect(&r, "http://127.0.0.1:9090/v1/chat/completions", &[]),
-            ep(Provider::OpenAi, WireFormat::OpenAiChat)
+            ep(
+                Provider::Compatible("127.0.0.1:9090".into()),
+                WireFormat::OpenAiChat
+            )
         );
         assert_eq!(
             detect(&r, "http://127.0.0.1:8080/v10/chat/completions", &[]),
-            ep(Provider::OpenAi, WireFormat::OpenAiChat)
+            ep(
+                Provider::Compatible("127.0.0.1:8080".into()),
+                WireFormat::OpenAiChat
+            )
         );
         assert_eq!(
             detect(&r, "http://localhost:11434/v1/chat/completions", &[]),
