@@ -26,7 +26,7 @@ use llm_tower::{
         Classifier, DEFAULT_ERROR_BODY_LIMIT, DefaultClassifier, Failure, PeekBody, ResponseView,
     },
     metering::{MeterLayer, UsageObservers, UsageReport, UsageSource},
-    provider::ProviderRegistry,
+    pricing::PriceTable,
     provider::headers::request_id,
     request::{PrepareLayer, ReplayBody},
 };
@@ -138,12 +138,10 @@ async fn main() -> Result<(), BoxError> {
     let addr = fake::start().await?;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let mut svc = ServiceBuilder::new()
-        // The fake speaks OpenAI's format on loopback: name it, so its state
-        // would be kept under its own name. Anthropic and Gemini requests are
-        // recognised by their paths and headers.
-        .layer(PrepareLayer::new().registry(
-            ProviderRegistry::new().with_compatible("fake-openai", &format!("http://{addr}/v1"))?,
-        ))
+        // The fake is on loopback, so no host is known: Anthropic and Gemini
+        // requests are recognised by their paths and headers, and OpenAI's
+        // format by its path, as a compatible server named by its address.
+        .layer(PrepareLayer::new())
         .layer(MeterLayer::new())
         .service(client);
 
@@ -257,11 +255,20 @@ fn print_table(rows: &[Row]) {
         "tokens in/out",
         "usage",
         "finish",
+        "cost",
         "request id",
     ];
-    let cells: Vec<[String; 10]> = rows
+    let prices = PriceTable::embedded();
+    let cells: Vec<[String; 11]> = rows
         .iter()
         .map(|r| {
+            let cost = match &r.report {
+                Some(rep) => match prices.cost(&r.model, &rep.usage) {
+                    Ok(cost) => cost.to_string(),
+                    Err(_) => "unpriced".to_owned(),
+                },
+                None => "-".to_owned(),
+            };
             let (tokens, source, finish) = match &r.report {
                 Some(rep) => (
                     format!("{}/{}", rep.usage.input_tokens, rep.usage.output_tokens),
@@ -285,6 +292,7 @@ fn print_table(rows: &[Row]) {
                 tokens,
                 source,
                 finish,
+                cost,
                 r.request_id.clone(),
             ]
         })
