@@ -7,7 +7,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use llm_tower::{
-    classify::{Classifier, DefaultClassifier, Failure, FailureClass, PeekBody, ResponseView},
+    classify::{
+        Classifier, ContentProblem, DefaultClassifier, Failure, FailureClass, InvalidContent,
+        PeekBody, ResponseView,
+    },
     metering::{StreamError, TruncatedStream},
     provider::ProviderError,
 };
@@ -368,6 +371,21 @@ fn stream_errors() {
 
     let f = c.classify_error(&TruncatedStream::new());
     assert_class(&f, FailureClass::TruncatedStream, true, true, true);
+}
+
+#[test]
+fn invalid_content() {
+    let c = DefaultClassifier::new();
+    for problem in [
+        ContentProblem::Empty,
+        ContentProblem::MalformedJson,
+        ContentProblem::Truncated,
+        ContentProblem::Refusal,
+    ] {
+        let f = c.classify_error(&InvalidContent::new(problem));
+        assert_class(&f, FailureClass::InvalidContent, true, false, true);
+        assert_eq!(f.code(), Some(problem.as_str()));
+    }
 }
 
 #[derive(Debug)]

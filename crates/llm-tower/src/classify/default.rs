@@ -2,7 +2,7 @@ use std::{error::Error as StdError, time::SystemTime};
 
 use http::StatusCode;
 
-use super::{Classification, Classifier, Failure, FailureClass, ResponseView};
+use super::{Classification, Classifier, Failure, FailureClass, InvalidContent, ResponseView};
 use crate::{
     metering::{MalformedStream, StreamError, TruncatedStream},
     provider::{
@@ -30,6 +30,7 @@ use crate::{
 /// | `400`, `413`, `422`, other `4xx` | `BadRequest` | no | no | no |
 /// | `event: error` inside a `200` stream | by its error type, else `StreamError` | yes | yes | yes |
 /// | stream cut before its terminal event | `TruncatedStream` | yes | yes | yes |
+/// | [`InvalidContent`] (empty, malformed JSON, truncated, refusal) | `InvalidContent` | yes | no | yes |
 ///
 /// A server delay comes from `retry-after-ms` or `retry-after`, or, for a
 /// rate limit, from the reset of an exhausted `x-ratelimit-*` /
@@ -96,6 +97,11 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
             f = f.with_code(code);
         }
         return Some(f);
+    }
+    if let Some(invalid) = e.downcast_ref::<InvalidContent>() {
+        return Some(
+            Failure::new(FailureClass::InvalidContent).with_code(invalid.problem().as_str()),
+        );
     }
     if e.is::<TruncatedStream>() {
         return Some(Failure::new(FailureClass::TruncatedStream));

@@ -36,6 +36,7 @@
 //! assert_eq!(failure.retry_after(), Some(Duration::from_secs(2)));
 //! ```
 
+mod content;
 mod default;
 mod peek;
 #[cfg(feature = "tower-http")]
@@ -45,6 +46,7 @@ use std::{fmt, sync::Arc, time::Duration, time::SystemTime};
 
 use http::{HeaderMap, StatusCode};
 
+pub use self::content::{ContentProblem, InvalidContent};
 pub use self::default::DefaultClassifier;
 pub use self::peek::{DEFAULT_ERROR_BODY_LIMIT, PeekBody, PeekedBody};
 #[cfg(feature = "tower-http")]
