@@ -15,6 +15,55 @@
 //! | [`pricing`] | prices per model, embedded and overridable, to turn usage into cost |
 //! | [`clock`] and [`store`] | injectable time and the shared-state store behind limits, budgets and breakers |
 //!
+//! # Example
+//!
+//! Buffer and parse the request once, meter the response, and classify
+//! what came back — here around a stand-in for an HTTP client:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use llm_tower::{
+//!     classify::{Classifier, DefaultClassifier, FailureClass, PeekBody, ResponseView},
+//!     metering::{MeterLayer, UsageObservers, UsageReport},
+//!     request::{PrepareLayer, ReplayBody},
+//! };
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), llm_tower::BoxError> {
+//! // A provider that is out of quota.
+//! let client = service_fn(|_req: http::Request<ReplayBody>| async {
+//!     let body = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+//!     Ok::<_, llm_tower::BoxError>(
+//!         http::Response::builder().status(429).body(Full::new(Bytes::from(body)))?,
+//!     )
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(PrepareLayer::new())
+//!     .layer(MeterLayer::new())
+//!     .service(client);
+//!
+//! let mut req = http::Request::post("https://api.openai.com/v1/chat/completions")
+//!     .body(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}"#.to_owned())?;
+//! UsageObservers::register(&mut req, Arc::new(|r: &UsageReport| {
+//!     assert_eq!(r.usage.total_tokens(), 0); // an error response costs nothing
+//! }));
+//!
+//! let resp = PeekBody::new(svc.oneshot(req).await?, 64 << 10).await;
+//! let view = ResponseView::new(resp.status(), resp.headers()).with_body(resp.body().peeked());
+//! let failure = DefaultClassifier::new().classify_response(&view).into_failure().unwrap();
+//! assert_eq!(failure.class(), FailureClass::QuotaExhausted);
+//! assert!(!failure.is_retryable()); // retrying an empty account burns time forever
+//! assert!(failure.should_fall_back()); // another provider may still answer
+//! // The caller still gets the whole error body.
+//! assert!(resp.into_body().collect().await?.to_bytes().starts_with(b"{\"error\""));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Feature flags
 //!
 //! | feature | enables |
