@@ -74,6 +74,21 @@ async fn server() -> (SocketAddr, mpsc::UnboundedReceiver<Events>) {
     (addr, conns_rx)
 }
 
+/// Prepare and meter around hyper-util's client.
+fn stack() -> impl tower::Service<
+    Request<String>,
+    Response = Response<llm_tower::metering::MeteredBody<hyper::body::Incoming>>,
+    Error = BoxError,
+    Future: Send,
+> + Send
++ 'static {
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(MeterLayer::new())
+        .service(client)
+}
+
 const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":42,\"output_tokens\":1}}}\n\n";
 const DELTA: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n";
 const END: &str = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
@@ -94,11 +109,7 @@ fn request(addr: SocketAddr, reports: &Arc<Mutex<Vec<UsageReport>>>) -> Request<
 #[tokio::test]
 async fn events_reach_the_caller_as_they_arrive_and_usage_is_reported_once() {
     let (addr, mut conns) = server().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
-    let svc = ServiceBuilder::new()
-        .layer(PrepareLayer::new())
-        .layer(MeterLayer::new())
-        .service(client);
+    let svc = stack();
     let reports = Arc::default();
 
     let call = tokio::spawn(svc.oneshot(request(addr, &reports)));
@@ -141,11 +152,7 @@ async fn events_reach_the_caller_as_they_arrive_and_usage_is_reported_once() {
 #[tokio::test]
 async fn a_connection_cut_mid_stream_is_a_typed_truncation_with_the_estimate() {
     let (addr, mut conns) = server().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
-    let svc = ServiceBuilder::new()
-        .layer(PrepareLayer::new())
-        .layer(MeterLayer::new())
-        .service(client);
+    let svc = stack();
     let reports = Arc::default();
 
     let call = tokio::spawn(svc.oneshot(request(addr, &reports)));
@@ -172,11 +179,7 @@ async fn a_connection_cut_mid_stream_is_a_typed_truncation_with_the_estimate() {
 #[tokio::test]
 async fn dropping_the_body_early_reports_once() {
     let (addr, mut conns) = server().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
-    let svc = ServiceBuilder::new()
-        .layer(PrepareLayer::new())
-        .layer(MeterLayer::new())
-        .service(client);
+    let svc = stack();
     let reports: Arc<Mutex<Vec<UsageReport>>> = Arc::default();
 
     let call = tokio::spawn(svc.oneshot(request(addr, &reports)));

@@ -230,15 +230,8 @@ impl StreamUsage {
     }
 
     fn responses(&mut self, event: Option<&str>, data: &[u8]) -> StreamSignal {
-        let typed;
-        let name = match event {
-            Some(name) => name,
-            None => {
-                typed = event_type(data);
-                typed.as_deref().unwrap_or("")
-            }
-        };
-        match name {
+        let name = event_name(event, data);
+        match &*name {
             "response.completed" | "response.incomplete" => {
                 if !is_object(data) {
                     return StreamSignal::Malformed("terminal response event is not JSON");
@@ -269,15 +262,8 @@ impl StreamUsage {
     }
 
     fn anthropic(&mut self, event: Option<&str>, data: &[u8]) -> StreamSignal {
-        let typed;
-        let name = match event {
-            Some(name) => name,
-            None => {
-                typed = event_type(data);
-                typed.as_deref().unwrap_or("")
-            }
-        };
-        match name {
+        let name = event_name(event, data);
+        match &*name {
             "content_block_delta" => {
                 let text = TEXT
                     .first_value(data)
@@ -771,6 +757,14 @@ fn provider_error(data: &[u8]) -> ProviderError {
 
 /// The top-level `"type"` of an event's data (the first key of Anthropic
 /// and responses events).
+/// The event's name, from its `event:` field or else its data's `type`.
+fn event_name<'a>(event: Option<&'a str>, data: &'a [u8]) -> Cow<'a, str> {
+    match event {
+        Some(name) => Cow::Borrowed(name),
+        None => event_type(data).unwrap_or(Cow::Borrowed("")),
+    }
+}
+
 fn event_type(data: &[u8]) -> Option<Cow<'_, str>> {
     parse_at::<Option<Cow<'_, str>>>(data, TYPE.first_value(data)?)?
 }
