@@ -1,56 +1,148 @@
-//! The in-memory store's hot path: a take on an existing rate-limit cell.
+//! Store cost on the hot path: a GCRA take on an existing key (allowed and
+//! denied), a reserve/settle pair, a flag read, and takes from two threads.
 //!
 //! `cargo bench -p llm-tower --bench store -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Every [`MemoryStore`] future is ready when returned, so one poll
+//! (`now_or_never`) completes it: the numbers are the operations themselves.
+//!
+//! Bench builds enable tokio's `test-util` (a dev-dependency), which makes
+//! `tokio::time::Instant::now()` lock the runtime's test clock. The `std-clock`
+//! variants read the system clock directly, as `TokioClock` does in a build
+//! without `test-util`: they are the cost a service pays.
 
-use std::{
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
-    time::Duration,
-};
+use std::hint::black_box;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use llm_tower::store::{MemoryStore, Quota, Store};
+use futures_util::FutureExt as _;
+use llm_tower::clock::Clock;
+use llm_tower::store::{MemoryStore, Quota, Reserve, Store, StoreError, Take};
 
-/// Polls a future that is ready at once.
-fn now<F: Future>(f: F) -> F::Output {
-    match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => unreachable!("the memory store is always ready"),
+/// `std`'s monotonic clock, without tokio's test-clock indirection.
+#[derive(Clone)]
+struct StdClock;
+
+impl Clock for StdClock {
+    fn now(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(Instant::now())
+    }
+
+    fn wall(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
     }
 }
 
-fn bench(c: &mut Criterion) {
+fn ready<T>(f: impl Future<Output = Result<T, StoreError>>) -> T {
+    f.now_or_never().expect("ready").expect("infallible")
+}
+
+/// Never runs out at one take per nanosecond: every take is allowed.
+fn generous() -> Quota {
+    Quota::new(1_000_000_000, Duration::from_secs(1)).unwrap()
+}
+
+fn single_thread(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
-    let _guard = rt.enter();
+    let _runtime = rt.enter();
     let store = MemoryStore::new();
-    // Large enough never to deny during the run.
-    let quota = Quota::new(u64::MAX / (1 << 40), Duration::from_secs(1 << 20)).unwrap();
-    now(store.take("openai:gpt-4o:rpm", 1, quota)).unwrap();
     let mut g = c.benchmark_group("store");
-    g.bench_function("take_existing_key", |b| {
-        b.iter(|| now(store.take(black_box("openai:gpt-4o:rpm"), 1, quota)).unwrap())
-    });
-    g.bench_function("reserve_settle", |b| {
+
+    let q = generous();
+    // Keys around, so that lookups hash into a populated map.
+    for i in 0..1_000 {
+        ready(store.take(&format!("openai:gpt-4o:{i}"), 1, q));
+    }
+    g.bench_function("take/allowed", |b| {
         b.iter(|| {
-            let r = now(store.reserve(
-                black_box("tenant:day"),
-                10,
-                u64::MAX,
-                Duration::from_secs(86_400),
-            ))
-            .unwrap();
-            if let llm_tower::store::Reserve::Granted(r) = r {
-                now(store.settle(&r, 9)).unwrap();
-            }
+            let take = ready(store.take(black_box("openai:gpt-4o:500"), black_box(1), q));
+            debug_assert!(take.is_allowed());
+            black_box(take)
         })
+    });
+    let std_store = MemoryStore::with_clock(StdClock);
+    for i in 0..1_000 {
+        ready(std_store.take(&format!("openai:gpt-4o:{i}"), 1, q));
+    }
+    g.bench_function("take/allowed/std-clock", |b| {
+        b.iter(|| {
+            let take = ready(std_store.take(black_box("openai:gpt-4o:500"), black_box(1), q));
+            debug_assert!(take.is_allowed());
+            black_box(take)
+        })
+    });
+
+    let hourly = Quota::new(1, Duration::from_secs(3_600)).unwrap();
+    ready(store.take("exhausted", 1, hourly));
+    g.bench_function("take/denied", |b| {
+        b.iter(|| {
+            let take = ready(store.take(black_box("exhausted"), black_box(1), hourly));
+            debug_assert!(matches!(take, Take::Denied { .. }));
+            black_box(take)
+        })
+    });
+    ready(std_store.take("exhausted", 1, hourly));
+    g.bench_function("take/denied/std-clock", |b| {
+        b.iter(|| {
+            let take = ready(std_store.take(black_box("exhausted"), black_box(1), hourly));
+            debug_assert!(matches!(take, Take::Denied { .. }));
+            black_box(take)
+        })
+    });
+
+    let day = Duration::from_secs(86_400);
+    g.bench_function("reserve+settle", |b| {
+        b.iter(|| {
+            let Reserve::Granted(r) =
+                ready(store.reserve(black_box("tenant-a:day:20414"), 30, u64::MAX, day))
+            else {
+                unreachable!("the limit is u64::MAX")
+            };
+            black_box(ready(store.settle(&r, 0)))
+        })
+    });
+
+    ready(store.set_flag("open:openai", day));
+    g.bench_function("flag", |b| {
+        b.iter(|| black_box(ready(store.flag(black_box("open:openai")))))
     });
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Two threads taking from one key (every take contends on one atomic) and
+/// from a key each, on the std clock. Reported time is wall time per take
+/// across both threads.
+fn two_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store/2-threads");
+    let q = generous();
+    for (name, keys) in [
+        ("take/same-key", ["shared", "shared"]),
+        ("take/own-key", ["left", "right"]),
+    ] {
+        let store = MemoryStore::with_clock(StdClock);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                thread::scope(|s| {
+                    for key in keys {
+                        let store = store.clone();
+                        s.spawn(move || {
+                            for _ in 0..iters.div_ceil(2) {
+                                black_box(ready(store.take(black_box(key), 1, q)));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, single_thread, two_threads);
 criterion_main!(benches);

@@ -1,59 +1,84 @@
 //! Injectable time.
 //!
-//! Layers read time through a [`Clock`]. The default, [`TokioClock`],
-//! follows tokio's clock, so tests pause it (`tokio::time::pause`) and move
-//! it (`tokio::time::advance`) instead of sleeping. Its wall clock moves
-//! with it: a budget with a UTC-day window can be driven across midnight in
-//! a test that takes microseconds.
+//! Every layer that measures time reads it through a [`Clock`], never through
+//! `std::time` directly, so tests drive it deterministically:
+//!
+//! - [`Clock::now`] is a monotonic [`tokio::time::Instant`]. Under tokio's
+//!   paused time (`#[tokio::test(start_paused = true)]`,
+//!   [`tokio::time::advance`][advance]) it moves only when the test moves it.
+//! - [`Clock::wall`] is the wall clock, used for calendar windows such as a
+//!   budget per UTC day. [`TokioClock`] derives it from the monotonic clock
+//!   (a wall-clock origin plus the tokio time elapsed since construction), so
+//!   advancing paused time advances the wall clock as well, and
+//!   [`TokioClock::starting_at`] pins the origin to any date.
+//!
+//! The calendar helpers ([`utc_day`], [`utc_hour`], [`until_next_utc_day`],
+//! [`until_next_utc_hour`]) turn a wall-clock time into window numbers, to
+//! build keys such as `tenant-a:day:20414`, and into the time left in the
+//! window, to expire the state kept for it.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
-//! use llm_tower::clock::{Clock, TokioClock, utc_day};
+//! use llm_tower::clock::{Clock, TokioClock, utc_day, until_next_utc_day};
 //!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
-//! // 2026-11-22T23:30:00Z
-//! let clock = TokioClock::starting_at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_390_200));
-//! let today = utc_day(clock.wall());
-//! tokio::time::advance(Duration::from_secs(45 * 60)).await;
-//! assert_eq!(utc_day(clock.wall()), today + 1);
-//! # }
+//! // 2025-11-21T23:30:00Z
+//! let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_763_767_800);
+//! assert_eq!(utc_day(t), 20_413);
+//! assert_eq!(until_next_utc_day(t), Duration::from_secs(30 * 60));
+//!
+//! // A budget key for today, expiring at midnight.
+//! let clock = TokioClock::starting_at(t);
+//! let now = clock.wall();
+//! let key = format!("tenant-a:day:{}", utc_day(now));
+//! let ttl = until_next_utc_day(now);
+//! # assert!(ttl <= Duration::from_secs(30 * 60));
 //! ```
+//!
+//! [advance]: https://docs.rs/tokio/latest/tokio/time/fn.advance.html
 
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-/// A source of time: a monotonic instant for intervals and deadlines, and
-/// a wall clock for calendar windows.
+const NANOS_PER_HOUR: u128 = 3_600 * 1_000_000_000;
+const NANOS_PER_DAY: u128 = 24 * NANOS_PER_HOUR;
+
+/// A source of monotonic and wall-clock time.
+///
+/// Implementations must be cheap to clone; clones report the same time.
 pub trait Clock: Clone + Send + Sync + 'static {
     /// The current monotonic instant.
     fn now(&self) -> Instant;
 
-    /// The current wall-clock time.
+    /// The current wall-clock time, for calendar windows.
     fn wall(&self) -> SystemTime;
 }
 
-/// The clock of the tokio runtime: paused and advanced with it in tests.
+/// The default [`Clock`]: tokio's clock, which tests can pause and advance.
 ///
-/// The wall clock is the wall time at construction plus the tokio time
-/// elapsed since, so it moves exactly as tokio's clock does.
-#[derive(Clone, Copy, Debug)]
+/// [`wall`](Clock::wall) is the wall-clock time captured at construction plus
+/// the tokio time elapsed since then, so it follows paused time. Over a long
+/// run it does not track adjustments of the system clock (NTP steps, leap
+/// smearing): windows stay consistent with the monotonic clock that measures
+/// everything else.
+#[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
-    origin: Instant,
+    instant_origin: Instant,
     wall_origin: SystemTime,
 }
 
 impl TokioClock {
-    /// A clock whose wall time starts at the system's.
+    /// A clock whose wall time starts at the system's current time.
     pub fn new() -> Self {
         Self::starting_at(SystemTime::now())
     }
 
-    /// A clock whose wall time starts at `wall` (for tests).
+    /// A clock whose wall time is `wall` now, and advances with tokio's clock.
+    ///
+    /// Meant for tests of calendar windows.
     pub fn starting_at(wall: SystemTime) -> Self {
-        TokioClock {
-            origin: Instant::now(),
+        Self {
+            instant_origin: Instant::now(),
             wall_origin: wall,
         }
     }
@@ -71,93 +96,111 @@ impl Clock for TokioClock {
     }
 
     fn wall(&self) -> SystemTime {
-        self.wall_origin + self.origin.elapsed()
+        self.wall_origin + Instant::now().saturating_duration_since(self.instant_origin)
     }
 }
 
-const DAY: u64 = 24 * 3600;
-
-fn since_epoch(t: SystemTime) -> Duration {
+/// Nanoseconds since the Unix epoch; times before the epoch count as the epoch.
+fn epoch_nanos(t: SystemTime) -> u128 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
+        .map_or(0, |d| d.as_nanos())
 }
 
-/// The UTC day of `t`: days since 1970-01-01 (zero before it).
+/// The UTC day of `t`: whole days since the Unix epoch (1970-01-01 is day 0).
+///
+/// Times before the epoch map to day 0.
 pub fn utc_day(t: SystemTime) -> u64 {
-    since_epoch(t).as_secs() / DAY
+    (epoch_nanos(t) / NANOS_PER_DAY) as u64
 }
 
-/// The UTC hour of `t`: hours since 1970-01-01T00:00Z (zero before it).
+/// The UTC hour of `t`: whole hours since the Unix epoch.
+///
+/// Times before the epoch map to hour 0.
 pub fn utc_hour(t: SystemTime) -> u64 {
-    since_epoch(t).as_secs() / 3600
+    (epoch_nanos(t) / NANOS_PER_HOUR) as u64
 }
 
-/// Time from `t` until the next UTC midnight.
+/// The time from `t` to the next UTC midnight (a full day at midnight exactly).
 pub fn until_next_utc_day(t: SystemTime) -> Duration {
-    until_next(t, DAY)
+    until_next(t, NANOS_PER_DAY)
 }
 
-/// Time from `t` until the next full UTC hour.
+/// The time from `t` to the next full UTC hour (a full hour on the hour exactly).
 pub fn until_next_utc_hour(t: SystemTime) -> Duration {
-    until_next(t, 3600)
+    until_next(t, NANOS_PER_HOUR)
 }
 
-fn until_next(t: SystemTime, period_secs: u64) -> Duration {
-    let since = since_epoch(t);
-    let into = Duration::new(since.as_secs() % period_secs, since.subsec_nanos());
-    Duration::from_secs(period_secs) - into
+fn until_next(t: SystemTime, period: u128) -> Duration {
+    let left = period - epoch_nanos(t) % period;
+    // `left` is at most a day in nanoseconds, far below `u64::MAX`.
+    Duration::from_nanos(left as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn at(rfc3339: &str) -> SystemTime {
-        humantime::parse_rfc3339(rfc3339).unwrap()
-    }
+    const HOUR: Duration = Duration::from_secs(3_600);
 
-    #[tokio::test(start_paused = true)]
-    async fn follows_paused_time() {
-        let clock = TokioClock::starting_at(at("2026-11-22T23:30:00Z"));
-        let (t0, w0) = (clock.now(), clock.wall());
-        tokio::time::advance(Duration::from_millis(1500)).await;
-        assert_eq!(clock.now() - t0, Duration::from_millis(1500));
-        assert_eq!(
-            clock.wall().duration_since(w0).unwrap(),
-            Duration::from_millis(1500)
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn crosses_day_boundaries() {
-        let clock = TokioClock::starting_at(at("2026-11-22T23:30:00Z"));
-        let day = utc_day(clock.wall());
-        assert_eq!(
-            until_next_utc_day(clock.wall()),
-            Duration::from_secs(30 * 60)
-        );
-        tokio::time::advance(Duration::from_secs(25 * 3600)).await;
-        // 2026-11-24T00:30Z: two midnights later.
-        assert_eq!(utc_day(clock.wall()), day + 2);
-        assert_eq!(
-            until_next_utc_hour(clock.wall()),
-            Duration::from_secs(30 * 60)
-        );
+    /// 2025-11-21T00:00:00Z, day 20413.
+    fn midnight() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(20_413 * 86_400)
     }
 
     #[test]
     fn calendar_helpers() {
-        assert_eq!(utc_day(at("1970-01-02T00:00:00Z")), 1);
-        assert_eq!(utc_day(at("2026-11-22T12:00:00Z")), 20_779);
-        assert_eq!(utc_hour(at("1970-01-01T05:59:59Z")), 5);
+        let t = midnight();
+        assert_eq!(utc_day(t), 20_413);
+        assert_eq!(utc_hour(t), 20_413 * 24);
+        assert_eq!(until_next_utc_day(t), 24 * HOUR);
+        assert_eq!(until_next_utc_hour(t), HOUR);
+
+        let t = midnight() + 23 * HOUR + Duration::from_secs(30 * 60);
+        assert_eq!(utc_day(t), 20_413);
+        assert_eq!(utc_hour(t), 20_413 * 24 + 23);
+        assert_eq!(until_next_utc_day(t), Duration::from_secs(30 * 60));
+        assert_eq!(until_next_utc_hour(t), Duration::from_secs(30 * 60));
+
+        let just_before = midnight() - Duration::from_nanos(1);
+        assert_eq!(utc_day(just_before), 20_412);
+        assert_eq!(until_next_utc_day(just_before), Duration::from_nanos(1));
+
+        let before_epoch = SystemTime::UNIX_EPOCH - HOUR;
+        assert_eq!(utc_day(before_epoch), 0);
+        assert_eq!(utc_hour(before_epoch), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wall_follows_paused_time() {
+        let start = midnight() + 23 * HOUR + Duration::from_secs(30 * 60);
+        let clock = TokioClock::starting_at(start);
+        let instant = clock.now();
+        assert_eq!(clock.wall(), start);
+        assert_eq!(utc_day(clock.wall()), 20_413);
+
+        tokio::time::advance(Duration::from_secs(30 * 60)).await;
+        assert_eq!(utc_day(clock.wall()), 20_414, "midnight crossed");
+        assert_eq!(until_next_utc_day(clock.wall()), 24 * HOUR);
+
+        // 23:30 + 25h = 00:30 two days later: two day boundaries crossed.
+        tokio::time::advance(24 * HOUR + Duration::from_secs(30 * 60)).await;
+        assert_eq!(utc_day(clock.wall()), 20_415);
+        assert_eq!(utc_hour(clock.wall()), 20_415 * 24);
         assert_eq!(
-            until_next_utc_day(at("2026-11-22T00:00:00Z")),
-            Duration::from_secs(DAY)
+            until_next_utc_hour(clock.wall()),
+            Duration::from_secs(30 * 60)
         );
-        assert_eq!(
-            until_next_utc_hour(at("2026-11-22T10:59:59.250Z")),
-            Duration::from_millis(750)
-        );
-        assert_eq!(utc_day(SystemTime::UNIX_EPOCH - Duration::from_secs(5)), 0);
+        assert_eq!(clock.now() - instant, 25 * HOUR);
+        assert_eq!(clock.wall(), start + 25 * HOUR);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_share_the_origin() {
+        let clock = TokioClock::starting_at(midnight());
+        tokio::time::advance(HOUR).await;
+        let clone = clock;
+        tokio::time::advance(HOUR).await;
+        assert_eq!(clone.wall(), midnight() + 2 * HOUR);
+        assert_eq!(clock.wall(), clone.wall());
     }
 }

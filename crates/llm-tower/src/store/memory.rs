@@ -1,12 +1,10 @@
-use std::{
-    fmt,
-    future::{Future, ready},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+//! The in-memory [`Store`].
+
+use std::fmt;
+use std::future::{Future, ready};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::time::Instant;
@@ -14,274 +12,370 @@ use tokio::time::Instant;
 use super::{Balance, Quota, Reservation, Reserve, Store, StoreError, Take};
 use crate::clock::{Clock, TokioClock};
 
-/// Operations between two sweeps for idle keys, at the least; a sweep
-/// also waits for as many operations as there are keys, so its cost stays
-/// constant per operation.
-const SWEEP_EVERY: u64 = 4096;
+/// How many new keys are inserted between two checks for a sweep.
+const SWEEP_EVERY: usize = 4_096;
+/// No sweep while the store holds fewer keys than this.
+const MIN_SWEEP_LEN: usize = 4_096;
 
-/// The in-process [`Store`]: sharded maps (`dashmap`), one `AtomicU64` per
-/// rate-limit cell updated by compare-and-swap, a small mutex per budget
-/// bucket, and an amortized sweep that evicts idle keys, so memory stays
-/// flat however many keys pass through.
+/// The embedded [`Store`]: state in this process's memory.
 ///
-/// Clones share the same state. Every future it returns is ready at once.
-pub struct MemoryStore<C = TokioClock> {
+/// # Clone
+///
+/// Clones share the same state through an `Arc`: clone the store into every
+/// layer and service that must see the same limits.
+///
+/// # Hot path
+///
+/// State lives in sharded concurrent maps ([`dashmap`]), one per family,
+/// looked up by `&str` without allocating; a key is allocated once, when it is
+/// first inserted. A rate-limit cell is one `AtomicU64` (the GCRA theoretical
+/// arrival time) updated with a compare-and-swap loop under a shard read
+/// guard: concurrent takes on one key never block each other. A budget bucket
+/// is a per-key `Mutex` around three numbers, held for a few instructions. No
+/// lock is global.
+///
+/// Every method returns a [`std::future::Ready`]: the operation runs when the
+/// method is called, and awaiting it never suspends nor allocates.
+///
+/// # Eviction
+///
+/// Idle keys are removed by a sweep: every 4096 insertions of a new key, if
+/// the store holds more keys than twice what survived the previous sweep (and
+/// at least 4096), the calling operation also drops the rate-limit cells that
+/// are full again (`TAT ≤ now`, equivalent to a missing cell), the budget
+/// buckets and flags that have expired. The cost is amortised over the
+/// insertions, and memory stays flat however many distinct keys go by.
+/// [`sweep`](Self::sweep) runs one on demand.
+///
+/// # Time
+///
+/// Time comes from the store's [`Clock`] ([`TokioClock`] by default), so tests
+/// drive it with tokio's paused time.
+pub struct MemoryStore<C: Clock = TokioClock> {
     inner: Arc<Inner<C>>,
 }
 
 struct Inner<C> {
     clock: C,
+    /// Time zero for the nanosecond timestamps kept in the maps.
     origin: Instant,
     cells: DashMap<Box<str>, AtomicU64>,
-    buckets: DashMap<Box<str>, Mutex<Bucket>>,
+    buckets: DashMap<Arc<str>, Mutex<Bucket>>,
+    /// Flag expiry, in nanoseconds since `origin`.
     flags: DashMap<Box<str>, AtomicU64>,
-    ops: AtomicU64,
-    next_sweep: AtomicU64,
-    generations: AtomicU64,
+    inserts: AtomicUsize,
+    sweep_above: AtomicUsize,
+    sweeping: AtomicBool,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Bucket {
     spent: u64,
     reserved: u64,
+    created: u64,
     expires: u64,
-    generation: u64,
 }
 
-impl MemoryStore<TokioClock> {
-    /// A store on tokio's clock.
+impl Bucket {
+    fn new(now: u64, ttl: Duration) -> Self {
+        Self {
+            spent: 0,
+            reserved: 0,
+            created: now,
+            expires: now.saturating_add(nanos(ttl)),
+        }
+    }
+
+    fn balance(&self, now: u64) -> Balance {
+        if self.expires <= now {
+            Balance::default()
+        } else {
+            Balance {
+                spent: self.spent,
+                reserved: self.reserved,
+            }
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on [`TokioClock`].
     pub fn new() -> Self {
         Self::with_clock(TokioClock::new())
     }
 }
 
-impl Default for MemoryStore<TokioClock> {
+impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
 impl<C: Clock> MemoryStore<C> {
-    /// A store on the given clock.
+    /// An empty store on `clock`.
     pub fn with_clock(clock: C) -> Self {
         let origin = clock.now();
-        MemoryStore {
+        Self {
             inner: Arc::new(Inner {
                 clock,
                 origin,
                 cells: DashMap::new(),
                 buckets: DashMap::new(),
                 flags: DashMap::new(),
-                ops: AtomicU64::new(0),
-                next_sweep: AtomicU64::new(SWEEP_EVERY),
-                generations: AtomicU64::new(0),
+                inserts: AtomicUsize::new(0),
+                sweep_above: AtomicUsize::new(MIN_SWEEP_LEN),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Keys held: rate-limit cells, budget buckets and flags.
+    /// The number of keys held (rate-limit cells, budget buckets and flags),
+    /// including idle ones not swept yet.
     pub fn len(&self) -> usize {
         self.inner.cells.len() + self.inner.buckets.len() + self.inner.flags.len()
     }
 
-    /// `true` when no key is held.
+    /// Whether the store holds no key.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Evicts every idle key now: cells that are full again, expired
-    /// buckets and flags. Runs by itself every so often.
-    pub fn sweep(&self) {
-        self.inner.sweep();
-    }
-}
-
-impl<C: Clock> Inner<C> {
-    /// Nanoseconds since the store was made; never zero, so that zero can
-    /// mean "full" or "expired".
-    fn now(&self) -> u64 {
-        let d = self.clock.now().saturating_duration_since(self.origin);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2) + 1
-    }
-
-    fn tick(&self) {
-        let ops = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
-        if ops >= self.next_sweep.load(Ordering::Relaxed) {
-            // One caller sweeps; the others go on.
-            let next = ops + SWEEP_EVERY.max(self.len_u64());
-            if self.next_sweep.fetch_max(next, Ordering::Relaxed) < next {
-                self.sweep();
-            }
-        }
-    }
-
-    fn len_u64(&self) -> u64 {
-        (self.cells.len() + self.buckets.len() + self.flags.len()) as u64
-    }
-
-    fn sweep(&self) {
-        let now = self.now();
-        self.cells
+    /// Removes idle keys now: full rate-limit cells, expired buckets and
+    /// flags. Returns the number of keys removed.
+    pub fn sweep(&self) -> usize {
+        let inner = &*self.inner;
+        let before = self.len();
+        let now = inner.now_ns();
+        inner
+            .cells
             .retain(|_, tat| tat.load(Ordering::Acquire) > now);
-        self.flags
+        inner.buckets.retain(|_, b| lock(b).expires > now);
+        inner
+            .flags
             .retain(|_, expires| expires.load(Ordering::Acquire) > now);
-        self.buckets.retain(|_, bucket| match bucket.try_lock() {
-            Ok(b) => b.expires > now,
-            // Busy: in use, so not idle.
-            Err(_) => true,
-        });
+        let after = self.len();
+        inner.sweep_above.store(
+            after.saturating_mul(2).max(MIN_SWEEP_LEN),
+            Ordering::Relaxed,
+        );
+        before.saturating_sub(after)
     }
 
-    fn take(&self, key: &str, amount: u64, quota: Quota) -> Take {
-        self.tick();
-        let (t, span) = (quota.interval_nanos(), quota.span_nanos());
-        let Some(cost) = amount.checked_mul(t).filter(|c| *c <= span) else {
-            return Take::Never;
-        };
-        // Lock-free once the key exists: a shard read guard and a CAS loop.
-        let cell = match self.cells.get(key) {
-            Some(cell) => cell,
-            None => self
-                .cells
-                .entry(key.into())
-                .or_insert_with(|| AtomicU64::new(0))
-                .downgrade(),
-        };
-        let mut tat = cell.load(Ordering::Acquire);
-        loop {
-            let now = self.now();
-            let new = tat.max(now) + cost;
-            let ahead = new - now;
-            if ahead > span {
-                return Take::Denied {
-                    retry_after: Duration::from_nanos(ahead - span),
-                };
-            }
-            match cell.compare_exchange_weak(tat, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    return Take::Allowed {
-                        remaining: (span - ahead) / t,
-                    };
-                }
-                Err(actual) => tat = actual,
-            }
+    /// Counts one insertion of a new key; sweeps when due. Never called while
+    /// a guard into one of the maps is held (`retain` locks every shard).
+    fn inserted(&self) {
+        let inner = &*self.inner;
+        let n = inner.inserts.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % SWEEP_EVERY != 0 || self.len() <= inner.sweep_above.load(Ordering::Relaxed) {
+            return;
+        }
+        // One sweeper at a time; the others carry on.
+        if inner
+            .sweeping
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.sweep();
+            inner.sweeping.store(false, Ordering::Release);
         }
     }
 
-    fn refund(&self, key: &str, amount: u64, quota: Quota) {
-        self.tick();
-        let Some(cell) = self.cells.get(key) else {
+    fn take_now(&self, key: &str, amount: u64, quota: Quota) -> Take {
+        if amount > quota.limit() {
+            return Take::Never;
+        }
+        let inner = &*self.inner;
+        let now = inner.now_ns();
+        if let Some(cell) = inner.cells.get(key) {
+            return gcra_take(&cell, now, amount, quota);
+        }
+        if amount == 0 {
+            // A missing cell is a full one; nothing to record.
+            return Take::Allowed {
+                remaining: quota.limit(),
+            };
+        }
+        let take = {
+            let cell = inner
+                .cells
+                .entry(Box::from(key))
+                .or_insert_with(|| AtomicU64::new(0));
+            gcra_take(&cell, now, amount, quota)
+        };
+        self.inserted();
+        take
+    }
+
+    fn refund_now(&self, key: &str, amount: u64, quota: Quota) {
+        let inner = &*self.inner;
+        let now = inner.now_ns();
+        let Some(cell) = inner.cells.get(key) else {
+            // A missing cell is full already.
             return;
         };
-        let back = amount.saturating_mul(quota.interval_nanos());
+        let back = amount.saturating_mul(quota.interval_ns());
         let mut tat = cell.load(Ordering::Acquire);
         loop {
-            let now = self.now();
-            if tat <= now {
-                return; // full already
+            let refunded = tat.saturating_sub(back).max(now);
+            if refunded >= tat {
+                return;
             }
-            let new = tat.saturating_sub(back).max(now);
-            match cell.compare_exchange_weak(tat, new, Ordering::AcqRel, Ordering::Acquire) {
+            match cell.compare_exchange_weak(tat, refunded, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(actual) => tat = actual,
             }
         }
     }
 
-    fn reserve(&self, key: &str, amount: u64, limit: u64, ttl: Duration) -> Reserve {
-        self.tick();
-        let now = self.now();
-        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX / 2);
-        let fresh = || Bucket {
-            spent: 0,
-            reserved: 0,
-            expires: now.saturating_add(ttl),
-            generation: self.generations.fetch_add(1, Ordering::Relaxed),
-        };
-        let entry = match self.buckets.get(key) {
-            Some(e) => e,
-            None => self
+    fn reserve_now(&self, key: &str, amount: u64, limit: u64, ttl: Duration) -> Reserve {
+        let inner = &*self.inner;
+        let now = inner.now_ns();
+        if let Some(entry) = inner.buckets.get(key) {
+            return reserve_in(entry.key(), entry.value(), now, amount, limit, ttl);
+        }
+        let reserve = {
+            let entry = inner
                 .buckets
-                .entry(key.into())
-                .or_insert_with(|| Mutex::new(fresh()))
-                .downgrade(),
+                .entry(Arc::from(key))
+                .or_insert_with(|| Mutex::new(Bucket::new(now, ttl)));
+            reserve_in(entry.key(), entry.value(), now, amount, limit, ttl)
         };
-        let mut b = entry.lock().unwrap_or_else(|e| e.into_inner());
-        if b.expires <= now {
-            *b = fresh();
-        }
-        let fits = b
-            .spent
-            .checked_add(b.reserved)
-            .and_then(|used| used.checked_add(amount))
-            .is_some_and(|total| total <= limit);
-        if !fits {
-            return Reserve::Denied {
-                spent: b.spent,
-                reserved: b.reserved,
-            };
-        }
-        b.reserved += amount;
-        Reserve::Granted(Reservation::new(key.into(), amount, b.generation))
+        self.inserted();
+        reserve
     }
 
-    fn settle(&self, reservation: &Reservation, actual: u64) {
-        self.tick();
-        let now = self.now();
-        let Some(entry) = self.buckets.get(reservation.key()) else {
-            return; // evicted after expiring: that window is over
+    fn settle_now(&self, reservation: &Reservation, actual: u64) -> Balance {
+        let inner = &*self.inner;
+        let now = inner.now_ns();
+        let Some(entry) = inner.buckets.get(reservation.key()) else {
+            return Balance::default();
         };
-        let mut b = entry.lock().unwrap_or_else(|e| e.into_inner());
-        if b.generation == reservation.generation() {
-            b.reserved = b.reserved.saturating_sub(reservation.amount());
+        let mut bucket = lock(entry.value());
+        if bucket.expires > now && bucket.created == reservation.created() {
+            bucket.reserved = bucket.reserved.saturating_sub(reservation.amount());
+            bucket.spent = bucket.spent.saturating_add(actual);
         }
-        if b.expires > now || b.generation == reservation.generation() {
-            b.spent = b.spent.saturating_add(actual);
-        }
+        bucket.balance(now)
     }
 
-    fn balance(&self, key: &str) -> Balance {
-        let now = self.now();
-        match self.buckets.get(key) {
-            Some(entry) => {
-                let b = entry.lock().unwrap_or_else(|e| e.into_inner());
-                if b.expires > now {
-                    Balance {
-                        spent: b.spent,
-                        reserved: b.reserved,
-                    }
-                } else {
-                    Balance::default()
-                }
-            }
-            None => Balance::default(),
-        }
+    fn balance_now(&self, key: &str) -> Balance {
+        let inner = &*self.inner;
+        let now = inner.now_ns();
+        inner
+            .buckets
+            .get(key)
+            .map_or_else(Balance::default, |b| lock(&b).balance(now))
     }
 
-    fn set_flag(&self, key: &str, ttl: Duration) {
-        self.tick();
-        let expires = self
-            .now()
-            .saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX / 2));
-        match self.flags.get(key) {
-            Some(f) => f.store(expires, Ordering::Release),
-            None => {
-                self.flags
-                    .entry(key.into())
-                    .or_insert_with(|| AtomicU64::new(0))
-                    .store(expires, Ordering::Release);
-            }
+    fn set_flag_now(&self, key: &str, ttl: Duration) {
+        let inner = &*self.inner;
+        let expires = inner.now_ns().saturating_add(nanos(ttl));
+        if let Some(flag) = inner.flags.get(key) {
+            flag.store(expires, Ordering::Release);
+            return;
         }
+        inner
+            .flags
+            .entry(Box::from(key))
+            .or_default()
+            .store(expires, Ordering::Release);
+        self.inserted();
     }
 
-    fn flag(&self, key: &str) -> Option<Duration> {
-        let expires = self.flags.get(key)?.load(Ordering::Acquire);
-        let now = self.now();
+    fn flag_now(&self, key: &str) -> Option<Duration> {
+        let inner = &*self.inner;
+        let now = inner.now_ns();
+        let expires = inner.flags.get(key)?.load(Ordering::Acquire);
         (expires > now).then(|| Duration::from_nanos(expires - now))
     }
+}
 
-    fn clear_flag(&self, key: &str) {
-        self.flags.remove(key);
+impl<C: Clock> Inner<C> {
+    /// Nanoseconds since the store's origin. `u64` lasts 584 years.
+    fn now_ns(&self) -> u64 {
+        nanos(self.clock.now().saturating_duration_since(self.origin))
+    }
+}
+
+/// The GCRA step on one cell: see the module documentation of [`super`].
+fn gcra_take(cell: &AtomicU64, now: u64, amount: u64, quota: Quota) -> Take {
+    let interval = quota.interval_ns();
+    let tolerance = quota.tolerance_ns();
+    // `amount ≤ limit`, so `cost ≤ tolerance`.
+    let cost = amount * interval;
+    let mut tat = cell.load(Ordering::Acquire);
+    loop {
+        let new_tat = tat.max(now) + cost;
+        let ahead = new_tat - now;
+        if ahead > tolerance {
+            return Take::Denied {
+                retry_after: Duration::from_nanos(ahead - tolerance),
+            };
+        }
+        let remaining = (tolerance - ahead) / interval;
+        if new_tat == tat {
+            // Nothing taken (amount 0 on a busy cell): no write.
+            return Take::Allowed { remaining };
+        }
+        match cell.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Take::Allowed { remaining },
+            Err(actual) => tat = actual,
+        }
+    }
+}
+
+fn reserve_in(
+    key: &Arc<str>,
+    bucket: &Mutex<Bucket>,
+    now: u64,
+    amount: u64,
+    limit: u64,
+    ttl: Duration,
+) -> Reserve {
+    let mut b = lock(bucket);
+    if b.expires <= now {
+        *b = Bucket::new(now, ttl);
+    }
+    let committed = b.spent.saturating_add(b.reserved);
+    if committed.saturating_add(amount) <= limit {
+        b.reserved += amount;
+        Reserve::Granted(Reservation::new(Arc::clone(key), amount, b.created))
+    } else {
+        Reserve::Denied {
+            spent: b.spent,
+            reserved: b.reserved,
+        }
+    }
+}
+
+/// Locks a bucket. Nothing can panic while a bucket is locked, so a poisoned
+/// lock still holds consistent numbers.
+fn lock(bucket: &Mutex<Bucket>) -> MutexGuard<'_, Bucket> {
+    bucket
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl<C: Clock> Clone for MemoryStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: Clock> fmt::Debug for MemoryStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("cells", &self.inner.cells.len())
+            .field("buckets", &self.inner.buckets.len())
+            .field("flags", &self.inner.flags.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -292,7 +386,7 @@ impl<C: Clock> Store for MemoryStore<C> {
         amount: u64,
         quota: Quota,
     ) -> impl Future<Output = Result<Take, StoreError>> + Send {
-        ready(Ok(self.inner.take(key, amount, quota)))
+        ready(Ok(self.take_now(key, amount, quota)))
     }
 
     fn refund(
@@ -301,7 +395,7 @@ impl<C: Clock> Store for MemoryStore<C> {
         amount: u64,
         quota: Quota,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.refund(key, amount, quota);
+        self.refund_now(key, amount, quota);
         ready(Ok(()))
     }
 
@@ -312,20 +406,19 @@ impl<C: Clock> Store for MemoryStore<C> {
         limit: u64,
         ttl: Duration,
     ) -> impl Future<Output = Result<Reserve, StoreError>> + Send {
-        ready(Ok(self.inner.reserve(key, amount, limit, ttl)))
+        ready(Ok(self.reserve_now(key, amount, limit, ttl)))
     }
 
     fn settle(
         &self,
         reservation: &Reservation,
         actual: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.settle(reservation, actual);
-        ready(Ok(()))
+    ) -> impl Future<Output = Result<Balance, StoreError>> + Send {
+        ready(Ok(self.settle_now(reservation, actual)))
     }
 
     fn balance(&self, key: &str) -> impl Future<Output = Result<Balance, StoreError>> + Send {
-        ready(Ok(self.inner.balance(key)))
+        ready(Ok(self.balance_now(key)))
     }
 
     fn set_flag(
@@ -333,34 +426,19 @@ impl<C: Clock> Store for MemoryStore<C> {
         key: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.set_flag(key, ttl);
+        self.set_flag_now(key, ttl);
         ready(Ok(()))
     }
 
     fn flag(&self, key: &str) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
-        ready(Ok(self.inner.flag(key)))
+        ready(Ok(self.flag_now(key)))
     }
 
     fn clear_flag(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.clear_flag(key);
+        self.inner.flags.remove(key);
         ready(Ok(()))
     }
 }
 
-impl<C> Clone for MemoryStore<C> {
-    fn clone(&self) -> Self {
-        MemoryStore {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<C> fmt::Debug for MemoryStore<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("cells", &self.inner.cells.len())
-            .field("buckets", &self.inner.buckets.len())
-            .field("flags", &self.inner.flags.len())
-            .finish_non_exhaustive()
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,96 +1,246 @@
 //! Shared state behind limits, budgets and breakers.
 //!
-//! Rate-limit cells, budget reservations and breaker flags go through the
-//! narrow [`Store`] trait, so that they can live in this process
-//! ([`MemoryStore`], the default) or be shared by many (a Redis store, with
-//! the same semantics). Every operation is one atomic step on one key, with
-//! the store's own clock: one round trip, one Lua script in Redis.
+//! Rate limits, budgets and circuit breakers keep their state behind the
+//! narrow [`Store`] trait. [`MemoryStore`] is the embedded default; a Redis
+//! store implements the same trait so that limits and budgets hold across
+//! processes.
 //!
-//! # Rate-limit cells: weighted GCRA
+//! # One operation, one round trip
 //!
-//! [`Store::take`] implements the generic cell rate algorithm, weighted:
-//! a [`Quota`] of `limit` per `window` admits one unit every `window /
-//! limit` (the emission interval `T`) and a burst of up to `limit` units.
-//! The whole state of a key is one number, the theoretical arrival time
-//! (TAT): the instant at which the cell would be full again. A take of `n`
-//! at time `t` is admitted when `max(TAT, t) + n·T − t ≤ limit·T`, and then
-//! moves TAT forward by `n·T`. A denial says exactly how long to wait
-//! ([`Take::Denied`]), and over any interval of length `d` a key admits at
-//! most `limit + d / T` units. [`Store::refund`] gives units back when the
-//! actual cost came in under the estimate. In memory a cell is one
-//! `AtomicU64` updated with compare-and-swap: no lock once the key exists.
+//! Each method is one atomic step on the store's side: it reads the store's
+//! own clock, decides and updates in one go, and answers with everything the
+//! caller needs next (how long to wait, what is left, what was spent). Nothing
+//! is read, decided in the caller and written back, so concurrent callers,
+//! threads or processes can never all pass a check only one should pass. For
+//! Redis each method is one Lua script on the server, with the server's
+//! `TIME`; for [`MemoryStore`] it is a compare-and-swap or a short per-key lock.
 //!
-//! # Budget buckets: reservation, then settlement
+//! The operations come in three families:
 //!
-//! [`Store::reserve`] checks `spent + reserved + amount ≤ limit` and
-//! reserves `amount` in the same atomic step, so N concurrent calls can
-//! never all pass a check that only one should pass.
-//! [`Store::settle`] turns the reservation into the actual amount spent
-//! (which may exceed the reservation: money spent is spent). The caller
-//! puts the window in the key (`tenant-a:day:20779`); the bucket expires
-//! `ttl` after it was created.
+//! | family | methods | used by |
+//! |---|---|---|
+//! | weighted rate limit (GCRA) | [`take`](Store::take), [`refund`](Store::refund) | requests/min, tokens/min |
+//! | budget bucket | [`reserve`](Store::reserve), [`settle`](Store::settle), [`balance`](Store::balance) | cost and token budgets |
+//! | flag with expiry | [`set_flag`](Store::set_flag), [`flag`](Store::flag), [`clear_flag`](Store::clear_flag) | breaker open, provider cooldowns |
+//!
+//! # Rate limits: GCRA
+//!
+//! [`take`](Store::take) is the generic cell rate algorithm, weighted, as in
+//! the `governor` crate. A [`Quota`] of `limit` units per `window` emits one
+//! unit every `T = window / limit`. Per key the store keeps a single number,
+//! the theoretical arrival time `TAT` (one `u64` of nanoseconds, one atomic in
+//! memory): the time at which the key would be idle again if no more units
+//! were taken. Taking `n` units at `now` succeeds iff
+//!
+//! ```text
+//! max(TAT, now) + n·T − now ≤ limit·T      (limit·T is the window, rounded down to whole T)
+//! ```
+//!
+//! and then `TAT = max(TAT, now) + n·T`. An idle key therefore accepts a burst
+//! of the whole `limit`, then refills at one unit per `T`: it behaves as a
+//! token bucket of capacity `limit` refilled continuously, with no timer and no
+//! background task. Over any interval of length `d`, at most
+//! `limit + ⌊d / T⌋` units pass.
+//!
+//! A denial carries `retry_after`, the exact wait after which the same take
+//! succeeds if nothing else takes from the key in between: after a burst of
+//! `limit`, the next single unit is denied with `retry_after == T`. A denied
+//! take changes nothing. A take larger than `limit` can never succeed and is
+//! answered [`Take::Never`] instead of a wait.
+//!
+//! [`refund`](Store::refund) gives units back (`TAT −= n·T`, never below now)
+//! when the actual usage came in under the estimate taken before the call.
+//!
+//! # Budgets: reserve, then settle
+//!
+//! A budget bucket holds `spent` and `reserved` amounts (cents, micro-dollars,
+//! tokens: the caller picks the unit) for one window. The caller encodes the
+//! window in the key, e.g. `tenant-a:day:20414` (see
+//! [`clock::utc_day`](crate::clock::utc_day)), and gives the bucket a time to
+//! live, e.g. [`clock::until_next_utc_day`](crate::clock::until_next_utc_day).
+//!
+//! - [`reserve`](Store::reserve) succeeds iff `spent + reserved + amount ≤ limit`,
+//!   then `reserved += amount`, and returns a [`Reservation`].
+//! - [`settle`](Store::settle) releases the reservation and records the actual
+//!   amount: `reserved −= reservation`, `spent += actual`. The actual amount may
+//!   exceed the reservation, even past the limit: money spent is spent. The
+//!   next reservations are then denied until the window ends.
+//! - The bucket expires `ttl` after its creation; the first reservation after
+//!   that starts a new, empty bucket. A reservation settled after its bucket
+//!   expired changes nothing: its window is over.
+//!
+//! Reserving before the call makes N concurrent calls unable to all pass a
+//! check that only one should pass.
 //!
 //! # Flags
 //!
-//! [`Store::set_flag`] raises a flag that falls by itself after a time
-//! (a breaker open for everyone); [`Store::flag`] says how long it has left.
+//! A flag is a key that exists for a while: [`set_flag`](Store::set_flag) with
+//! a time to live, [`flag`](Store::flag) returns the time left, and
+//! [`clear_flag`](Store::clear_flag) removes it early.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use llm_tower::store::{MemoryStore, Quota, Reserve, Store, Take};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//!
+//! // 10,000 tokens per minute; take the estimate before the call.
+//! let tpm = Quota::new(10_000, Duration::from_secs(60))?;
+//! match store.take("openai:gpt-4o:tpm", 1_200, tpm).await? {
+//!     Take::Allowed { remaining } => assert_eq!(remaining, 8_800),
+//!     Take::Denied { retry_after } => println!("wait {retry_after:?}"),
+//!     Take::Never => println!("larger than the whole quota"),
+//! }
+//! // The call used fewer tokens than estimated: give the rest back.
+//! store.refund("openai:gpt-4o:tpm", 200, tpm).await?;
+//!
+//! // A daily budget of 500 cents: reserve the estimate, settle the actual cost.
+//! let day = Duration::from_secs(24 * 3600);
+//! let Reserve::Granted(reservation) = store.reserve("tenant-a:day:20414", 30, 500, day).await? else {
+//!     panic!("budget exceeded");
+//! };
+//! let balance = store.settle(&reservation, 12).await?;
+//! assert_eq!((balance.spent, balance.reserved), (12, 0));
+//! # Ok(()) }
+//! ```
 
 mod memory;
 
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub use self::memory::MemoryStore;
+pub use memory::MemoryStore;
 
-/// A rate: `limit` units per `window`, with a burst of up to `limit`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+use crate::BoxError;
+
+/// Shared state for limits, budgets and breakers.
+///
+/// Every method is one atomic step on the store's side, against the store's
+/// own clock, and for a remote store one round trip. See the [module
+/// documentation](self) for the semantics of each family of operations.
+///
+/// The futures are `Send` so that services can hold a store behind an `Arc`
+/// and call it from any task. The trait uses `impl Future` returns and is
+/// therefore not object safe: layers are generic over their store.
+pub trait Store: Send + Sync + 'static {
+    /// Takes `amount` units from the rate-limit cell `key` under `quota` (GCRA).
+    ///
+    /// A denied take changes nothing. Use one quota per key: the cell stores
+    /// only the theoretical arrival time, which is read against the quota given.
+    fn take(
+        &self,
+        key: &str,
+        amount: u64,
+        quota: Quota,
+    ) -> impl Future<Output = Result<Take, StoreError>> + Send;
+
+    /// Gives `amount` units back to the rate-limit cell `key`, never leaving it
+    /// more than full.
+    fn refund(
+        &self,
+        key: &str,
+        amount: u64,
+        quota: Quota,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reserves `amount` in the budget bucket `key` if `spent + reserved +
+    /// amount ≤ limit`.
+    ///
+    /// A missing or expired bucket is created empty, expiring `ttl` later; the
+    /// `ttl` of an existing bucket is left as it is.
+    fn reserve(
+        &self,
+        key: &str,
+        amount: u64,
+        limit: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Reserve, StoreError>> + Send;
+
+    /// Settles a reservation with the `actual` amount spent, and returns the
+    /// bucket's balance afterwards.
+    ///
+    /// `actual` may exceed the reservation, and the limit. If the bucket the
+    /// reservation came from has expired, nothing changes and the balance of
+    /// the key as it is now is returned.
+    fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: u64,
+    ) -> impl Future<Output = Result<Balance, StoreError>> + Send;
+
+    /// The balance of the budget bucket `key`; zero if it is missing or expired.
+    fn balance(&self, key: &str) -> impl Future<Output = Result<Balance, StoreError>> + Send;
+
+    /// Sets the flag `key` for `ttl`, replacing any time left.
+    fn set_flag(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The time left on the flag `key`, or `None` if it is not set.
+    fn flag(&self, key: &str) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send;
+
+    /// Clears the flag `key`.
+    fn clear_flag(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A rate limit: `limit` units per `window`, with a burst of the whole `limit`.
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_tower::store::Quota;
+///
+/// let rpm = Quota::new(600, Duration::from_secs(60)).unwrap();
+/// assert_eq!(rpm.emission_interval(), Duration::from_millis(100));
+/// assert!(Quota::new(0, Duration::from_secs(60)).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
     limit: u64,
     window: Duration,
-    /// Nanoseconds per unit, rounded up: the cell refills no faster than
-    /// `limit` per `window`.
-    interval: u64,
+    /// Emission interval `T = window / limit`, in nanoseconds, at least 1.
+    interval_ns: u64,
 }
 
+/// The longest window a [`Quota`] accepts: about 146 years, which keeps every
+/// GCRA computation on `u64` nanoseconds far from overflow.
+const MAX_WINDOW_NS: u128 = (u64::MAX / 4) as u128;
+
 impl Quota {
-    /// `limit` units per `window`. Rejects a zero limit or window, and a
-    /// rate finer than a unit per nanosecond.
-    pub fn new(limit: u64, window: Duration) -> Result<Quota, InvalidQuota> {
-        let invalid = |reason| Err(InvalidQuota { reason });
-        if limit == 0 {
-            return invalid("the limit is zero");
-        }
-        if window.is_zero() {
-            return invalid("the window is zero");
-        }
-        let nanos = window.as_nanos();
-        if nanos > u128::from(u64::MAX) / 4 {
-            return invalid("the window is too long (over 146 years)");
-        }
-        let interval = (nanos as u64).div_ceil(limit);
-        if u128::from(interval) * u128::from(limit) > u128::from(u64::MAX) / 4 {
-            return invalid("the window is too long for this limit");
-        }
-        if (nanos as u64) < limit {
-            return invalid("the rate is finer than one unit per nanosecond");
-        }
-        Ok(Quota {
-            limit,
-            window,
-            interval,
-        })
+    /// `limit` units per `window`.
+    ///
+    /// # Errors
+    ///
+    /// If `limit` or `window` is zero, if `window` is longer than about 146
+    /// years, or if `window / limit` is below one nanosecond.
+    pub fn new(limit: u64, window: Duration) -> Result<Self, InvalidQuota> {
+        let window_ns = window.as_nanos();
+        let kind = if limit == 0 {
+            QuotaErrorKind::ZeroLimit
+        } else if window_ns == 0 {
+            QuotaErrorKind::ZeroWindow
+        } else if window_ns > MAX_WINDOW_NS {
+            QuotaErrorKind::WindowTooLong(window)
+        } else if window_ns < u128::from(limit) {
+            QuotaErrorKind::IntervalTooShort { limit, window }
+        } else {
+            return Ok(Self {
+                limit,
+                window,
+                interval_ns: (window_ns / u128::from(limit)) as u64,
+            });
+        };
+        Err(InvalidQuota { kind })
     }
 
-    /// `limit` units per minute.
-    pub fn per_minute(limit: u64) -> Result<Quota, InvalidQuota> {
-        Quota::new(limit, Duration::from_secs(60))
-    }
-
-    /// `limit` units per second.
-    pub fn per_second(limit: u64) -> Result<Quota, InvalidQuota> {
-        Quota::new(limit, Duration::from_secs(1))
-    }
-
-    /// Units per window, and the largest burst.
+    /// The number of units per window, which is also the largest burst.
     pub fn limit(&self) -> u64 {
         self.limit
     }
@@ -100,82 +250,124 @@ impl Quota {
         self.window
     }
 
-    /// Time for one unit to come back (the emission interval).
+    /// The emission interval `T = window / limit`, rounded down to whole
+    /// nanoseconds: one unit becomes available again every `T`.
     pub fn emission_interval(&self) -> Duration {
-        Duration::from_nanos(self.interval)
+        Duration::from_nanos(self.interval_ns)
     }
 
-    /// The interval, in nanoseconds.
-    pub(crate) fn interval_nanos(&self) -> u64 {
-        self.interval
+    /// `T` in nanoseconds.
+    pub(crate) fn interval_ns(&self) -> u64 {
+        self.interval_ns
     }
 
-    /// The burst span `limit · T`, in nanoseconds.
-    pub(crate) fn span_nanos(&self) -> u64 {
-        self.interval * self.limit
+    /// The burst tolerance `limit·T` in nanoseconds: the window rounded down
+    /// to whole emission intervals, so that a burst is exactly `limit`.
+    pub(crate) fn tolerance_ns(&self) -> u64 {
+        // `limit·T ≤ window ≤ MAX_WINDOW_NS`: no overflow.
+        self.limit * self.interval_ns
     }
 }
 
-/// A [`Quota`] could not be built.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The error returned by [`Quota::new`] for a limit that cannot be enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidQuota {
-    reason: &'static str,
+    kind: QuotaErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum QuotaErrorKind {
+    ZeroLimit,
+    ZeroWindow,
+    WindowTooLong(Duration),
+    IntervalTooShort { limit: u64, window: Duration },
 }
 
 impl fmt::Display for InvalidQuota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid quota: {}", self.reason)
+        match &self.kind {
+            QuotaErrorKind::ZeroLimit => f.write_str("invalid quota: the limit must be at least 1"),
+            QuotaErrorKind::ZeroWindow => {
+                f.write_str("invalid quota: the window must be longer than zero")
+            }
+            QuotaErrorKind::WindowTooLong(window) => write!(
+                f,
+                "invalid quota: a window of {window:?} is too long (at most about 146 years)"
+            ),
+            QuotaErrorKind::IntervalTooShort { limit, window } => write!(
+                f,
+                "invalid quota: {limit} per {window:?} is more than one unit per nanosecond"
+            ),
+        }
     }
 }
 
 impl std::error::Error for InvalidQuota {}
 
 /// The answer to [`Store::take`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
-    /// Admitted; `remaining` units could still be taken at once.
+    /// The units were taken.
     Allowed {
-        /// Units left in the burst after this take.
+        /// How many more units could be taken right now.
         remaining: u64,
     },
-    /// Not now: the same take is admitted after `retry_after`, if nothing
-    /// else takes in between.
+    /// Not enough units now; nothing was taken.
     Denied {
-        /// The exact wait.
+        /// The exact wait after which the same take succeeds, if nothing else
+        /// takes from the key in between.
         retry_after: Duration,
     },
-    /// Never: the amount is larger than the quota's whole burst.
+    /// The amount exceeds the quota's limit: this take can never succeed.
     Never,
 }
 
 impl Take {
-    /// `true` for [`Take::Allowed`].
+    /// Whether the units were taken.
     pub fn is_allowed(&self) -> bool {
         matches!(self, Take::Allowed { .. })
     }
 }
 
-/// An amount reserved in a budget bucket, to settle once the actual amount
-/// is known.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The answer to [`Store::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserve {
+    /// The amount is reserved; settle it with [`Store::settle`].
+    Granted(Reservation),
+    /// The amount does not fit under the limit; nothing was reserved.
+    Denied {
+        /// Amount already spent in the window.
+        spent: u64,
+        /// Amount reserved by calls still in flight.
+        reserved: u64,
+    },
+}
+
+/// An amount reserved in a budget bucket, to be settled after the call.
+///
+/// Dropping a reservation without settling it leaves the amount reserved until
+/// the bucket expires: settle with `actual = 0` when a call is abandoned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reservation {
     key: Arc<str>,
     amount: u64,
-    generation: u64,
+    /// Identifies the bucket's incarnation (its creation time on the store's
+    /// clock), so that a late settlement never lands in a later window that
+    /// reuses the key.
+    created: u64,
 }
 
 impl Reservation {
-    /// A reservation of `amount` in the bucket `key` as it was at
-    /// `generation` (for [`Store`] implementations).
-    pub fn new(key: Arc<str>, amount: u64, generation: u64) -> Self {
-        Reservation {
+    /// Builds a reservation; for store implementations.
+    pub(crate) fn new(key: Arc<str>, amount: u64, created: u64) -> Self {
+        Self {
             key,
             amount,
-            generation,
+            created,
         }
     }
 
-    /// The bucket.
+    /// The budget bucket's key.
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -185,50 +377,44 @@ impl Reservation {
         self.amount
     }
 
-    /// Which life of the bucket the reservation was made in: a bucket that
-    /// expired and started again has a new generation.
-    pub fn generation(&self) -> u64 {
-        self.generation
+    pub(crate) fn created(&self) -> u64 {
+        self.created
     }
 }
 
-/// The answer to [`Store::reserve`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reserve {
-    /// Reserved: settle it when the actual amount is known.
-    Granted(Reservation),
-    /// The amount does not fit under the limit.
-    Denied {
-        /// Spent so far in the bucket.
-        spent: u64,
-        /// Reserved by calls still running.
-        reserved: u64,
-    },
-}
-
-/// What a budget bucket holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The state of a budget bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Balance {
-    /// Settled spending.
+    /// Amount spent in the window (settled).
     pub spent: u64,
-    /// Reservations not yet settled.
+    /// Amount reserved by calls not settled yet.
     pub reserved: u64,
 }
 
-/// A store could not carry out an operation (a connection lost, say).
-/// The in-memory store never fails.
+/// An error from a [`Store`]: the store could not be reached or answered
+/// something unexpected.
+///
+/// [`MemoryStore`] never fails; remote stores do.
 #[derive(Debug)]
 pub struct StoreError {
-    message: Box<str>,
-    source: Option<crate::BoxError>,
+    message: Cow<'static, str>,
+    source: Option<BoxError>,
 }
 
 impl StoreError {
-    /// An error with a message and an optional cause.
-    pub fn new(message: impl Into<Box<str>>, source: Option<crate::BoxError>) -> Self {
-        StoreError {
+    /// An error with a lowercase message such as `"connection refused"`.
+    pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
             message: message.into(),
-            source,
+            source: None,
+        }
+    }
+
+    /// An error with a message and the underlying cause.
+    pub fn with_source(message: impl Into<Cow<'static, str>>, source: impl Into<BoxError>) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(source.into()),
         }
     }
 }
@@ -241,123 +427,56 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
-/// Shared state for limits, budgets and breakers: every operation is one
-/// atomic step on one key, timed by the store's own clock.
-///
-/// See the [module docs](self) for the semantics every implementation
-/// keeps.
-pub trait Store: Send + Sync + 'static {
-    /// Takes `amount` units from the rate-limit cell `key` (weighted GCRA).
-    fn take(
-        &self,
-        key: &str,
-        amount: u64,
-        quota: Quota,
-    ) -> impl Future<Output = Result<Take, StoreError>> + Send;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
 
-    /// Gives `amount` units back to the cell `key`, never more than it
-    /// holds when full.
-    fn refund(
-        &self,
-        key: &str,
-        amount: u64,
-        quota: Quota,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    #[test]
+    fn quota_validation() {
+        let q = Quota::new(3, Duration::from_secs(1)).unwrap();
+        assert_eq!(q.limit(), 3);
+        assert_eq!(q.window(), Duration::from_secs(1));
+        assert_eq!(q.interval_ns(), 333_333_333);
+        assert_eq!(q.tolerance_ns(), 999_999_999);
 
-    /// Reserves `amount` in the budget bucket `key` if spent, reserved and
-    /// `amount` together stay within `limit`. A new bucket lives for `ttl`.
-    fn reserve(
-        &self,
-        key: &str,
-        amount: u64,
-        limit: u64,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<Reserve, StoreError>> + Send;
+        let one_per_ns = Quota::new(1_000, Duration::from_micros(1)).unwrap();
+        assert_eq!(one_per_ns.emission_interval(), Duration::from_nanos(1));
 
-    /// Settles a reservation: it stops being reserved, and `actual` is
-    /// added to what was spent. If the bucket has expired since, the
-    /// spending is recorded in its new life.
-    fn settle(
-        &self,
-        reservation: &Reservation,
-        actual: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// What the bucket `key` holds (zero for an unknown or expired bucket).
-    fn balance(&self, key: &str) -> impl Future<Output = Result<Balance, StoreError>> + Send;
-
-    /// Raises the flag `key` for `ttl`, replacing any earlier expiry.
-    fn set_flag(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The time the flag `key` has left, or `None` when it is down.
-    fn flag(&self, key: &str) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send;
-
-    /// Lowers the flag `key`.
-    fn clear_flag(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-impl<S: Store> Store for Arc<S> {
-    fn take(
-        &self,
-        key: &str,
-        amount: u64,
-        quota: Quota,
-    ) -> impl Future<Output = Result<Take, StoreError>> + Send {
-        (**self).take(key, amount, quota)
+        let err = Quota::new(0, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid quota: the limit must be at least 1"
+        );
+        let err = Quota::new(1, Duration::ZERO).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid quota: the window must be longer than zero"
+        );
+        let err = Quota::new(1_001, Duration::from_micros(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid quota: 1001 per 1µs is more than one unit per nanosecond"
+        );
+        let err = Quota::new(1, Duration::from_secs(200 * 365 * 86_400)).unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
     }
 
-    fn refund(
-        &self,
-        key: &str,
-        amount: u64,
-        quota: Quota,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).refund(key, amount, quota)
-    }
+    #[test]
+    fn store_error_display_and_source() {
+        let err = StoreError::new("connection refused");
+        assert_eq!(err.to_string(), "store error: connection refused");
+        assert!(err.source().is_none());
 
-    fn reserve(
-        &self,
-        key: &str,
-        amount: u64,
-        limit: u64,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<Reserve, StoreError>> + Send {
-        (**self).reserve(key, amount, limit, ttl)
-    }
-
-    fn settle(
-        &self,
-        reservation: &Reservation,
-        actual: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).settle(reservation, actual)
-    }
-
-    fn balance(&self, key: &str) -> impl Future<Output = Result<Balance, StoreError>> + Send {
-        (**self).balance(key)
-    }
-
-    fn set_flag(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).set_flag(key, ttl)
-    }
-
-    fn flag(&self, key: &str) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
-        (**self).flag(key)
-    }
-
-    fn clear_flag(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).clear_flag(key)
+        let io = std::io::Error::other("reset by peer");
+        let err = StoreError::with_source("script failed", io);
+        assert_eq!(err.to_string(), "store error: script failed");
+        assert_eq!(err.source().unwrap().to_string(), "reset by peer");
     }
 }
