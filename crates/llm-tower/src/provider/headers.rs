@@ -1,129 +1,198 @@
 //! Provider response headers: server-directed delays, rate-limit state and
 //! request ids.
 //!
-//! Every function here returns "no value" for garbage and never panics.
-//! Header names are written once, in [`names`], and read by every layer.
+//! Every function here returns "no value" for garbage and never panics: a
+//! value that is not visible ASCII, negative, not a number, `NaN`, infinite,
+//! in an unknown unit or longer than [`MAX_DELAY`] reads as absent.
+//!
+//! Header names are written once, in [`names`], and read from there by every
+//! layer.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::{HeaderMap, HeaderValue};
+//! use llm_tower::provider::headers::{self, RateLimitInfo, names};
+//!
+//! let mut h = HeaderMap::new();
+//! h.insert(names::X_RATELIMIT_REMAINING_REQUESTS, HeaderValue::from_static("0"));
+//! h.insert(names::X_RATELIMIT_RESET_REQUESTS, HeaderValue::from_static("6m0s"));
+//! h.insert(names::X_REQUEST_ID, HeaderValue::from_static("req_123"));
+//!
+//! let now = SystemTime::now();
+//! let info = RateLimitInfo::from_headers(&h, now);
+//! assert_eq!(info.exhausted_reset(), Some(Duration::from_secs(360)));
+//! assert_eq!(headers::retry_after(&h, now), None);
+//! assert_eq!(headers::server_delay(&h, now), Some(Duration::from_secs(360)));
+//! assert_eq!(headers::request_id(&h), Some("req_123"));
+//! ```
 
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName};
 
-/// The header names providers use, written once.
+use self::names::*;
+
+/// Names of the response (and a few request) headers the crate reads.
+///
+/// `http::HeaderName`s, so they can be used directly with
+/// [`HeaderMap::get`] and [`HeaderMap::insert`].
 pub mod names {
     use http::HeaderName;
 
-    /// `retry-after`: delay-seconds or an HTTP date.
+    /// `retry-after`: delay-seconds or an HTTP date (RFC 9110).
     pub const RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
-    /// `retry-after-ms`: a delay in milliseconds (OpenAI, Azure).
+    /// `retry-after-ms`: a delay in milliseconds (OpenAI, Azure OpenAI).
     pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
-    /// `x-should-retry: true|false` (OpenAI, Anthropic).
+    /// `x-should-retry: true|false`: the server's verdict on retrying (OpenAI,
+    /// Anthropic).
     pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
-    /// OpenAI's request id.
+
+    /// `x-request-id`: OpenAI's request id.
     pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    /// Anthropic's request id.
+    /// `request-id`: Anthropic's request id.
     pub const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
-    /// Azure API Management's request id.
+    /// `apim-request-id`: Azure API Management's request id (Azure OpenAI).
     pub const APIM_REQUEST_ID: HeaderName = HeaderName::from_static("apim-request-id");
 
-    /// OpenAI `x-ratelimit-limit-requests`.
-    pub const OPENAI_LIMIT_REQUESTS: HeaderName =
+    /// `x-ratelimit-limit-requests` (OpenAI).
+    pub const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
         HeaderName::from_static("x-ratelimit-limit-requests");
-    /// OpenAI `x-ratelimit-remaining-requests`.
-    pub const OPENAI_REMAINING_REQUESTS: HeaderName =
+    /// `x-ratelimit-remaining-requests` (OpenAI).
+    pub const X_RATELIMIT_REMAINING_REQUESTS: HeaderName =
         HeaderName::from_static("x-ratelimit-remaining-requests");
-    /// OpenAI `x-ratelimit-reset-requests` (a Go duration).
-    pub const OPENAI_RESET_REQUESTS: HeaderName =
+    /// `x-ratelimit-reset-requests`, a Go duration (OpenAI).
+    pub const X_RATELIMIT_RESET_REQUESTS: HeaderName =
         HeaderName::from_static("x-ratelimit-reset-requests");
-    /// OpenAI `x-ratelimit-limit-tokens`.
-    pub const OPENAI_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-    /// OpenAI `x-ratelimit-remaining-tokens`.
-    pub const OPENAI_REMAINING_TOKENS: HeaderName =
+    /// `x-ratelimit-limit-tokens` (OpenAI).
+    pub const X_RATELIMIT_LIMIT_TOKENS: HeaderName =
+        HeaderName::from_static("x-ratelimit-limit-tokens");
+    /// `x-ratelimit-remaining-tokens` (OpenAI).
+    pub const X_RATELIMIT_REMAINING_TOKENS: HeaderName =
         HeaderName::from_static("x-ratelimit-remaining-tokens");
-    /// OpenAI `x-ratelimit-reset-tokens` (a Go duration).
-    pub const OPENAI_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+    /// `x-ratelimit-reset-tokens`, a Go duration (OpenAI).
+    pub const X_RATELIMIT_RESET_TOKENS: HeaderName =
+        HeaderName::from_static("x-ratelimit-reset-tokens");
 
-    /// Anthropic `anthropic-ratelimit-requests-limit`.
-    pub const ANTHROPIC_REQUESTS_LIMIT: HeaderName =
+    /// `anthropic-ratelimit-requests-limit`.
+    pub const ANTHROPIC_RATELIMIT_REQUESTS_LIMIT: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-requests-limit");
-    /// Anthropic `anthropic-ratelimit-requests-remaining`.
-    pub const ANTHROPIC_REQUESTS_REMAINING: HeaderName =
+    /// `anthropic-ratelimit-requests-remaining`.
+    pub const ANTHROPIC_RATELIMIT_REQUESTS_REMAINING: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-requests-remaining");
-    /// Anthropic `anthropic-ratelimit-requests-reset` (RFC 3339).
-    pub const ANTHROPIC_REQUESTS_RESET: HeaderName =
+    /// `anthropic-ratelimit-requests-reset`, an RFC 3339 instant.
+    pub const ANTHROPIC_RATELIMIT_REQUESTS_RESET: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-requests-reset");
-    /// Anthropic `anthropic-ratelimit-tokens-limit`.
-    pub const ANTHROPIC_TOKENS_LIMIT: HeaderName =
+    /// `anthropic-ratelimit-tokens-limit`.
+    pub const ANTHROPIC_RATELIMIT_TOKENS_LIMIT: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-tokens-limit");
-    /// Anthropic `anthropic-ratelimit-tokens-remaining`.
-    pub const ANTHROPIC_TOKENS_REMAINING: HeaderName =
+    /// `anthropic-ratelimit-tokens-remaining`.
+    pub const ANTHROPIC_RATELIMIT_TOKENS_REMAINING: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-tokens-remaining");
-    /// Anthropic `anthropic-ratelimit-tokens-reset` (RFC 3339).
-    pub const ANTHROPIC_TOKENS_RESET: HeaderName =
+    /// `anthropic-ratelimit-tokens-reset`, an RFC 3339 instant.
+    pub const ANTHROPIC_RATELIMIT_TOKENS_RESET: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-tokens-reset");
-    /// Anthropic `anthropic-ratelimit-input-tokens-limit`.
-    pub const ANTHROPIC_INPUT_TOKENS_LIMIT: HeaderName =
+    /// `anthropic-ratelimit-input-tokens-limit`.
+    pub const ANTHROPIC_RATELIMIT_INPUT_TOKENS_LIMIT: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-input-tokens-limit");
-    /// Anthropic `anthropic-ratelimit-input-tokens-remaining`.
-    pub const ANTHROPIC_INPUT_TOKENS_REMAINING: HeaderName =
+    /// `anthropic-ratelimit-input-tokens-remaining`.
+    pub const ANTHROPIC_RATELIMIT_INPUT_TOKENS_REMAINING: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining");
-    /// Anthropic `anthropic-ratelimit-input-tokens-reset` (RFC 3339).
-    pub const ANTHROPIC_INPUT_TOKENS_RESET: HeaderName =
+    /// `anthropic-ratelimit-input-tokens-reset`, an RFC 3339 instant.
+    pub const ANTHROPIC_RATELIMIT_INPUT_TOKENS_RESET: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-input-tokens-reset");
-    /// Anthropic `anthropic-ratelimit-output-tokens-limit`.
-    pub const ANTHROPIC_OUTPUT_TOKENS_LIMIT: HeaderName =
+    /// `anthropic-ratelimit-output-tokens-limit`.
+    pub const ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_LIMIT: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-output-tokens-limit");
-    /// Anthropic `anthropic-ratelimit-output-tokens-remaining`.
-    pub const ANTHROPIC_OUTPUT_TOKENS_REMAINING: HeaderName =
+    /// `anthropic-ratelimit-output-tokens-remaining`.
+    pub const ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_REMAINING: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining");
-    /// Anthropic `anthropic-ratelimit-output-tokens-reset` (RFC 3339).
-    pub const ANTHROPIC_OUTPUT_TOKENS_RESET: HeaderName =
+    /// `anthropic-ratelimit-output-tokens-reset`, an RFC 3339 instant.
+    pub const ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_RESET: HeaderName =
         HeaderName::from_static("anthropic-ratelimit-output-tokens-reset");
-}
 
-/// Longest delay any header may ask for: a year. Beyond that a value is
-/// garbage, not a plan.
-const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// `anthropic-version`, sent on every Anthropic request.
+    pub const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    /// `x-api-key`: Anthropic's API key header. A secret.
+    pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    /// `api-key`: Azure OpenAI's API key header. A secret.
+    pub const API_KEY: HeaderName = HeaderName::from_static("api-key");
+    /// `x-goog-api-key`: Gemini's API key header. A secret.
+    pub const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+    /// `authorization`: the bearer token of OpenAI and most compatible
+    /// servers. A secret.
+    pub const AUTHORIZATION: HeaderName = http::header::AUTHORIZATION;
 
-fn text<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
-    let v = headers.get(name)?.to_str().ok()?.trim();
-    (!v.is_empty()).then_some(v)
-}
-
-/// A non-negative decimal number (`2`, `1.5`, `1500.25`) as a duration in
-/// `unit`s; `None` for anything else, negative, or absurdly large.
-fn decimal(s: &str, unit: Duration) -> Option<Duration> {
-    if !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') || s.is_empty() {
-        return None;
+    /// Whether a header carries a credential and must never be logged:
+    /// `authorization`, `proxy-authorization`, `x-api-key`, `api-key`,
+    /// `x-goog-api-key`.
+    pub fn is_secret(name: &HeaderName) -> bool {
+        matches!(
+            name.as_str(),
+            "authorization" | "proxy-authorization" | "x-api-key" | "api-key" | "x-goog-api-key"
+        )
     }
-    let v: f64 = s.parse().ok()?;
-    let d = Duration::try_from_secs_f64(v * unit.as_secs_f64()).ok()?;
-    (d <= MAX_DELAY).then_some(d)
 }
+
+/// The longest delay any function here returns: `i64::MAX` nanoseconds
+/// (about 292 years), the range of Go's `time.Duration`.
+///
+/// A longer value is treated as garbage, so that a caller may always add a
+/// returned delay to an instant without overflow.
+pub const MAX_DELAY: Duration = Duration::from_nanos(i64::MAX as u64);
 
 /// The delay a server asks for before the next attempt, from
-/// `retry-after-ms` (milliseconds, preferred when present), or `retry-after`
-/// (delay-seconds or an HTTP date, relative to `now`).
+/// `retry-after-ms` (milliseconds, preferred when present and valid), or
+/// `retry-after` (delay-seconds or an HTTP date, relative to `now`).
 ///
-/// A date in the past asks for no delay (`Duration::ZERO`); garbage gives
-/// `None`.
+/// An HTTP date in the past gives [`Duration::ZERO`].
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::{HeaderMap, HeaderValue};
+/// use llm_tower::provider::headers::{retry_after, names};
+///
+/// let mut h = HeaderMap::new();
+/// h.insert(names::RETRY_AFTER, HeaderValue::from_static("2"));
+/// assert_eq!(retry_after(&h, SystemTime::now()), Some(Duration::from_secs(2)));
+/// h.insert(names::RETRY_AFTER_MS, HeaderValue::from_static("1500"));
+/// assert_eq!(retry_after(&h, SystemTime::now()), Some(Duration::from_millis(1500)));
+/// ```
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(d) =
-        text(headers, &names::RETRY_AFTER_MS).and_then(|v| decimal(v, Duration::from_millis(1)))
-    {
-        return Some(d);
-    }
-    let v = text(headers, &names::RETRY_AFTER)?;
-    if let Some(d) = decimal(v, Duration::from_secs(1)) {
-        return Some(d);
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    let d = at.duration_since(now).unwrap_or(Duration::ZERO);
-    (d <= MAX_DELAY).then_some(d)
+    retry_after_ms(headers).or_else(|| retry_after_header(headers, now))
 }
 
-/// OpenAI's `x-should-retry: true|false`, which overrides classification.
+/// `retry-after-ms` alone: milliseconds, an integer or a decimal
+/// (`1500.5`).
+pub fn retry_after_ms(headers: &HeaderMap) -> Option<Duration> {
+    let v = header_str(headers, &RETRY_AFTER_MS)?;
+    decimal_nanos(v, NANOS_PER_MILLI).and_then(nanos_to_duration)
+}
+
+/// `retry-after` alone: delay-seconds (an integer, or a decimal such as
+/// `1.5`), or an HTTP date, relative to `now` (a past date gives
+/// [`Duration::ZERO`]).
+pub fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = header_str(headers, &RETRY_AFTER)?;
+    if v.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        decimal_nanos(v, NANOS_PER_SEC).and_then(nanos_to_duration)
+    } else {
+        let at = httpdate::parse_http_date(v).ok()?;
+        until(at, now)
+    }
+}
+
+/// The delay the server directs before the next attempt: [`retry_after`]
+/// when given, else the [`exhausted_reset`](RateLimitInfo::exhausted_reset)
+/// of the rate-limit headers (the time until an exhausted quota refills).
+pub fn server_delay(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    retry_after(headers, now)
+        .or_else(|| RateLimitInfo::from_headers(headers, now).exhausted_reset())
+}
+
+/// `x-should-retry: true|false` (OpenAI, Anthropic; case-insensitive), which overrides
+/// classification. Any other value gives `None`.
 pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
-    let v = text(headers, &names::X_SHOULD_RETRY)?;
+    let v = header_str(headers, &X_SHOULD_RETRY)?;
     if v.eq_ignore_ascii_case("true") {
         Some(true)
     } else if v.eq_ignore_ascii_case("false") {
@@ -133,114 +202,66 @@ pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
     }
 }
 
-/// The provider's request id (`x-request-id` for OpenAI, `request-id` for
-/// Anthropic, `apim-request-id` for Azure as a last resort).
+/// The provider's request id: `x-request-id` (OpenAI, most compatible
+/// servers), else `request-id` (Anthropic), else `apim-request-id` (Azure
+/// OpenAI's gateway).
+///
+/// A value that is empty or not visible ASCII is skipped, so it can be
+/// logged as is.
 pub fn request_id(headers: &HeaderMap) -> Option<&str> {
-    [
-        names::X_REQUEST_ID,
-        names::REQUEST_ID,
-        names::APIM_REQUEST_ID,
-    ]
-    .iter()
-    .find_map(|n| text(headers, n))
+    [X_REQUEST_ID, REQUEST_ID, APIM_REQUEST_ID]
+        .iter()
+        .find_map(|name| {
+            header_str(headers, name).filter(|v| v.bytes().all(|b| b.is_ascii_graphic()))
+        })
 }
 
-/// Parses a Go-style duration as OpenAI sends it in
+/// Parses a Go `time.Duration` string, as OpenAI sends in
 /// `x-ratelimit-reset-*`: `1s`, `6m0s`, `12ms`, `23h47m36.648s`.
 ///
-/// Accepts sequences of a decimal number and a unit (`ns`, `us`, `µs`,
-/// `μs`, `ms`, `s`, `m`, `h`), and a bare `0`. Negative values, unknown
-/// units and overflows give `None`.
+/// The format is a sequence of decimal numbers (an optional fraction
+/// included), each with a unit: `ns`, `us` (or `µs`, `μs`), `ms`, `s`, `m`,
+/// `h`. `"0"` is the only number accepted without a unit. Signs, spaces,
+/// other units and durations over [`MAX_DELAY`] give `None`. Fractions
+/// finer than a nanosecond are truncated.
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_tower::provider::headers::parse_go_duration;
+///
+/// assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+/// assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+/// assert_eq!(parse_go_duration("-1s"), None);
+/// assert_eq!(parse_go_duration("15"), None);
+/// ```
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
     if s == "0" {
         return Some(Duration::ZERO);
     }
-    let mut rest = s;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
+    if s.is_empty() {
         return None;
     }
+    let is_number = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = s;
+    let mut total: u128 = 0;
     while !rest.is_empty() {
-        let num_len = rest
-            .bytes()
-            .position(|b| !(b.is_ascii_digit() || b == b'.'))
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_len);
-        if num.is_empty() || num == "." {
-            return None;
-        }
-        let unit_len = tail
-            .char_indices()
-            .find(|(_, c)| c.is_ascii_digit() || *c == '.')
-            .map_or(tail.len(), |(i, _)| i);
-        let (unit, tail) = tail.split_at(unit_len);
-        let nanos_per_unit: u64 = match unit {
+        // `find` gives char boundaries, so the splits cannot panic.
+        let (number, tail) =
+            rest.split_at(rest.find(|c: char| !is_number(c)).unwrap_or(rest.len()));
+        let (unit, tail) = tail.split_at(tail.find(is_number).unwrap_or(tail.len()));
+        let unit = match unit {
             "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
+            "us" | "µs" | "μs" => NANOS_PER_MICRO,
+            "ms" => NANOS_PER_MILLI,
+            "s" => NANOS_PER_SEC,
+            "m" => 60 * NANOS_PER_SEC,
+            "h" => 3600 * NANOS_PER_SEC,
             _ => return None,
         };
-        let (int, frac) = match num.split_once('.') {
-            Some((i, f)) => (i, f),
-            None => (num, ""),
-        };
-        if frac.contains('.') {
-            return None;
-        }
-        let int: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-        let mut nanos = u128::from(int) * u128::from(nanos_per_unit);
-        // The fraction, digit by digit, exact to the nanosecond.
-        let mut scale = u128::from(nanos_per_unit);
-        for d in frac.bytes().take(30) {
-            scale /= 10;
-            nanos += u128::from(d - b'0') * scale;
-        }
-        let part = Duration::from_nanos(u64::try_from(nanos).ok()?);
-        total = total.checked_add(part)?;
+        total = total.checked_add(decimal_nanos(number, unit)?)?;
         rest = tail;
     }
-    Some(total)
-}
-
-/// Parses an RFC 3339 timestamp (`2024-06-26T18:32:05Z`,
-/// `2024-06-26T18:32:05.123+02:00`).
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    if !s.is_ascii() || s.len() < 20 {
-        return None;
-    }
-    // humantime reads `Z` and `+00:00`; other offsets are applied here.
-    let (base, offset) = match s.as_bytes()[s.len() - 6] {
-        sign @ (b'+' | b'-') if s.as_bytes()[s.len() - 3] == b':' => {
-            let h: u64 = s[s.len() - 5..s.len() - 3].parse().ok()?;
-            let m: u64 = s[s.len() - 2..].parse().ok()?;
-            if h > 23 || m > 59 {
-                return None;
-            }
-            (
-                &s[..s.len() - 6],
-                Some((sign == b'+', Duration::from_secs(h * 3600 + m * 60))),
-            )
-        }
-        _ => (s, None),
-    };
-    let at = match offset {
-        None => humantime::parse_rfc3339(base).ok()?,
-        Some((ahead, off)) => {
-            let local = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
-            // Local time ahead of UTC means the instant is earlier.
-            if ahead {
-                local.checked_sub(off)?
-            } else {
-                local.checked_add(off)?
-            }
-        }
-    };
-    Some(at)
+    nanos_to_duration(total)
 }
 
 /// One rate limit as reported by the provider.
@@ -256,23 +277,18 @@ pub struct Limit {
 }
 
 impl Limit {
-    fn read(
-        headers: &HeaderMap,
-        names: [&HeaderName; 3],
-        reset: impl Fn(&str) -> Option<Duration>,
-    ) -> Option<Limit> {
-        let count = |n: &HeaderName| text(headers, n).and_then(|v| v.parse::<u64>().ok());
-        let limit = Limit {
-            limit: count(names[0]),
-            remaining: count(names[1]),
-            reset: text(headers, names[2]).and_then(reset),
-        };
-        (limit != Limit::default()).then_some(limit)
-    }
-
-    /// `true` when nothing remains.
+    /// Whether the provider reports nothing left (`remaining == 0`).
     pub fn is_exhausted(&self) -> bool {
         self.remaining == Some(0)
+    }
+
+    /// Fills the fields `self` lacks from `other`.
+    fn or(self, other: Limit) -> Limit {
+        Limit {
+            limit: self.limit.or(other.limit),
+            remaining: self.remaining.or(other.remaining),
+            reset: self.reset.or(other.reset),
+        }
     }
 }
 
@@ -294,89 +310,220 @@ pub struct RateLimitInfo {
 
 impl RateLimitInfo {
     /// Reads every known rate-limit header; resets given as instants
-    /// (Anthropic's RFC 3339) become durations relative to `now`, zero when
-    /// already past.
+    /// (Anthropic's RFC 3339) become durations relative to `now`, zero for
+    /// an instant already past.
+    ///
+    /// A limit is `Some` when at least one of its headers parsed; a value
+    /// that does not parse leaves its field `None`.
     pub fn from_headers(headers: &HeaderMap, now: SystemTime) -> RateLimitInfo {
-        use names::*;
-        let go = |v: &str| parse_go_duration(v).filter(|d| *d <= MAX_DELAY);
-        let instant = |v: &str| {
-            let d = parse_rfc3339(v)?
-                .duration_since(now)
-                .unwrap_or(Duration::ZERO);
-            (d <= MAX_DELAY).then_some(d)
+        let read = |group: &LimitHeaders| group.read(headers, now);
+        let either = |a: Option<Limit>, b: Option<Limit>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.or(b)),
+            (a, b) => a.or(b),
         };
-        let openai_requests = Limit::read(
-            headers,
-            [
-                &OPENAI_LIMIT_REQUESTS,
-                &OPENAI_REMAINING_REQUESTS,
-                &OPENAI_RESET_REQUESTS,
-            ],
-            go,
-        );
-        let openai_tokens = Limit::read(
-            headers,
-            [
-                &OPENAI_LIMIT_TOKENS,
-                &OPENAI_REMAINING_TOKENS,
-                &OPENAI_RESET_TOKENS,
-            ],
-            go,
-        );
-        let anthropic = |n: [&HeaderName; 3]| Limit::read(headers, n, instant);
         RateLimitInfo {
-            requests: openai_requests.or_else(|| {
-                anthropic([
-                    &ANTHROPIC_REQUESTS_LIMIT,
-                    &ANTHROPIC_REQUESTS_REMAINING,
-                    &ANTHROPIC_REQUESTS_RESET,
-                ])
-            }),
-            tokens: openai_tokens.or_else(|| {
-                anthropic([
-                    &ANTHROPIC_TOKENS_LIMIT,
-                    &ANTHROPIC_TOKENS_REMAINING,
-                    &ANTHROPIC_TOKENS_RESET,
-                ])
-            }),
-            input_tokens: anthropic([
-                &ANTHROPIC_INPUT_TOKENS_LIMIT,
-                &ANTHROPIC_INPUT_TOKENS_REMAINING,
-                &ANTHROPIC_INPUT_TOKENS_RESET,
-            ]),
-            output_tokens: anthropic([
-                &ANTHROPIC_OUTPUT_TOKENS_LIMIT,
-                &ANTHROPIC_OUTPUT_TOKENS_REMAINING,
-                &ANTHROPIC_OUTPUT_TOKENS_RESET,
-            ]),
+            requests: either(read(&OPENAI_REQUESTS), read(&ANTHROPIC_REQUESTS)),
+            tokens: either(read(&OPENAI_TOKENS), read(&ANTHROPIC_TOKENS)),
+            input_tokens: read(&ANTHROPIC_INPUT_TOKENS),
+            output_tokens: read(&ANTHROPIC_OUTPUT_TOKENS),
         }
     }
 
-    /// `true` when no rate-limit header was understood.
+    /// Whether no rate-limit header was read.
     pub fn is_empty(&self) -> bool {
-        *self == RateLimitInfo::default()
+        self.limits().next().is_none()
     }
 
-    /// Every limit reported, with its name (`requests`, `tokens`,
-    /// `input_tokens`, `output_tokens`).
-    pub fn limits(&self) -> impl Iterator<Item = (&'static str, &Limit)> {
-        [
-            ("requests", &self.requests),
-            ("tokens", &self.tokens),
-            ("input_tokens", &self.input_tokens),
-            ("output_tokens", &self.output_tokens),
-        ]
-        .into_iter()
-        .filter_map(|(name, l)| l.as_ref().map(|l| (name, l)))
-    }
-
-    /// The longest reset among the limits with nothing remaining: the wait
-    /// the headers imply when no `retry-after` is given.
+    /// The longest `reset` among the exhausted limits (`remaining == 0`):
+    /// the wait the rate-limit headers direct when no `retry-after` is
+    /// given. `None` when no limit is exhausted or none says when it resets.
     pub fn exhausted_reset(&self) -> Option<Duration> {
         self.limits()
-            .filter(|(_, l)| l.is_exhausted())
-            .filter_map(|(_, l)| l.reset)
+            .filter(|l| l.is_exhausted())
+            .filter_map(|l| l.reset)
             .max()
+    }
+
+    /// The limits that were reported.
+    fn limits(&self) -> impl Iterator<Item = &Limit> {
+        [
+            &self.requests,
+            &self.tokens,
+            &self.input_tokens,
+            &self.output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// How a provider writes when a limit resets.
+#[derive(Clone, Copy, Debug)]
+enum ResetFormat {
+    /// A Go duration from now (OpenAI).
+    GoDuration,
+    /// An RFC 3339 instant (Anthropic).
+    Rfc3339,
+}
+
+/// The three headers of one limit.
+#[derive(Debug)]
+struct LimitHeaders {
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
+    reset_format: ResetFormat,
+}
+
+impl LimitHeaders {
+    fn read(&self, headers: &HeaderMap, now: SystemTime) -> Option<Limit> {
+        // Digits only: `u64::from_str` would also take a `+` sign.
+        let count = |name: &HeaderName| {
+            let v = header_str(headers, name)?;
+            v.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| v.parse::<u64>().ok())?
+        };
+        let reset = header_str(headers, &self.reset).and_then(|v| match self.reset_format {
+            ResetFormat::GoDuration => parse_go_duration(v),
+            ResetFormat::Rfc3339 => until(parse_rfc3339(v)?, now),
+        });
+        let limit = Limit {
+            limit: count(&self.limit),
+            remaining: count(&self.remaining),
+            reset,
+        };
+        (limit != Limit::default()).then_some(limit)
+    }
+}
+
+const OPENAI_REQUESTS: LimitHeaders = LimitHeaders {
+    limit: X_RATELIMIT_LIMIT_REQUESTS,
+    remaining: X_RATELIMIT_REMAINING_REQUESTS,
+    reset: X_RATELIMIT_RESET_REQUESTS,
+    reset_format: ResetFormat::GoDuration,
+};
+const OPENAI_TOKENS: LimitHeaders = LimitHeaders {
+    limit: X_RATELIMIT_LIMIT_TOKENS,
+    remaining: X_RATELIMIT_REMAINING_TOKENS,
+    reset: X_RATELIMIT_RESET_TOKENS,
+    reset_format: ResetFormat::GoDuration,
+};
+const ANTHROPIC_REQUESTS: LimitHeaders = LimitHeaders {
+    limit: ANTHROPIC_RATELIMIT_REQUESTS_LIMIT,
+    remaining: ANTHROPIC_RATELIMIT_REQUESTS_REMAINING,
+    reset: ANTHROPIC_RATELIMIT_REQUESTS_RESET,
+    reset_format: ResetFormat::Rfc3339,
+};
+const ANTHROPIC_TOKENS: LimitHeaders = LimitHeaders {
+    limit: ANTHROPIC_RATELIMIT_TOKENS_LIMIT,
+    remaining: ANTHROPIC_RATELIMIT_TOKENS_REMAINING,
+    reset: ANTHROPIC_RATELIMIT_TOKENS_RESET,
+    reset_format: ResetFormat::Rfc3339,
+};
+const ANTHROPIC_INPUT_TOKENS: LimitHeaders = LimitHeaders {
+    limit: ANTHROPIC_RATELIMIT_INPUT_TOKENS_LIMIT,
+    remaining: ANTHROPIC_RATELIMIT_INPUT_TOKENS_REMAINING,
+    reset: ANTHROPIC_RATELIMIT_INPUT_TOKENS_RESET,
+    reset_format: ResetFormat::Rfc3339,
+};
+const ANTHROPIC_OUTPUT_TOKENS: LimitHeaders = LimitHeaders {
+    limit: ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_LIMIT,
+    remaining: ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_REMAINING,
+    reset: ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_RESET,
+    reset_format: ResetFormat::Rfc3339,
+};
+
+const NANOS_PER_MICRO: u128 = 1_000;
+const NANOS_PER_MILLI: u128 = 1_000_000;
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+/// A header's value as trimmed, non-empty visible ASCII.
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    (!v.is_empty()).then_some(v)
+}
+
+/// `digits[.digits]` (`1`, `1.5`, `.5`, `1.`) times `unit` nanoseconds,
+/// exactly, in integers: no float can turn `NaN`, `inf` or `1e400` into a
+/// value, and nothing here can panic. Fraction digits finer than a
+/// nanosecond are dropped.
+fn decimal_nanos(s: &str, unit: u128) -> Option<u128> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return None;
+    }
+    let mut n: u128 = 0;
+    for b in int.bytes() {
+        n = n.checked_mul(10)?.checked_add(u128::from(b - b'0'))?;
+    }
+    // unit <= 3.6e12 and 18 digits < 1e18, so the product fits in a u128.
+    let (mut f, mut scale) = (0u128, 1u128);
+    for b in frac.bytes().take(18) {
+        f = f * 10 + u128::from(b - b'0');
+        scale *= 10;
+    }
+    n.checked_mul(unit)?.checked_add(f * unit / scale)
+}
+
+fn nanos_to_duration(nanos: u128) -> Option<Duration> {
+    let nanos = u64::try_from(nanos).ok()?;
+    let d = Duration::from_nanos(nanos);
+    (d <= MAX_DELAY).then_some(d)
+}
+
+/// The time from `now` until `at`: zero when `at` is past, `None` when
+/// absurdly far.
+fn until(at: SystemTime, now: SystemTime) -> Option<Duration> {
+    let d = at.duration_since(now).unwrap_or(Duration::ZERO);
+    (d <= MAX_DELAY).then_some(d)
+}
+
+/// An RFC 3339 timestamp with its offset: `2024-06-26T18:32:05Z`,
+/// `2024-06-26T18:32:05.123+02:00`. A timestamp without an offset is
+/// rejected, as RFC 3339 requires one.
+///
+/// `humantime` parses the date, time and fraction, but only knows UTC (and
+/// would read any `+hh:mm` after a fraction as UTC), so the offset is taken
+/// off here first.
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    let (local, offset_secs, ahead) = if let Some(local) = s.strip_suffix(['Z', 'z']) {
+        (local, 0, true)
+    } else {
+        let tail = b.get(b.len().checked_sub(6)?..)?;
+        let ahead = match tail[0] {
+            b'+' => true,
+            b'-' => false,
+            _ => return None,
+        };
+        let digit = |i: usize| tail[i].is_ascii_digit().then(|| u64::from(tail[i] - b'0'));
+        let hours = digit(1)? * 10 + digit(2)?;
+        let minutes = digit(4)? * 10 + digit(5)?;
+        if tail[3] != b':' || hours > 23 || minutes > 59 {
+            return None;
+        }
+        // The sign is ASCII, so `len - 6` is a char boundary.
+        (&s[..s.len() - 6], hours * 3600 + minutes * 60, ahead)
+    };
+    // Only the characters of a date and time, so that humantime cannot
+    // read a second offset or zone inside.
+    let lb = local.as_bytes();
+    if lb.get(10) != Some(&b'T')
+        || !lb
+            .iter()
+            .all(|&c| c.is_ascii_digit() || matches!(c, b'-' | b':' | b'.' | b'T'))
+    {
+        return None;
+    }
+    let local = humantime::parse_rfc3339_weak(local).ok()?;
+    let offset = Duration::from_secs(offset_secs);
+    // Local time is ahead of UTC by a positive offset.
+    if ahead {
+        local.checked_sub(offset)
+    } else {
+        local.checked_add(offset)
     }
 }
 
@@ -384,342 +531,794 @@ impl RateLimitInfo {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
+    use std::time::UNIX_EPOCH;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    fn map(pairs: &[(&HeaderName, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+        for (name, value) in pairs {
+            h.append((*name).clone(), HeaderValue::from_str(value).unwrap());
         }
         h
     }
 
-    fn now() -> SystemTime {
-        httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap()
+    fn bytes_map(name: &HeaderName, value: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name.clone(), HeaderValue::from_bytes(value).unwrap());
+        h
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn ms(m: u64) -> Duration {
+        Duration::from_millis(m)
+    }
+
+    /// 2015-10-21T07:28:00Z, the `retry-after` example of RFC 9110.
+    fn rfc_now() -> SystemTime {
+        UNIX_EPOCH + secs(1_445_412_480)
+    }
+
+    /// 2024-06-26T18:32:00Z.
+    fn anthropic_now() -> SystemTime {
+        UNIX_EPOCH + secs(1_719_426_720)
+    }
+
+    const GARBAGE: &[&str] = &[
+        "-1",
+        "abc",
+        "1e400",
+        "1e3",
+        "",
+        " ",
+        "NaN",
+        "nan",
+        "inf",
+        "-inf",
+        "+inf",
+        "infinity",
+        "+1",
+        "1.2.3",
+        ".",
+        "0x10",
+        "1 2",
+        "1,5",
+        "1s",
+        "99999999999999999999999999999999999999999",
+        "340282366920938463463374607431768211456",
+    ];
+
+    // --- retry-after ----------------------------------------------------
+
+    #[test]
+    fn retry_after_seconds() {
+        let now = rfc_now();
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER, "2")]), now),
+            Some(secs(2))
+        );
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER, "0")]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER, " 30 ")]), now),
+            Some(secs(30))
+        );
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER, "1.5")]), now),
+            Some(ms(1500))
+        );
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER, "0.25")]), now),
+            Some(ms(250))
+        );
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER, "86400")]), now),
+            Some(secs(86_400))
+        );
     }
 
     #[test]
-    fn go_durations_as_openai_sends_them() {
-        for (s, want) in [
-            ("1s", Duration::from_secs(1)),
-            ("6m0s", Duration::from_secs(360)),
-            ("12ms", Duration::from_millis(12)),
-            (
-                "23h47m36.648s",
-                Duration::from_millis(((23 * 60 + 47) * 60 + 36) * 1000 + 648),
-            ),
-            ("0s", Duration::ZERO),
-            ("0", Duration::ZERO),
-            ("1.5s", Duration::from_millis(1500)),
-            ("1.002s", Duration::from_millis(1002)),
-            ("500us", Duration::from_micros(500)),
-            ("500µs", Duration::from_micros(500)),
-            ("100ns", Duration::from_nanos(100)),
-            ("2h", Duration::from_secs(7200)),
-            (".5s", Duration::from_millis(500)),
-            (
-                "1h0m0.001s",
-                Duration::from_secs(3600) + Duration::from_millis(1),
-            ),
-        ] {
-            assert_eq!(parse_go_duration(s), Some(want), "{s}");
+    fn retry_after_ms_integer_and_decimal() {
+        let now = rfc_now();
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER_MS, "1500")]), now),
+            Some(ms(1500))
+        );
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER_MS, "1500.5")]), now),
+            Some(Duration::from_micros(1_500_500))
+        );
+        assert_eq!(
+            retry_after(&map(&[(&RETRY_AFTER_MS, "0")]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after_ms(&map(&[(&RETRY_AFTER_MS, "20")])),
+            Some(ms(20))
+        );
+    }
+
+    #[test]
+    fn retry_after_ms_is_preferred_when_valid() {
+        let now = rfc_now();
+        let h = map(&[(&RETRY_AFTER, "2"), (&RETRY_AFTER_MS, "1500")]);
+        assert_eq!(retry_after(&h, now), Some(ms(1500)));
+        for bad in GARBAGE {
+            let h = map(&[(&RETRY_AFTER, "2"), (&RETRY_AFTER_MS, bad)]);
+            assert_eq!(
+                retry_after(&h, now),
+                Some(secs(2)),
+                "retry-after-ms: {bad:?}"
+            );
         }
     }
 
     #[test]
-    fn go_duration_garbage() {
+    fn retry_after_http_date() {
+        let now = rfc_now();
+        let h = map(&[(&RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        assert_eq!(retry_after(&h, now - secs(90)), Some(secs(90)));
+        // A date in the past is "now", not garbage.
+        assert_eq!(retry_after(&h, now + secs(3600)), Some(Duration::ZERO));
+        // The obsolete formats HTTP still allows.
+        let h = map(&[(&RETRY_AFTER, "Wednesday, 21-Oct-15 07:28:30 GMT")]);
+        assert_eq!(retry_after(&h, now), Some(secs(30)));
+        let h = map(&[(&RETRY_AFTER, "Wed Oct 21 07:29:00 2015")]);
+        assert_eq!(retry_after(&h, now), Some(secs(60)));
+        // Not a date.
+        let h = map(&[(&RETRY_AFTER, "Wed, 32 Oct 2015 07:28:00 GMT")]);
+        assert_eq!(retry_after(&h, now), None);
+        let h = map(&[(&RETRY_AFTER, "tomorrow")]);
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn retry_after_garbage_is_none() {
+        let now = rfc_now();
+        for bad in GARBAGE {
+            for name in [&RETRY_AFTER, &RETRY_AFTER_MS] {
+                assert_eq!(
+                    retry_after(&map(&[(name, bad)]), now),
+                    None,
+                    "{name}: {bad:?}"
+                );
+            }
+        }
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+        for raw in [&b"\xff"[..], b"2\xff", b"\xe2\x82\xac", b"1\t5", b"\x80"] {
+            for name in [&RETRY_AFTER, &RETRY_AFTER_MS] {
+                assert_eq!(
+                    retry_after(&bytes_map(name, raw), now),
+                    None,
+                    "{name}: {raw:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_absurd_is_none() {
+        let now = rfc_now();
+        // u64 seconds fit a Duration but not MAX_DELAY.
+        let h = map(&[(&RETRY_AFTER, "18446744073709551615")]);
+        assert_eq!(retry_after(&h, now), None);
+        let h = map(&[(&RETRY_AFTER_MS, "18446744073709551615000")]);
+        assert_eq!(retry_after(&h, now), None);
+        // Within range: kept, the caller caps.
+        let h = map(&[(&RETRY_AFTER, "9223372036")]);
+        assert_eq!(retry_after(&h, now), Some(secs(9_223_372_036)));
+        // Far-future date: absurd.
+        let h = map(&[(&RETRY_AFTER, "Fri, 31 Dec 9999 23:59:59 GMT")]);
+        assert_eq!(retry_after(&h, UNIX_EPOCH), None);
+    }
+
+    #[test]
+    fn server_delay_prefers_retry_after_then_exhausted_reset() {
+        let now = rfc_now();
+        let h = map(&[
+            (&X_RATELIMIT_REMAINING_TOKENS, "0"),
+            (&X_RATELIMIT_RESET_TOKENS, "12ms"),
+        ]);
+        assert_eq!(server_delay(&h, now), Some(ms(12)));
+        let mut h2 = h.clone();
+        h2.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(server_delay(&h2, now), Some(secs(3)));
+        // Not exhausted: no directed wait.
+        let h = map(&[
+            (&X_RATELIMIT_REMAINING_TOKENS, "10"),
+            (&X_RATELIMIT_RESET_TOKENS, "12ms"),
+        ]);
+        assert_eq!(server_delay(&h, now), None);
+    }
+
+    // --- x-should-retry -------------------------------------------------
+
+    #[test]
+    fn should_retry_values() {
+        for (v, want) in [
+            ("true", Some(true)),
+            ("false", Some(false)),
+            ("TRUE", Some(true)),
+            (" False ", Some(false)),
+            ("1", None),
+            ("yes", None),
+            ("", None),
+            ("truee", None),
+        ] {
+            assert_eq!(should_retry(&map(&[(&X_SHOULD_RETRY, v)])), want, "{v:?}");
+        }
+        assert_eq!(should_retry(&HeaderMap::new()), None);
+        assert_eq!(should_retry(&bytes_map(&X_SHOULD_RETRY, b"tr\xffue")), None);
+    }
+
+    // --- request ids ----------------------------------------------------
+
+    #[test]
+    fn request_id_per_provider() {
+        let openai = map(&[(&X_REQUEST_ID, "req_0123456789abcdef")]);
+        assert_eq!(request_id(&openai), Some("req_0123456789abcdef"));
+        let anthropic = map(&[(&REQUEST_ID, "req_011CPn4oPbi1i7G2vAujgHbd")]);
+        assert_eq!(request_id(&anthropic), Some("req_011CPn4oPbi1i7G2vAujgHbd"));
+        let azure = map(&[(&APIM_REQUEST_ID, "2c5b0cb4-92b1-4e34-a6b3-7a3c6f4a3d0f")]);
+        assert_eq!(
+            request_id(&azure),
+            Some("2c5b0cb4-92b1-4e34-a6b3-7a3c6f4a3d0f")
+        );
+        // x-request-id first, apim-request-id last.
+        let both = map(&[
+            (&APIM_REQUEST_ID, "apim"),
+            (&REQUEST_ID, "anth"),
+            (&X_REQUEST_ID, "oai"),
+        ]);
+        assert_eq!(request_id(&both), Some("oai"));
+        let two = map(&[(&APIM_REQUEST_ID, "apim"), (&REQUEST_ID, "anth")]);
+        assert_eq!(request_id(&two), Some("anth"));
+        assert_eq!(request_id(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn request_id_rejects_invisible_values() {
+        assert_eq!(request_id(&map(&[(&X_REQUEST_ID, "")])), None);
+        assert_eq!(request_id(&map(&[(&X_REQUEST_ID, "a b")])), None);
+        assert_eq!(request_id(&bytes_map(&X_REQUEST_ID, b"req\xff")), None);
+        assert_eq!(request_id(&map(&[(&X_REQUEST_ID, "req\tid")])), None);
+        assert_eq!(
+            request_id(&map(&[(&X_REQUEST_ID, "  req_1 ")])),
+            Some("req_1")
+        );
+        // A bad first header does not hide a good second one.
+        let mut h = bytes_map(&X_REQUEST_ID, b"\xe2\x82\xac");
+        h.insert(REQUEST_ID, HeaderValue::from_static("req_2"));
+        assert_eq!(request_id(&h), Some("req_2"));
+    }
+
+    #[test]
+    fn secret_header_names() {
+        for name in [&AUTHORIZATION, &X_API_KEY, &API_KEY, &X_GOOG_API_KEY] {
+            assert!(names::is_secret(name), "{name}");
+        }
+        assert!(names::is_secret(&http::header::PROXY_AUTHORIZATION));
+        for name in [
+            &X_REQUEST_ID,
+            &ANTHROPIC_VERSION,
+            &http::header::CONTENT_TYPE,
+        ] {
+            assert!(!names::is_secret(name), "{name}");
+        }
+    }
+
+    // --- Go durations ---------------------------------------------------
+
+    #[test]
+    fn go_durations_openai_sends() {
+        for (s, want) in [
+            ("1s", secs(1)),
+            ("6m0s", secs(360)),
+            ("12ms", ms(12)),
+            ("23h47m36.648s", secs(23 * 3600 + 47 * 60 + 36) + ms(648)),
+            ("0s", Duration::ZERO),
+            ("0", Duration::ZERO),
+            ("1.5s", ms(1500)),
+            ("500us", Duration::from_micros(500)),
+            ("500µs", Duration::from_micros(500)),
+            ("500μs", Duration::from_micros(500)),
+            ("100ns", Duration::from_nanos(100)),
+            ("2h", secs(7200)),
+            ("1h0m0s", secs(3600)),
+            ("2m59.56s", secs(179) + ms(560)),
+            ("7.66s", ms(7660)),
+            ("1.5h", secs(5400)),
+            (".5s", ms(500)),
+            ("1.s", secs(1)),
+            ("1h1h", secs(7200)),
+            ("1.0000000001s", secs(1)),
+            ("0.0000000019s", Duration::from_nanos(1)),
+            ("2562047h47m16.854775807s", MAX_DELAY),
+        ] {
+            assert_eq!(parse_go_duration(s), Some(want), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn go_duration_garbage_is_none() {
         for s in [
             "",
-            "s",
+            "15",
             "1",
+            "00",
             "-1s",
+            "+1s",
+            "-0",
+            "s",
+            "ms",
             "1x",
-            "1.2.3s",
-            "abc",
-            "1e3s",
-            "inf",
-            "NaN",
-            ".s",
+            "1S",
             "1 s",
-            "s1",
-            "99999999999999999999h",
-            "18446744073709551615h",
+            " 1s",
+            "1s ",
+            "1m-1s",
+            "1.2.3s",
+            ".s",
+            "1e3s",
+            "NaN",
+            "inf",
+            "infs",
+            "1sec",
+            "1hr",
+            "1d",
+            "1µ",
+            "1\u{0}s",
+            "2562047h47m16.854775808s",
+            "99999999999999999999999999999999999999999h",
+            "1e400",
+            "abc",
+            "-1",
         ] {
             assert_eq!(parse_go_duration(s), None, "{s:?}");
         }
     }
 
-    #[test]
-    fn retry_after_in_every_format() {
-        let n = now();
-        assert_eq!(
-            retry_after(&map(&[("retry-after", "2")]), n),
-            Some(Duration::from_secs(2))
-        );
-        assert_eq!(
-            retry_after(&map(&[("retry-after", " 30 ")]), n),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            retry_after(&map(&[("retry-after", "1.5")]), n),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            retry_after(&map(&[("retry-after-ms", "1500")]), n),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            retry_after(&map(&[("retry-after-ms", "1500.5")]), n),
-            Some(Duration::from_micros(1_500_500))
-        );
-        assert_eq!(
-            retry_after(&map(&[("retry-after", "20"), ("retry-after-ms", "250")]), n),
-            Some(Duration::from_millis(250))
-        );
-        // A broken retry-after-ms falls back to retry-after.
-        assert_eq!(
-            retry_after(&map(&[("retry-after", "3"), ("retry-after-ms", "soon")]), n),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            retry_after(&map(&[("retry-after", "Wed, 21 Oct 2015 07:28:42 GMT")]), n),
-            Some(Duration::from_secs(42))
-        );
-        assert_eq!(
-            retry_after(&map(&[("retry-after", "Wed, 21 Oct 2015 07:00:00 GMT")]), n),
-            Some(Duration::ZERO)
-        );
-    }
+    // --- rate limits ----------------------------------------------------
 
     #[test]
-    fn retry_after_garbage() {
-        let n = now();
-        for v in [
-            "-1",
-            "abc",
-            "1e400",
-            "",
-            "NaN",
-            "inf",
-            "-0.5",
-            "1e3",
-            "99999999999999999999",
-            "0x10",
-            "2 s",
-        ] {
-            assert_eq!(
-                retry_after(&map(&[("retry-after", v)]), n),
-                None,
-                "retry-after {v:?}"
-            );
-            assert_eq!(
-                retry_after(&map(&[("retry-after-ms", v)]), n),
-                None,
-                "retry-after-ms {v:?}"
-            );
-        }
-        let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            HeaderValue::from_bytes(b"\xff\xfe2").unwrap(),
-        );
-        assert_eq!(retry_after(&h, n), None);
-        assert_eq!(retry_after(&HeaderMap::new(), n), None);
-    }
-
-    #[test]
-    fn should_retry_values() {
-        assert_eq!(
-            should_retry(&map(&[("x-should-retry", "true")])),
-            Some(true)
-        );
-        assert_eq!(
-            should_retry(&map(&[("x-should-retry", "FALSE")])),
-            Some(false)
-        );
-        assert_eq!(
-            should_retry(&map(&[("x-should-retry", " True ")])),
-            Some(true)
-        );
-        for v in ["yes", "1", "", "truee"] {
-            assert_eq!(should_retry(&map(&[("x-should-retry", v)])), None, "{v:?}");
-        }
-        assert_eq!(should_retry(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn request_ids() {
-        assert_eq!(
-            request_id(&map(&[("x-request-id", "req_abc123")])),
-            Some("req_abc123")
-        );
-        assert_eq!(
-            request_id(&map(&[("request-id", "req_01XYZ")])),
-            Some("req_01XYZ")
-        );
-        assert_eq!(
-            request_id(&map(&[
-                ("apim-request-id", "0f1e"),
-                ("x-request-id", "req_1")
-            ])),
-            Some("req_1")
-        );
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", HeaderValue::from_bytes(b"\xffbad").unwrap());
-        assert_eq!(request_id(&h), None);
-    }
-
-    #[test]
-    fn openai_rate_limit_headers() {
+    fn openai_rate_limits() {
         let h = map(&[
-            ("x-ratelimit-limit-requests", "10000"),
-            ("x-ratelimit-remaining-requests", "9999"),
-            ("x-ratelimit-reset-requests", "6ms"),
-            ("x-ratelimit-limit-tokens", "30000"),
-            ("x-ratelimit-remaining-tokens", "0"),
-            ("x-ratelimit-reset-tokens", "23h47m36.648s"),
+            (&X_RATELIMIT_LIMIT_REQUESTS, "60"),
+            (&X_RATELIMIT_REMAINING_REQUESTS, "59"),
+            (&X_RATELIMIT_RESET_REQUESTS, "1s"),
+            (&X_RATELIMIT_LIMIT_TOKENS, "150000"),
+            (&X_RATELIMIT_REMAINING_TOKENS, "149984"),
+            (&X_RATELIMIT_RESET_TOKENS, "6m0s"),
         ]);
-        let info = RateLimitInfo::from_headers(&h, now());
+        let info = RateLimitInfo::from_headers(&h, rfc_now());
         assert_eq!(
             info.requests,
             Some(Limit {
-                limit: Some(10000),
-                remaining: Some(9999),
-                reset: Some(Duration::from_millis(6))
+                limit: Some(60),
+                remaining: Some(59),
+                reset: Some(secs(1))
             })
         );
-        let tokens = info.tokens.unwrap();
-        assert_eq!(tokens.limit, Some(30000));
-        assert!(tokens.is_exhausted());
-        assert_eq!(info.exhausted_reset(), parse_go_duration("23h47m36.648s"));
+        assert_eq!(
+            info.tokens,
+            Some(Limit {
+                limit: Some(150_000),
+                remaining: Some(149_984),
+                reset: Some(secs(360))
+            })
+        );
         assert_eq!(info.input_tokens, None);
+        assert_eq!(info.output_tokens, None);
+        assert!(!info.is_empty());
+        assert_eq!(info.exhausted_reset(), None);
     }
 
     #[test]
-    fn anthropic_rate_limit_headers() {
-        let now = humantime::parse_rfc3339("2024-06-26T18:32:00Z").unwrap();
+    fn anthropic_rate_limits() {
+        let now = anthropic_now();
         let h = map(&[
-            ("anthropic-ratelimit-requests-limit", "50"),
-            ("anthropic-ratelimit-requests-remaining", "0"),
-            ("anthropic-ratelimit-requests-reset", "2024-06-26T18:32:05Z"),
-            ("anthropic-ratelimit-tokens-limit", "80000"),
-            ("anthropic-ratelimit-tokens-remaining", "0"),
+            (&ANTHROPIC_RATELIMIT_REQUESTS_LIMIT, "50"),
+            (&ANTHROPIC_RATELIMIT_REQUESTS_REMAINING, "0"),
+            (&ANTHROPIC_RATELIMIT_REQUESTS_RESET, "2024-06-26T18:32:05Z"),
+            (&ANTHROPIC_RATELIMIT_TOKENS_LIMIT, "100000"),
+            (&ANTHROPIC_RATELIMIT_TOKENS_REMAINING, "0"),
+            (&ANTHROPIC_RATELIMIT_TOKENS_RESET, "2024-06-26T18:33:00Z"),
+            (&ANTHROPIC_RATELIMIT_INPUT_TOKENS_LIMIT, "80000"),
+            (&ANTHROPIC_RATELIMIT_INPUT_TOKENS_REMAINING, "80000"),
             (
-                "anthropic-ratelimit-tokens-reset",
-                "2024-06-26T18:32:30.500Z",
+                &ANTHROPIC_RATELIMIT_INPUT_TOKENS_RESET,
+                "2024-06-26T18:40:00Z",
             ),
-            ("anthropic-ratelimit-input-tokens-limit", "40000"),
-            ("anthropic-ratelimit-input-tokens-remaining", "39000"),
+            (&ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_LIMIT, "16000"),
+            (&ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_REMAINING, "15000"),
             (
-                "anthropic-ratelimit-input-tokens-reset",
-                "2024-06-26T20:32:01+02:00",
-            ),
-            ("anthropic-ratelimit-output-tokens-limit", "8000"),
-            ("anthropic-ratelimit-output-tokens-remaining", "8000"),
-            (
-                "anthropic-ratelimit-output-tokens-reset",
-                "2024-06-26T18:31:00Z",
+                &ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_RESET,
+                "2024-06-26T18:32:01.5Z",
             ),
         ]);
         let info = RateLimitInfo::from_headers(&h, now);
-        assert_eq!(info.requests.unwrap().reset, Some(Duration::from_secs(5)));
         assert_eq!(
-            info.tokens.unwrap().reset,
-            Some(Duration::from_millis(30_500))
+            info.requests,
+            Some(Limit {
+                limit: Some(50),
+                remaining: Some(0),
+                reset: Some(secs(5))
+            })
         );
         assert_eq!(
-            info.input_tokens.unwrap().reset,
-            Some(Duration::from_secs(1))
+            info.tokens,
+            Some(Limit {
+                limit: Some(100_000),
+                remaining: Some(0),
+                reset: Some(secs(60))
+            })
         );
-        assert_eq!(info.output_tokens.unwrap().reset, Some(Duration::ZERO));
-        assert_eq!(info.exhausted_reset(), Some(Duration::from_millis(30_500)));
-        assert_eq!(info.limits().count(), 4);
+        assert_eq!(info.input_tokens.unwrap().reset, Some(secs(480)));
+        assert_eq!(info.output_tokens.unwrap().reset, Some(ms(1500)));
+        // The longest reset among exhausted limits, not the input limit's
+        // 8 minutes (it is not exhausted).
+        assert_eq!(info.exhausted_reset(), Some(secs(60)));
+        // A reset already past saturates at zero.
+        let later = RateLimitInfo::from_headers(&h, now + secs(3600));
+        assert_eq!(later.requests.unwrap().reset, Some(Duration::ZERO));
+        assert_eq!(later.exhausted_reset(), Some(Duration::ZERO));
     }
 
     #[test]
-    fn rate_limit_garbage_is_no_value() {
+    fn rfc3339_offsets_and_fractions() {
+        let at = UNIX_EPOCH + secs(1_719_426_725); // 2024-06-26T18:32:05Z
+        for (s, want) in [
+            ("2024-06-26T18:32:05Z", Some(at)),
+            ("2024-06-26T18:32:05z", Some(at)),
+            ("2024-06-26T18:32:05+00:00", Some(at)),
+            ("2024-06-26T18:32:05-00:00", Some(at)),
+            ("2024-06-26T20:32:05+02:00", Some(at)),
+            ("2024-06-26T13:02:05-05:30", Some(at)),
+            ("2024-06-26T18:32:05.250Z", Some(at + ms(250))),
+            ("2024-06-26T20:32:05.250+02:00", Some(at + ms(250))),
+            (
+                "2024-06-26T18:32:05.123456789Z",
+                Some(at + Duration::from_nanos(123_456_789)),
+            ),
+            ("2024-06-26T18:32:05", None),
+            ("2024-06-26 18:32:05Z", None),
+            ("2024-06-26T18:32:05ZZ", None),
+            ("2024-06-26T18:32:05.5+05:30Z", None),
+            ("2024-06-26T18:32:05+24:00", None),
+            ("2024-06-26T18:32:05+02:60", None),
+            ("2024-06-26T18:32:05+0200", None),
+            ("2024-13-26T18:32:05Z", None),
+            ("2024-06-26T25:32:05Z", None),
+            ("1969-12-31T23:59:59Z", None),
+            ("Z", None),
+            ("+00:00", None),
+            ("", None),
+            ("2024-06-26Té8:32:05Z", None),
+        ] {
+            assert_eq!(parse_rfc3339(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_group_is_some_when_one_header_parses() {
+        let now = anthropic_now();
+        let h = map(&[(&X_RATELIMIT_REMAINING_REQUESTS, "3")]);
+        let info = RateLimitInfo::from_headers(&h, now);
+        assert_eq!(
+            info.requests,
+            Some(Limit {
+                remaining: Some(3),
+                ..Limit::default()
+            })
+        );
+        assert_eq!(info.tokens, None);
+
+        // Garbage in every header of a group: the group is absent.
         let h = map(&[
-            ("x-ratelimit-limit-requests", "-5"),
-            ("x-ratelimit-remaining-requests", "lots"),
-            ("x-ratelimit-reset-requests", "soon"),
-            ("anthropic-ratelimit-tokens-reset", "yesterday"),
-            ("anthropic-ratelimit-tokens-limit", "1e9"),
+            (&X_RATELIMIT_LIMIT_TOKENS, "abc"),
+            (&X_RATELIMIT_REMAINING_TOKENS, "-1"),
+            (&X_RATELIMIT_RESET_TOKENS, "15"),
+            (&ANTHROPIC_RATELIMIT_TOKENS_RESET, "yesterday"),
         ]);
-        let info = RateLimitInfo::from_headers(&h, now());
+        let info = RateLimitInfo::from_headers(&h, now);
         assert!(info.is_empty(), "{info:?}");
         assert_eq!(info.exhausted_reset(), None);
-        // Some garbage, some sense: the sense is kept.
+
+        // Garbage in one field leaves the others.
         let h = map(&[
-            ("x-ratelimit-remaining-tokens", "0"),
-            ("x-ratelimit-reset-tokens", "1x"),
+            (&X_RATELIMIT_LIMIT_TOKENS, "1e400"),
+            (&X_RATELIMIT_REMAINING_TOKENS, "0"),
+            (&X_RATELIMIT_RESET_TOKENS, "NaN"),
         ]);
-        let info = RateLimitInfo::from_headers(&h, now());
-        assert_eq!(info.tokens.unwrap().remaining, Some(0));
+        let info = RateLimitInfo::from_headers(&h, now);
+        assert_eq!(
+            info.tokens,
+            Some(Limit {
+                remaining: Some(0),
+                ..Limit::default()
+            })
+        );
+        // Exhausted but no reset: no directed wait.
         assert_eq!(info.exhausted_reset(), None);
+        assert!(RateLimitInfo::from_headers(&HeaderMap::new(), now).is_empty());
     }
 
     #[test]
-    fn rfc3339_offsets() {
-        let z = parse_rfc3339("2024-06-26T18:32:05Z").unwrap();
-        assert_eq!(parse_rfc3339("2024-06-26T20:32:05+02:00"), Some(z));
-        assert_eq!(parse_rfc3339("2024-06-26T13:02:05-05:30"), Some(z));
-        assert_eq!(parse_rfc3339("2024-06-26T18:32:05+00:00"), Some(z));
-        for bad in [
-            "",
-            "2024-06-26",
-            "2024-06-26T18:32:05+25:00",
-            "2024-06-26T18:32:05+ab:cd",
-            "ééééééééééééééééééééééé",
+    fn rate_limit_garbage_never_parses() {
+        let now = anthropic_now();
+        for bad in GARBAGE
+            .iter()
+            .copied()
+            .chain(["1.5", "18446744073709551616", "0x1"])
+        {
+            for group in [
+                &OPENAI_REQUESTS,
+                &OPENAI_TOKENS,
+                &ANTHROPIC_REQUESTS,
+                &ANTHROPIC_TOKENS,
+                &ANTHROPIC_INPUT_TOKENS,
+                &ANTHROPIC_OUTPUT_TOKENS,
+            ] {
+                let h = map(&[
+                    (&group.limit, bad),
+                    (&group.remaining, bad),
+                    (&group.reset, bad),
+                ]);
+                let info = RateLimitInfo::from_headers(&h, now);
+                // "1s" is a valid Go duration; it is garbage for everything else.
+                let go_ok = matches!(group.reset_format, ResetFormat::GoDuration)
+                    && parse_go_duration(bad).is_some();
+                assert_eq!(
+                    info.is_empty(),
+                    !go_ok,
+                    "{}: {bad:?} -> {info:?}",
+                    group.limit
+                );
+            }
+        }
+        let mut h = HeaderMap::new();
+        for name in [
+            &X_RATELIMIT_LIMIT_REQUESTS,
+            &ANTHROPIC_RATELIMIT_TOKENS_RESET,
         ] {
-            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+            h.insert(name.clone(), HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        }
+        assert!(RateLimitInfo::from_headers(&h, now).is_empty());
+    }
+
+    #[test]
+    fn openai_and_anthropic_headers_merge_field_by_field() {
+        let now = anthropic_now();
+        let h = map(&[
+            (&X_RATELIMIT_LIMIT_REQUESTS, "60"),
+            (&ANTHROPIC_RATELIMIT_REQUESTS_LIMIT, "50"),
+            (&ANTHROPIC_RATELIMIT_REQUESTS_REMAINING, "0"),
+            (&ANTHROPIC_RATELIMIT_REQUESTS_RESET, "2024-06-26T18:32:05Z"),
+        ]);
+        let info = RateLimitInfo::from_headers(&h, now);
+        assert_eq!(
+            info.requests,
+            Some(Limit {
+                limit: Some(60),
+                remaining: Some(0),
+                reset: Some(secs(5))
+            })
+        );
+    }
+
+    #[test]
+    fn exhausted_reset_is_the_longest() {
+        let info = RateLimitInfo {
+            requests: Some(Limit {
+                remaining: Some(0),
+                reset: Some(secs(1)),
+                ..Limit::default()
+            }),
+            tokens: Some(Limit {
+                remaining: Some(0),
+                reset: Some(secs(30)),
+                ..Limit::default()
+            }),
+            input_tokens: Some(Limit {
+                remaining: Some(1),
+                reset: Some(secs(99)),
+                ..Limit::default()
+            }),
+            output_tokens: None,
+        };
+        assert_eq!(info.exhausted_reset(), Some(secs(30)));
+        assert!(RateLimitInfo::default().is_empty());
+        assert_eq!(RateLimitInfo::default().exhausted_reset(), None);
+    }
+
+    // --- properties -----------------------------------------------------
+
+    /// Formats a duration the way Go's `time.Duration.String` does.
+    fn go_format(d: Duration) -> String {
+        fn fixed(n: u128, unit: u128, digits: usize) -> String {
+            let (int, frac) = (n / unit, n % unit);
+            if frac == 0 {
+                return int.to_string();
+            }
+            let frac = format!("{frac:0digits$}");
+            format!("{int}.{}", frac.trim_end_matches('0'))
+        }
+        let n = d.as_nanos();
+        if n == 0 {
+            return "0s".into();
+        }
+        if n < 1_000 {
+            return format!("{n}ns");
+        }
+        if n < 1_000_000 {
+            return format!("{}µs", fixed(n, 1_000, 3));
+        }
+        if n < 1_000_000_000 {
+            return format!("{}ms", fixed(n, 1_000_000, 6));
+        }
+        let h = n / (3600 * NANOS_PER_SEC);
+        let m = n / (60 * NANOS_PER_SEC) % 60;
+        let s = fixed(n % (60 * NANOS_PER_SEC), NANOS_PER_SEC, 9);
+        match (h, m) {
+            (0, 0) => format!("{s}s"),
+            (0, m) => format!("{m}m{s}s"),
+            (h, m) => format!("{h}h{m}m{s}s"),
         }
     }
 
-    proptest::proptest! {
-        #[test]
-        fn go_duration_never_panics(s in "\\PC{0,40}") {
-            let _ = parse_go_duration(&s);
-        }
+    #[test]
+    fn go_format_matches_go() {
+        assert_eq!(go_format(secs(360)), "6m0s");
+        assert_eq!(go_format(ms(12)), "12ms");
+        assert_eq!(go_format(secs(85_656) + ms(648)), "23h47m36.648s");
+        assert_eq!(go_format(Duration::from_nanos(1_500)), "1.5µs");
+        assert_eq!(go_format(secs(7200)), "2h0m0s");
+        assert_eq!(go_format(MAX_DELAY), "2562047h47m16.854775807s");
+    }
 
-        #[test]
-        fn go_duration_shaped_input_never_panics(s in "[0-9.hmsuµn]{0,30}") {
-            let _ = parse_go_duration(&s);
-        }
+    fn any_header_name() -> impl Strategy<Value = HeaderName> {
+        prop::sample::select(vec![
+            RETRY_AFTER,
+            RETRY_AFTER_MS,
+            X_SHOULD_RETRY,
+            X_REQUEST_ID,
+            REQUEST_ID,
+            APIM_REQUEST_ID,
+            X_RATELIMIT_LIMIT_REQUESTS,
+            X_RATELIMIT_REMAINING_REQUESTS,
+            X_RATELIMIT_RESET_REQUESTS,
+            X_RATELIMIT_LIMIT_TOKENS,
+            X_RATELIMIT_REMAINING_TOKENS,
+            X_RATELIMIT_RESET_TOKENS,
+            ANTHROPIC_RATELIMIT_REQUESTS_RESET,
+            ANTHROPIC_RATELIMIT_TOKENS_LIMIT,
+            ANTHROPIC_RATELIMIT_TOKENS_REMAINING,
+            ANTHROPIC_RATELIMIT_TOKENS_RESET,
+            ANTHROPIC_RATELIMIT_INPUT_TOKENS_RESET,
+            ANTHROPIC_RATELIMIT_OUTPUT_TOKENS_RESET,
+        ])
+    }
 
-        #[test]
-        fn go_duration_round_trips(nanos in 0u64..(100 * 3600 * 1_000_000_000)) {
-            // Printed the way Go prints durations of a second or more.
-            let d = Duration::from_nanos(nanos);
-            let (h, m) = (d.as_secs() / 3600, d.as_secs() / 60 % 60);
-            let s = format!("{}.{:09}", d.as_secs() % 60, d.subsec_nanos());
-            let printed = if h > 0 { format!("{h}h{m}m{s}s") } else if m > 0 { format!("{m}m{s}s") } else { format!("{s}s") };
-            proptest::prop_assert_eq!(parse_go_duration(&printed), Some(d));
-        }
+    fn any_now() -> impl Strategy<Value = SystemTime> {
+        (0u64..=4_102_444_800, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| UNIX_EPOCH + Duration::new(s, n))
+    }
 
+    fn every_parser(h: &HeaderMap, now: SystemTime) {
+        if let Some(d) = retry_after(h, now) {
+            assert!(d <= MAX_DELAY);
+        }
+        let _ = server_delay(h, now);
+        let _ = should_retry(h);
+        if let Some(id) = request_id(h) {
+            assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()));
+        }
+        let info = RateLimitInfo::from_headers(h, now);
+        let _ = (info.is_empty(), info.exhausted_reset());
+    }
+
+    proptest! {
         #[test]
-        fn header_parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            if let Ok(v) = http::HeaderValue::from_bytes(&bytes) {
-                let mut h = HeaderMap::new();
-                for name in [
-                    names::RETRY_AFTER, names::RETRY_AFTER_MS, names::X_SHOULD_RETRY, names::X_REQUEST_ID,
-                    names::OPENAI_RESET_TOKENS, names::OPENAI_LIMIT_TOKENS, names::ANTHROPIC_TOKENS_RESET,
-                    names::ANTHROPIC_REQUESTS_REMAINING,
-                ] {
-                    h.insert(name, v.clone());
-                }
-                let _ = retry_after(&h, now());
-                let _ = retry_after(&h, SystemTime::UNIX_EPOCH);
-                let _ = should_retry(&h);
-                let _ = request_id(&h);
-                let _ = RateLimitInfo::from_headers(&h, now()).exhausted_reset();
+        fn go_duration_never_panics(s in any::<String>()) {
+            if let Some(d) = parse_go_duration(&s) {
+                prop_assert!(d <= MAX_DELAY);
             }
         }
 
         #[test]
-        fn rfc3339_never_panics(s in "\\PC{0,40}") {
+        fn go_duration_shaped_input_never_panics(s in "[0-9.]{0,25}(ns|us|µs|μs|ms|s|m|h|x|)([0-9.]{0,25}(ns|us|µs|ms|s|m|h)){0,4}") {
+            let _ = parse_go_duration(&s);
+        }
+
+        #[test]
+        fn rfc3339_never_panics(s in any::<String>()) {
             let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn rfc3339_shaped_input_never_panics(s in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,12})?([Zz]|[+-][0-9]{2}:[0-9]{2}|[+-:.0-9Z]{0,7})") {
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn headers_never_panic_on_strings(name in any_header_name(), value in any::<String>(), now in any_now()) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                let mut h = HeaderMap::new();
+                h.insert(name, v);
+                every_parser(&h, now);
+            }
+        }
+
+        #[test]
+        fn headers_never_panic_on_bytes(
+            values in prop::collection::vec((any_header_name(), prop::collection::vec(any::<u8>(), 0..40)), 0..8),
+            now in any_now(),
+        ) {
+            let mut h = HeaderMap::new();
+            for (name, bytes) in values {
+                if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                    h.append(name, v);
+                }
+            }
+            every_parser(&h, now);
+        }
+
+        #[test]
+        fn numeric_headers_never_panic(
+            name in any_header_name(),
+            value in "[-+]?[0-9]{0,30}(\\.[0-9]{0,30})?([eE][-+]?[0-9]{1,4})?|NaN|inf|-inf",
+            now in any_now(),
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_str(&value).unwrap());
+            every_parser(&h, now);
+        }
+
+        #[test]
+        fn go_duration_round_trips(nanos in 0..=i64::MAX as u64) {
+            let d = Duration::from_nanos(nanos);
+            let s = go_format(d);
+            prop_assert_eq!(parse_go_duration(&s), Some(d), "{}", s);
+        }
+
+        #[test]
+        fn go_duration_round_trips_at_millisecond_precision(
+            h in 0u64..100_000, m in 0u64..60, s in 0u64..60, millis in 0u64..1000,
+        ) {
+            // OpenAI prints resets with at most three decimals.
+            let text = format!("{h}h{m}m{s}.{millis:03}s");
+            let want = secs(h * 3600 + m * 60 + s) + ms(millis);
+            prop_assert_eq!(parse_go_duration(&text), Some(want), "{}", text);
+        }
+
+        #[test]
+        fn retry_after_integer_seconds_round_trip(n in 0u64..=9_223_372_036, now in any_now()) {
+            let h = map(&[(&RETRY_AFTER, n.to_string().as_str())]);
+            prop_assert_eq!(retry_after(&h, now), Some(secs(n)));
+        }
+
+        #[test]
+        fn retry_after_http_date_round_trips(offset in 0u64..10_000_000, now_s in 0u64..4_000_000_000) {
+            let now = UNIX_EPOCH + secs(now_s);
+            let h = map(&[(&RETRY_AFTER, httpdate::fmt_http_date(now + secs(offset)).as_str())]);
+            prop_assert_eq!(retry_after(&h, now), Some(secs(offset)));
+        }
+
+        #[test]
+        fn rfc3339_round_trips(s in 0u64..253_402_300_799, nanos in 0u32..1_000_000_000, now_s in 0u64..4_000_000_000) {
+            let at = UNIX_EPOCH + Duration::new(s, nanos);
+            let text = humantime::format_rfc3339_nanos(at).to_string();
+            prop_assert_eq!(parse_rfc3339(&text), Some(at), "{}", text);
+            let now = UNIX_EPOCH + secs(now_s);
+            let h = map(&[(&ANTHROPIC_RATELIMIT_TOKENS_RESET, text.as_str())]);
+            let reset = RateLimitInfo::from_headers(&h, now).tokens.and_then(|l| l.reset);
+            let want = at.duration_since(now).unwrap_or(Duration::ZERO);
+            prop_assert_eq!(reset, (want <= MAX_DELAY).then_some(want));
         }
     }
 }
