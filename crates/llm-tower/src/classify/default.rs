@@ -7,7 +7,7 @@ use crate::{
     metering::{MalformedStream, StreamError, TruncatedStream},
     provider::{
         ProviderError,
-        headers::{RateLimitInfo, retry_after, should_retry},
+        headers::{server_delay, should_retry},
     },
     request::BodyTooLarge,
 };
@@ -32,9 +32,9 @@ use crate::{
 /// | stream cut before its terminal event | `TruncatedStream` | yes | yes | yes |
 /// | [`InvalidContent`] (empty, malformed JSON, truncated, refusal) | `InvalidContent` | yes | no | yes |
 ///
-/// A server delay comes from `retry-after-ms` or `retry-after`, or, for a
-/// rate limit, from the reset of an exhausted `x-ratelimit-*` /
-/// `anthropic-ratelimit-*` limit. `x-should-retry: true|false` overrides
+/// A server delay comes from `retry-after-ms` or `retry-after`, or else
+/// from the reset of an exhausted `x-ratelimit-*` / `anthropic-ratelimit-*`
+/// limit ([`server_delay`]). `x-should-retry: true|false` overrides
 /// whether the failure is retried.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultClassifier {
@@ -60,10 +60,7 @@ impl Classifier for DefaultClassifier {
             failure = failure.with_code(code);
         }
         let now = response.now.unwrap_or_else(SystemTime::now);
-        let mut delay = retry_after(response.headers, now);
-        if delay.is_none() && failure.class() == FailureClass::RateLimited {
-            delay = RateLimitInfo::from_headers(response.headers, now).exhausted_reset();
-        }
+        let delay = server_delay(response.headers, now);
         failure = failure.with_retry_after(delay);
         if let Some(retry) = should_retry(response.headers) {
             failure = failure.with_retryable(retry);
