@@ -1,10 +1,10 @@
 use std::{any::Any, fmt};
 
-use http::{HeaderMap, Response, header::CONTENT_TYPE};
+use http::{HeaderMap, Response};
 use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse, SharedClassifier};
 
 use super::{Classifier, DefaultClassifier, Failure, FailureClass, ResponseView};
-use crate::BoxError;
+use crate::{BoxError, provider::headers::is_event_stream};
 
 /// A [`Classifier`] as a tower-http [`ClassifyResponse`], so tower-http's
 /// middleware (`TraceLayer`, say) logs and counts failures in this crate's
@@ -91,13 +91,6 @@ impl<C: Classifier + Clone> ClassifyResponse for HttpClassifier<C> {
     }
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
-}
-
 /// Classifies the end of a streaming response for [`HttpClassifier`]: a
 /// clean end is a success, a body error is classified by the classifier.
 #[derive(Clone, Debug)]
@@ -124,6 +117,7 @@ impl<C: Classifier> ClassifyEos for StreamEos<C> {
 mod tests {
     use super::*;
     use crate::metering::TruncatedStream;
+    use http::header::CONTENT_TYPE;
 
     #[test]
     fn statuses_and_stream_ends() {

@@ -20,6 +20,7 @@ use crate::{
     BoxError,
     provider::{
         WireFormat,
+        headers::is_event_stream,
         usage::{StreamSignal, StreamUsage, scan_json},
     },
     request::RequestMeta,
@@ -55,14 +56,15 @@ impl BodyKind {
         if !res.status().is_success() {
             return BodyKind::Unmetered;
         }
+        if is_event_stream(res.headers()) {
+            return BodyKind::Sse;
+        }
         let ct = res
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if ct.starts_with("text/event-stream") {
-            BodyKind::Sse
-        } else if ct.contains("json") || !stream {
+        if ct.contains("json") || !stream {
             BodyKind::Json
         } else {
             BodyKind::Sse

@@ -181,6 +181,15 @@ pub fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     }
 }
 
+/// Whether a response is a server-sent event stream
+/// (`content-type: text/event-stream`, parameters allowed).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
 /// The delay the server directs before the next attempt: [`retry_after`]
 /// when given, else the [`exhausted_reset`](RateLimitInfo::exhausted_reset)
 /// of the rate-limit headers (the time until an exhausted quota refills).
