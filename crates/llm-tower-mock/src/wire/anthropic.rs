@@ -1,0 +1,199 @@
+//! Anthropic messages: answers, events and error bodies.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde_json::{Value, json};
+
+use super::{ErrorAnswer, ErrorKind, Event, Success, sse};
+use crate::quota::Limits;
+
+fn stop_reason(s: &Success<'_>) -> &'static str {
+    if s.answer.truncated {
+        "max_tokens"
+    } else {
+        "end_turn"
+    }
+}
+
+fn usage(input: u32, output: u32) -> Value {
+    json!({
+        "input_tokens": input,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output,
+        "service_tier": "standard"
+    })
+}
+
+pub(super) fn answer(s: &Success<'_>) -> Value {
+    json!({
+        "id": s.id,
+        "type": "message",
+        "role": "assistant",
+        "model": s.chat.model,
+        "content": [{"type": "text", "text": s.answer.text()}],
+        "stop_reason": stop_reason(s),
+        "stop_sequence": null,
+        "usage": usage(s.answer.input_tokens, s.answer.output_tokens()),
+    })
+}
+
+/// `message_start`, `content_block_start`, `ping`, one `content_block_delta`
+/// per token, `content_block_stop`, `message_delta` (cumulative usage),
+/// `message_stop`: the order Anthropic documents.
+pub(super) fn events(s: &Success<'_>) -> Vec<Event> {
+    let mut out = Vec::with_capacity(s.answer.tokens.len() + 6);
+    out.push(Event::frame(sse(
+        Some("message_start"),
+        &json!({"type": "message_start", "message": {
+            "id": s.id,
+            "type": "message",
+            "role": "assistant",
+            "model": s.chat.model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": usage(s.answer.input_tokens, 1),
+        }}),
+    )));
+    out.push(Event::frame(sse(
+        Some("content_block_start"),
+        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    )));
+    out.push(Event::frame(sse(Some("ping"), &json!({"type": "ping"}))));
+    for t in &s.answer.tokens {
+        out.push(Event::tokens(
+            sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            ),
+            1,
+        ));
+    }
+    out.push(Event::frame(sse(
+        Some("content_block_stop"),
+        &json!({"type": "content_block_stop", "index": 0}),
+    )));
+    out.push(Event::frame(sse(
+        Some("message_delta"),
+        &json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason(s), "stop_sequence": null},
+            "usage": {"output_tokens": s.answer.output_tokens()},
+        }),
+    )));
+    out.push(Event::frame(sse(
+        Some("message_stop"),
+        &json!({"type": "message_stop"}),
+    )));
+    out
+}
+
+/// The `event: error` Anthropic sends inside a `200` stream.
+pub(super) fn stream_error() -> Bytes {
+    sse(
+        Some("error"),
+        &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    )
+}
+
+pub(super) fn error(kind: ErrorKind, message: Option<&str>) -> ErrorAnswer {
+    let (status, ty, default_message) = match kind {
+        ErrorKind::RateLimited(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "Number of requests has exceeded your rate limit. Please try again later.",
+        ),
+        ErrorKind::RequestTooLarge => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "This request would exceed your organization's rate limit of tokens per minute.",
+        ),
+        ErrorKind::InsufficientQuota => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API.",
+        ),
+        ErrorKind::ContextLength => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "prompt is too long: the prompt and max_tokens exceed the model's context window",
+        ),
+        ErrorKind::Overloaded => (
+            StatusCode::from_u16(529).expect("529 is a valid status"),
+            "overloaded_error",
+            "Overloaded",
+        ),
+        ErrorKind::Status(status) => {
+            let (ty, m) = match status.as_u16() {
+                400 => ("invalid_request_error", "Invalid request."),
+                401 => ("authentication_error", "invalid x-api-key"),
+                402 => ("billing_error", "Billing problem."),
+                403 => (
+                    "permission_error",
+                    "Your API key does not have permission to use the specified resource.",
+                ),
+                404 => (
+                    "not_found_error",
+                    "The requested resource could not be found.",
+                ),
+                413 => (
+                    "request_too_large",
+                    "Request exceeds the maximum allowed number of bytes.",
+                ),
+                429 => (
+                    "rate_limit_error",
+                    "Number of requests has exceeded your rate limit.",
+                ),
+                504 => ("timeout_error", "Request timed out."),
+                529 => ("overloaded_error", "Overloaded"),
+                s if s >= 500 => ("api_error", "Internal server error"),
+                _ => ("invalid_request_error", "The request failed."),
+            };
+            (status, ty, m)
+        }
+    };
+    ErrorAnswer {
+        status,
+        body: serde_json::to_vec(&json!({
+            "type": "error",
+            "error": {"type": ty, "message": message.unwrap_or(default_message)},
+        }))
+        .expect("JSON values serialise")
+        .into(),
+    }
+}
+
+/// `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`, resets
+/// as RFC 3339 instants rounded up to the second.
+pub(super) fn rate_limit_headers(limits: &Limits, now: SystemTime, headers: &mut HeaderMap) {
+    for (name, limit) in [("requests", limits.requests), ("tokens", limits.tokens)] {
+        let Some(l) = limit else { continue };
+        let put = |headers: &mut HeaderMap, field: &str, value: HeaderValue| {
+            headers.insert(
+                HeaderName::try_from(format!("anthropic-ratelimit-{name}-{field}"))
+                    .expect("valid header name"),
+                value,
+            );
+        };
+        put(headers, "limit", HeaderValue::from(l.limit));
+        put(headers, "remaining", HeaderValue::from(l.remaining));
+        let at = now + l.reset;
+        let since = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let up = if since.subsec_nanos() == 0 {
+            at
+        } else {
+            at + (Duration::from_secs(1) - Duration::from_nanos(since.subsec_nanos().into()))
+        };
+        put(
+            headers,
+            "reset",
+            HeaderValue::try_from(humantime::format_rfc3339_seconds(up).to_string())
+                .expect("ASCII"),
+        );
+    }
+}
