@@ -14,8 +14,9 @@ use crate::wire::Provider;
 pub struct Entry {
     /// Arrival order, from 0.
     pub seq: u64,
-    /// Arrival time since the server started (tokio time: paused in tests).
-    #[serde(with = "humantime_serde")]
+    /// Arrival time since the server started (tokio time: paused in tests);
+    /// `at_ms` in JSON, fractional milliseconds.
+    #[serde(rename = "at_ms", with = "millis")]
     pub at: Duration,
     /// The HTTP method.
     pub method: String,
@@ -92,5 +93,21 @@ impl Journal {
     /// Forgets every entry (sequence numbers go on).
     pub fn clear(&self) {
         self.lock().clear();
+    }
+}
+
+/// A duration as fractional milliseconds, readable by any JSON consumer.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1000.0)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
     }
 }

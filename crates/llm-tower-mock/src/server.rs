@@ -736,11 +736,19 @@ fn schedule(
 
 fn stream_body(steps: VecDeque<Step>) -> Body {
     let frames = futures_util::stream::unfold(steps, |mut steps| async move {
+        let mut flushed = false;
         loop {
             match steps.pop_front()? {
                 Step::Sleep(d) => sleep(d).await,
                 Step::Send(bytes, _) => return Some((Ok(Frame::data(bytes)), steps)),
                 Step::Fail => {
+                    // Let the connection flush what was sent, so the drop
+                    // falls after those bytes on the wire, not before them.
+                    if !std::mem::replace(&mut flushed, true) {
+                        steps.push_front(Step::Fail);
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
                     steps.clear();
                     return Some((
                         Err(io::Error::new(

@@ -23,6 +23,7 @@ use crate::{content::Answer, quota::Limits};
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     /// OpenAI chat completions: `POST /v1/chat/completions`.
+    #[serde(rename = "openai")]
     OpenAi,
     /// Anthropic messages: `POST /v1/messages`.
     Anthropic,
