@@ -138,6 +138,16 @@ pub(super) fn error(kind: ErrorKind, message: Option<&str>) -> ErrorAnswer {
         "message": message.unwrap_or(default_message),
         "status": grpc,
     });
+    if kind == ErrorKind::InsufficientQuota {
+        // A daily quota: Gemini names the exhausted quota in a QuotaFailure.
+        error["details"] = json!([{
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                "quotaId": "GenerateRequestsPerDayPerProjectPerModel",
+            }],
+        }]);
+    }
     if let Some(d) = retry {
         // Gemini says when to come back in a RetryInfo detail, whole seconds
         // rounded up.

@@ -361,7 +361,12 @@ pub(crate) fn malformed_event(provider: Provider) -> Bytes {
         Provider::Anthropic => {
             Bytes::from_static(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_del\n\n")
         }
-        _ => Bytes::from_static(b"data: {\"id\":\"chunk\",\"choices\":[{\"delta\":{\"content\n\n"),
+        Provider::OpenAi => Bytes::from_static(
+            b"data: {\"id\":\"chunk\",\"choices\":[{\"delta\":{\"content\n\n",
+        ),
+        Provider::Gemini => {
+            Bytes::from_static(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\n\n")
+        }
     }
 }
 
