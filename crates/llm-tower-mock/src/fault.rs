@@ -505,11 +505,24 @@ impl Script {
         *n
     }
 
-    /// Runs the rules in order. Chance is drawn from the seed, the request's
-    /// fingerprint, its attempt number and the rule's index, so the same
-    /// requests get the same faults whatever order concurrent calls arrive in.
-    pub(crate) fn decide(&mut self, seed: u64, req: &RequestFacts<'_>) -> Decision {
+    /// Runs `forced` (a fault the request asked for itself), then the rules
+    /// in order, until a fault other than `latency` fires. Chance is drawn
+    /// from the seed, the request's fingerprint, its attempt number and the
+    /// rule's index, so the same requests get the same faults whatever order
+    /// concurrent calls arrive in.
+    pub(crate) fn decide(
+        &mut self,
+        seed: u64,
+        req: &RequestFacts<'_>,
+        forced: Option<&Fault>,
+    ) -> Decision {
         let mut decision = Decision::default();
+        if let Some(fault) = forced.filter(|f| req.stream || !f.streaming_only()) {
+            let mut rng = content::rng(seed, req.fingerprint, req.attempt, 0);
+            if decision.add(fault, &mut rng) {
+                return decision;
+            }
+        }
         for (index, (rule, fired)) in self.rules.iter_mut().enumerate() {
             if rule.times.is_some_and(|t| *fired >= t)
                 || (rule.fault.streaming_only() && !req.stream)
@@ -525,26 +538,42 @@ impl Script {
                 continue;
             }
             *fired += 1;
-            decision.names.push(rule.fault.name());
-            if let Fault::Latency { delay, jitter } = rule.fault {
-                let extra = if jitter.is_zero() {
-                    Duration::ZERO
-                } else {
-                    jitter.mul_f64(rng.random::<f64>())
-                };
-                decision.latency += delay + extra;
-                continue;
+            if decision.add(&rule.fault, &mut rng) {
+                break;
             }
-            decision.fault = Some(rule.fault.clone());
-            break;
         }
         decision
+    }
+}
+
+impl Decision {
+    /// Adds a fault that fired; true when it decides the answer (anything
+    /// but `latency`, which only adds to the delay).
+    fn add(&mut self, fault: &Fault, rng: &mut impl Rng) -> bool {
+        self.names.push(fault.name());
+        if let Fault::Latency { delay, jitter } = *fault {
+            let extra = if jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                jitter.mul_f64(rng.random::<f64>())
+            };
+            self.latency += delay + extra;
+            return false;
+        }
+        self.fault = Some(fault.clone());
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Script {
+        fn decide_all(&mut self, seed: u64, req: &RequestFacts<'_>) -> Decision {
+            self.decide(seed, req, None)
+        }
+    }
 
     fn facts(model: &str, stream: bool, attempt: u32, elapsed: Duration) -> RequestFacts<'_> {
         RequestFacts {
@@ -622,18 +651,18 @@ mod tests {
             Rule::new(Fault::status(500)).model("gpt-4o*").times(1),
         ]);
         // A non-streaming call passes over the stream-only rule.
-        let d = script.decide(1, &facts("gpt-4o-mini", false, 1, Duration::ZERO));
+        let d = script.decide_all(1, &facts("gpt-4o-mini", false, 1, Duration::ZERO));
         assert_eq!(d.fault, Some(Fault::status(500)));
         // Spent: the next one is healthy.
-        let d = script.decide(1, &facts("gpt-4o-mini", false, 2, Duration::ZERO));
+        let d = script.decide_all(1, &facts("gpt-4o-mini", false, 2, Duration::ZERO));
         assert_eq!(d.fault, None);
         // Inside the window.
-        let d = script.decide(1, &facts("gpt-4o-mini", false, 3, Duration::from_secs(10)));
+        let d = script.decide_all(1, &facts("gpt-4o-mini", false, 3, Duration::from_secs(10)));
         assert_eq!(d.fault, Some(Fault::Overloaded));
-        let d = script.decide(1, &facts("gpt-4o-mini", false, 4, Duration::from_secs(20)));
+        let d = script.decide_all(1, &facts("gpt-4o-mini", false, 4, Duration::from_secs(20)));
         assert_eq!(d.fault, None);
         // Streaming calls get the drop.
-        let d = script.decide(1, &facts("o3", true, 5, Duration::ZERO));
+        let d = script.decide_all(1, &facts("o3", true, 5, Duration::ZERO));
         assert_eq!(d.fault, Some(Fault::Drop { after: 1 }));
     }
 
@@ -650,7 +679,7 @@ mod tests {
             }),
             Rule::new(Fault::status(503)),
         ]);
-        let d = script.decide(1, &facts("m", false, 1, Duration::ZERO));
+        let d = script.decide_all(1, &facts("m", false, 1, Duration::ZERO));
         assert!(d.latency >= Duration::from_millis(150) && d.latency <= Duration::from_millis(160));
         assert_eq!(d.fault, Some(Fault::status(503)));
         assert_eq!(d.names, ["latency", "latency", "status_503"]);
@@ -663,7 +692,7 @@ mod tests {
             (1..=2000)
                 .map(|a| {
                     script
-                        .decide(seed, &facts("m", false, a, Duration::ZERO))
+                        .decide_all(seed, &facts("m", false, a, Duration::ZERO))
                         .fault
                         .is_some()
                 })
@@ -674,5 +703,34 @@ mod tests {
         assert_ne!(a, run(8));
         let hits = a.iter().filter(|f| **f).count();
         assert!((500..700).contains(&hits), "{hits} of 2000 at p=0.3");
+    }
+}
+
+#[cfg(test)]
+mod forced {
+    use super::*;
+
+    #[test]
+    fn a_forced_fault_wins_and_spends_no_rule() {
+        let mut script = Script::new(vec![Rule::new(Fault::status(500)).times(1)]);
+        let req = RequestFacts {
+            provider: Provider::Anthropic,
+            model: "m",
+            path: "/v1/messages",
+            stream: false,
+            fingerprint: 1,
+            attempt: 1,
+            elapsed: Duration::ZERO,
+        };
+        let d = script.decide(1, &req, Some(&Fault::Overloaded));
+        assert_eq!(d.fault, Some(Fault::Overloaded));
+        // A stream fault asked for by a non-streaming call does not apply.
+        let d = script.decide(1, &req, Some(&Fault::Drop { after: 1 }));
+        assert_eq!(
+            d.fault,
+            Some(Fault::status(500)),
+            "the rule is still unspent"
+        );
+        assert_eq!(script.decide(1, &req, None).fault, None);
     }
 }

@@ -11,7 +11,8 @@
 //!   request, provider request ids, rate-limit headers; deterministic content
 //!   for a given request and seed.
 //! - **Faults** ([`Fault`]), scripted per call ([`Rule::times`], matching a
-//!   model, provider, path or stream flag) or by chance
+//!   model, provider, path or stream flag, or asked for by the request
+//!   itself in an [`x-mock-fault`](FAULT_HEADER) header) or by chance
 //!   ([`Rule::probability`]), or in a time window ([`Rule::outage`]).
 //! - **Real quotas** ([`Quota`]): requests and tokens per minute, refused
 //!   with `429` and an honest `retry-after`.
@@ -85,5 +86,5 @@ pub use config::{ConfigError, MockConfig, Timing};
 pub use fault::{Fault, Match, Rule, Window};
 pub use journal::{Entry, Journal};
 pub use quota::Quota;
-pub use server::{MockBuilder, MockServer, StartError};
+pub use server::{FAULT_HEADER, MockBuilder, MockServer, StartError};
 pub use wire::Provider;

@@ -28,6 +28,11 @@ use crate::{
 /// The body of every answer.
 pub(crate) type Body = BoxBody<Bytes, io::Error>;
 
+/// The request header that asks for a fault for this one call, written as a
+/// rule spec (`status=503`, `drop=3` …; matchers, chance and counts are
+/// ignored).
+pub const FAULT_HEADER: &str = "x-mock-fault";
+
 /// The largest request body read; larger ones get a `413`.
 const MAX_BODY: usize = 32 << 20;
 
@@ -473,9 +478,28 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
         attempt,
         elapsed: at,
     };
+    // A fault the request asks for itself, for tests that script per call.
+    let forced = match parts.headers.get(FAULT_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(spec) => match spec
+            .map_err(|_| "not ASCII".to_owned())
+            .and_then(str::parse::<Rule>)
+        {
+            Ok(rule) => Some(rule.fault),
+            Err(e) => {
+                let answer = wire::error(
+                    provider,
+                    ErrorKind::Status(StatusCode::BAD_REQUEST),
+                    Some(&format!("invalid {FAULT_HEADER} header: {e}")),
+                );
+                record.finish(shared, answer.status, request_id.clone());
+                return error_response(shared, answer, headers, Duration::ZERO).await;
+            }
+        },
+    };
     let (decision, admitted, limits) = {
         let mut state = shared.state();
-        let decision = state.script.decide(shared.seed, &facts);
+        let decision = state.script.decide(shared.seed, &facts, forced.as_ref());
         let tokens = chat
             .input_tokens
             .saturating_add(chat.max_tokens.unwrap_or(0));

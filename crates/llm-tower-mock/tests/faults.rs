@@ -638,3 +638,43 @@ async fn usage_follows_the_request_and_the_output_cap() {
     let e = m.journal().entries();
     assert_eq!(e[1].input_tokens, Some(long_in as u32));
 }
+
+#[tokio::test]
+async fn a_request_can_ask_for_its_own_fault() {
+    let m = mock(vec![Rule::new(Fault::status(500)).times(1)]).await;
+    let c = client();
+    let body = anthropic("claude-haiku-4-5", true, "x");
+    let r = post_with(
+        &c,
+        &m.url(),
+        ANTHROPIC,
+        &body,
+        &[("x-mock-fault", "error-event=0")],
+    )
+    .await;
+    assert_eq!(r.events()[0].0.as_deref(), Some("error"));
+    let r = post_with(
+        &c,
+        &m.url(),
+        ANTHROPIC,
+        &body,
+        &[("x-mock-fault", "explode")],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown fault `explode`")
+    );
+    // The scripted rule was not spent by the forced fault.
+    assert_eq!(post(&c, &m.url(), ANTHROPIC, &body).await.status, 500);
+    let faults: Vec<_> = m
+        .journal()
+        .entries()
+        .into_iter()
+        .map(|e| e.faults)
+        .collect();
+    assert_eq!(faults[0], ["error_event"]);
+}
