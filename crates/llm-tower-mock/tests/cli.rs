@@ -69,7 +69,13 @@ async fn a_config_file_is_read() {
     .unwrap();
     let (_server, url) = start(&["--config", path.to_str().unwrap()]);
     let c = client();
-    let r = post(&c, &url, ANTHROPIC, &anthropic("claude-haiku-4-5", false, "x")).await;
+    let r = post(
+        &c,
+        &url,
+        ANTHROPIC,
+        &anthropic("claude-haiku-4-5", false, "x"),
+    )
+    .await;
     assert_eq!(r.status, 529);
     let r = post(&c, &url, OPENAI, &openai("gpt-4o", false, "x")).await;
     assert_eq!(r.status, 200);
@@ -85,7 +91,11 @@ fn bad_flags_exit_non_zero_with_a_reason() {
         (&["--config", "/nonexistent/mock.toml"], "cannot read"),
         (&["--token-interval", "fast"], "invalid value"),
     ] {
-        let out = Command::new(BIN).args(["--port", "0"]).args(args).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");

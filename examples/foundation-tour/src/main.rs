@@ -1,18 +1,17 @@
-//! A tour of llm-tower's shared vocabulary: one call per scenario against a
-//! fake provider on loopback, through the prepare and metering layers over
-//! hyper-util's client, with each outcome classified, metered and priced.
+//! A tour of llm-tower's shared vocabulary: one call per scenario against
+//! the project's mock provider on loopback, through the prepare and metering
+//! layers over hyper-util's client, with each outcome classified, metered and
+//! priced.
 //!
 //! ```sh
 //! cargo run --release -p foundation-tour
 //! ```
 //!
-//! No account, key or network is needed: the fake provider answers on
-//! `127.0.0.1` the way OpenAI, Anthropic and Gemini answer.
-
-mod fake;
+//! No account, key or network is needed: `llm-tower-mock` answers on
+//! `127.0.0.1` the way OpenAI, Anthropic and Gemini answer, and each
+//! scenario asks it for its fault in an `x-mock-fault` header.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -30,6 +29,7 @@ use llm_tower::{
     provider::headers::request_id,
     request::{PrepareLayer, ReplayBody},
 };
+use llm_tower_mock::{FAULT_HEADER, MockServer};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 /// One call of the tour.
@@ -38,6 +38,8 @@ struct Scenario {
     path: &'static str,
     headers: &'static [(&'static str, &'static str)],
     body: &'static str,
+    /// The fault the mock is asked for, as a rule spec.
+    fault: Option<&'static str>,
 }
 
 const OPENAI: &[(&str, &str)] = &[("authorization", "Bearer sk-demo")];
@@ -58,66 +60,77 @@ const SCENARIOS: &[Scenario] = &[
         path: "/v1/chat/completions",
         headers: OPENAI,
         body: CHAT,
+        fault: None,
     },
     Scenario {
         name: "openai-stream",
         path: "/v1/chat/completions",
         headers: OPENAI,
         body: CHAT_STREAM,
+        fault: None,
     },
     Scenario {
         name: "openai-stream-cut",
         path: "/v1/chat/completions",
         headers: OPENAI,
         body: CHAT_STREAM,
+        fault: Some("truncate=3"),
     },
     Scenario {
         name: "openai-rate-limited",
         path: "/v1/chat/completions",
         headers: OPENAI,
         body: CHAT,
+        fault: Some("rate-limited=1500ms"),
     },
     Scenario {
         name: "openai-quota",
         path: "/v1/chat/completions",
         headers: OPENAI,
         body: CHAT,
+        fault: Some("insufficient-quota"),
     },
     Scenario {
         name: "openai-context",
         path: "/v1/chat/completions",
         headers: OPENAI,
         body: CHAT,
+        fault: Some("context-length"),
     },
     Scenario {
         name: "anthropic-stream",
         path: "/v1/messages",
         headers: ANTHROPIC,
         body: MESSAGES_STREAM,
+        fault: None,
     },
     Scenario {
         name: "anthropic-overloaded",
         path: "/v1/messages",
         headers: ANTHROPIC,
         body: MESSAGES_STREAM,
+        fault: Some("overloaded"),
     },
     Scenario {
         name: "anthropic-error-event",
         path: "/v1/messages",
         headers: ANTHROPIC,
         body: MESSAGES_STREAM,
+        fault: Some("error-event=0"),
     },
     Scenario {
         name: "gemini-stream",
         path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
         headers: GEMINI,
         body: GEMINI_BODY,
+        fault: None,
     },
     Scenario {
         name: "gemini-exhausted",
         path: "/v1beta/models/gemini-2.5-flash:generateContent",
         headers: GEMINI,
         body: GEMINI_BODY,
+        fault: Some("rate-limited=2s"),
     },
 ];
 
@@ -135,34 +148,37 @@ struct Row {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let addr = fake::start().await?;
+    let mock = MockServer::builder().seed(1).start().await?;
+    let base = mock.url();
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let mut svc = ServiceBuilder::new()
-        // The fake is on loopback, so no host is known: Anthropic and Gemini
+        // The mock is on loopback, so no host is known: Anthropic and Gemini
         // requests are recognised by their paths and headers, and OpenAI's
         // format by its path, as a compatible server named by its address.
         .layer(PrepareLayer::new())
         .layer(MeterLayer::new())
         .service(client);
 
-    println!("fake provider on http://{addr}\n");
+    println!("mock provider on {base}\n");
     let mut rows = Vec::new();
     for scenario in SCENARIOS {
-        rows.push(run(&mut svc, addr, scenario).await?);
+        rows.push(run(&mut svc, &base, scenario).await?);
     }
     print_table(&rows);
     Ok(())
 }
 
-async fn run<S, B>(svc: &mut S, addr: SocketAddr, scenario: &Scenario) -> Result<Row, BoxError>
+async fn run<S, B>(svc: &mut S, base: &str, scenario: &Scenario) -> Result<Row, BoxError>
 where
     S: Service<Request<String>, Response = Response<B>, Error = BoxError>,
     B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Unpin,
 {
     let classifier = DefaultClassifier::new();
-    let mut builder = Request::post(format!("http://{addr}{}", scenario.path))
-        .header("content-type", "application/json")
-        .header("x-scenario", scenario.name);
+    let mut builder = Request::post(format!("{base}{}", scenario.path))
+        .header("content-type", "application/json");
+    if let Some(fault) = scenario.fault {
+        builder = builder.header(FAULT_HEADER, fault);
+    }
     for (k, v) in scenario.headers {
         builder = builder.header(*k, *v);
     }
