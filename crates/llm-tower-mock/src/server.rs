@@ -462,7 +462,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
         Ok(chat) => chat,
         Err(answer) => {
             record.finish(shared, answer.status, request_id.clone());
-            return error_response(shared, answer, headers, Duration::ZERO).await;
+            return error_response(answer, headers, Duration::ZERO).await;
         }
     };
     record.model = Some(chat.model.clone());
@@ -493,7 +493,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
                     Some(&format!("invalid {FAULT_HEADER} header: {e}")),
                 );
                 record.finish(shared, answer.status, request_id.clone());
-                return error_response(shared, answer, headers, Duration::ZERO).await;
+                return error_response(answer, headers, Duration::ZERO).await;
             }
         },
     };
@@ -563,7 +563,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
     });
     if let Some(answer) = refused {
         record.finish(shared, answer.status, request_id.clone());
-        return error_response(shared, answer, headers, delay).await;
+        return error_response(answer, headers, delay).await;
     }
 
     let answer = content::answer(shared.seed, fingerprint, chat.input_tokens, chat.max_tokens);
@@ -629,7 +629,6 @@ async fn sleep(d: Duration) {
 }
 
 async fn error_response(
-    _shared: &Shared,
     answer: wire::ErrorAnswer,
     headers: HeaderMap,
     delay: Duration,

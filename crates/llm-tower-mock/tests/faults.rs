@@ -47,7 +47,7 @@ async fn rate_limited_carries_each_providers_delay() {
     )))])
     .await;
     let c = client();
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "hi")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, false, "hi").await;
     assert_eq!(r.status, 429);
     assert_eq!(
         r.header("retry-after"),
@@ -58,13 +58,7 @@ async fn rate_limited_carries_each_providers_delay() {
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
     assert!(r.header("x-request-id").unwrap().starts_with("req_"));
 
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "hi"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "hi").await;
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("3"));
     assert_eq!(
@@ -96,7 +90,7 @@ async fn quota_and_context_errors_are_the_providers_own() {
     ])
     .await;
     let c = client();
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "a")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, false, "a").await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "insufficient_quota");
     assert_eq!(
@@ -104,13 +98,7 @@ async fn quota_and_context_errors_are_the_providers_own() {
         None,
         "quota exhausted has no retry"
     );
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "a"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "a").await;
     assert_eq!(r.status, 400);
     assert!(
         r.json()["error"]["message"]
@@ -119,17 +107,11 @@ async fn quota_and_context_errors_are_the_providers_own() {
             .contains("credit balance")
     );
 
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "b")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, false, "b").await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
     assert_eq!(r.json()["error"]["param"], "messages");
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "b"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "b").await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     assert!(
@@ -200,25 +182,13 @@ async fn any_status_gets_that_providers_error_body() {
     // A few that clients branch on, exactly.
     m.clear_rules();
     m.push_rule(Rule::new(Fault::status(401))).unwrap();
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "x")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, false, "x").await;
     assert_eq!(r.json()["error"]["code"], "invalid_api_key");
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "x").await;
     assert_eq!(r.json()["error"]["type"], "authentication_error");
     m.clear_rules();
     m.push_rule(Rule::new(Fault::status(529))).unwrap();
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "x").await;
     assert_eq!(r.json()["error"]["type"], "overloaded_error");
 }
 
@@ -236,13 +206,7 @@ async fn overloaded_is_529_for_anthropic_and_503_elsewhere() {
         assert_eq!(r.status, expected, "{provider}");
         assert_eq!(r.header("content-type"), Some("application/json"));
     }
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "x").await;
     assert_eq!(r.json()["error"]["type"], "overloaded_error");
 }
 
@@ -295,7 +259,7 @@ async fn slow_first_token_sends_headers_then_waits() {
         assert!(r.error.is_none());
     }
     // Non-streaming calls pass over stream faults.
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "x")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, false, "x").await;
     assert!(r.frames.iter().all(|f| f.at == Duration::ZERO));
     assert_eq!(m.journal().entries()[3].faults, Vec::<String>::new());
 }
@@ -312,7 +276,7 @@ async fn a_stall_pauses_mid_stream_then_finishes() {
         .await
         .unwrap();
     let c = client();
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", true, "x")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, true, "x").await;
     let data: Vec<_> = r.events();
     assert_eq!(data.last().unwrap().1, "[DONE]", "the stream finishes");
     // Frames: role chunk at 0, token 1 at 10 ms, token 2 at 20 ms, then
@@ -334,7 +298,7 @@ async fn a_stall_pauses_mid_stream_then_finishes() {
 async fn a_drop_breaks_the_connection_after_n_tokens() {
     let m = mock(vec![Rule::new(Fault::Drop { after: 3 })]).await;
     let c = client();
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", true, "x")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, true, "x").await;
     assert_eq!(r.status, 200);
     assert!(r.error.is_some(), "the body breaks off: {:?}", r.text());
     let chunks = r.event_json();
@@ -349,13 +313,7 @@ async fn a_drop_breaks_the_connection_after_n_tokens() {
     assert_eq!(tokens, 3);
     assert!(!r.text().contains("[DONE]"));
 
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", true, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, true, "x").await;
     assert!(r.error.is_some());
     let names: Vec<_> = r.events().into_iter().map(|(n, _)| n.unwrap()).collect();
     assert_eq!(
@@ -369,13 +327,7 @@ async fn a_drop_breaks_the_connection_after_n_tokens() {
 #[tokio::test]
 async fn drop_at_zero_sends_headers_and_nothing_else() {
     let m = mock(vec![Rule::new(Fault::Drop { after: 0 })]).await;
-    let r = post(
-        &client(),
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", true, "x"),
-    )
-    .await;
+    let r = ask(&client(), &m.url(), Provider::Anthropic, true, "x").await;
     assert_eq!(r.status, 200);
     assert!(r.frames.is_empty());
     assert!(r.error.is_some());
@@ -385,7 +337,7 @@ async fn drop_at_zero_sends_headers_and_nothing_else() {
 async fn a_truncated_stream_ends_cleanly_without_its_terminal_event() {
     let m = mock(vec![Rule::new(Fault::Truncate { after: 4 })]).await;
     let c = client();
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", true, "x")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, true, "x").await;
     assert!(r.error.is_none(), "clean end of body");
     assert!(!r.text().contains("[DONE]"));
     assert!(
@@ -398,13 +350,7 @@ async fn a_truncated_stream_ends_cleanly_without_its_terminal_event() {
         "no usage chunk"
     );
 
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", true, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, true, "x").await;
     assert!(r.error.is_none());
     let names: Vec<_> = r.events().into_iter().map(|(n, _)| n.unwrap()).collect();
     assert_eq!(names.last().unwrap(), "content_block_delta");
@@ -452,19 +398,13 @@ async fn an_error_event_inside_a_200_stream() {
     m.push_rule(Rule::new(Fault::ErrorEvent { after: 1 }).provider(Provider::Gemini))
         .unwrap();
     let c = client();
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", true, "x")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, true, "x").await;
     assert_eq!(r.status, 200);
     let chunks = r.event_json();
     assert_eq!(chunks.len(), 4, "role, two tokens, the error: {chunks:?}");
     assert_eq!(chunks[3]["error"]["type"], "server_error");
 
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", true, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, true, "x").await;
     assert_eq!(r.status, 200);
     let events = r.events();
     assert_eq!(events.len(), 1, "the error is the first and only event");
@@ -530,13 +470,7 @@ async fn times_and_matchers_pick_their_requests() {
         );
     }
     assert_eq!(got, [200, 503, 503, 200]);
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "x").await;
     assert_eq!(r.status, 500);
 }
 
@@ -620,7 +554,7 @@ async fn bad_requests_are_refused_like_the_provider_would() {
 async fn usage_follows_the_request_and_the_output_cap() {
     let m = mock(vec![]).await;
     let c = client();
-    let short = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "hi"))
+    let short = ask(&c, &m.url(), Provider::OpenAi, false, "hi")
         .await
         .json();
     let long_prompt = "word ".repeat(400);

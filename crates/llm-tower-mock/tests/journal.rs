@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http_body_util::Full;
-use llm_tower_mock::{Entry, Fault, MockConfig, MockServer, Rule};
+use llm_tower_mock::{Entry, Fault, MockConfig, MockServer, Provider, Rule};
 use support::*;
 
 #[tokio::test]
@@ -22,13 +22,7 @@ async fn the_journal_records_every_attempt_and_is_served_over_http() {
     let body = openai("gpt-4o", false, "same call");
     post_with(&c, &m.url(), OPENAI, &body, &[("idempotency-key", "k-1")]).await;
     post_with(&c, &m.url(), OPENAI, &body, &[("idempotency-key", "k-1")]).await;
-    post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", true, "other"),
-    )
-    .await;
+    ask(&c, &m.url(), Provider::Anthropic, true, "other").await;
 
     let local = m.journal().entries();
     assert_eq!(local.len(), 3);
@@ -93,9 +87,7 @@ async fn rules_can_be_added_and_cleared_over_http() {
     );
 
     assert_eq!(
-        post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "x"))
-            .await
-            .status,
+        ask(&c, &m.url(), Provider::OpenAi, false, "x").await.status,
         500
     );
     assert_eq!(
@@ -104,13 +96,7 @@ async fn rules_can_be_added_and_cleared_over_http() {
             .status,
         429
     );
-    let r = post(
-        &c,
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "x"),
-    )
-    .await;
+    let r = ask(&c, &m.url(), Provider::Anthropic, false, "x").await;
     assert_eq!(r.status, 529);
 
     let r = send(&c, post_text("status=200")).await;
@@ -130,9 +116,7 @@ async fn rules_can_be_added_and_cleared_over_http() {
     assert_eq!(send(&c, req).await.status, 204);
     assert!(m.rules().is_empty());
     assert_eq!(
-        post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "x"))
-            .await
-            .status,
+        ask(&c, &m.url(), Provider::OpenAi, false, "x").await.status,
         200
     );
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use llm_tower_mock::{MockServer, Quota};
+use llm_tower_mock::{MockServer, Provider, Quota};
 use support::*;
 use tokio::time::{Instant, sleep};
 
@@ -42,7 +42,7 @@ async fn a_burst_over_the_request_limit_is_told_the_real_wait() {
     assert_eq!(remaining[11], "0");
 
     // The refusal says exactly how long: 5 s until one request is back.
-    let r = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "again")).await;
+    let r = ask(&c, &m.url(), Provider::OpenAi, false, "again").await;
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after-ms"), Some("5000"));
     assert_eq!(r.header("retry-after"), Some("5"));
@@ -51,12 +51,12 @@ async fn a_burst_over_the_request_limit_is_told_the_real_wait() {
 
     // One millisecond early is still too early…
     sleep(Duration::from_millis(4999)).await;
-    let early = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "early")).await;
+    let early = ask(&c, &m.url(), Provider::OpenAi, false, "early").await;
     assert_eq!(early.status, 429);
     assert_eq!(early.header("retry-after-ms"), Some("1"));
     // …and waiting what it said gets through.
     sleep(Duration::from_millis(1)).await;
-    let ok = post(&c, &m.url(), OPENAI, &openai("gpt-4o", false, "on time")).await;
+    let ok = ask(&c, &m.url(), Provider::OpenAi, false, "on time").await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header("x-ratelimit-remaining-requests"), Some("0"));
     assert_eq!(m.journal().count(|e| e.has_fault("quota")), 5);
@@ -113,13 +113,7 @@ async fn anthropic_headers_give_the_reset_as_an_instant() {
         .start()
         .await
         .unwrap();
-    let r = post(
-        &client(),
-        &m.url(),
-        ANTHROPIC,
-        &anthropic("claude-haiku-4-5", false, "x"),
-    )
-    .await;
+    let r = ask(&client(), &m.url(), Provider::Anthropic, false, "x").await;
     assert_eq!(r.header("anthropic-ratelimit-requests-limit"), Some("60"));
     assert_eq!(
         r.header("anthropic-ratelimit-requests-remaining"),

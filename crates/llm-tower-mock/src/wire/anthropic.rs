@@ -3,11 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ErrorAnswer, ErrorKind, Event, Success, sse};
-use crate::quota::Limits;
 
 fn stop_reason(s: &Success<'_>) -> &'static str {
     if s.answer.truncated {
@@ -166,34 +165,19 @@ pub(super) fn error(kind: ErrorKind, message: Option<&str>) -> ErrorAnswer {
     }
 }
 
-/// `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`, resets
-/// as RFC 3339 instants rounded up to the second.
-pub(super) fn rate_limit_headers(limits: &Limits, now: SystemTime, headers: &mut HeaderMap) {
-    for (name, limit) in [("requests", limits.requests), ("tokens", limits.tokens)] {
-        let Some(l) = limit else { continue };
-        let put = |headers: &mut HeaderMap, field: &str, value: HeaderValue| {
-            headers.insert(
-                HeaderName::try_from(format!("anthropic-ratelimit-{name}-{field}"))
-                    .expect("valid header name"),
-                value,
-            );
-        };
-        put(headers, "limit", HeaderValue::from(l.limit));
-        put(headers, "remaining", HeaderValue::from(l.remaining));
-        let at = now + l.reset;
-        let since = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let up = if since.subsec_nanos() == 0 {
-            at
-        } else {
-            at + (Duration::from_secs(1) - Duration::from_nanos(since.subsec_nanos().into()))
-        };
-        put(
-            headers,
-            "reset",
-            HeaderValue::try_from(humantime::format_rfc3339_seconds(up).to_string())
-                .expect("ASCII"),
-        );
-    }
+/// When a limit is back to full, as Anthropic writes it: an RFC 3339
+/// instant, rounded up to the second so that a client waiting until then
+/// finds it reset.
+pub(super) fn reset_instant(now: SystemTime, reset: Duration) -> String {
+    let at = now + reset;
+    let nanos = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let up = if nanos == 0 {
+        at
+    } else {
+        at + (Duration::from_secs(1) - Duration::from_nanos(nanos.into()))
+    };
+    humantime::format_rfc3339_seconds(up).to_string()
 }

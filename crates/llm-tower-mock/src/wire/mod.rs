@@ -387,18 +387,39 @@ pub(crate) fn common_headers(provider: Provider, headers: &mut HeaderMap, proces
     }
 }
 
-/// The provider's rate-limit headers for the limits as they stand.
+/// The provider's rate-limit headers for the limits as they stand: OpenAI
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` with resets as
+/// Go durations, Anthropic `anthropic-ratelimit-{requests,tokens}-…` with
+/// resets as RFC 3339 instants. Gemini sends none.
 pub(crate) fn rate_limit_headers(
     provider: Provider,
     limits: &Limits,
     now: SystemTime,
     headers: &mut HeaderMap,
 ) {
-    match provider {
-        Provider::OpenAi => openai::rate_limit_headers(limits, headers),
-        Provider::Anthropic => anthropic::rate_limit_headers(limits, now, headers),
-        // Gemini sends no rate-limit headers.
-        Provider::Gemini => {}
+    if provider == Provider::Gemini {
+        return;
+    }
+    for (kind, limit) in [("requests", limits.requests), ("tokens", limits.tokens)] {
+        let Some(l) = limit else { continue };
+        let reset = match provider {
+            Provider::OpenAi => openai::go_duration(l.reset),
+            _ => anthropic::reset_instant(now, l.reset),
+        };
+        for (field, value) in [
+            ("limit", l.limit.to_string()),
+            ("remaining", l.remaining.to_string()),
+            ("reset", reset),
+        ] {
+            let name = match provider {
+                Provider::OpenAi => format!("x-ratelimit-{field}-{kind}"),
+                _ => format!("anthropic-ratelimit-{kind}-{field}"),
+            };
+            headers.insert(
+                HeaderName::try_from(name).expect("valid header name"),
+                HeaderValue::try_from(value).expect("ASCII value"),
+            );
+        }
     }
 }
 

@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ErrorAnswer, ErrorKind, Event, Invalid, Success, sse};
-use crate::quota::Limits;
 
 const FINGERPRINT: &str = "fp_mock_0001";
 
@@ -231,28 +230,6 @@ pub(super) fn error(kind: ErrorKind, message: Option<&str>) -> ErrorAnswer {
     ErrorAnswer {
         status,
         body: body(message.unwrap_or(default_message), ty, param, code),
-    }
-}
-
-/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets as Go
-/// durations (`6m0s`, `1.5s`, `12ms`).
-pub(super) fn rate_limit_headers(limits: &Limits, headers: &mut HeaderMap) {
-    for (name, limit) in [("requests", limits.requests), ("tokens", limits.tokens)] {
-        let Some(l) = limit else { continue };
-        let put = |headers: &mut HeaderMap, field: &str, value: HeaderValue| {
-            headers.insert(
-                HeaderName::try_from(format!("x-ratelimit-{field}-{name}"))
-                    .expect("valid header name"),
-                value,
-            );
-        };
-        put(headers, "limit", HeaderValue::from(l.limit));
-        put(headers, "remaining", HeaderValue::from(l.remaining));
-        put(
-            headers,
-            "reset",
-            HeaderValue::try_from(go_duration(l.reset)).expect("ASCII"),
-        );
     }
 }
 

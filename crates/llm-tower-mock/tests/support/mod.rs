@@ -12,6 +12,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use llm_tower_mock::Provider;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -184,6 +185,37 @@ pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
         head_at,
         frames,
         error,
+    }
+}
+
+/// Sends a chat request to `provider`'s endpoint with its usual model.
+pub async fn ask(
+    client: &HttpClient,
+    base: &str,
+    provider: Provider,
+    stream: bool,
+    prompt: &str,
+) -> Reply {
+    match provider {
+        Provider::OpenAi => post(client, base, OPENAI, &openai("gpt-4o", stream, prompt)).await,
+        Provider::Anthropic => {
+            post(
+                client,
+                base,
+                ANTHROPIC,
+                &anthropic("claude-haiku-4-5", stream, prompt),
+            )
+            .await
+        }
+        Provider::Gemini => {
+            post(
+                client,
+                base,
+                &gemini_path("gemini-2.0-flash", stream),
+                &gemini(prompt),
+            )
+            .await
+        }
     }
 }
 
