@@ -14,6 +14,7 @@
 //! | [`usage`] | token counts and finish reasons, normalised across providers |
 //! | [`pricing`] | prices per model, embedded and overridable, to turn usage into cost |
 //! | [`clock`] and [`store`] | injectable time and the shared-state store behind limits, budgets and breakers |
+//! | [`deadline`] | the deadline of a call, carried in the request so every layer knows the time left |
 //!
 //! # Example
 //!
@@ -68,7 +69,7 @@
 //!
 //! | feature | enables |
 //! |---|---|
-//! | `timeout` | `TimeoutLayer` |
+//! | `timeout` | [`TimeoutLayer`](timeout::TimeoutLayer): total, attempt, first byte, first token, idle and stream limits |
 //! | `retry` | `RetryLayer` |
 //! | `rate-limit` | `RateLimitLayer` |
 //! | `circuit-breaker` | `CircuitBreakerLayer` |
@@ -97,11 +98,14 @@
 
 pub mod classify;
 pub mod clock;
+pub mod deadline;
 pub mod metering;
 pub mod pricing;
 pub mod provider;
 pub mod request;
 pub mod store;
+#[cfg(feature = "timeout")]
+pub mod timeout;
 pub mod usage;
 
 /// Alias for a type-erased error, as used throughout tower.

@@ -112,6 +112,17 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
     if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
         return Some(Failure::new(FailureClass::Timeout));
     }
+    #[cfg(feature = "timeout")]
+    if let Some(elapsed) = e.downcast_ref::<crate::timeout::Elapsed>() {
+        let failure = Failure::new(FailureClass::Timeout).with_code(elapsed.phase().as_str());
+        // Nothing was sent: the provider's health is not in question.
+        return Some(match elapsed.phase() {
+            crate::timeout::Phase::Deadline => failure
+                .with_retryable(false)
+                .with_counts_against_health(false),
+            _ => failure,
+        });
+    }
     if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
         if e.is_connect() {
             return Some(Failure::new(FailureClass::Connect));

@@ -1,0 +1,329 @@
+//! [`TimeoutBody`]: the limits that hold while the caller reads the body.
+
+use std::{
+    io::IoSlice,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Buf;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::{Elapsed, Phase, config::Limits, future::Timer};
+use crate::{BoxError, provider::headers::is_event_stream};
+
+/// Where a call stands against its limits: when it started, when its
+/// headers came, and which limits apply.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Phases {
+    start: Instant,
+    limits: Limits,
+    /// The request asked for a stream: the first-token limit applies from
+    /// the start.
+    stream_request: bool,
+    /// The response is a successful event stream: the first-token limit
+    /// applies in the body.
+    sse: bool,
+    /// When the stream limit ends, once the headers came.
+    stream_end: Option<Instant>,
+}
+
+/// The earliest of the candidates; ties go to the first (most specific).
+fn earliest(
+    candidates: impl IntoIterator<Item = Option<(Instant, Phase, Duration)>>,
+) -> Option<(Instant, Phase, Duration)> {
+    candidates
+        .into_iter()
+        .flatten()
+        .fold(None, |best: Option<(Instant, Phase, Duration)>, c| match best {
+            Some(b) if b.0 <= c.0 => Some(b),
+            _ => Some(c),
+        })
+}
+
+impl Phases {
+    pub(crate) fn new(start: Instant, limits: Limits, stream_request: bool) -> Self {
+        Phases {
+            start,
+            limits,
+            stream_request,
+            sse: false,
+            stream_end: None,
+        }
+    }
+
+    fn from_start(&self, limit: Option<Duration>, phase: Phase) -> Option<(Instant, Phase, Duration)> {
+        let d = limit?;
+        Some((self.start.checked_add(d)?, phase, d))
+    }
+
+    fn call(&self) -> Option<(Instant, Phase, Duration)> {
+        let (phase, d) = self.limits.call()?;
+        self.from_start(Some(d), phase)
+    }
+
+    /// The first limit to fall before the response headers.
+    pub(crate) fn head_deadline(&self) -> Option<(Instant, Phase, Duration)> {
+        earliest([
+            self.from_start(self.limits.first_byte, Phase::FirstByte),
+            self.stream_request
+                .then(|| self.from_start(self.limits.first_token, Phase::FirstToken))
+                .flatten(),
+            self.call(),
+        ])
+    }
+
+    /// The phases once the response headers have come.
+    pub(crate) fn at_headers<B>(&self, res: &Response<B>) -> Phases {
+        let now = self.limits.stream.map(|_| Instant::now());
+        Phases {
+            sse: res.status().is_success() && is_event_stream(res.headers()),
+            stream_end: self
+                .limits
+                .stream
+                .zip(now)
+                .and_then(|(d, now)| now.checked_add(d)),
+            ..*self
+        }
+    }
+
+    /// The first limit to fall while reading the body.
+    fn body_deadline(&self, token_seen: bool, idle_at: Option<Instant>) -> Option<(Instant, Phase, Duration)> {
+        earliest([
+            (self.sse && !token_seen)
+                .then(|| self.from_start(self.limits.first_token, Phase::FirstToken))
+                .flatten(),
+            idle_at.zip(self.limits.idle).map(|(at, d)| (at, Phase::Idle, d)),
+            self.stream_end
+                .zip(self.limits.stream)
+                .map(|(at, d)| (at, Phase::Stream, d)),
+            self.call(),
+        ])
+    }
+
+    pub(crate) fn since_start(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// Spots the first SSE `data` field as the bytes pass, whatever the chunk
+/// boundaries: comments (`: keep-alive`) and other fields do not count.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TokenWatch {
+    seen: bool,
+    /// Bytes of `data:` matched at the start of the current line.
+    matched: u8,
+    /// The current line is known not to be a data line.
+    skip_line: bool,
+}
+
+impl TokenWatch {
+    const FIELD: &'static [u8] = b"data:";
+
+    pub(crate) fn seen(&self) -> bool {
+        self.seen
+    }
+
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+        while !self.seen && !bytes.is_empty() {
+            if self.skip_line {
+                match memchr::memchr2(b'\n', b'\r', bytes) {
+                    Some(i) => {
+                        self.skip_line = false;
+                        self.matched = 0;
+                        bytes = &bytes[i + 1..];
+                    }
+                    None => return,
+                }
+                continue;
+            }
+            let b = bytes[0];
+            bytes = &bytes[1..];
+            if b == b'\n' || b == b'\r' {
+                self.matched = 0;
+            } else if b == Self::FIELD[usize::from(self.matched)] {
+                self.matched += 1;
+                self.seen = usize::from(self.matched) == Self::FIELD.len();
+            } else {
+                self.skip_line = true;
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A response body whose limits hold while it is read: the call or
+    /// attempt deadline, the first SSE `data` event, the idle time between
+    /// chunks and the stream duration.
+    ///
+    /// Every frame passes through at once. When a limit elapses, the body
+    /// yields an [`Elapsed`] error and then ends; dropping it closes the
+    /// connection, which cancels the request upstream.
+    pub struct TimeoutBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: Timer,
+        phases: Phases,
+        idle_at: Option<Instant>,
+        token: TokenWatch,
+        done: bool,
+    }
+}
+
+impl<B> TimeoutBody<B> {
+    pub(crate) fn new(inner: B, phases: Phases) -> Self {
+        TimeoutBody {
+            inner,
+            timer: Timer::Off,
+            phases,
+            idle_at: None,
+            token: TokenWatch::default(),
+            done: false,
+        }
+    }
+
+    /// The inner body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Consumes `self`, returning the inner body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> std::fmt::Debug for TimeoutBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutBody")
+            .field("phases", &self.phases)
+            .field("token_seen", &self.token.seen())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for TimeoutBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.idle_at = None;
+                if this.phases.sse && !this.token.seen() {
+                    if let Some(data) = frame.data_ref() {
+                        let mut slices = [IoSlice::new(&[]); 8];
+                        let n = data.chunks_vectored(&mut slices);
+                        for s in &slices[..n] {
+                            this.token.feed(s);
+                        }
+                    }
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.done = true;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(None) => {
+                *this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        // Waiting for the next chunk: the idle limit runs from here.
+        if this.idle_at.is_none() {
+            *this.idle_at = this.phases.limits.idle.and_then(|d| Instant::now().checked_add(d));
+        }
+        let Some((at, phase, limit)) = this.phases.body_deadline(this.token.seen(), *this.idle_at)
+        else {
+            return Poll::Pending;
+        };
+        this.timer.as_mut().arm(at, phase, limit);
+        match this.timer.poll_fired(cx) {
+            Some((phase, limit)) => {
+                *this.done = true;
+                let after = this.phases.since_start();
+                Poll::Ready(Some(Err(Elapsed::new(phase, limit, after).into())))
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenWatch;
+
+    fn watch(chunks: &[&str]) -> Option<usize> {
+        let mut w = TokenWatch::default();
+        for (i, c) in chunks.iter().enumerate() {
+            w.feed(c.as_bytes());
+            if w.seen() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn data_fields_count_comments_and_other_fields_do_not() {
+        assert_eq!(watch(&["data: {}\n\n"]), Some(0));
+        assert_eq!(watch(&[": keep-alive\n\n", "event: ping\n", "data: {}\n\n"]), Some(2));
+        assert_eq!(watch(&["da", "ta", ":"]), Some(2), "split across chunks");
+        assert_eq!(watch(&[": data: not a field\n"]), None);
+        assert_eq!(watch(&["xdata: no\n", "id: 1\r\n"]), None);
+        assert_eq!(watch(&["id: 1\r\ndata:x"]), Some(0));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_sees_the_field_in_the_chunk_that_completes_it(
+            cuts in proptest::collection::vec(0usize..60, 0..6)
+        ) {
+            let text = ": ping\n\nevent: message_start\ndata: {}\n\n";
+            let end = text.find("data:").unwrap() + 5;
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort();
+            cuts.dedup();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([text.len()]) {
+                if c > from {
+                    chunks.push(&text[from..c]);
+                    from = c;
+                }
+            }
+            let mut offset = 0;
+            let expected = chunks.iter().position(|c| {
+                offset += c.len();
+                offset >= end
+            });
+            proptest::prop_assert_eq!(watch(&chunks), expected);
+        }
+    }
+}
