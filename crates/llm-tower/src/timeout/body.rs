@@ -39,10 +39,13 @@ fn earliest(
     candidates
         .into_iter()
         .flatten()
-        .fold(None, |best: Option<(Instant, Phase, Duration)>, c| match best {
-            Some(b) if b.0 <= c.0 => Some(b),
-            _ => Some(c),
-        })
+        .fold(
+            None,
+            |best: Option<(Instant, Phase, Duration)>, c| match best {
+                Some(b) if b.0 <= c.0 => Some(b),
+                _ => Some(c),
+            },
+        )
 }
 
 impl Phases {
@@ -56,22 +59,26 @@ impl Phases {
         }
     }
 
-    fn from_start(&self, limit: Option<Duration>, phase: Phase) -> Option<(Instant, Phase, Duration)> {
+    fn after_start(
+        &self,
+        limit: Option<Duration>,
+        phase: Phase,
+    ) -> Option<(Instant, Phase, Duration)> {
         let d = limit?;
         Some((self.start.checked_add(d)?, phase, d))
     }
 
     fn call(&self) -> Option<(Instant, Phase, Duration)> {
         let (phase, d) = self.limits.call()?;
-        self.from_start(Some(d), phase)
+        self.after_start(Some(d), phase)
     }
 
     /// The first limit to fall before the response headers.
     pub(crate) fn head_deadline(&self) -> Option<(Instant, Phase, Duration)> {
         earliest([
-            self.from_start(self.limits.first_byte, Phase::FirstByte),
+            self.after_start(self.limits.first_byte, Phase::FirstByte),
             self.stream_request
-                .then(|| self.from_start(self.limits.first_token, Phase::FirstToken))
+                .then(|| self.after_start(self.limits.first_token, Phase::FirstToken))
                 .flatten(),
             self.call(),
         ])
@@ -92,12 +99,18 @@ impl Phases {
     }
 
     /// The first limit to fall while reading the body.
-    fn body_deadline(&self, token_seen: bool, idle_at: Option<Instant>) -> Option<(Instant, Phase, Duration)> {
+    fn body_deadline(
+        &self,
+        token_seen: bool,
+        idle_at: Option<Instant>,
+    ) -> Option<(Instant, Phase, Duration)> {
         earliest([
             (self.sse && !token_seen)
-                .then(|| self.from_start(self.limits.first_token, Phase::FirstToken))
+                .then(|| self.after_start(self.limits.first_token, Phase::FirstToken))
                 .flatten(),
-            idle_at.zip(self.limits.idle).map(|(at, d)| (at, Phase::Idle, d)),
+            idle_at
+                .zip(self.limits.idle)
+                .map(|(at, d)| (at, Phase::Idle, d)),
             self.stream_end
                 .zip(self.limits.stream)
                 .map(|(at, d)| (at, Phase::Stream, d)),
@@ -249,7 +262,11 @@ where
         }
         // Waiting for the next chunk: the idle limit runs from here.
         if this.idle_at.is_none() {
-            *this.idle_at = this.phases.limits.idle.and_then(|d| Instant::now().checked_add(d));
+            *this.idle_at = this
+                .phases
+                .limits
+                .idle
+                .and_then(|d| Instant::now().checked_add(d));
         }
         let Some((at, phase, limit)) = this.phases.body_deadline(this.token.seen(), *this.idle_at)
         else {
@@ -293,7 +310,10 @@ mod tests {
     #[test]
     fn data_fields_count_comments_and_other_fields_do_not() {
         assert_eq!(watch(&["data: {}\n\n"]), Some(0));
-        assert_eq!(watch(&[": keep-alive\n\n", "event: ping\n", "data: {}\n\n"]), Some(2));
+        assert_eq!(
+            watch(&[": keep-alive\n\n", "event: ping\n", "data: {}\n\n"]),
+            Some(2)
+        );
         assert_eq!(watch(&["da", "ta", ":"]), Some(2), "split across chunks");
         assert_eq!(watch(&[": data: not a field\n"]), None);
         assert_eq!(watch(&["xdata: no\n", "id: 1\r\n"]), None);

@@ -135,7 +135,8 @@ impl Limits {
         }
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         let outer = [("total", self.total), ("attempt", self.attempt)];
-        let longer = |(inner, di): (&str, Option<Duration>), (o, dout): (&str, Option<Duration>)| {
+        let longer = |(inner, di): (&str, Option<Duration>),
+                      (o, dout): (&str, Option<Duration>)| {
             match (di, dout) {
                 (Some(i), Some(out)) if i > out => Err(format!(
                     "{inner} ({}) is longer than {o} ({}): it could never be used in full",
@@ -320,7 +321,7 @@ impl TimeoutConfig {
             }
         }
         // Longest prefix first, so the first match is the most specific.
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Compiled {
             base,
             exact,

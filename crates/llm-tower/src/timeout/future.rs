@@ -35,7 +35,12 @@ impl Timer {
     }
 
     /// Moves the timer to `at` for `phase`, reusing its registration.
-    pub(crate) fn arm(mut self: Pin<&mut Self>, at: Instant, new_phase: Phase, new_limit: Duration) {
+    pub(crate) fn arm(
+        mut self: Pin<&mut Self>,
+        at: Instant,
+        new_phase: Phase,
+        new_limit: Duration,
+    ) {
         match self.as_mut().project() {
             TimerProj::On {
                 sleep,
@@ -53,7 +58,10 @@ impl Timer {
     }
 
     /// The phase and limit that fired, if the timer fired.
-    pub(crate) fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<(Phase, Duration)> {
+    pub(crate) fn poll_fired(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Option<(Phase, Duration)> {
         match self.project() {
             TimerProj::On {
                 sleep,
@@ -110,7 +118,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            return Poll::Ready(Err(Elapsed::new(Phase::Deadline, Duration::ZERO, Duration::ZERO).into()));
+            return Poll::Ready(Err(Elapsed::new(
+                Phase::Deadline,
+                Duration::ZERO,
+                Duration::ZERO,
+            )
+            .into()));
         };
         if let Poll::Ready(res) = inner.poll(cx) {
             let res = res.map_err(Into::into)?;
