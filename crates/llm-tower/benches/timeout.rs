@@ -117,10 +117,10 @@ fn bench(c: &mut Criterion) {
         .first_byte(Duration::from_secs(30))
         .first_token(Duration::from_secs(20))
         .idle(Duration::from_secs(15))
-        .stream(Duration::from_secs(90))
+        .stream(Duration::from_secs(55))
         .profile(
             "o3*",
-            TimeoutConfig::new().first_token(Duration::from_secs(90)),
+            TimeoutConfig::new().first_token(Duration::from_secs(50)),
         );
     let layer = TimeoutLayer::new(limits).unwrap();
 
@@ -140,6 +140,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             drain(
                 block(layered.call(black_box(request(false))))
+                    .unwrap()
+                    .into_body(),
+            )
+        })
+    });
+    // tower's own timeout, which stops at the headers, for scale.
+    let mut tower_timeout = tower::timeout::TimeoutLayer::new(Duration::from_secs(30))
+        .layer(make(vec![json.clone()], false));
+    g.bench_function("json_1kb/tower_timeout", |b| {
+        b.iter(|| {
+            drain(
+                block(tower_timeout.call(black_box(request(false))))
                     .unwrap()
                     .into_body(),
             )

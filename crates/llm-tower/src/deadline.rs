@@ -51,12 +51,17 @@ impl Deadline {
     /// earlier one; returns the deadline in force.
     pub fn shrink<B>(req: &mut http::Request<B>, at: Instant) -> Deadline {
         let new = Deadline { at };
-        let kept = match req.extensions().get::<Deadline>() {
-            Some(old) if *old <= new => *old,
-            _ => new,
-        };
-        req.extensions_mut().insert(kept);
-        kept
+        match req.extensions_mut().get_mut::<Deadline>() {
+            // Changed in place: no new allocation for a deadline set outside.
+            Some(old) => {
+                *old = (*old).min(new);
+                *old
+            }
+            None => {
+                req.extensions_mut().insert(new);
+                new
+            }
+        }
     }
 
     /// The instant itself.

@@ -13,109 +13,129 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::{Elapsed, Phase, config::Limits, future::Timer};
+use super::{Elapsed, Phase, config::Limits, timer::Timer};
 use crate::{BoxError, provider::headers::is_event_stream};
+
+/// A limit in nanoseconds, `0` for none: validated limits are never zero.
+/// Eight bytes instead of an `Option<Duration>`'s sixteen keeps the futures
+/// and bodies small to move.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Span(u64);
+
+impl Span {
+    fn of(d: Option<Duration>) -> Span {
+        Span(d.map_or(0, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+        }))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self.0 != 0).then(|| Duration::from_nanos(self.0))
+    }
+}
 
 /// Where a call stands against its limits: when it started, when its
 /// headers came, and which limits apply.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Phases {
     start: Instant,
-    limits: Limits,
+    /// The earlier of `total` and `attempt`, and which it is.
+    call: Span,
+    call_phase: Phase,
+    first_byte: Span,
+    first_token: Span,
+    idle: Span,
+    stream: Span,
+    /// From the start to the end of the stream limit, once the headers came.
+    stream_end: Span,
     /// The request asked for a stream: the first-token limit applies from
     /// the start.
     stream_request: bool,
     /// The response is a successful event stream: the first-token limit
     /// applies in the body.
     sse: bool,
-    /// When the stream limit ends, once the headers came.
-    stream_end: Option<Instant>,
 }
 
+type Due = (Instant, Phase, Duration);
+
 /// The earliest of the candidates; ties go to the first (most specific).
-fn earliest(
-    candidates: impl IntoIterator<Item = Option<(Instant, Phase, Duration)>>,
-) -> Option<(Instant, Phase, Duration)> {
-    candidates
-        .into_iter()
-        .flatten()
-        .fold(
-            None,
-            |best: Option<(Instant, Phase, Duration)>, c| match best {
-                Some(b) if b.0 <= c.0 => Some(b),
-                _ => Some(c),
-            },
-        )
+fn earliest<const N: usize>(candidates: [Option<Due>; N]) -> Option<Due> {
+    let mut best: Option<Due> = None;
+    for c in candidates.into_iter().flatten() {
+        if best.is_none_or(|b| c.0 < b.0) {
+            best = Some(c);
+        }
+    }
+    best
 }
 
 impl Phases {
     pub(crate) fn new(start: Instant, limits: Limits, stream_request: bool) -> Self {
+        let (call_phase, call) = limits.call().unzip();
         Phases {
             start,
-            limits,
+            call: Span::of(call),
+            call_phase: call_phase.unwrap_or(Phase::Total),
+            first_byte: Span::of(limits.first_byte),
+            first_token: Span::of(limits.first_token),
+            idle: Span::of(limits.idle),
+            stream: Span::of(limits.stream),
+            stream_end: Span::default(),
             stream_request,
             sse: false,
-            stream_end: None,
         }
     }
 
-    fn after_start(
-        &self,
-        limit: Option<Duration>,
-        phase: Phase,
-    ) -> Option<(Instant, Phase, Duration)> {
-        let d = limit?;
-        Some((self.start.checked_add(d)?, phase, d))
-    }
-
-    fn call(&self) -> Option<(Instant, Phase, Duration)> {
-        let (phase, d) = self.limits.call()?;
-        self.after_start(Some(d), phase)
+    /// `span` after the start, for `phase`, reported with `limit`.
+    fn due(&self, span: Span, phase: Phase, limit: Span) -> Option<Due> {
+        let d = span.get()?;
+        Some((self.start.checked_add(d)?, phase, limit.get()?))
     }
 
     /// The first limit to fall before the response headers.
-    pub(crate) fn head_deadline(&self) -> Option<(Instant, Phase, Duration)> {
+    pub(crate) fn head_deadline(&self) -> Option<Due> {
         earliest([
-            self.after_start(self.limits.first_byte, Phase::FirstByte),
-            self.stream_request
-                .then(|| self.after_start(self.limits.first_token, Phase::FirstToken))
-                .flatten(),
-            self.call(),
+            self.due(self.first_byte, Phase::FirstByte, self.first_byte),
+            if self.stream_request {
+                self.due(self.first_token, Phase::FirstToken, self.first_token)
+            } else {
+                None
+            },
+            self.due(self.call, self.call_phase, self.call),
         ])
     }
 
     /// The phases once the response headers have come.
     pub(crate) fn at_headers<B>(&self, res: &Response<B>) -> Phases {
-        let now = self.limits.stream.map(|_| Instant::now());
+        let stream_end = match self.stream.get() {
+            Some(d) => Span::of(Some(self.start.elapsed().saturating_add(d))),
+            None => Span::default(),
+        };
         Phases {
             sse: res.status().is_success() && is_event_stream(res.headers()),
-            stream_end: self
-                .limits
-                .stream
-                .zip(now)
-                .and_then(|(d, now)| now.checked_add(d)),
+            stream_end,
             ..*self
         }
     }
 
     /// The first limit to fall while reading the body.
-    fn body_deadline(
-        &self,
-        token_seen: bool,
-        idle_at: Option<Instant>,
-    ) -> Option<(Instant, Phase, Duration)> {
+    fn body_deadline(&self, token_seen: bool, idle_at: Option<Instant>) -> Option<Due> {
         earliest([
-            (self.sse && !token_seen)
-                .then(|| self.after_start(self.limits.first_token, Phase::FirstToken))
-                .flatten(),
+            if self.sse && !token_seen {
+                self.due(self.first_token, Phase::FirstToken, self.first_token)
+            } else {
+                None
+            },
             idle_at
-                .zip(self.limits.idle)
+                .zip(self.idle.get())
                 .map(|(at, d)| (at, Phase::Idle, d)),
-            self.stream_end
-                .zip(self.limits.stream)
-                .map(|(at, d)| (at, Phase::Stream, d)),
-            self.call(),
+            self.due(self.stream_end, Phase::Stream, self.stream),
+            self.due(self.call, self.call_phase, self.call),
         ])
+    }
+
+    fn idle(&self) -> Option<Duration> {
+        self.idle.get()
     }
 
     pub(crate) fn since_start(&self) -> Duration {
@@ -179,7 +199,6 @@ pin_project! {
     pub struct TimeoutBody<B> {
         #[pin]
         inner: B,
-        #[pin]
         timer: Timer,
         phases: Phases,
         idle_at: Option<Instant>,
@@ -192,7 +211,7 @@ impl<B> TimeoutBody<B> {
     pub(crate) fn new(inner: B, phases: Phases) -> Self {
         TimeoutBody {
             inner,
-            timer: Timer::Off,
+            timer: Timer::default(),
             phases,
             idle_at: None,
             token: TokenWatch::default(),
@@ -232,7 +251,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
         if *this.done {
             return Poll::Ready(None);
         }
@@ -264,15 +283,14 @@ where
         if this.idle_at.is_none() {
             *this.idle_at = this
                 .phases
-                .limits
-                .idle
+                .idle()
                 .and_then(|d| Instant::now().checked_add(d));
         }
         let Some((at, phase, limit)) = this.phases.body_deadline(this.token.seen(), *this.idle_at)
         else {
             return Poll::Pending;
         };
-        this.timer.as_mut().arm(at, phase, limit);
+        this.timer.arm(at, phase, limit);
         match this.timer.poll_fired(cx) {
             Some((phase, limit)) => {
                 *this.done = true;

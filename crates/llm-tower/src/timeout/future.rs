@@ -4,81 +4,23 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
 use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 
-use super::{Elapsed, Phase, TimeoutBody, body::Phases, config::Limits};
+use super::{Elapsed, Phase, TimeoutBody, body::Phases, config::Limits, timer::Timer};
 use crate::BoxError;
-
-pin_project! {
-    /// A timer that may be off, without a heap allocation either way.
-    #[project = TimerProj]
-    pub(crate) enum Timer {
-        On { #[pin] sleep: Sleep, phase: Phase, limit: Duration },
-        Off,
-    }
-}
-
-impl Timer {
-    pub(crate) fn on(at: Instant, phase: Phase, limit: Duration) -> Self {
-        Timer::On {
-            sleep: sleep_until(at),
-            phase,
-            limit,
-        }
-    }
-
-    /// Moves the timer to `at` for `phase`, reusing its registration.
-    pub(crate) fn arm(
-        mut self: Pin<&mut Self>,
-        at: Instant,
-        new_phase: Phase,
-        new_limit: Duration,
-    ) {
-        match self.as_mut().project() {
-            TimerProj::On {
-                sleep,
-                phase,
-                limit,
-            } => {
-                if sleep.deadline() != at {
-                    sleep.reset(at);
-                }
-                *phase = new_phase;
-                *limit = new_limit;
-            }
-            TimerProj::Off => self.set(Timer::on(at, new_phase, new_limit)),
-        }
-    }
-
-    /// The phase and limit that fired, if the timer fired.
-    pub(crate) fn poll_fired(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Option<(Phase, Duration)> {
-        match self.project() {
-            TimerProj::On {
-                sleep,
-                phase,
-                limit,
-            } => sleep.poll(cx).is_ready().then_some((*phase, *limit)),
-            TimerProj::Off => None,
-        }
-    }
-}
 
 pin_project! {
     /// Response future of [`Timeout`](super::Timeout).
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
-        #[pin]
         timer: Timer,
         phases: Phases,
     }
@@ -87,13 +29,9 @@ pin_project! {
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, start: Instant, limits: Limits, stream: bool) -> Self {
         let phases = Phases::new(start, limits, stream);
-        let timer = match phases.head_deadline() {
-            Some((at, phase, limit)) => Timer::on(at, phase, limit),
-            None => Timer::Off,
-        };
         ResponseFuture {
             inner: Some(inner),
-            timer,
+            timer: Timer::default(),
             phases,
         }
     }
@@ -101,7 +39,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn expired(start: Instant) -> Self {
         ResponseFuture {
             inner: None,
-            timer: Timer::Off,
+            timer: Timer::default(),
             phases: Phases::new(start, Limits::default(), false),
         }
     }
@@ -130,7 +68,15 @@ where
             let phases = this.phases.at_headers(&res);
             return Poll::Ready(Ok(res.map(|b| TimeoutBody::new(b, phases))));
         }
-        let (phase, limit) = ready!(this.timer.poll_fired(cx).map_or(Poll::Pending, Poll::Ready));
+        // Armed once the inner future has to wait: an answer that is ready
+        // at once costs no timer.
+        let Some((at, phase, limit)) = this.phases.head_deadline() else {
+            return Poll::Pending;
+        };
+        this.timer.arm(at, phase, limit);
+        let Some((phase, limit)) = this.timer.poll_fired(cx) else {
+            return Poll::Pending;
+        };
         // Dropping the inner future now cancels the request upstream.
         this.inner.set(None);
         let after = this.phases.since_start();

@@ -100,6 +100,7 @@ mod config;
 mod error;
 mod future;
 mod layer;
+mod timer;
 
 pub use body::TimeoutBody;
 pub use config::{ConfigError, Limits, TimeoutConfig};
