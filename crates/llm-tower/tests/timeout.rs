@@ -173,6 +173,10 @@ async fn total_and_attempt_hold_through_the_body() {
         advance(MS).await;
         let e = body_err(&mut body);
         assert_eq!((e.phase(), e.limit(), e.after()), (phase, 5 * SEC, 5 * SEC));
+        assert!(
+            tx.is_closed(),
+            "the inner body is dropped with the error: upstream is cancelled"
+        );
         // Then the body ends.
         assert!(matches!(poll_body(&mut body), Poll::Ready(None)));
     }

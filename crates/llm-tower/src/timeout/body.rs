@@ -193,40 +193,46 @@ pin_project! {
     /// attempt deadline, the first SSE `data` event, the idle time between
     /// chunks and the stream duration.
     ///
-    /// Every frame passes through at once. When a limit elapses, the body
-    /// yields an [`Elapsed`] error and then ends; dropping it closes the
-    /// connection, which cancels the request upstream.
+    /// Every frame passes through at once. When a limit elapses, the inner
+    /// body is dropped at once, which closes the connection and so cancels
+    /// the request upstream, and the body yields an [`Elapsed`] error and
+    /// then ends.
     pub struct TimeoutBody<B> {
         #[pin]
-        inner: B,
+        inner: Inner<B>,
         timer: Timer,
         phases: Phases,
         idle_at: Option<Instant>,
         token: TokenWatch,
-        done: bool,
+    }
+}
+
+pin_project! {
+    /// The inner body, until it ends or is given up.
+    #[project = InnerProj]
+    enum Inner<B> {
+        Live { #[pin] body: B },
+        Gone,
     }
 }
 
 impl<B> TimeoutBody<B> {
     pub(crate) fn new(inner: B, phases: Phases) -> Self {
         TimeoutBody {
-            inner,
+            inner: Inner::Live { body: inner },
             timer: Timer::default(),
             phases,
             idle_at: None,
             token: TokenWatch::default(),
-            done: false,
         }
     }
 
-    /// The inner body.
-    pub fn get_ref(&self) -> &B {
-        &self.inner
-    }
-
-    /// Consumes `self`, returning the inner body.
-    pub fn into_inner(self) -> B {
-        self.inner
+    /// The inner body; `None` once it ended, failed or timed out.
+    pub fn get_ref(&self) -> Option<&B> {
+        match &self.inner {
+            Inner::Live { body } => Some(body),
+            Inner::Gone => None,
+        }
     }
 }
 
@@ -251,11 +257,11 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        if *this.done {
+        let mut this = self.project();
+        let InnerProj::Live { body } = this.inner.as_mut().project() else {
             return Poll::Ready(None);
-        }
-        match this.inner.poll_frame(cx) {
+        };
+        match body.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.idle_at = None;
                 if this.phases.sse && !this.token.seen() {
@@ -270,11 +276,11 @@ where
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(Some(Err(e))) => {
-                *this.done = true;
+                this.inner.set(Inner::Gone);
                 return Poll::Ready(Some(Err(e.into())));
             }
             Poll::Ready(None) => {
-                *this.done = true;
+                this.inner.set(Inner::Gone);
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
@@ -293,7 +299,9 @@ where
         this.timer.arm(at, phase, limit);
         match this.timer.poll_fired(cx) {
             Some((phase, limit)) => {
-                *this.done = true;
+                // Give the body up now: the connection closes and the
+                // provider stops generating, whatever the caller does next.
+                this.inner.set(Inner::Gone);
                 let after = this.phases.since_start();
                 Poll::Ready(Some(Err(Elapsed::new(phase, limit, after).into())))
             }
@@ -302,11 +310,12 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.get_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.get_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
