@@ -70,7 +70,7 @@
 //! | feature | enables |
 //! |---|---|
 //! | `timeout` | [`TimeoutLayer`](timeout::TimeoutLayer): total, attempt, first byte, first token, idle and stream limits |
-//! | `retry` | `RetryLayer` |
+//! | `retry` | [`RetryLayer`](retry::RetryLayer): classified retries, server-directed delays, backoff with jitter, a shared budget, streams held until their first token |
 //! | `rate-limit` | `RateLimitLayer` |
 //! | `circuit-breaker` | `CircuitBreakerLayer` |
 //! | `fallback` | `FallbackLayer` |
@@ -103,6 +103,8 @@ pub mod metering;
 pub mod pricing;
 pub mod provider;
 pub mod request;
+#[cfg(feature = "retry")]
+pub mod retry;
 pub mod store;
 #[cfg(feature = "timeout")]
 pub mod timeout;

@@ -112,6 +112,21 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
     if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
         return Some(Failure::new(FailureClass::Timeout));
     }
+    #[cfg(feature = "retry")]
+    if let Some(interrupted) = e.downcast_ref::<crate::retry::StreamInterrupted>() {
+        // Part of the answer reached the caller: classified by its cause,
+        // but neither retried nor sent elsewhere.
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(interrupted.cause());
+        let mut failure = Failure::new(FailureClass::StreamError);
+        while let Some(e) = cur {
+            if let Some(f) = classify_one_error(e) {
+                failure = f;
+                break;
+            }
+            cur = e.source();
+        }
+        return Some(failure.with_retryable(false).with_fallback(false));
+    }
     #[cfg(feature = "timeout")]
     if let Some(elapsed) = e.downcast_ref::<crate::timeout::Elapsed>() {
         let failure = Failure::new(FailureClass::Timeout).with_code(elapsed.phase().as_str());

@@ -121,6 +121,34 @@ impl<B> PeekedBody<B> {
         }
     }
 
+    /// A body that yields `prefix`, then `error` if any, then the rest of
+    /// `inner` unless `inner_done`.
+    pub(crate) fn from_parts(
+        prefix: Bytes,
+        error: Option<crate::BoxError>,
+        inner_done: bool,
+        inner: B,
+    ) -> Self {
+        PeekedBody {
+            prefix,
+            error,
+            trailers: None,
+            inner_done,
+            inner,
+        }
+    }
+
+    /// Whether the whole body was read while peeking, without error.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.inner_done && self.error.is_none() && self.trailers.is_none()
+    }
+
+    /// Yields `error` after the peeked bytes, in place of the rest.
+    pub(crate) fn with_error(mut self, error: crate::BoxError) -> Self {
+        self.error = Some(error);
+        self
+    }
+
     /// The bytes read while peeking (until yielded).
     pub fn peeked(&self) -> &[u8] {
         &self.prefix

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+pub mod answer;
 pub mod headers;
 pub mod usage;
 

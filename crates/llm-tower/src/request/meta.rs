@@ -21,6 +21,7 @@ pub struct RequestMeta {
     max_output_tokens: Option<u64>,
     estimated_input_tokens: u64,
     prompt: PromptStats,
+    wants_json: bool,
 }
 
 impl RequestMeta {
@@ -65,12 +66,26 @@ impl RequestMeta {
         let stream = format
             .and_then(|f| f.stream_from_path(path))
             .unwrap_or(raw.stream == Some(true));
+        let wants_json = raw
+            .response_format
+            .as_ref()
+            .and_then(Loose::get)
+            .and_then(|f| f.kind.get())
+            .is_some_and(|k| k == "json_object" || k == "json_schema")
+            || raw
+                .generation_config
+                .as_ref()
+                .and_then(|g| g.response_mime_type.as_ref()?.get())
+                .is_some_and(|m| m == "application/json");
         let max_output_tokens = raw
             .max_completion_tokens
             .0
             .or(raw.max_tokens.0)
             .or(raw.max_output_tokens.0)
-            .or(raw.generation_config.and_then(|g| g.max_output_tokens.0));
+            .or(raw
+                .generation_config
+                .as_ref()
+                .and_then(|g| g.max_output_tokens.0));
         let estimated_input_tokens = estimator.estimate_input_tokens(&EstimateInput {
             format,
             model: model.as_deref(),
@@ -84,6 +99,7 @@ impl RequestMeta {
             max_output_tokens,
             estimated_input_tokens,
             prompt,
+            wants_json,
         }
     }
 
@@ -108,6 +124,19 @@ impl RequestMeta {
     pub fn with_max_output_tokens(mut self, max: Option<u64>) -> Self {
         self.max_output_tokens = max;
         self
+    }
+
+    /// Sets whether the request asks for a JSON answer.
+    pub fn with_wants_json(mut self, wants_json: bool) -> Self {
+        self.wants_json = wants_json;
+        self
+    }
+
+    /// Whether the request asks for a JSON answer: OpenAI's
+    /// `response_format` of type `json_object` or `json_schema`, Gemini's
+    /// `generationConfig.responseMimeType` of `application/json`.
+    pub fn wants_json(&self) -> bool {
+        self.wants_json
     }
 
     /// Sets the estimated input tokens.
@@ -190,6 +219,32 @@ struct RawBody<'a> {
     )]
     system: Option<Walked>,
     tools: Option<Walked>,
+    response_format: Option<Loose<ResponseFormat>>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: Loose<String>,
+}
+
+/// A value of the expected shape, or anything else read as nothing: a
+/// strange value in one field must not hide the rest of the metadata.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Loose<T> {
+    Is(T),
+    Other(IgnoredAny),
+}
+
+impl<T> Loose<T> {
+    fn get(&self) -> Option<&T> {
+        match self {
+            Loose::Is(t) => Some(t),
+            Loose::Other(_) => None,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -197,6 +252,8 @@ struct RawBody<'a> {
 struct GenerationConfig {
     #[serde(rename = "maxOutputTokens", alias = "max_output_tokens")]
     max_output_tokens: Lenient,
+    #[serde(rename = "responseMimeType", alias = "response_mime_type")]
+    response_mime_type: Option<Loose<String>>,
 }
 
 /// A non-negative integer, or nothing when the field holds anything else:
@@ -494,6 +551,61 @@ mod tests {
             ("Be brief.".len() + "Hello there, how are you?".len()) as u64
         );
         assert_eq!(m.estimated_input_tokens(), 9 + 8 + 1_000);
+    }
+
+    #[test]
+    fn json_mode_is_read_from_each_format_and_strange_values_hide_nothing() {
+        let chat = ep(Provider::OpenAi, WireFormat::OpenAiChat);
+        let gemini = ep(Provider::Gemini, WireFormat::GeminiGenerateContent);
+        for (endpoint, path, body, json) in [
+            (
+                chat.clone(),
+                "/v1/chat/completions",
+                r#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#,
+                true,
+            ),
+            (
+                chat.clone(),
+                "/v1/chat/completions",
+                r#"{"model":"m","messages":[],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}}"#,
+                true,
+            ),
+            (
+                chat.clone(),
+                "/v1/chat/completions",
+                r#"{"model":"m","messages":[],"response_format":{"type":"text"}}"#,
+                false,
+            ),
+            (
+                chat.clone(),
+                "/v1/chat/completions",
+                r#"{"model":"m","messages":[],"response_format":"json"}"#,
+                false,
+            ),
+            (
+                chat.clone(),
+                "/v1/chat/completions",
+                r#"{"model":"m","messages":[],"response_format":{"type":7}}"#,
+                false,
+            ),
+            (
+                gemini.clone(),
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                r#"{"contents":[],"generationConfig":{"responseMimeType":"application/json","maxOutputTokens":9}}"#,
+                true,
+            ),
+            (
+                gemini.clone(),
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                r#"{"contents":[],"generationConfig":{"responseMimeType":false,"maxOutputTokens":9}}"#,
+                false,
+            ),
+        ] {
+            let m = parse(endpoint, path, body);
+            assert_eq!(m.wants_json(), json, "{body}");
+            // The rest of the metadata survives a strange value.
+            assert!(m.model().is_some(), "{body}");
+        }
     }
 
     #[test]

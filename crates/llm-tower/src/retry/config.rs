@@ -1,0 +1,183 @@
+//! [`RetryConfig`]: the retry policy, as data.
+
+use std::{fmt, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backoff, BudgetConfig};
+
+/// Everything that decides whether, when and how often a call is retried.
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_tower::retry::RetryConfig;
+///
+/// let config: RetryConfig = serde_json::from_str(r#"{
+///     "max_attempts": 4,
+///     "backoff": { "base": "250ms", "factor": 2.0, "cap": "10s", "jitter": "equal" },
+///     "max_server_delay": "30s",
+///     "budget": { "max_tokens": 10, "token_ratio": 0.1 },
+///     "idempotency_header": "idempotency-key",
+///     "content": { "empty": true, "malformed_json": true, "truncated": false }
+/// }"#).unwrap();
+/// config.validate().unwrap();
+/// assert_eq!(config.backoff.base, Duration::from_millis(250));
+///
+/// let bad: RetryConfig = serde_json::from_str(r#"{"max_attempts": 0}"#).unwrap();
+/// assert_eq!(
+///     bad.validate().unwrap_err().to_string(),
+///     "retry: max_attempts is 0: at least the first attempt must be allowed",
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included: 3 is the first call and two
+    /// retries, as the official SDKs do.
+    pub max_attempts: u32,
+    /// The delay between attempts when the provider does not say.
+    pub backoff: Backoff,
+    /// The longest server-directed delay (`retry-after`, `retry-after-ms`,
+    /// an exhausted rate limit's reset) that is waited. A longer one is
+    /// never shortened, since retrying earlier than the provider asked only
+    /// earns another refusal: the last response is returned at once.
+    #[serde(with = "humantime_serde")]
+    pub max_server_delay: Duration,
+    /// The retry budget shared by every clone of the layer; `null` for none.
+    pub budget: Option<BudgetConfig>,
+    /// A request header that carries an idempotency key, the same on every
+    /// attempt of a call. A key the caller set is kept; otherwise one is
+    /// made. `None`: no header.
+    pub idempotency_header: Option<String>,
+    /// Content validation of whole (non-streaming) answers; off unless set.
+    pub content: Option<ContentChecks>,
+    /// The most of an error body read to classify it.
+    pub error_body_limit: usize,
+    /// The most of a stream held back while waiting for its first token:
+    /// past it the stream is handed over (and no longer retried).
+    pub first_token_hold_limit: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            max_server_delay: Duration::from_secs(60),
+            budget: Some(BudgetConfig::default()),
+            idempotency_header: None,
+            content: None,
+            error_body_limit: crate::classify::DEFAULT_ERROR_BODY_LIMIT,
+            first_token_hold_limit: 64 << 10,
+        }
+    }
+}
+
+/// Which problems of a whole answer count as retryable content errors
+/// ([`InvalidContent`](crate::classify::InvalidContent)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContentChecks {
+    /// No text and no tool call.
+    pub empty: bool,
+    /// JSON was asked for (see
+    /// [`RequestMeta::wants_json`](crate::request::RequestMeta::wants_json))
+    /// and the text is not JSON.
+    pub malformed_json: bool,
+    /// Cut by the output cap (`finish_reason: length`).
+    pub truncated: bool,
+    /// A refusal or a safety stop; off by default, since the same prompt
+    /// usually gets the same refusal.
+    pub refusal: bool,
+}
+
+impl Default for ContentChecks {
+    fn default() -> Self {
+        ContentChecks {
+            empty: true,
+            malformed_json: true,
+            truncated: true,
+            refusal: false,
+        }
+    }
+}
+
+/// A retry configuration that cannot work, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "retry: {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl RetryConfig {
+    /// The defaults: 3 attempts, 500 ms doubling to 8 s with full jitter,
+    /// server delays up to 60 s, a shared budget.
+    pub fn new() -> Self {
+        RetryConfig::default()
+    }
+
+    /// Sets [`max_attempts`](Self::max_attempts).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Sets [`backoff`](Self::backoff).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`max_server_delay`](Self::max_server_delay).
+    pub fn max_server_delay(mut self, d: Duration) -> Self {
+        self.max_server_delay = d;
+        self
+    }
+
+    /// Sets [`budget`](Self::budget).
+    pub fn budget(mut self, budget: Option<BudgetConfig>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Sets [`idempotency_header`](Self::idempotency_header).
+    pub fn idempotency_header(mut self, name: impl Into<String>) -> Self {
+        self.idempotency_header = Some(name.into());
+        self
+    }
+
+    /// Sets [`content`](Self::content).
+    pub fn content(mut self, checks: ContentChecks) -> Self {
+        self.content = Some(checks);
+        self
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError { message };
+        if self.max_attempts == 0 {
+            return Err(err(
+                "max_attempts is 0: at least the first attempt must be allowed".into(),
+            ));
+        }
+        self.backoff.validate().map_err(err)?;
+        if let Some(b) = &self.budget {
+            b.validate().map_err(err)?;
+        }
+        if let Some(h) = &self.idempotency_header {
+            http::HeaderName::try_from(h.as_str())
+                .map_err(|_| err(format!("idempotency_header `{h}` is not a header name")))?;
+        }
+        if self.error_body_limit == 0 {
+            return Err(err("error_body_limit is 0: errors could not be classified".into()));
+        }
+        Ok(())
+    }
+}

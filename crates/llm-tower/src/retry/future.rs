@@ -1,0 +1,337 @@
+//! The response future of [`Retry`](super::Retry): one attempt after
+//! another, until one answers or the policy gives up.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::{
+    RetryBody,
+    body::{Held, Hold},
+    content,
+    event::{Decision, GiveUp, RetryEvent},
+    layer::Shared,
+};
+use crate::{
+    BoxError,
+    classify::{Classifier, Failure, InvalidContent, PeekBody, PeekedBody, ResponseView},
+    deadline::Deadline,
+    provider::headers::is_event_stream,
+    request::RequestMeta,
+};
+
+/// The most of a whole answer read for content validation: 1 MiB. A longer
+/// answer is passed on unchecked.
+const CONTENT_LIMIT: usize = 1 << 20;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        // Waiting for the service to be ready for the next attempt.
+        Ready,
+        Calling { #[pin] fut: F },
+        // An error response, read (bounded) to classify it.
+        Peeking { peek: PeekBody<B> },
+        // A stream, held until its first token.
+        Holding { hold: Hold<B> },
+        // A whole answer, read for content validation.
+        Validating { peek: PeekBody<B> },
+        Waiting { sleep: Pin<Box<Sleep>> },
+        Done,
+    }
+}
+
+pin_project! {
+    /// Response future of [`Retry`](super::Retry).
+    #[project = ResponseFutureProj]
+    pub struct ResponseFuture<S, ReqB, B, C>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        shared: Arc<Shared<C>>,
+        service: S,
+        request: Request<ReqB>,
+        attempt: u32,
+        previous_delay: Duration,
+        span: tracing::Span,
+        #[pin]
+        state: State<S::Future, B>,
+    }
+}
+
+impl<S, ReqB, B, C> ResponseFuture<S, ReqB, B, C>
+where
+    S: Service<Request<ReqB>>,
+    ReqB: Clone,
+{
+    pub(crate) fn new(shared: Arc<Shared<C>>, mut service: S, request: Request<ReqB>) -> Self {
+        let span = attempt_span(&request, 1);
+        let fut = {
+            let _enter = span.enter();
+            service.call(request.clone())
+        };
+        ResponseFuture {
+            shared,
+            service,
+            request,
+            attempt: 1,
+            previous_delay: Duration::ZERO,
+            span,
+            state: State::Calling { fut },
+        }
+    }
+}
+
+fn attempt_span<B>(req: &Request<B>, attempt: u32) -> tracing::Span {
+    let model = RequestMeta::get(req).and_then(RequestMeta::model);
+    tracing::info_span!("llm.attempt", attempt, gen_ai.request.model = model)
+}
+
+/// What to do after a failed attempt.
+fn decide<C, ReqB>(
+    shared: &Shared<C>,
+    request: &Request<ReqB>,
+    attempt: u32,
+    previous_delay: Duration,
+    failure: &Failure,
+) -> Decision {
+    let retryable = failure.is_retryable();
+    // Every retryable failure draws on the budget: it measures the
+    // provider's health, not only the retries made.
+    let budget_allows = !retryable || shared.budget.as_ref().is_none_or(|b| b.on_failure());
+    let config = &shared.config;
+    let give_up = |why| Decision::GiveUp(why);
+    if !retryable {
+        return give_up(GiveUp::NotRetryable);
+    }
+    if attempt >= config.max_attempts {
+        return give_up(GiveUp::AttemptsExhausted);
+    }
+    let (delay, server_directed) = match failure.retry_after() {
+        Some(d) if d > config.max_server_delay => return give_up(GiveUp::ServerDelayTooLong(d)),
+        Some(d) => (d, true),
+        None => (
+            config
+                .backoff
+                .delay(attempt, previous_delay, &mut rand::rng()),
+            false,
+        ),
+    };
+    if let Some(deadline) = Deadline::get(request) {
+        if deadline.cannot_fit(Instant::now(), delay) {
+            return give_up(GiveUp::DeadlineTooClose(delay));
+        }
+    }
+    if !budget_allows {
+        return give_up(GiveUp::BudgetExhausted);
+    }
+    Decision::Retry {
+        delay,
+        server_directed,
+    }
+}
+
+/// Tells tracing and the hook.
+fn report<C>(shared: &Shared<C>, attempt: u32, failure: &Failure, decision: Decision) {
+    let class = failure.class();
+    let status = failure.status().map(|s| s.as_u16());
+    match decision {
+        Decision::Retry {
+            delay,
+            server_directed,
+        } => tracing::info!(
+            attempt,
+            class = %class,
+            status,
+            delay_ms = delay.as_millis() as u64,
+            reason = if server_directed { "server" } else { "backoff" },
+            "retrying"
+        ),
+        Decision::GiveUp(why) => tracing::debug!(
+            attempt,
+            class = %class,
+            status,
+            reason = why.as_str(),
+            "not retrying"
+        ),
+    }
+    if let Some(hook) = &shared.hook {
+        hook(&RetryEvent {
+            attempt,
+            class,
+            status: failure.status(),
+            decision,
+        });
+    }
+}
+
+impl<S, ReqB, B, C> Future for ResponseFuture<S, ReqB, B, C>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    ReqB: Clone,
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+    C: Classifier,
+{
+    type Output = Result<Response<RetryBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        let classifier = &shared.classifier;
+        let meta = RequestMeta::get(this.request);
+        loop {
+            // A failed attempt: its failure, and what the caller gets if it
+            // is the last.
+            let (failure, last): (Failure, Result<Response<RetryBody<B>>, BoxError>) =
+                match this.state.as_mut().project() {
+                    StateProj::Ready => {
+                        ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                        *this.attempt += 1;
+                        *this.span = attempt_span(this.request, *this.attempt);
+                        let fut = {
+                            let _enter = this.span.enter();
+                            this.service.call(this.request.clone())
+                        };
+                        this.state.set(State::Calling { fut });
+                        continue;
+                    }
+                    StateProj::Calling { fut } => {
+                        let res = {
+                            let _enter = this.span.enter();
+                            ready!(fut.poll(cx))
+                        };
+                        match res {
+                            Err(e) => {
+                                let e: BoxError = e.into();
+                                (classifier.classify_error(&*e), Err(e))
+                            }
+                            Ok(res) => {
+                                let status = res.status();
+                                if classifier.needs_body(status) {
+                                    let limit = shared.config.error_body_limit;
+                                    this.state.set(State::Peeking {
+                                        peek: PeekBody::new(res, limit),
+                                    });
+                                } else if status.is_success() && is_event_stream(res.headers()) {
+                                    let limit = shared.config.first_token_hold_limit;
+                                    let format = meta.and_then(RequestMeta::format);
+                                    this.state.set(State::Holding {
+                                        hold: Hold::new(res, format, limit),
+                                    });
+                                } else if status.is_success()
+                                    && shared.config.content.is_some()
+                                    && !meta.is_some_and(RequestMeta::is_stream)
+                                {
+                                    this.state.set(State::Validating {
+                                        peek: PeekBody::new(res, CONTENT_LIMIT),
+                                    });
+                                } else {
+                                    return this.succeed(res.map(PeekedBody::passthrough), false);
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    StateProj::Peeking { peek } => {
+                        let res = ready!(Pin::new(peek).poll(cx));
+                        let view = ResponseView::new(res.status(), res.headers())
+                            .with_body(res.body().peeked())
+                            .with_format(meta.and_then(RequestMeta::format));
+                        match classifier.classify_response(&view).into_failure() {
+                            None => return this.succeed(res, false),
+                            Some(f) => (f, Ok(res.map(|b| RetryBody::new(b, false)))),
+                        }
+                    }
+                    StateProj::Holding { hold } => match ready!(Pin::new(hold).poll(cx)) {
+                        (Held::Handover, res) => return this.succeed(res, true),
+                        (Held::Failed(e), res) => (
+                            classifier.classify_error(&*e),
+                            Ok(res.map(|b| RetryBody::new(b.with_error(e), false))),
+                        ),
+                    },
+                    StateProj::Validating { peek } => {
+                        let res = ready!(Pin::new(peek).poll(cx));
+                        let checks = shared.config.content.unwrap_or_default();
+                        match content::problem(&checks, meta, res.body()) {
+                            None => return this.succeed(res, false),
+                            Some(problem) => (
+                                classifier.classify_error(&InvalidContent::new(problem)),
+                                Ok(res.map(|b| RetryBody::new(b, false))),
+                            ),
+                        }
+                    }
+                    StateProj::Waiting { sleep } => {
+                        ready!(sleep.as_mut().poll(cx));
+                        this.state.set(State::Ready);
+                        continue;
+                    }
+                    StateProj::Done => panic!("retry future polled after completion"),
+                };
+            let decision = {
+                let _enter = this.span.enter();
+                let d = decide(shared, this.request, *this.attempt, *this.previous_delay, &failure);
+                report(shared, *this.attempt, &failure, d);
+                d
+            };
+            match decision {
+                Decision::Retry { delay, .. } => {
+                    // The failed attempt's response is dropped here, which
+                    // closes its connection.
+                    drop(last);
+                    *this.previous_delay = delay;
+                    this.state.set(State::Waiting {
+                        sleep: Box::pin(tokio::time::sleep(delay)),
+                    });
+                }
+                Decision::GiveUp(_) => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(last);
+                }
+            }
+        }
+    }
+}
+
+impl<S, ReqB, B, C> ResponseFutureProj<'_, S, ReqB, B, C>
+where
+    S: Service<Request<ReqB>>,
+{
+    /// An attempt answered: refill the budget, hand the answer over.
+    fn succeed(
+        &mut self,
+        res: Response<PeekedBody<B>>,
+        stream_handed_over: bool,
+    ) -> Poll<Result<Response<RetryBody<B>>, BoxError>> {
+        if res.status().is_success() || res.status() == StatusCode::NOT_MODIFIED {
+            if let Some(b) = &self.shared.budget {
+                b.on_success();
+            }
+        }
+        self.state.set(State::Done);
+        Poll::Ready(Ok(res.map(|b| RetryBody::new(b, stream_handed_over))))
+    }
+}
+
+impl<S, ReqB, B, C> fmt::Debug for ResponseFuture<S, ReqB, B, C>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

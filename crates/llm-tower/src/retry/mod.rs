@@ -1,0 +1,114 @@
+//! Middleware that retries failed LLM calls the way a provider's own SDK
+//! would approve of, and never turns an outage into a retry storm.
+//!
+//! [`RetryLayer`] asks the [classifier](crate::classify) about every
+//! failed attempt and retries only what it calls retryable: rate limits,
+//! overloads, server errors, timeouts, dropped connections, an error event
+//! before a stream's first token. It never retries a bad request, an auth
+//! failure, an exhausted quota, a context-length error or a content-policy
+//! refusal.
+//!
+//! - **Delays.** When the provider says how long to wait (`retry-after`,
+//!   `retry-after-ms`, an exhausted `x-ratelimit-reset-*`), that wait is
+//!   honoured exactly, never shortened; a wait longer than
+//!   [`max_server_delay`](RetryConfig::max_server_delay) gives up instead.
+//!   Otherwise [`Backoff`]: exponential, capped, with full jitter by
+//!   default (equal and decorrelated jitter as options).
+//! - **Deadlines.** A wait that would end after the call's
+//!   [`Deadline`](crate::deadline::Deadline) is not started: the last
+//!   answer is returned at once.
+//! - **Budget.** A [retry budget](BudgetConfig) shared by every clone of
+//!   the layer: under a sustained outage, retries stop after a handful, and
+//!   while calls succeed they stay a bounded fraction of them.
+//! - **Streams.** A stream is held until its first token: an error event,
+//!   a cut connection or a first-token timeout before it is retried like
+//!   any failed attempt. Once the first token has been handed to the caller
+//!   nothing is retried, and a later failure of the stream reaches the
+//!   caller as a typed [`StreamInterrupted`].
+//! - **Content.** Opt-in [content checks](ContentChecks): an empty answer,
+//!   malformed JSON where JSON was asked for, or `finish_reason: length`
+//!   count as retryable
+//!   [`InvalidContent`](crate::classify::InvalidContent).
+//! - **Nothing made up.** When retries end on an HTTP error, the caller
+//!   gets that response — status, headers and every byte of the body.
+//! - **Idempotency.** With
+//!   [`idempotency_header`](RetryConfig::idempotency_header), every attempt
+//!   of a call carries the same key.
+//! - **Observable.** A `tracing` span per attempt (`llm.attempt`, with the
+//!   attempt number and model), an event per decision (class, status,
+//!   delay, reason), and a [hook](RetryLayer::on_event) for metrics.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use llm_tower::{
+//!     request::PrepareLayer,
+//!     retry::{RetryConfig, RetryLayer},
+//!     timeout::{TimeoutConfig, TimeoutLayer},
+//! };
+//! use tower::ServiceBuilder;
+//! # use llm_tower::request::ReplayBody;
+//! # fn client() -> impl tower::Service<http::Request<ReplayBody>, Response = http::Response<http_body_util::Full<bytes::Bytes>>, Error = std::convert::Infallible> + Clone {
+//! #     tower::service_fn(|_| async { Ok(http::Response::new(http_body_util::Full::default())) })
+//! # }
+//!
+//! let timeouts = TimeoutConfig::new()
+//!     .total(Duration::from_secs(60))
+//!     .attempt(Duration::from_secs(20))
+//!     .first_token(Duration::from_secs(8));
+//! let retry = RetryLayer::new(RetryConfig::new().max_attempts(4).idempotency_header("idempotency-key"))?
+//!     .on_event(|e| eprintln!("attempt {} failed ({}): {:?}", e.attempt, e.class, e.decision));
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(PrepareLayer::new())
+//!     .layer(TimeoutLayer::new(timeouts.whole_call())?) // the caller's deadline
+//!     .layer(retry)                                     // waits never pass it
+//!     .layer(TimeoutLayer::new(timeouts.per_attempt())?) // a hung attempt is cut and retried
+//!     .service(client());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Order
+//!
+//! - **Inside the total timeout**, so its deadline bounds every attempt and
+//!   wait, and the retry layer can see it to skip a wait that cannot fit.
+//! - **Outside the attempt timeout**, so a hung attempt is cut and retried.
+//! - **Outside the circuit breaker and the rate limiter**: each attempt is
+//!   recorded by the breaker (an open breaker fails the attempt at once, and
+//!   that failure is not retried) and takes its own rate-limit permit.
+//! - **Outside the meter**, so each attempt's usage is metered, and inside
+//!   a fallback layer, which moves on only when retries are done.
+//!
+//! Placed the other way round — retry inside the attempt timeout — one
+//! attempt's limit would have to hold every retry and wait.
+//!
+//! # Requirements
+//!
+//! The request body must be `Clone` (use [`ReplayBody`](crate::request::ReplayBody),
+//! which [`PrepareLayer`](crate::request::PrepareLayer) makes), the inner
+//! service `Clone`, and the response body `Unpin` (hyper's `Incoming` and
+//! llm-tower's bodies over it are; `Box::pin` any other).
+//!
+//! # Clone
+//!
+//! Clones share the configuration, the classifier and the retry budget.
+
+mod backoff;
+mod body;
+mod budget;
+mod config;
+mod content;
+mod error;
+mod event;
+mod future;
+mod layer;
+
+pub use backoff::{Backoff, Jitter};
+pub use body::RetryBody;
+pub use budget::BudgetConfig;
+pub use config::{ConfigError, ContentChecks, RetryConfig};
+pub use error::StreamInterrupted;
+pub use event::{Decision, GiveUp, RetryEvent};
+pub use future::ResponseFuture;
+pub use layer::{Retry, RetryLayer};
