@@ -123,6 +123,7 @@ impl<B> PeekedBody<B> {
 
     /// A body that yields `prefix`, then `error` if any, then the rest of
     /// `inner` unless `inner_done`.
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     pub(crate) fn from_parts(
         prefix: Bytes,
         error: Option<crate::BoxError>,
@@ -139,11 +140,13 @@ impl<B> PeekedBody<B> {
     }
 
     /// Whether the whole body was read while peeking, without error.
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     pub(crate) fn is_complete(&self) -> bool {
         self.inner_done && self.error.is_none() && self.trailers.is_none()
     }
 
     /// Yields `error` after the peeked bytes, in place of the rest.
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     pub(crate) fn with_error(mut self, error: crate::BoxError) -> Self {
         self.error = Some(error);
         self

@@ -63,7 +63,9 @@ pub fn answer_text(format: Option<WireFormat>, body: &[u8]) -> Option<AnswerText
                         for part in content.into_iter().flatten() {
                             match part.get("type").and_then(Value::as_str) {
                                 Some("output_text") => {
-                                    out.text.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""));
+                                    out.text.push_str(
+                                        part.get("text").and_then(Value::as_str).unwrap_or(""),
+                                    );
                                 }
                                 Some("refusal") => out.refused = true,
                                 _ => {}
@@ -128,6 +130,9 @@ mod tests {
         .unwrap();
         assert_eq!(r.text, "Hi");
         assert_eq!(answer_text(Some(WireFormat::OpenAiChat), b"not json"), None);
-        assert_eq!(answer_text(Some(WireFormat::OpenAiChat), br#"{"error":{}}"#), None);
+        assert_eq!(
+            answer_text(Some(WireFormat::OpenAiChat), br#"{"error":{}}"#),
+            None
+        );
     }
 }

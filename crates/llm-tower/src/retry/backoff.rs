@@ -89,7 +89,10 @@ impl Backoff {
             return Err("backoff.base is 0s: retries would hammer the provider".into());
         }
         if !(self.factor >= 1.0 && self.factor.is_finite()) {
-            return Err(format!("backoff.factor {} is not a number of at least 1", self.factor));
+            return Err(format!(
+                "backoff.factor {} is not a number of at least 1",
+                self.factor
+            ));
         }
         if self.cap < self.base {
             return Err(format!(

@@ -108,7 +108,9 @@ where
                         }
                     });
                     match signal {
-                        StreamSignal::Error(e) => break Held::Failed(Box::new(StreamError::new(e))),
+                        StreamSignal::Error(e) => {
+                            break Held::Failed(Box::new(StreamError::new(e)));
+                        }
                         // A broken event before any token: let the caller's
                         // meter judge it; it is not a provider failure.
                         StreamSignal::Malformed(_) | StreamSignal::Continue => {}

@@ -176,7 +176,9 @@ impl RetryConfig {
                 .map_err(|_| err(format!("idempotency_header `{h}` is not a header name")))?;
         }
         if self.error_body_limit == 0 {
-            return Err(err("error_body_limit is 0: errors could not be classified".into()));
+            return Err(err(
+                "error_body_limit is 0: errors could not be classified".into()
+            ));
         }
         Ok(())
     }

@@ -282,7 +282,13 @@ where
                 };
             let decision = {
                 let _enter = this.span.enter();
-                let d = decide(shared, this.request, *this.attempt, *this.previous_delay, &failure);
+                let d = decide(
+                    shared,
+                    this.request,
+                    *this.attempt,
+                    *this.previous_delay,
+                    &failure,
+                );
                 report(shared, *this.attempt, &failure, d);
                 d
             };

@@ -12,9 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    ConfigError, RetryBody, RetryConfig, RetryEvent,
-    budget::Budget,
-    event::Hook,
+    ConfigError, RetryBody, RetryConfig, RetryEvent, budget::Budget, event::Hook,
     future::ResponseFuture,
 };
 use crate::{

@@ -1,0 +1,756 @@
+//! RetryLayer with paused time: what is retried, when, how often, and what
+//! the caller gets; against scripted services and the mock provider.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use llm_tower::{
+    BoxError,
+    classify::{Classifier, DefaultClassifier, FailureClass},
+    deadline::Deadline,
+    metering::MeterLayer,
+    request::{PrepareLayer, ReplayBody, RequestMeta},
+    retry::{
+        Backoff, BudgetConfig, ContentChecks, Decision, GiveUp, Jitter, RetryConfig, RetryEvent,
+        RetryLayer, StreamInterrupted,
+    },
+    timeout::{TimeoutConfig, TimeoutLayer},
+};
+use llm_tower_mock::{Fault, MockServer, Provider, Rule};
+use proptest::prelude::*;
+use rand::{SeedableRng, rngs::StdRng};
+use tokio::time::Instant;
+use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+fn fixed(base: Duration) -> Backoff {
+    Backoff {
+        base,
+        factor: 2.0,
+        cap: 8 * SEC,
+        jitter: Jitter::None,
+    }
+}
+
+fn request(stream: bool) -> Request<String> {
+    let mut req = Request::post("http://llm.test/v1/chat/completions")
+        .body(r#"{"model":"gpt-4o"}"#.to_owned())
+        .unwrap();
+    req.extensions_mut().insert(
+        RequestMeta::new(None)
+            .with_model("gpt-4o")
+            .with_stream(stream),
+    );
+    req
+}
+
+fn json(status: u16, headers: &[(&str, &str)], body: &'static str) -> Response<Full<Bytes>> {
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+const OK: &str = r#"{"choices":[{"message":{"role":"assistant","content":"fine"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+const RATE_LIMITED: &str = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+
+type Answer = Result<Response<Full<Bytes>>, Infallible>;
+
+/// A service answering from a script, recording when each attempt came.
+#[derive(Clone)]
+struct Script {
+    answers: Arc<Mutex<Vec<Response<Full<Bytes>>>>>,
+    arrivals: Arc<Mutex<Vec<(Instant, http::HeaderMap)>>>,
+}
+
+impl Script {
+    fn new(mut answers: Vec<Response<Full<Bytes>>>) -> Self {
+        answers.reverse();
+        Script {
+            answers: Arc::new(Mutex::new(answers)),
+            arrivals: Arc::default(),
+        }
+    }
+
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<String>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = std::future::Ready<Answer>,
+    > + Clone {
+        let this = self.clone();
+        service_fn(move |req: Request<String>| {
+            this.arrivals
+                .lock()
+                .unwrap()
+                .push((Instant::now(), req.headers().clone()));
+            let next = this.answers.lock().unwrap().pop().expect("an answer left");
+            std::future::ready(Ok(next))
+        })
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        let a = self.arrivals.lock().unwrap();
+        a.windows(2).map(|w| w[1].0 - w[0].0).collect()
+    }
+
+    fn attempts(&self) -> usize {
+        self.arrivals.lock().unwrap().len()
+    }
+}
+
+async fn body_text<B>(res: Response<B>) -> Result<String, BoxError>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    let b = res.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8(b.to_vec()).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_and_milliseconds_are_honoured_to_the_millisecond() {
+    let script = Script::new(vec![
+        json(429, &[("retry-after", "2")], RATE_LIMITED),
+        json(
+            429,
+            &[("retry-after-ms", "1500"), ("retry-after", "2")],
+            RATE_LIMITED,
+        ),
+        json(200, &[], OK),
+    ]);
+    let layer = RetryLayer::new(RetryConfig::new().max_attempts(3).backoff(fixed(SEC))).unwrap();
+    let res = layer
+        .layer(script.service())
+        .oneshot(request(false))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(body_text(res).await.unwrap(), OK);
+    assert_eq!(script.gaps(), [2 * SEC, 1500 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_delay_beyond_the_deadline_returns_at_once() {
+    let script = Script::new(vec![json(
+        429,
+        &[("retry-after", "5"), ("x-request-id", "req_1")],
+        RATE_LIMITED,
+    )]);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = RetryLayer::new(RetryConfig::new())
+        .unwrap()
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let mut req = request(false);
+    Deadline::shrink(&mut req, Instant::now() + 3 * SEC);
+    let start = Instant::now();
+    let res = layer.layer(script.service()).oneshot(req).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "no wait at all");
+    assert_eq!(script.attempts(), 1);
+    // The provider's own answer, intact.
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["x-request-id"], "req_1");
+    assert_eq!(body_text(res).await.unwrap(), RATE_LIMITED);
+    let e = events.lock().unwrap();
+    assert_eq!(
+        e[0].decision,
+        Decision::GiveUp(GiveUp::DeadlineTooClose(5 * SEC))
+    );
+    assert_eq!(e[0].class, FailureClass::RateLimited);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_delay_beyond_the_maximum_is_not_shortened() {
+    let script = Script::new(vec![json(429, &[("retry-after", "120")], RATE_LIMITED)]);
+    let layer = RetryLayer::new(RetryConfig::new().max_server_delay(60 * SEC)).unwrap();
+    let start = Instant::now();
+    let res = layer
+        .layer(script.service())
+        .oneshot(request(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status().as_u16(), start.elapsed()),
+        (429, Duration::ZERO)
+    );
+    assert_eq!(script.attempts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_retryable_failures_are_tried_exactly_once_and_returned_intact() {
+    let cases: &[(u16, &'static str)] = &[
+        (
+            400,
+            r#"{"error":{"message":"bad","type":"invalid_request_error","code":null}}"#,
+        ),
+        (
+            401,
+            r#"{"error":{"message":"key","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+        ),
+        (
+            403,
+            r#"{"type":"error","error":{"type":"permission_error","message":"no"}}"#,
+        ),
+        (
+            404,
+            r#"{"error":{"message":"no model","type":"invalid_request_error","code":"model_not_found"}}"#,
+        ),
+        (
+            422,
+            r#"{"error":{"message":"unprocessable","type":"invalid_request_error","code":null}}"#,
+        ),
+        (
+            429,
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        ),
+        (
+            400,
+            r#"{"error":{"message":"too long","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#,
+        ),
+        (
+            400,
+            r#"{"error":{"message":"flagged","type":"invalid_request_error","code":"content_policy_violation"}}"#,
+        ),
+    ];
+    for &(status, body) in cases {
+        let script = Script::new(vec![json(status, &[("x-request-id", "req_x")], body)]);
+        let layer = RetryLayer::new(RetryConfig::new().max_attempts(5)).unwrap();
+        let res = layer
+            .layer(script.service())
+            .oneshot(request(false))
+            .await
+            .unwrap();
+        assert_eq!(script.attempts(), 1, "{status} {body}");
+        assert_eq!(res.status(), status);
+        assert_eq!(res.headers()["x-request-id"], "req_x");
+        assert_eq!(body_text(res).await.unwrap(), body);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_attempts_return_the_last_response() {
+    let script = Script::new(vec![
+        json(
+            503,
+            &[("x-request-id", "req_1")],
+            r#"{"error":{"message":"one","type":"server_error"}}"#,
+        ),
+        json(
+            500,
+            &[("x-request-id", "req_2")],
+            r#"{"error":{"message":"two","type":"server_error"}}"#,
+        ),
+        json(
+            502,
+            &[("x-request-id", "req_3")],
+            r#"{"error":{"message":"three","type":"server_error"}}"#,
+        ),
+    ]);
+    let layer =
+        RetryLayer::new(RetryConfig::new().max_attempts(3).backoff(fixed(100 * MS))).unwrap();
+    let res = layer
+        .layer(script.service())
+        .oneshot(request(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        script.gaps(),
+        [100 * MS, 200 * MS],
+        "exponential: base, then doubled"
+    );
+    assert_eq!(res.status(), 502);
+    assert_eq!(res.headers()["x-request-id"], "req_3");
+    assert_eq!(
+        body_text(res).await.unwrap(),
+        r#"{"error":{"message":"three","type":"server_error"}}"#
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn transport_errors_are_retried_and_the_last_one_returned() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = service_fn(move |_req: Request<String>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            Err::<Response<Full<Bytes>>, BoxError>(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused",
+            )))
+        }
+    });
+    let layer =
+        RetryLayer::new(RetryConfig::new().max_attempts(4).backoff(fixed(10 * MS))).unwrap();
+    let err = layer.layer(svc).oneshot(request(false)).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert!(err.downcast_ref::<std::io::Error>().is_some(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sustained_outage_across_many_calls_stays_within_the_budget() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let svc = service_fn(move |_req: Request<String>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(50 * MS).await;
+            Ok::<_, Infallible>(json(
+                503,
+                &[],
+                r#"{"error":{"message":"down","type":"server_error"}}"#,
+            ))
+        }
+    });
+    let budget = BudgetConfig {
+        max_tokens: 20,
+        token_ratio: 0.2,
+    };
+    let layer = RetryLayer::new(
+        RetryConfig::new()
+            .max_attempts(5)
+            .budget(Some(budget))
+            .backoff(Backoff::default()),
+    )
+    .unwrap();
+    let svc = layer.layer(svc);
+    let calls = 500;
+    let results =
+        futures_util::future::join_all((0..calls).map(|_| svc.clone().oneshot(request(false))))
+            .await;
+    assert!(results.iter().all(|r| r.as_ref().unwrap().status() == 503));
+    let total = attempts.load(Ordering::SeqCst);
+    // Without a budget: 2500 attempts. With one: each call once, plus the
+    // retries the bucket allows before it is half empty.
+    assert!(
+        total <= calls + (budget.max_tokens / 2) as usize,
+        "{total} attempts for {calls} calls"
+    );
+    assert!(total > calls, "some retries happened");
+
+    // The same storm without a budget retries every call to the end.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let svc = RetryLayer::new(RetryConfig::new().max_attempts(5).budget(None))
+        .unwrap()
+        .layer(service_fn(move |_req: Request<String>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, Infallible>(json(503, &[], "{}")))
+        }));
+    futures_util::future::join_all((0..50).map(|_| svc.clone().oneshot(request(false)))).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 250);
+}
+
+#[tokio::test(start_paused = true)]
+async fn content_checks_retry_an_empty_or_non_json_answer() {
+    const EMPTY: &str =
+        r#"{"choices":[{"message":{"role":"assistant","content":"  "},"finish_reason":"stop"}]}"#;
+    const PROSE: &str = r#"{"choices":[{"message":{"role":"assistant","content":"Sure! Here it is"},"finish_reason":"stop"}]}"#;
+    const JSON: &str = r#"{"choices":[{"message":{"role":"assistant","content":"```json\n{\"ok\":true}\n```"},"finish_reason":"stop"}]}"#;
+    const CUT: &str = r#"{"choices":[{"message":{"role":"assistant","content":"{\"ok\":"},"finish_reason":"length"}]}"#;
+    let script = Script::new(vec![
+        json(200, &[], EMPTY),
+        json(200, &[], PROSE),
+        json(200, &[], CUT),
+        json(200, &[], JSON),
+    ]);
+    let layer = RetryLayer::new(
+        RetryConfig::new()
+            .max_attempts(4)
+            .backoff(fixed(MS))
+            .content(ContentChecks::default()),
+    )
+    .unwrap();
+    let mut req = request(false);
+    let meta = RequestMeta::get(&req)
+        .unwrap()
+        .clone()
+        .with_wants_json(true);
+    req.extensions_mut().insert(meta);
+    let res = layer.layer(script.service()).oneshot(req).await.unwrap();
+    assert_eq!(script.attempts(), 4);
+    assert_eq!(body_text(res).await.unwrap(), JSON);
+    // Off by default: the empty answer is returned as it came.
+    let script = Script::new(vec![json(200, &[], EMPTY)]);
+    let res = RetryLayer::new(RetryConfig::new())
+        .unwrap()
+        .layer(script.service())
+        .oneshot(request(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        (script.attempts(), body_text(res).await.unwrap().as_str()),
+        (1, EMPTY)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hook_sees_every_decision() {
+    let script = Script::new(vec![
+        json(503, &[], "{}"),
+        json(429, &[("retry-after", "1")], RATE_LIMITED),
+        json(
+            400,
+            &[],
+            r#"{"error":{"message":"bad","type":"invalid_request_error"}}"#,
+        ),
+    ]);
+    let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
+    let sink = events.clone();
+    let layer = RetryLayer::new(RetryConfig::new().max_attempts(5).backoff(fixed(300 * MS)))
+        .unwrap()
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    layer
+        .layer(script.service())
+        .oneshot(request(false))
+        .await
+        .unwrap();
+    let e = events.lock().unwrap();
+    let seen: Vec<_> = e
+        .iter()
+        .map(|e| (e.attempt, e.class, e.status.map(|s| s.as_u16()), e.decision))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                1,
+                FailureClass::Overloaded,
+                Some(503),
+                Decision::Retry {
+                    delay: 300 * MS,
+                    server_directed: false
+                }
+            ),
+            (
+                2,
+                FailureClass::RateLimited,
+                Some(429),
+                Decision::Retry {
+                    delay: SEC,
+                    server_directed: true
+                }
+            ),
+            (
+                3,
+                FailureClass::BadRequest,
+                Some(400),
+                Decision::GiveUp(GiveUp::NotRetryable)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_reason() {
+    for (config, message) in [
+        (RetryConfig::new().max_attempts(0), "max_attempts is 0"),
+        (
+            RetryConfig::new().backoff(Backoff {
+                base: Duration::ZERO,
+                ..Backoff::default()
+            }),
+            "backoff.base is 0s",
+        ),
+        (
+            RetryConfig::new().backoff(Backoff {
+                factor: 0.5,
+                ..Backoff::default()
+            }),
+            "backoff.factor 0.5",
+        ),
+        (
+            RetryConfig::new().backoff(Backoff {
+                cap: MS,
+                ..Backoff::default()
+            }),
+            "backoff.cap (1ms) is shorter than backoff.base (500ms)",
+        ),
+        (
+            RetryConfig::new().budget(Some(BudgetConfig {
+                max_tokens: 10,
+                token_ratio: 1.5,
+            })),
+            "budget.token_ratio 1.5",
+        ),
+        (
+            RetryConfig::new().idempotency_header("bad header"),
+            "is not a header name",
+        ),
+    ] {
+        let err = RetryLayer::new(config).unwrap_err().to_string();
+        assert!(err.contains(message), "{err}");
+    }
+    let err = serde_json::from_str::<RetryConfig>(r#"{"max_atempts": 3}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field `max_atempts`"));
+    let c: RetryConfig =
+        serde_json::from_str(r#"{"backoff":{"jitter":"decorrelated"},"budget":null}"#).unwrap();
+    assert_eq!((c.backoff.jitter, c.budget), (Jitter::Decorrelated, None));
+}
+
+proptest! {
+    #[test]
+    fn backoff_delays_stay_within_their_bounds(
+        seed in any::<u64>(),
+        base_ms in 1u64..2_000,
+        factor in 1.0f64..4.0,
+        cap_ms in 1u64..60_000,
+        retries in 1u32..40,
+    ) {
+        let base = Duration::from_millis(base_ms);
+        let cap = Duration::from_millis(cap_ms).max(base);
+        let mut rng = StdRng::seed_from_u64(seed);
+        for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::None] {
+            let b = Backoff { base, factor, cap, jitter };
+            let mut previous = Duration::ZERO;
+            let mut last_exp = Duration::ZERO;
+            for n in 1..=retries {
+                let exp = b.exponential(n);
+                prop_assert!(exp <= cap && exp >= last_exp.min(cap), "exponential grows to the cap");
+                last_exp = exp;
+                let d = b.delay(n, previous, &mut rng);
+                prop_assert!(d <= cap, "{jitter:?}: {d:?} over the cap {cap:?}");
+                match jitter {
+                    Jitter::Full => prop_assert!(d <= exp),
+                    Jitter::Equal => prop_assert!(d >= exp / 2 && d <= exp),
+                    Jitter::Decorrelated => prop_assert!(d >= base.min(cap) && d <= previous.max(base).saturating_mul(3).min(cap)),
+                    Jitter::None => prop_assert_eq!(d, exp),
+                }
+                previous = d;
+            }
+        }
+    }
+}
+
+// --- Against the mock provider, over loopback ---
+
+fn chat(mock: &MockServer, provider: Provider, stream: bool, prompt: &str) -> Request<String> {
+    let (path, body) = match provider {
+        Provider::OpenAi => (
+            "/v1/chat/completions",
+            serde_json::json!({
+                "model": "gpt-4o-mini",
+                "stream": stream,
+                "stream_options": if stream { serde_json::json!({"include_usage": true}) } else { serde_json::Value::Null },
+                "messages": [{"role": "user", "content": prompt}],
+            }),
+        ),
+        _ => (
+            "/v1/messages",
+            serde_json::json!({
+                "model": "claude-haiku-4-5",
+                "max_tokens": 256,
+                "stream": stream,
+                "messages": [{"role": "user", "content": prompt}],
+            }),
+        ),
+    };
+    Request::post(format!("{}{path}", mock.url()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .unwrap()
+}
+
+/// The recommended order: retry outside the attempt timeout and the meter.
+async fn call(
+    retry: RetryConfig,
+    timeouts: TimeoutConfig,
+    req: Request<String>,
+) -> Result<String, BoxError> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(RetryLayer::new(retry).unwrap())
+        .layer(TimeoutLayer::new(timeouts).unwrap())
+        .layer(MeterLayer::new())
+        .service(client);
+    let res = svc.oneshot(req).await?;
+    let status = res.status();
+    let text = body_text(res).await?;
+    Ok(format!("{} {text}", status.as_u16()))
+}
+
+fn quick() -> RetryConfig {
+    RetryConfig::new()
+        .max_attempts(3)
+        .backoff(fixed(100 * MS))
+        .idempotency_header("idempotency-key")
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_formats_streaming_or_not_retry_a_rate_limit_exactly_when_told() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        for stream in [false, true] {
+            let mock = MockServer::builder()
+                .rule(Rule::new(Fault::rate_limited(1200 * MS)).times(1))
+                .start()
+                .await
+                .unwrap();
+            let start = Instant::now();
+            let out = call(
+                quick(),
+                TimeoutConfig::new(),
+                chat(&mock, provider, stream, "hi"),
+            )
+            .await
+            .unwrap();
+            assert!(out.starts_with("200 "), "{provider} {stream}: {out}");
+            let j = mock.journal().entries();
+            assert_eq!(j.len(), 2, "{provider} {stream}");
+            assert_eq!(j[0].fingerprint, j[1].fingerprint);
+            assert_eq!((j[0].status, j[1].status), (429, 200));
+            let key = j[0].idempotency_key.clone().expect("an idempotency key");
+            assert_eq!(
+                j[1].idempotency_key.as_deref(),
+                Some(key.as_str()),
+                "the same key on every attempt"
+            );
+            // OpenAI says 1200 ms; Anthropic rounds up to 2 s.
+            let wait = if provider == Provider::OpenAi {
+                1200 * MS
+            } else {
+                2 * SEC
+            };
+            assert_eq!(j[1].at - j[0].at, wait, "{provider}");
+            assert_eq!(start.elapsed(), wait);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_event_before_the_first_token_is_retried() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let mock = MockServer::builder()
+            .rule(Rule::new(Fault::ErrorEvent { after: 0 }).times(1))
+            .start()
+            .await
+            .unwrap();
+        let out = call(
+            quick(),
+            TimeoutConfig::new(),
+            chat(&mock, provider, true, "hi"),
+        )
+        .await
+        .unwrap();
+        let j = mock.journal().entries();
+        assert_eq!(j.len(), 2, "{provider}");
+        assert_eq!(j[0].faults, ["error_event"]);
+        // The caller sees only the good stream, whole.
+        assert!(
+            !out.contains("overloaded") && !out.contains("server_error"),
+            "{out}"
+        );
+        assert!(
+            out.contains("[DONE]") || out.contains("message_stop"),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_after_tokens_is_not_retried_and_the_caller_gets_a_typed_error() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let mock = MockServer::builder()
+            .rule(Rule::new(Fault::Drop { after: 3 }))
+            .start()
+            .await
+            .unwrap();
+        let err = call(
+            quick(),
+            TimeoutConfig::new(),
+            chat(&mock, provider, true, "hi"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            mock.journal().len(),
+            1,
+            "{provider}: nothing retried, nothing duplicated"
+        );
+        let interrupted = err
+            .downcast_ref::<StreamInterrupted>()
+            .unwrap_or_else(|| panic!("{provider}: {err}"));
+        let f = DefaultClassifier::new().classify_error(interrupted);
+        assert!(!f.is_retryable() && !f.should_fall_back(), "{provider}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_token_timeout_is_retried_within_the_attempt_limits() {
+    let mock = MockServer::builder()
+        .rule(Rule::new(Fault::SlowFirstToken { delay: 5 * SEC }).times(1))
+        .start()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let out = call(
+        quick(),
+        TimeoutConfig::new().first_token(2 * SEC),
+        chat(&mock, Provider::Anthropic, true, "hi"),
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("message_stop"));
+    assert_eq!(mock.journal().len(), 2);
+    assert_eq!(
+        start.elapsed(),
+        2 * SEC + 100 * MS,
+        "timed out at 2 s, retried after 100 ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_ends_with_the_providers_last_answer() {
+    let mock = MockServer::builder()
+        .rule(Rule::new(Fault::Overloaded))
+        .start()
+        .await
+        .unwrap();
+    let out = call(
+        quick(),
+        TimeoutConfig::new(),
+        chat(&mock, Provider::Anthropic, false, "hi"),
+    )
+    .await
+    .unwrap();
+    assert!(out.starts_with("529 "), "{out}");
+    assert!(out.contains("overloaded_error"));
+    assert_eq!(mock.journal().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_exhausted_and_context_length_are_tried_once_against_the_mock() {
+    for fault in [Fault::InsufficientQuota, Fault::ContextLength] {
+        let mock = MockServer::builder()
+            .rule(Rule::new(fault.clone()))
+            .start()
+            .await
+            .unwrap();
+        let out = call(
+            quick(),
+            TimeoutConfig::new(),
+            chat(&mock, Provider::OpenAi, false, "hi"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(mock.journal().len(), 1, "{fault:?}");
+        assert!(out.starts_with("429 ") || out.starts_with("400 "), "{out}");
+    }
+}
