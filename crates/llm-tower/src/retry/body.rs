@@ -37,7 +37,9 @@ pub(crate) enum Held {
 pub(crate) struct Hold<B> {
     parts: Option<http::response::Parts>,
     body: Option<B>,
-    buf: BytesMut,
+    /// The frames held, as they came (no copy).
+    frames: Vec<Bytes>,
+    held: usize,
     limit: usize,
     parser: SseParser,
     usage: StreamUsage,
@@ -50,7 +52,8 @@ impl<B> Hold<B> {
         Hold {
             parts: Some(parts),
             body: Some(body),
-            buf: BytesMut::new(),
+            frames: Vec::new(),
+            held: 0,
             limit,
             parser: SseParser::new(),
             usage: StreamUsage::new(format),
@@ -62,7 +65,7 @@ impl<B> Hold<B> {
 impl<B> fmt::Debug for Hold<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hold")
-            .field("held", &self.buf.len())
+            .field("held", &self.held)
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +81,7 @@ where
         let this = self.get_mut();
         let body = this.body.as_mut().expect("polled after completion");
         let held = loop {
-            if this.buf.len() >= this.limit {
+            if this.held >= this.limit {
                 break Held::Handover;
             }
             match ready!(Pin::new(&mut *body).poll_frame(cx)) {
@@ -93,20 +96,16 @@ where
                         this.done = true;
                         break Held::Handover;
                     };
-                    let start = this.buf.len();
-                    while data.has_remaining() {
-                        let chunk = data.chunk();
-                        let n = chunk.len();
-                        this.buf.extend_from_slice(chunk);
-                        data.advance(n);
-                    }
+                    let bytes = data.copy_to_bytes(data.remaining());
+                    this.held += bytes.len();
                     let mut signal = StreamSignal::Continue;
                     let usage = &mut this.usage;
-                    this.parser.feed(&this.buf[start..], |event| {
+                    this.parser.feed(&bytes, |event| {
                         if matches!(signal, StreamSignal::Continue) {
                             signal = usage.on_event(event.event, event.data);
                         }
                     });
+                    this.frames.push(bytes);
                     match signal {
                         StreamSignal::Error(e) => {
                             break Held::Failed(Box::new(StreamError::new(e)));
@@ -123,7 +122,18 @@ where
         };
         let parts = this.parts.take().expect("polled after completion");
         let inner = this.body.take().expect("polled after completion");
-        let prefix = this.buf.split().freeze();
+        // Usually the first frame holds the first token: no copy at all.
+        let prefix = match this.frames.len() {
+            0 => Bytes::new(),
+            1 => this.frames.pop().expect("one frame"),
+            _ => {
+                let mut all = BytesMut::with_capacity(this.held);
+                for f in this.frames.drain(..) {
+                    all.extend_from_slice(&f);
+                }
+                all.freeze()
+            }
+        };
         // A failure is kept apart: the caller gets it, after the bytes held,
         // only if no retry follows.
         let body = PeekedBody::from_parts(prefix, None, this.done, inner);
