@@ -72,7 +72,7 @@
 //! | `timeout` | [`TimeoutLayer`](timeout::TimeoutLayer): total, attempt, first byte, first token, idle and stream limits |
 //! | `retry` | [`RetryLayer`](retry::RetryLayer): classified retries, server-directed delays, backoff with jitter, a shared budget, streams held until their first token |
 //! | `rate-limit` | `RateLimitLayer` |
-//! | `circuit-breaker` | `CircuitBreakerLayer` |
+//! | `circuit-breaker` | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): per provider and model, consecutive, rate and slow-call trips, limited half-open probes |
 //! | `fallback` | `FallbackLayer` |
 //! | `budget` | `BudgetLayer` |
 //! | `full` | all of the above |
@@ -96,6 +96,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "circuit-breaker")]
+pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
 pub mod deadline;

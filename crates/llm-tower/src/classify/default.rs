@@ -112,6 +112,18 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
     if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
         return Some(Failure::new(FailureClass::Timeout));
     }
+    #[cfg(feature = "circuit-breaker")]
+    if e.is::<crate::circuit_breaker::CircuitOpen>() {
+        // Nothing was sent: retrying into an open breaker only fails again,
+        // and the breaker's own outcome must not count twice.
+        return Some(
+            Failure::new(FailureClass::Overloaded)
+                .with_code("circuit_open")
+                .with_retryable(false)
+                .with_counts_against_health(false)
+                .with_fallback(true),
+        );
+    }
     #[cfg(feature = "retry")]
     if let Some(interrupted) = e.downcast_ref::<crate::retry::StreamInterrupted>() {
         // Part of the answer reached the caller: classified by its cause,
