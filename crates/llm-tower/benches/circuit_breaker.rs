@@ -1,0 +1,93 @@
+//! CircuitBreakerLayer's closed path, side by side with the bare service.
+//!
+//! `cargo bench -p llm-tower --features circuit-breaker --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    hint::black_box,
+    pin::pin,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use llm_tower::{
+    circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer},
+    provider::{Endpoint, Provider, WireFormat},
+    request::RequestMeta,
+};
+use tower::{Layer, Service, service_fn};
+
+fn block<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
+    let mut body = pin!(body);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut n = 0;
+    while let Poll::Ready(Some(f)) = body.as_mut().poll_frame(&mut cx) {
+        n += f
+            .ok()
+            .and_then(|f| f.into_data().ok())
+            .map_or(0, |d| d.len());
+    }
+    n
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let meta = RequestMeta::new(Some(Endpoint {
+        provider: Provider::OpenAi,
+        format: WireFormat::OpenAiChat,
+    }))
+    .with_model(Arc::<str>::from("gpt-4o-mini"));
+    let request = || {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(meta.clone());
+        req
+    };
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let make = || {
+        let body = body.clone();
+        service_fn(move |_req: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(body.clone()))))
+        })
+    };
+    let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
+
+    let mut g = c.benchmark_group("circuit_breaker");
+    let mut bare = make();
+    g.bench_function("closed/bare", |b| {
+        b.iter(|| drain(block(bare.call(black_box(request()))).unwrap().into_body()))
+    });
+    let mut layered = layer.layer(make());
+    g.bench_function("closed/breaker", |b| {
+        b.iter(|| {
+            drain(
+                block(layered.call(black_box(request())))
+                    .unwrap()
+                    .into_body(),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,770 @@
+//! CircuitBreakerLayer with paused time: every transition, the half-open
+//! probe limit under many concurrent callers, and an outage of the mock
+//! provider.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use llm_tower::{
+    BoxError,
+    circuit_breaker::{
+        BreakerKey, BreakerState, CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, HalfOpen,
+        OpenDuration, RateTrip, SlidingWindow, SlowTrip, Transition,
+    },
+    classify::{Classifier, DefaultClassifier, FailureClass},
+    provider::Provider,
+    request::{PrepareLayer, ReplayBody, RequestMeta},
+    retry::{Backoff, Jitter, RetryConfig, RetryLayer},
+};
+use llm_tower_mock::{MockServer, Rule};
+use proptest::prelude::*;
+use tokio::time::{Instant, advance};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+fn request(model: &str) -> Request<String> {
+    let mut req = Request::post("http://llm.test/v1/chat/completions")
+        .body(String::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(RequestMeta::new(None).with_model(model));
+    req
+}
+
+fn key(model: &str) -> BreakerKey {
+    BreakerKey::new(None, Some(model.into()))
+}
+
+/// An inner service whose status the test sets; counts its calls.
+#[derive(Clone, Default)]
+struct Provider503 {
+    status: Arc<AtomicU16>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Provider503 {
+    fn set(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<String>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    > + Clone {
+        let this = self.clone();
+        this.set(200);
+        service_fn(move |_req: Request<String>| {
+            this.calls.fetch_add(1, Ordering::SeqCst);
+            let status = this.status.load(Ordering::SeqCst);
+            std::future::ready(Ok(Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap()))
+        })
+    }
+}
+
+fn config() -> CircuitBreakerConfig {
+    CircuitBreakerConfig::new()
+        .consecutive_failures(Some(3))
+        .failure_rate(None)
+        .open(OpenDuration {
+            base: 10 * SEC,
+            factor: 2.0,
+            cap: 60 * SEC,
+            jitter: 0.0,
+        })
+}
+
+type Log = Arc<
+    Mutex<
+        Vec<(
+            String,
+            BreakerState,
+            BreakerState,
+            &'static str,
+            Option<Duration>,
+        )>,
+    >,
+>;
+
+fn layer(config: CircuitBreakerConfig) -> (CircuitBreakerLayer, Log) {
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let layer = CircuitBreakerLayer::new(config)
+        .unwrap()
+        .on_transition(move |t: &Transition| {
+            sink.lock()
+                .unwrap()
+                .push((t.key.to_string(), t.from, t.to, t.reason, t.open_for));
+        });
+    (layer, log)
+}
+
+/// Calls once and reads the body to its end.
+async fn call<S, B>(svc: &mut S, model: &str) -> Result<u16, BoxError>
+where
+    S: Service<Request<String>, Response = Response<B>, Error = BoxError>,
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let res = svc.ready().await?.call(request(model)).await?;
+    let status = res.status().as_u16();
+    res.into_body().collect().await.map_err(Into::into)?;
+    Ok(status)
+}
+
+fn open_err(e: BoxError) -> CircuitOpen {
+    e.downcast_ref::<CircuitOpen>()
+        .unwrap_or_else(|| panic!("not CircuitOpen: {e}"))
+        .clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_open_half_open_closed() {
+    let p = Provider503::default();
+    let (layer, log) = layer(config());
+    let handle = layer.handle();
+    let mut svc = layer.layer(p.service());
+    p.set(503);
+    for _ in 0..2 {
+        assert_eq!(call(&mut svc, "m").await.unwrap(), 503);
+    }
+    assert_eq!(
+        handle.state(&key("m")),
+        BreakerState::Closed,
+        "two failures are not three"
+    );
+    assert_eq!(call(&mut svc, "m").await.unwrap(), 503);
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+    // Open: nothing is sent, and the error says when the probe goes.
+    let e = open_err(call(&mut svc, "m").await.unwrap_err());
+    assert_eq!(
+        (e.state(), e.retry_after()),
+        (BreakerState::Open, Some(10 * SEC))
+    );
+    assert_eq!(p.calls(), 3);
+    // Another model has its own breaker.
+    p.set(200);
+    assert_eq!(call(&mut svc, "other").await.unwrap(), 200);
+    advance(10 * SEC - MS).await;
+    let e = open_err(call(&mut svc, "m").await.unwrap_err());
+    assert_eq!(e.retry_after(), Some(MS));
+    advance(MS).await;
+    // The probe goes through and succeeds: closed again.
+    assert_eq!(call(&mut svc, "m").await.unwrap(), 200);
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            (
+                "m".into(),
+                BreakerState::Closed,
+                BreakerState::Open,
+                "consecutive_failures",
+                Some(10 * SEC)
+            ),
+            (
+                "m".into(),
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+                "open_time_over",
+                None
+            ),
+            (
+                "m".into(),
+                BreakerState::HalfOpen,
+                BreakerState::Closed,
+                "probes_succeeded",
+                None
+            ),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_resets_the_consecutive_count() {
+    let p = Provider503::default();
+    let (layer, _) = layer(config());
+    let handle = layer.handle();
+    let mut svc = layer.layer(p.service());
+    for status in [503, 503, 200, 503, 503, 200, 503, 503] {
+        p.set(status);
+        call(&mut svc, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_reopens_for_longer_up_to_the_cap() {
+    let p = Provider503::default();
+    let (layer, log) = layer(config());
+    let mut svc = layer.layer(p.service());
+    p.set(529);
+    for _ in 0..3 {
+        call(&mut svc, "m").await.unwrap();
+    }
+    let mut waits = vec![];
+    for _ in 0..4 {
+        let e = open_err(call(&mut svc, "m").await.unwrap_err());
+        let wait = e.retry_after().unwrap();
+        waits.push(wait);
+        advance(wait).await;
+        // The probe fails.
+        assert_eq!(call(&mut svc, "m").await.unwrap(), 529);
+    }
+    assert_eq!(
+        waits,
+        [10 * SEC, 20 * SEC, 40 * SEC, 60 * SEC],
+        "doubling to the cap"
+    );
+    let reasons: Vec<_> = log.lock().unwrap().iter().map(|l| l.3).collect();
+    assert_eq!(reasons.iter().filter(|r| **r == "probe_failed").count(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_time_jitter_stays_within_its_share() {
+    let p = Provider503::default();
+    let mut cfg = config();
+    cfg.open.jitter = 0.2;
+    let (layer, log) = layer(cfg);
+    let mut svc = layer.layer(p.service());
+    p.set(503);
+    for model in 0..50 {
+        for _ in 0..3 {
+            call(&mut svc, &model.to_string()).await.unwrap();
+        }
+    }
+    let times: Vec<Duration> = log.lock().unwrap().iter().filter_map(|l| l.4).collect();
+    assert_eq!(times.len(), 50);
+    assert!(
+        times.iter().all(|t| *t >= 8 * SEC && *t <= 12 * SEC),
+        "{times:?}"
+    );
+    assert!(times.iter().any(|t| *t != times[0]), "jittered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_failure_rate_trips_once_the_window_holds_enough_calls() {
+    let p = Provider503::default();
+    let cfg = CircuitBreakerConfig::new()
+        .consecutive_failures(None)
+        .failure_rate(Some(RateTrip {
+            threshold: 0.5,
+            min_calls: 10,
+            window: SlidingWindow::Calls { calls: 20 },
+        }));
+    let (layer, log) = layer(cfg);
+    let handle = layer.handle();
+    let mut svc = layer.layer(p.service());
+    // 5 failures of 9 calls: over half, but too few calls to judge.
+    for i in 0..9 {
+        p.set(if i % 2 == 0 { 500 } else { 200 });
+        call(&mut svc, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+    p.set(500);
+    call(&mut svc, "m").await.unwrap();
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+    assert_eq!(log.lock().unwrap()[0].3, "failure_rate");
+
+    // Below the threshold it stays closed whatever the count.
+    let (layer, _) = self::layer(CircuitBreakerConfig::new().consecutive_failures(None));
+    let handle = layer.handle();
+    let mut svc = layer.layer(p.service());
+    for i in 0..200 {
+        p.set(if i % 3 == 0 { 503 } else { 200 });
+        call(&mut svc, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_window_forgets_old_failures() {
+    let p = Provider503::default();
+    let cfg = CircuitBreakerConfig::new()
+        .consecutive_failures(None)
+        .failure_rate(Some(RateTrip {
+            threshold: 0.5,
+            min_calls: 4,
+            window: SlidingWindow::Time { duration: 10 * SEC },
+        }));
+    let (layer, _) = layer(cfg);
+    let handle = layer.handle();
+    let mut svc = layer.layer(p.service());
+    p.set(503);
+    for _ in 0..3 {
+        call(&mut svc, "m").await.unwrap();
+        advance(5 * SEC).await;
+    }
+    // Never more than two calls in any 10 s: closed.
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+    // At 15 s the failures of 0 s and 5 s have left the window: two more
+    // calls make three in it, still under the minimum of four…
+    for _ in 0..2 {
+        call(&mut svc, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+    // …and one more opens it.
+    call(&mut svc, "m").await.unwrap();
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_it_too() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let slow = service_fn(move |_req: Request<String>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(3 * SEC).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        }
+    });
+    let cfg = CircuitBreakerConfig::new()
+        .consecutive_failures(None)
+        .failure_rate(Some(RateTrip {
+            threshold: 0.5,
+            min_calls: 4,
+            window: SlidingWindow::Calls { calls: 10 },
+        }))
+        .slow_calls(Some(SlowTrip {
+            duration: 2 * SEC,
+            threshold: 0.75,
+        }));
+    let (layer, log) = layer(cfg);
+    let handle = layer.handle();
+    let mut svc = layer.layer(slow);
+    for _ in 0..4 {
+        call(&mut svc, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+    assert_eq!(log.lock().unwrap()[0].3, "slow_calls");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_requests_auth_errors_and_rate_limits_do_not_trip_it_unless_counted() {
+    let p = Provider503::default();
+    let (layer, _) = layer(config());
+    let handle = layer.handle();
+    let mut svc = layer.layer(p.service());
+    for status in [400, 401, 403, 404, 422, 429] {
+        p.set(status);
+        for _ in 0..5 {
+            call(&mut svc, "m").await.unwrap();
+        }
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+    let (layer, _) =
+        self::layer(config().count(&[FailureClass::RateLimited, FailureClass::ServerError]));
+    let handle = layer.handle();
+    let mut svc = layer.layer(p.service());
+    p.set(429);
+    for _ in 0..3 {
+        call(&mut svc, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_admits_only_its_probes_and_needs_their_successes() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let status = Arc::new(AtomicU16::new(503));
+    let inner = {
+        let (gate, status) = (gate.clone(), status.clone());
+        service_fn(move |_req: Request<String>| {
+            let (gate, status) = (gate.clone(), status.clone());
+            async move {
+                let s = status.load(Ordering::SeqCst);
+                if s == 200 {
+                    gate.acquire().await.unwrap().forget();
+                }
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(s)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    let mut cfg = config();
+    cfg.half_open = HalfOpen {
+        probes: 2,
+        successes: 2,
+    };
+    let (layer, _) = layer(cfg);
+    let handle = layer.handle();
+    let svc = layer.layer(inner);
+    for _ in 0..3 {
+        svc.clone().oneshot(request("m")).await.unwrap();
+    }
+    status.store(200, Ordering::SeqCst);
+    advance(10 * SEC).await;
+    let mut probes = Vec::new();
+    let mut refused = 0;
+    for _ in 0..5 {
+        let mut f = tokio_test::task::spawn(svc.clone().oneshot(request("m")));
+        match f.poll() {
+            std::task::Poll::Ready(Err(e)) => {
+                assert_eq!(open_err(e).state(), BreakerState::HalfOpen);
+                refused += 1;
+            }
+            std::task::Poll::Pending => probes.push(f),
+            std::task::Poll::Ready(Ok(_)) => panic!("a probe answered before the gate opened"),
+        }
+    }
+    assert_eq!((probes.len(), refused), (2, 3));
+    assert_eq!(handle.state(&key("m")), BreakerState::HalfOpen);
+    gate.add_permits(1);
+    let first = probes.remove(0).await.unwrap();
+    first.into_body().collect().await.unwrap();
+    assert_eq!(
+        handle.state(&key("m")),
+        BreakerState::HalfOpen,
+        "one success of two"
+    );
+    gate.add_permits(1);
+    probes
+        .remove(0)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn isolate_and_reset_by_hand() {
+    let (layer, log) = layer(config());
+    let handle = layer.handle();
+    let p = Provider503::default();
+    let svc = layer.layer(p.service());
+    handle.isolate(&key("m"));
+    // Isolated: nothing goes through, not even a probe, until reset.
+    let e = open_err(svc.clone().oneshot(request("m")).await.unwrap_err());
+    assert_eq!((e.state(), e.retry_after()), (BreakerState::Isolated, None));
+    advance(3600 * SEC).await;
+    assert!(svc.clone().oneshot(request("m")).await.is_err());
+    assert_eq!(p.calls(), 0);
+    assert_eq!(handle.states(), [(key("m"), BreakerState::Isolated)]);
+    handle.reset(&key("m"));
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+    assert!(svc.clone().oneshot(request("m")).await.is_ok());
+    let reasons: Vec<_> = log.lock().unwrap().iter().map(|l| l.3).collect();
+    assert_eq!(reasons, ["isolated", "reset"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_frees_its_place() {
+    let p = Provider503::default();
+    let (layer, _) = layer(config());
+    let handle = layer.handle();
+    let hanging = layer.layer(service_fn(|_r: Request<String>| {
+        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+    }));
+    let mut failing = layer.layer(p.service());
+    p.set(503);
+    for _ in 0..3 {
+        call(&mut failing, "m").await.unwrap();
+    }
+    advance(10 * SEC).await;
+    let mut probe = tokio_test::task::spawn(hanging.clone().oneshot(request("m")));
+    assert!(probe.poll().is_pending());
+    assert!(
+        hanging.clone().oneshot(request("m")).await.is_err(),
+        "the one probe is taken"
+    );
+    drop(probe);
+    assert_eq!(handle.state(&key("m")), BreakerState::HalfOpen);
+    p.set(200);
+    assert_eq!(
+        call(&mut failing, "m").await.unwrap(),
+        200,
+        "the freed place goes to the next caller"
+    );
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_breaks_counts_as_a_failure() {
+    let inner = service_fn(|_r: Request<String>| async {
+        let chunks = futures_util::stream::iter([
+            Ok(http_body::Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+            Err::<http_body::Frame<Bytes>, BoxError>(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset",
+            ))),
+        ]);
+        Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(chunks)))
+    });
+    let (layer, _) = layer(config());
+    let handle = layer.handle();
+    let svc = layer.layer(inner);
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(request("m")).await.unwrap();
+        assert!(res.into_body().collect().await.is_err());
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_ends_retries_at_once() {
+    let p = Provider503::default();
+    let (breaker, _) = layer(config());
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(RetryConfig::new().max_attempts(10).backoff(Backoff {
+                base: 10 * MS,
+                factor: 1.0,
+                cap: 10 * MS,
+                jitter: Jitter::None,
+            }))
+            .unwrap(),
+        )
+        .layer(breaker)
+        .service(p.service());
+    p.set(503);
+    let err = svc.oneshot(request("m")).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "{err}");
+    assert_eq!(
+        p.calls(),
+        3,
+        "three attempts tripped it; the fourth was refused and not retried"
+    );
+    let f = DefaultClassifier::new().classify_error(&*err);
+    assert!(!f.is_retryable() && f.should_fall_back() && !f.counts_against_health());
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_reason() {
+    let cases: Vec<(CircuitBreakerConfig, &str)> = vec![
+        (
+            CircuitBreakerConfig::new().consecutive_failures(Some(0)),
+            "consecutive_failures is 0",
+        ),
+        (
+            CircuitBreakerConfig::new()
+                .consecutive_failures(None)
+                .failure_rate(None),
+            "no trip is set",
+        ),
+        (
+            CircuitBreakerConfig::new().failure_rate(Some(RateTrip {
+                threshold: 1.5,
+                ..RateTrip::default()
+            })),
+            "failure_rate.threshold 1.5",
+        ),
+        (
+            CircuitBreakerConfig::new().failure_rate(Some(RateTrip {
+                threshold: 0.5,
+                min_calls: 30,
+                window: SlidingWindow::Calls { calls: 20 },
+            })),
+            "more than the window holds",
+        ),
+        (
+            CircuitBreakerConfig::new().half_open(HalfOpen {
+                probes: 0,
+                successes: 1,
+            }),
+            "half_open.probes is 0",
+        ),
+        (
+            CircuitBreakerConfig {
+                count: Some(vec!["meltdown".into()]),
+                ..CircuitBreakerConfig::new()
+            },
+            "unknown failure class `meltdown`",
+        ),
+    ];
+    for (config, message) in cases {
+        let err = CircuitBreakerLayer::new(config).unwrap_err().to_string();
+        assert!(err.contains(message), "{err}");
+    }
+    let c: CircuitBreakerConfig = serde_json::from_str(
+        r#"{"failure_rate":{"threshold":0.4,"min_calls":5,"window":{"duration":"30s"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.failure_rate.unwrap().window,
+        SlidingWindow::Time { duration: 30 * SEC }
+    );
+    assert!(serde_json::from_str::<CircuitBreakerConfig>(r#"{"consecutive":3}"#).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn half_open_never_admits_more_concurrent_probes_than_configured(
+        probes in 1u32..5,
+        callers in 5usize..120,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let max = Arc::new(AtomicUsize::new(0));
+            let release = Arc::new(tokio::sync::Notify::new());
+            let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let inner = {
+                let (in_flight, max, release, fail) = (in_flight.clone(), max.clone(), release.clone(), fail.clone());
+                service_fn(move |_r: Request<String>| {
+                    let (in_flight, max, release, fail) = (in_flight.clone(), max.clone(), release.clone(), fail.clone());
+                    async move {
+                        if fail.load(Ordering::SeqCst) {
+                            return Ok::<_, Infallible>(Response::builder().status(503).body(Full::new(Bytes::new())).unwrap());
+                        }
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        max.fetch_max(now, Ordering::SeqCst);
+                        release.notified().await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        Ok(Response::new(Full::new(Bytes::new())))
+                    }
+                })
+            };
+            let mut cfg = config();
+            cfg.open.base = 20 * MS;
+            cfg.open.cap = 20 * MS;
+            cfg.half_open = HalfOpen { probes, successes: probes };
+            let layer = CircuitBreakerLayer::new(cfg).unwrap();
+            let svc = layer.layer(inner);
+            for _ in 0..3 {
+                svc.clone().oneshot(request("m")).await.unwrap();
+            }
+            fail.store(false, Ordering::SeqCst);
+            tokio::time::sleep(30 * MS).await;
+            let refused = Arc::new(AtomicUsize::new(0));
+            let tasks: Vec<_> = (0..callers)
+                .map(|_| {
+                    let (svc, refused) = (svc.clone(), refused.clone());
+                    tokio::spawn(async move {
+                        match svc.oneshot(request("m")).await {
+                            Err(_) => { refused.fetch_add(1, Ordering::SeqCst); }
+                            Ok(res) => { let _ = res.into_body().collect().await; }
+                        }
+                    })
+                })
+                .collect();
+            // Every caller is either refused or holding a probe.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while refused.load(Ordering::SeqCst) + in_flight.load(Ordering::SeqCst) < callers {
+                assert!(std::time::Instant::now() < deadline, "callers stuck");
+                tokio::task::yield_now().await;
+            }
+            assert!(max.load(Ordering::SeqCst) <= probes as usize, "{} probes at once, {probes} allowed", max.load(Ordering::SeqCst));
+            assert_eq!(in_flight.load(Ordering::SeqCst), (probes as usize).min(callers));
+            while in_flight.load(Ordering::SeqCst) > 0 {
+                release.notify_waiters();
+                tokio::task::yield_now().await;
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mocks_outage_opens_it_stops_traffic_and_its_end_closes_it() {
+    let mock = MockServer::builder()
+        .rule(Rule::outage(2 * SEC..8 * SEC))
+        .start()
+        .await
+        .unwrap();
+    let mut cfg = config();
+    cfg.open.base = 2 * SEC;
+    let (breaker, log) = layer(cfg);
+    let handle = breaker.handle();
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(breaker)
+        .service(client);
+    let start = Instant::now();
+    let mut outcomes = Vec::new();
+    for i in 0..120 {
+        // A call every 100 ms for 12 s.
+        tokio::time::sleep_until(start + i * 100 * MS).await;
+        let body = serde_json::json!({
+            "model": "claude-haiku-4-5", "max_tokens": 64,
+            "messages": [{"role": "user", "content": format!("call {i}")}],
+        });
+        let req = Request::post(format!("{}/v1/messages", mock.url()))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .unwrap();
+        let out = match svc.clone().oneshot(req).await {
+            Ok(res) => {
+                let s = res.status().as_u16();
+                res.into_body().collect().await.unwrap();
+                s
+            }
+            Err(e) => {
+                assert!(e.is::<CircuitOpen>(), "{e}");
+                0
+            }
+        };
+        outcomes.push(out);
+    }
+    let key = BreakerKey::new(Some(Provider::Anthropic), Some("claude-haiku-4-5".into()));
+    assert_eq!(
+        handle.state(&key),
+        BreakerState::Closed,
+        "closed again once the provider is back"
+    );
+    // The breaker opened after exactly three failed calls of the outage.
+    let first_529 = outcomes.iter().position(|s| *s == 529).unwrap();
+    assert_eq!(first_529, 20, "the outage starts at 2 s");
+    assert_eq!(&outcomes[20..24], &[529, 529, 529, 0]);
+    // While open nothing reached the provider: only the probes did.
+    let journal = mock.journal().entries();
+    let during: Vec<_> = journal
+        .iter()
+        .filter(|e| e.at >= 2 * SEC && e.at < 8 * SEC)
+        .collect();
+    let probes = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.3 == "open_time_over")
+        .count();
+    assert_eq!(
+        during.len(),
+        3 + probes - 1,
+        "3 trips calls, then one probe per open period in the outage"
+    );
+    assert!(
+        outcomes[90..].iter().all(|s| *s == 200),
+        "after the outage every call succeeds"
+    );
+    let reasons: Vec<_> = log.lock().unwrap().iter().map(|l| l.3).collect();
+    assert_eq!(reasons.first(), Some(&"consecutive_failures"));
+    assert_eq!(reasons.last(), Some(&"probes_succeeded"));
+}
