@@ -19,7 +19,7 @@ use tower_service::Service;
 use super::{
     BreakerBody, BreakerKey, BreakerState, CircuitBreakerConfig, ConfigError, Transition,
     future::{ResponseFuture, Ticket},
-    state::{Breaker, Policy},
+    state::{Breaker, Listener, Policy},
 };
 use crate::{
     BoxError,
@@ -101,7 +101,7 @@ impl<C: Classifier> CircuitBreakerLayer<C> {
         config: CircuitBreakerConfig,
         classifier: C,
         key_fn: Option<KeyFn>,
-        listener: Option<Arc<dyn Fn(&Transition) + Send + Sync>>,
+        listener: Option<Listener>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let counted = config.counted_classes().expect("validated");

@@ -130,11 +130,14 @@ pub(crate) enum Outcome {
     Neutral,
 }
 
+/// The hook called with every transition.
+pub(crate) type Listener = Arc<dyn Fn(&Transition) + Send + Sync>;
+
 /// The policy every breaker of a layer follows, and its clock.
 pub(crate) struct Policy {
     pub(crate) config: CircuitBreakerConfig,
     pub(crate) origin: Instant,
-    pub(crate) listener: Option<Arc<dyn Fn(&Transition) + Send + Sync>>,
+    pub(crate) listener: Option<Listener>,
 }
 
 impl Policy {
