@@ -47,6 +47,8 @@ fn key(model: &str) -> BreakerKey {
     BreakerKey::new(None, Some(model.into()))
 }
 
+type Answer = Result<Response<Full<Bytes>>, Infallible>;
+
 /// An inner service whose status the test sets; counts its calls.
 #[derive(Clone, Default)]
 struct Provider503 {
@@ -69,7 +71,7 @@ impl Provider503 {
         Request<String>,
         Response = Response<Full<Bytes>>,
         Error = Infallible,
-        Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+        Future = std::future::Ready<Answer>,
     > + Clone {
         let this = self.clone();
         this.set(200);
