@@ -560,6 +560,47 @@ async fn an_open_breaker_ends_retries_at_once() {
     assert!(!f.is_retryable() && f.should_fall_back() && !f.counts_against_health());
 }
 
+#[tokio::test(start_paused = true)]
+async fn without_a_fallback_retry_can_wait_for_the_breakers_probe() {
+    let p = Provider503::default();
+    let (breaker, _) = layer(config());
+    let handle = breaker.handle();
+    let trip_layer = breaker.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(
+                RetryConfig::new()
+                    .max_attempts(5)
+                    .wait_for_breaker(true)
+                    .max_server_delay(30 * SEC),
+            )
+            .unwrap(),
+        )
+        .layer(breaker)
+        .service(p.service());
+    // Trip it without retries: three 503s in a row.
+    let mut tripper = trip_layer.layer(p.service());
+    p.set(503);
+    for _ in 0..3 {
+        call(&mut tripper, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+    let sent = p.calls();
+    p.set(200);
+    let start = Instant::now();
+    let res = svc.clone().oneshot(request("m")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        start.elapsed(),
+        10 * SEC,
+        "waited for the open time, then probed"
+    );
+    // The probe succeeds once its body has been read.
+    res.into_body().collect().await.unwrap();
+    assert_eq!(p.calls(), sent + 1, "only the probe reached the provider");
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+}
+
 #[test]
 fn bad_configuration_is_refused_with_a_reason() {
     let cases: Vec<(CircuitBreakerConfig, &str)> = vec![

@@ -41,6 +41,9 @@ pub struct DefaultClassifier {
     _priv: (),
 }
 
+/// The [`Failure::code`] of a call refused by an open circuit breaker.
+pub const CIRCUIT_OPEN: &str = "circuit_open";
+
 impl DefaultClassifier {
     /// The default classifier.
     pub const fn new() -> Self {
@@ -113,13 +116,15 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
         return Some(Failure::new(FailureClass::Timeout));
     }
     #[cfg(feature = "circuit-breaker")]
-    if e.is::<crate::circuit_breaker::CircuitOpen>() {
-        // Nothing was sent: retrying into an open breaker only fails again,
-        // and the breaker's own outcome must not count twice.
+    if let Some(open) = e.downcast_ref::<crate::circuit_breaker::CircuitOpen>() {
+        // Nothing was sent: retrying at once into an open breaker only fails
+        // again, and the breaker's own outcome must not count twice. Its
+        // delay is the time until it lets a probe through.
         return Some(
             Failure::new(FailureClass::Overloaded)
-                .with_code("circuit_open")
+                .with_code(CIRCUIT_OPEN)
                 .with_retryable(false)
+                .with_retry_after(open.retry_after())
                 .with_counts_against_health(false)
                 .with_fallback(true),
         );

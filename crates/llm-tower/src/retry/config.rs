@@ -51,6 +51,14 @@ pub struct RetryConfig {
     pub idempotency_header: Option<String>,
     /// Content validation of whole (non-streaming) answers; off unless set.
     pub content: Option<ContentChecks>,
+    /// Whether a call refused by an open circuit breaker further in (a
+    /// failure with code [`CIRCUIT_OPEN`](crate::classify::CIRCUIT_OPEN))
+    /// is tried again once the breaker lets probes through, if that fits the
+    /// deadline and `max_server_delay`. Off by default: with a fallback
+    /// layer outside, moving to another target at once is better. Without
+    /// one, waiting for the breaker can save the call. Such a retry draws
+    /// nothing from the budget: nothing reached the provider.
+    pub wait_for_breaker: bool,
     /// The most of an error body read to classify it.
     pub error_body_limit: usize,
     /// The most of a stream held back while waiting for its first token:
@@ -67,6 +75,7 @@ impl Default for RetryConfig {
             budget: Some(BudgetConfig::default()),
             idempotency_header: None,
             content: None,
+            wait_for_breaker: false,
             error_body_limit: crate::classify::DEFAULT_ERROR_BODY_LIMIT,
             first_token_hold_limit: 64 << 10,
         }
@@ -150,6 +159,12 @@ impl RetryConfig {
     /// Sets [`idempotency_header`](Self::idempotency_header).
     pub fn idempotency_header(mut self, name: impl Into<String>) -> Self {
         self.idempotency_header = Some(name.into());
+        self
+    }
+
+    /// Sets [`wait_for_breaker`](Self::wait_for_breaker).
+    pub fn wait_for_breaker(mut self, wait: bool) -> Self {
+        self.wait_for_breaker = wait;
         self
     }
 

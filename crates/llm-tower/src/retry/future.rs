@@ -25,7 +25,9 @@ use super::{
 };
 use crate::{
     BoxError,
-    classify::{Classifier, Failure, InvalidContent, PeekBody, PeekedBody, ResponseView},
+    classify::{
+        CIRCUIT_OPEN, Classifier, Failure, InvalidContent, PeekBody, PeekedBody, ResponseView,
+    },
     deadline::Deadline,
     provider::headers::is_event_stream,
     request::RequestMeta,
@@ -106,11 +108,17 @@ fn decide<C, ReqB>(
     previous_delay: Duration,
     failure: &Failure,
 ) -> Decision {
-    let retryable = failure.is_retryable();
-    // Every retryable failure draws on the budget: it measures the
-    // provider's health, not only the retries made.
-    let budget_allows = !retryable || shared.budget.as_ref().is_none_or(|b| b.on_failure());
     let config = &shared.config;
+    // A breaker further in refused the attempt: nothing reached the
+    // provider, so the budget is not drawn on, and with `wait_for_breaker`
+    // the call waits for the breaker's probes.
+    let refused = failure.code() == Some(CIRCUIT_OPEN);
+    let retryable = failure.is_retryable()
+        || (refused && config.wait_for_breaker && failure.retry_after().is_some());
+    // Every other retryable failure draws on the budget: it measures the
+    // provider's health, not only the retries made.
+    let budget_allows =
+        !retryable || refused || shared.budget.as_ref().is_none_or(|b| b.on_failure());
     let give_up = |why| Decision::GiveUp(why);
     if !retryable {
         return give_up(GiveUp::NotRetryable);
@@ -120,6 +128,13 @@ fn decide<C, ReqB>(
     }
     let (delay, server_directed) = match failure.retry_after() {
         Some(d) if d > config.max_server_delay => return give_up(GiveUp::ServerDelayTooLong(d)),
+        // A half-open breaker with its probes taken: back off a little.
+        Some(d) if refused && d.is_zero() => (
+            config
+                .backoff
+                .delay(attempt, previous_delay, &mut rand::rng()),
+            false,
+        ),
         Some(d) => (d, true),
         None => (
             config

@@ -1,0 +1,402 @@
+//! What each side did, and the report: a table for people, JSON for tools.
+
+use std::{collections::BTreeMap, fmt::Write as _, ops::Range, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    stack::SideStats,
+    workload::{ApiFormat, Side},
+};
+
+/// How one logical call went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Its position in the workload.
+    pub index: usize,
+    /// Its wire format.
+    pub format: ApiFormat,
+    /// Whether it streamed.
+    pub stream: bool,
+    /// When it started, from the side's start.
+    pub start: Duration,
+    /// From the call to the end of its body (or its error).
+    pub latency: Duration,
+    /// Attempts that went on the wire for it.
+    pub attempts: u32,
+    /// The final status, when a response came.
+    pub status: Option<u16>,
+    /// Why it failed (a failure class: `rate_limited`, `timeout` …), or
+    /// `None` when it succeeded: a 2xx whose body was read to its end.
+    pub failure: Option<String>,
+}
+
+impl CallRecord {
+    /// Whether the call succeeded.
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// A fault the mock injected, for the plot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultMark {
+    /// When the attempt arrived, from the side's start.
+    pub at: Duration,
+    /// The fault's name in the mock's journal (`rate_limited`, `drop` …).
+    pub fault: String,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest call.
+    pub max: f64,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of `samples`.
+    pub fn of(samples: impl IntoIterator<Item = Duration>) -> Self {
+        let mut ms: Vec<f64> = samples
+            .into_iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        if ms.is_empty() {
+            return Latency::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let i = ((p / 100.0) * ms.len() as f64).ceil() as usize;
+            ms[i.clamp(1, ms.len()) - 1]
+        };
+        Latency {
+            p50: rank(50.0),
+            p95: rank(95.0),
+            p99: rank(99.0),
+            max: ms[ms.len() - 1],
+        }
+    }
+}
+
+/// Tokens metered on every attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    /// Prompt tokens.
+    pub input: u64,
+    /// Completion tokens.
+    pub output: u64,
+}
+
+/// What one side did with the workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct SideReport {
+    /// Which side.
+    pub side: Side,
+    /// Logical calls made.
+    pub calls: usize,
+    /// Calls that got a 2xx and read their body to its end.
+    pub succeeded: u64,
+    /// The others.
+    pub failed: u64,
+    /// `succeeded` as a percentage of `calls`.
+    pub success_rate: f64,
+    /// Requests that went on the wire, every attempt counted.
+    pub attempts: u64,
+    /// `attempts / calls`.
+    pub attempts_per_call: f64,
+    /// The most attempts one call made.
+    pub max_attempts_per_call: u32,
+    /// Retries, by the failure class of the attempt retried.
+    pub retries: BTreeMap<String, u64>,
+    /// Decisions to stop retrying after a failed attempt, by reason.
+    pub gave_up: BTreeMap<String, u64>,
+    /// Failed calls, by the class of their last failure.
+    pub failures: BTreeMap<String, u64>,
+    /// Circuit breaker transitions; `null` for a side without a breaker.
+    pub breaker_transitions: Option<u64>,
+    /// Attempts the breaker refused (never sent); `null` without a breaker.
+    pub breaker_refusals: Option<u64>,
+    /// Per logical call, body included, in milliseconds.
+    pub latency_ms: Latency,
+    /// Tokens metered (every attempt that reached the provider).
+    pub tokens: Tokens,
+    /// Faults the mock injected into this side's attempts, by name (`null`
+    /// against a real endpoint).
+    pub faults_injected: Option<BTreeMap<String, u64>>,
+    /// Wall time of the side, in milliseconds.
+    pub elapsed_ms: f64,
+    /// Every call, in workload order (not in the JSON).
+    #[serde(skip)]
+    pub records: Vec<CallRecord>,
+    /// Every fault injected, for the plot (not in the JSON).
+    #[serde(skip)]
+    pub fault_marks: Vec<FaultMark>,
+    /// The outage window, from the side's start, when there was one.
+    #[serde(skip)]
+    pub outage: Option<Range<Duration>>,
+    /// Breaker states over time (`at`, state name), once the stack has a
+    /// breaker.
+    #[serde(skip)]
+    pub breaker: Option<Vec<(Duration, String)>>,
+}
+
+impl SideReport {
+    /// Builds the report of a side from its calls and counters.
+    pub fn new(side: Side, records: Vec<CallRecord>, stats: &SideStats, elapsed: Duration) -> Self {
+        let calls = records.len();
+        let succeeded = records.iter().filter(|r| r.ok()).count() as u64;
+        let failed = calls as u64 - succeeded;
+        let attempts = stats.attempts();
+        let mut failures = BTreeMap::new();
+        for f in records.iter().filter_map(|r| r.failure.as_ref()) {
+            *failures.entry(f.clone()).or_default() += 1;
+        }
+        let (input, output) = stats.tokens();
+        SideReport {
+            side,
+            calls,
+            succeeded,
+            failed,
+            success_rate: pct(succeeded, calls as u64),
+            attempts,
+            attempts_per_call: if calls == 0 {
+                0.0
+            } else {
+                attempts as f64 / calls as f64
+            },
+            max_attempts_per_call: records.iter().map(|r| r.attempts).max().unwrap_or(0),
+            retries: stats.retries(),
+            gave_up: stats.gave_up(),
+            failures,
+            breaker_transitions: None,
+            breaker_refusals: None,
+            latency_ms: Latency::of(records.iter().map(|r| r.latency)),
+            tokens: Tokens { input, output },
+            faults_injected: None,
+            elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+            records,
+            fault_marks: Vec::new(),
+            outage: None,
+            breaker: None,
+        }
+    }
+
+    /// Retries in all.
+    pub fn retries_total(&self) -> u64 {
+        self.retries.values().sum()
+    }
+
+    /// Adds the faults the mock journaled for this side: `entries` with
+    /// arrival times measured from the side's start (`offset` is the mock's
+    /// clock when the side started).
+    pub fn with_journal(mut self, entries: &[llm_tower_mock::Entry], offset: Duration) -> Self {
+        let mut counts = BTreeMap::new();
+        for e in entries {
+            for f in e.faults.iter().filter(|f| *f != "latency") {
+                *counts.entry(f.clone()).or_default() += 1;
+                self.fault_marks.push(FaultMark {
+                    at: e.at.saturating_sub(offset),
+                    fault: f.clone(),
+                });
+            }
+        }
+        self.faults_injected = Some(counts);
+        self
+    }
+}
+
+fn pct(n: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / of as f64
+    }
+}
+
+/// The whole run: its settings and each side's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `embedded mock` or the base URL called.
+    pub target: String,
+    /// Logical calls per side.
+    pub requests: usize,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// The seed of the workload and the mock.
+    pub seed: u64,
+    /// `mix` (about half the calls stream) or `all`.
+    pub stream: String,
+    /// The bare client, unless `--only stack`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bare: Option<SideReport>,
+    /// The recommended stack, unless `--only bare`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<SideReport>,
+}
+
+impl Report {
+    /// The sides that ran, bare first.
+    pub fn sides(&self) -> Vec<&SideReport> {
+        self.bare.iter().chain(self.stack.iter()).collect()
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// The report as a table, the sides side by side.
+    pub fn to_table(&self) -> String {
+        let sides = self.sides();
+        let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+        let mut row = |label: &str, f: &dyn Fn(&SideReport) -> String| {
+            rows.push((label.to_owned(), sides.iter().map(|s| f(s)).collect()));
+        };
+        row("calls succeeded", &|s| {
+            format!("{}/{} ({:.1}%)", s.succeeded, s.calls, s.success_rate)
+        });
+        row("calls failed", &|s| s.failed.to_string());
+        row("attempts sent", &|s| s.attempts.to_string());
+        row("attempts per call", &|s| {
+            format!(
+                "{:.2} (max {})",
+                s.attempts_per_call, s.max_attempts_per_call
+            )
+        });
+        row("retries", &|s| s.retries_total().to_string());
+        for class in keys(&sides, |s| &s.retries) {
+            row(&format!("  {class}"), &|s| count(&s.retries, &class));
+        }
+        if sides.iter().any(|s| !s.gave_up.is_empty()) {
+            row("gave up", &|s| s.gave_up.values().sum::<u64>().to_string());
+            for why in keys(&sides, |s| &s.gave_up) {
+                row(&format!("  {why}"), &|s| count(&s.gave_up, &why));
+            }
+        }
+        row("failed calls by class", &|_| String::new());
+        for class in keys(&sides, |s| &s.failures) {
+            row(&format!("  {class}"), &|s| count(&s.failures, &class));
+        }
+        row("attempts refused by breaker", &|s| {
+            s.breaker_refusals
+                .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+        });
+        row("breaker transitions", &|s| {
+            s.breaker_transitions
+                .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+        });
+        row("latency p50", &|s| ms(s.latency_ms.p50));
+        row("latency p95", &|s| ms(s.latency_ms.p95));
+        row("latency p99", &|s| ms(s.latency_ms.p99));
+        row("latency max", &|s| ms(s.latency_ms.max));
+        row("tokens in / out", &|s| {
+            format!("{} / {}", s.tokens.input, s.tokens.output)
+        });
+        if sides.iter().any(|s| s.faults_injected.is_some()) {
+            let empty = BTreeMap::new();
+            row("faults injected (journal)", &|s| {
+                s.faults_injected
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |f| f.values().sum::<u64>().to_string())
+            });
+            let all: Vec<String> = keys(&sides, |s| s.faults_injected.as_ref().unwrap_or(&empty));
+            for fault in all {
+                row(&format!("  {fault}"), &|s| {
+                    s.faults_injected
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |f| count(f, &fault))
+                });
+            }
+        }
+        row("wall time", &|s| format!("{:.1} s", s.elapsed_ms / 1000.0));
+
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "llm-tower demo: {} calls per side ({}), concurrency {}, seed {}, against {}\n",
+            self.requests,
+            if self.stream == "all" {
+                "all streaming"
+            } else {
+                "streaming or not"
+            },
+            self.concurrency,
+            self.seed,
+            self.target
+        );
+        let header: Vec<String> = std::iter::once(String::new())
+            .chain(sides.iter().map(|s| s.side.to_string()))
+            .collect();
+        let width0 = rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .chain([header[0].len()])
+            .max()
+            .unwrap_or(0);
+        let widths: Vec<usize> = (0..sides.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r.1[i].chars().count())
+                    .chain([header[i + 1].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |out: &mut String, label: &str, cells: &[String]| {
+            let mut l = format!("{label:<width0$}");
+            for (c, w) in cells.iter().zip(&widths) {
+                let _ = write!(l, "  {c:>w$}");
+            }
+            let _ = writeln!(out, "{}", l.trim_end());
+        };
+        line(&mut out, "", &header[1..]);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        line(&mut out, &"-".repeat(width0), &rule);
+        for (label, cells) in &rows {
+            line(&mut out, label, cells);
+        }
+        out
+    }
+}
+
+fn keys<'a>(
+    sides: &[&'a SideReport],
+    f: impl Fn(&'a SideReport) -> &'a BTreeMap<String, u64>,
+) -> Vec<String> {
+    let mut k: Vec<String> = sides.iter().flat_map(|s| f(s).keys().cloned()).collect();
+    k.sort();
+    k.dedup();
+    k
+}
+
+fn count(m: &BTreeMap<String, u64>, k: &str) -> String {
+    m.get(k).copied().unwrap_or(0).to_string()
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let l = Latency::of((1..=100).map(Duration::from_millis));
+        assert_eq!((l.p50, l.p95, l.p99, l.max), (50.0, 95.0, 99.0, 100.0));
+        let one = Latency::of([Duration::from_millis(7)]);
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+        assert_eq!(Latency::of([]), Latency::default());
+    }
+}

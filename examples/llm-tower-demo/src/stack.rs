@@ -1,0 +1,410 @@
+//! The two clients the demo compares: a bare client that only meters, and
+//! the recommended stack of llm-tower's layers; plus the counters both feed.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioTimer},
+};
+use llm_tower::{
+    BoxError,
+    circuit_breaker::{
+        CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, OpenDuration, Transition,
+    },
+    metering::{MeterLayer, UsageReport},
+    request::{PrepareLayer, ReplayBody},
+    retry::{Backoff, BudgetConfig, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
+    timeout::{TimeoutConfig, TimeoutLayer},
+};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, util::BoxCloneService};
+
+/// The response body every side hands back: boxed, so both sides have one type.
+pub type DemoBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A client of either side: takes a JSON request, answers with a boxed body.
+pub type DemoService = BoxCloneService<Request<String>, Response<DemoBody>, BoxError>;
+
+/// The limits and retry policy of the recommended stack.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// The whole logical call, every attempt and wait included (outside retry).
+    pub total: Duration,
+    /// One attempt, its body included (inside retry).
+    pub attempt: Duration,
+    /// From an attempt's start to a stream's first token (inside retry).
+    pub first_token: Duration,
+    /// Silence between two chunks of a body (inside retry).
+    pub idle: Duration,
+    /// The retry policy.
+    pub retry: RetryConfig,
+    /// The circuit breaker, one per provider and model.
+    pub breaker: CircuitBreakerConfig,
+}
+
+impl Tuning {
+    /// Limits for the embedded mock, whose healthy answers take well under a
+    /// second: a stream silent for a second before its first token is hung.
+    pub fn for_mock() -> Self {
+        Tuning {
+            total: Duration::from_secs(15),
+            attempt: Duration::from_secs(5),
+            first_token: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+            retry: RetryConfig::new()
+                .max_attempts(4)
+                .backoff(Backoff {
+                    base: Duration::from_millis(250),
+                    factor: 2.0,
+                    cap: Duration::from_secs(4),
+                    jitter: Jitter::Full,
+                })
+                .max_server_delay(Duration::from_secs(10))
+                // There is no fallback target yet: a call that meets an open
+                // breaker waits for its probe (within the deadline) rather
+                // than failing at once.
+                .wait_for_breaker(true)
+                // The default bucket (20 tokens: retries stop after about 10
+                // failures in a row, so an outage is not turned into a retry
+                // storm), refilled faster than the default: half a retry
+                // per success, so that after the outage ends retries resume
+                // within a few dozen calls even with a fifth of them failing.
+                .budget(Some(BudgetConfig {
+                    max_tokens: 60,
+                    token_ratio: 0.5,
+                })),
+            // Open after 5 failures in a row (or half of the last 50 calls),
+            // for half a second at first: about the length of the mock's
+            // outage, so the breaker spares it most of the calls and finds
+            // it back soon after.
+            breaker: CircuitBreakerConfig::new()
+                .consecutive_failures(Some(5))
+                .open(OpenDuration {
+                    base: Duration::from_millis(500),
+                    factor: 2.0,
+                    cap: Duration::from_secs(4),
+                    jitter: 0.1,
+                }),
+        }
+    }
+
+    /// Limits for a real provider, whose first tokens can take many seconds.
+    pub fn for_remote() -> Self {
+        Tuning {
+            total: Duration::from_secs(180),
+            attempt: Duration::from_secs(90),
+            first_token: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            retry: RetryConfig::new().max_attempts(4),
+            breaker: CircuitBreakerConfig::new(),
+        }
+    }
+
+    fn timeouts(&self) -> TimeoutConfig {
+        TimeoutConfig::new()
+            .total(self.total)
+            .attempt(self.attempt)
+            .first_token(self.first_token)
+            .idle(self.idle)
+    }
+}
+
+/// What one side counts while it runs: attempts, retry decisions, tokens.
+/// Shared by every clone of that side's service.
+#[derive(Debug, Default)]
+pub struct SideStats {
+    attempts: AtomicU64,
+    refused: AtomicU64,
+    input_tokens: AtomicU64,
+    output_tokens: AtomicU64,
+    retries: Mutex<BTreeMap<String, u64>>,
+    gave_up: Mutex<BTreeMap<String, u64>>,
+    breaker: Mutex<Vec<(tokio::time::Instant, String)>>,
+}
+
+impl SideStats {
+    /// Requests handed to the HTTP client: one per attempt that went out.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Attempts the retry layer made that the circuit breaker refused, so
+    /// they never went on the wire.
+    pub fn refused_by_breaker(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Input and output tokens of every metered attempt.
+    pub fn tokens(&self) -> (u64, u64) {
+        (
+            self.input_tokens.load(Ordering::Relaxed),
+            self.output_tokens.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Retries decided, by the failure class of the attempt retried.
+    pub fn retries(&self) -> BTreeMap<String, u64> {
+        lock(&self.retries).clone()
+    }
+
+    /// Decisions to give up after a failed attempt, by reason.
+    pub fn gave_up(&self) -> BTreeMap<String, u64> {
+        lock(&self.gave_up).clone()
+    }
+
+    /// Adds one metered attempt's usage (a `UsageObserver`).
+    pub fn record_usage(&self, report: &UsageReport) {
+        self.input_tokens
+            .fetch_add(report.usage.input_tokens, Ordering::Relaxed);
+        self.output_tokens
+            .fetch_add(report.usage.output_tokens, Ordering::Relaxed);
+    }
+
+    /// Adds one decision of the retry layer (its `on_event` hook).
+    pub fn record_retry_event(&self, event: &RetryEvent) {
+        match event.decision {
+            Decision::Retry { .. } => {
+                *lock(&self.retries)
+                    .entry(event.class.as_str().to_owned())
+                    .or_default() += 1;
+            }
+            Decision::GiveUp(why) => {
+                *lock(&self.gave_up)
+                    .entry(why.as_str().to_owned())
+                    .or_default() += 1;
+            }
+            // `Decision` is non-exhaustive: count anything new as a give-up.
+            _ => *lock(&self.gave_up).entry("other".to_owned()).or_default() += 1,
+        }
+    }
+}
+
+impl SideStats {
+    /// Adds one transition of a circuit breaker (its `on_transition` hook).
+    pub fn record_transition(&self, t: &Transition) {
+        lock(&self.breaker).push((tokio::time::Instant::now(), t.to.as_str().to_owned()));
+    }
+
+    /// Circuit breaker transitions so far.
+    pub fn breaker_transitions(&self) -> u64 {
+        lock(&self.breaker).len() as u64
+    }
+
+    /// The breaker states entered, with their times from `start`.
+    pub fn breaker_timeline(&self, start: tokio::time::Instant) -> Vec<(Duration, String)> {
+        lock(&self.breaker)
+            .iter()
+            .map(|(at, s)| (at.saturating_duration_since(start), s.clone()))
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The attempts of one logical call, carried in the request's extensions
+/// (and so in every attempt's copy of them) for [`Count`] to increment.
+#[derive(Clone, Debug, Default)]
+pub struct CallAttempts(pub Arc<AtomicU32>);
+
+impl CallAttempts {
+    /// Attempts counted so far.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts every request that reaches the HTTP client, in [`SideStats`] and
+/// in the request's [`CallAttempts`]. Placed innermost, next to the client,
+/// so it counts exactly the attempts that went on the wire.
+#[derive(Clone, Debug)]
+pub struct CountLayer {
+    stats: Arc<SideStats>,
+}
+
+impl CountLayer {
+    /// A layer counting into `stats`.
+    pub fn new(stats: Arc<SideStats>) -> Self {
+        CountLayer { stats }
+    }
+}
+
+impl<S> Layer<S> for CountLayer {
+    type Service = Count<S>;
+
+    fn layer(&self, inner: S) -> Count<S> {
+        Count {
+            inner,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// The service of [`CountLayer`].
+#[derive(Clone, Debug)]
+pub struct Count<S> {
+    inner: S,
+    stats: Arc<SideStats>,
+}
+
+impl<S, B> Service<Request<B>> for Count<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        if let Some(call) = req.extensions().get::<CallAttempts>() {
+            call.0.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Counts the attempts a [`CircuitBreakerLayer`] refuses (placed just
+/// outside it): they are made by the retry layer but never sent.
+#[derive(Clone, Debug)]
+struct RefusalCountLayer {
+    stats: Arc<SideStats>,
+}
+
+impl<S> Layer<S> for RefusalCountLayer {
+    type Service = RefusalCount<S>;
+
+    fn layer(&self, inner: S) -> RefusalCount<S> {
+        RefusalCount {
+            inner,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// The service of [`RefusalCountLayer`].
+#[derive(Clone, Debug)]
+struct RefusalCount<S> {
+    inner: S,
+    stats: Arc<SideStats>,
+}
+
+impl<S, B> Service<Request<B>> for RefusalCount<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let stats = self.stats.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            if let Err(e) = &res
+                && e.is::<CircuitOpen>()
+            {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            res
+        })
+    }
+}
+
+fn http_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, ReplayBody> {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build_http::<ReplayBody>()
+}
+
+fn boxed<B>(res: Response<B>) -> Response<DemoBody>
+where
+    B: http_body_util::BodyExt<Data = Bytes, Error = BoxError> + Send + 'static,
+{
+    res.map(|b| b.boxed_unsync())
+}
+
+/// The bare side: hyper-util's client with only [`PrepareLayer`] (so requests
+/// carry their metadata) and [`MeterLayer`] (so usage is counted). No
+/// timeout, no retry: what the provider does, the caller gets.
+pub fn bare(stats: Arc<SideStats>) -> DemoService {
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(MeterLayer::new())
+        .layer(CountLayer::new(stats))
+        .service(http_client());
+    let svc = ServiceExt::<Request<String>>::map_response(svc, boxed);
+    BoxCloneService::new(svc)
+}
+
+/// The recommended stack of the layers that exist today, outermost first:
+///
+/// `PrepareLayer → TimeoutLayer(total) → RetryLayer → CircuitBreakerLayer
+/// → TimeoutLayer(attempt, first token, idle) → MeterLayer → client`
+///
+/// (with the attempt counter between the meter and the client). Every
+/// retry decision and breaker transition goes to `stats`.
+pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService, BoxError> {
+    let limits = tuning.timeouts();
+    let hook = stats.clone();
+    let retry = RetryLayer::new(tuning.retry.clone())?
+        .on_event(move |event| hook.record_retry_event(event));
+    let hook = stats.clone();
+    let breaker = CircuitBreakerLayer::new(tuning.breaker.clone())?
+        .on_transition(move |t| hook.record_transition(t));
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        // Outside retry: the caller's deadline for the whole call.
+        .layer(TimeoutLayer::new(limits.whole_call())?)
+        .layer(retry)
+        // Inside retry: every attempt is recorded, and an open breaker fails
+        // the attempt at once, sparing the provider.
+        .layer(RefusalCountLayer {
+            stats: stats.clone(),
+        })
+        .layer(breaker)
+        // Inside retry: each attempt, its first token and its stream.
+        .layer(TimeoutLayer::new(limits.per_attempt())?)
+        .layer(MeterLayer::new())
+        .layer(CountLayer::new(stats))
+        .service(http_client());
+    let svc = ServiceExt::<Request<String>>::map_response(svc, boxed);
+    Ok(BoxCloneService::new(svc))
+}
+
+/// Whether the stack has a circuit breaker.
+pub const HAS_BREAKER: bool = true;
+
+/// Sends one request through `svc` and reads its whole body.
+pub(crate) async fn send(
+    svc: &mut DemoService,
+    req: Request<String>,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError> {
+    let res = svc.ready().await?.call(req).await?;
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    Ok((parts.status, parts.headers, bytes))
+}

@@ -1,0 +1,467 @@
+//! The workload: logical calls, where they go, and the runner of one side.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::SystemTime,
+};
+
+use http::Request;
+use indicatif::ProgressBar;
+use llm_tower::{
+    BoxError,
+    classify::{Classifier, DefaultClassifier, ResponseView},
+    metering::{UsageObservers, UsageReport},
+};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::{
+    report::{CallRecord, SideReport},
+    stack::{self, CallAttempts, DemoService, SideStats, Tuning},
+};
+
+/// Which client a side runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// hyper-util's client with only the prepare and metering layers.
+    Bare,
+    /// The recommended stack of llm-tower's layers.
+    Stack,
+}
+
+impl Side {
+    /// `bare` or `stack`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Bare => "bare",
+            Side::Stack => "stack",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider's wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiFormat {
+    /// OpenAI chat completions, `POST {base}/chat/completions`.
+    #[value(name = "openai")]
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic messages, `POST {base}/v1/messages`.
+    Anthropic,
+}
+
+impl ApiFormat {
+    /// `openai` or `anthropic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiFormat::OpenAi => "openai",
+            ApiFormat::Anthropic => "anthropic",
+        }
+    }
+
+    fn default_model(self) -> &'static str {
+        match self {
+            ApiFormat::OpenAi => "gpt-4o-mini",
+            ApiFormat::Anthropic => "claude-haiku-4-5",
+        }
+    }
+}
+
+impl fmt::Display for ApiFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something to do when the workload reaches a given call (the demo opens
+/// the mock's outage window this way, so it falls inside every run).
+type Trigger = (usize, Arc<dyn Fn() + Send + Sync>);
+
+/// Where the calls go: base URLs per wire format, the key, the model.
+#[derive(Clone)]
+pub struct Endpoint {
+    openai_base: Option<String>,
+    anthropic_base: Option<String>,
+    api_key: String,
+    model: Option<String>,
+    trigger: Option<Trigger>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("openai_base", &self.openai_base)
+            .field("anthropic_base", &self.anthropic_base)
+            .field("model", &self.model)
+            .field("trigger", &self.trigger.as_ref().map(|t| t.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// The embedded mock: both wire formats, each provider's default model.
+    pub fn mock(mock: &llm_tower_mock::MockServer) -> Self {
+        Endpoint {
+            openai_base: Some(mock.openai_base_url()),
+            anthropic_base: Some(mock.url()),
+            api_key: "sk-demo".to_owned(),
+            model: None,
+            trigger: None,
+        }
+    }
+
+    /// A real or compatible endpoint, its base URL as the provider's
+    /// official SDK takes it (`http://host/v1` for OpenAI, `http://host` for
+    /// Anthropic). Only plain `http` is supported: the demo has no TLS.
+    pub fn remote(
+        base_url: &str,
+        format: ApiFormat,
+        model: &str,
+        api_key: &str,
+    ) -> Result<Self, String> {
+        let uri: http::Uri = base_url
+            .parse()
+            .map_err(|e| format!("--base-url `{base_url}` is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "--base-url `{base_url}`: https is not supported (this demo's client speaks plain HTTP); \
+                     use an http:// endpoint, such as a local OpenAI-compatible server or proxy"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "--base-url `{base_url}` is not an http:// URL (e.g. http://localhost:8000/v1)"
+                ));
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(format!("--base-url `{base_url}` has no host"));
+        }
+        if model.trim().is_empty() {
+            return Err("--model is empty".to_owned());
+        }
+        let base = base_url.trim_end_matches('/').to_owned();
+        let (openai_base, anthropic_base) = match format {
+            ApiFormat::OpenAi => (Some(base), None),
+            ApiFormat::Anthropic => (None, Some(base)),
+        };
+        Ok(Endpoint {
+            openai_base,
+            anthropic_base,
+            api_key: api_key.to_owned(),
+            model: Some(model.to_owned()),
+            trigger: None,
+        })
+    }
+
+    /// Runs `action` once, just before call number `at_call` starts.
+    pub fn with_trigger(
+        mut self,
+        at_call: usize,
+        action: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        self.trigger = Some((at_call, Arc::new(action)));
+        self
+    }
+
+    /// Where the calls go, for the report: `URL (format, model M)`.
+    pub fn describe(&self) -> String {
+        let (base, format) = match (&self.openai_base, &self.anthropic_base) {
+            (Some(o), None) => (o.as_str(), "openai"),
+            (None, Some(a)) => (a.as_str(), "anthropic"),
+            _ => return "both wire formats".to_owned(),
+        };
+        match &self.model {
+            Some(m) => format!("{base} ({format}, model {m})"),
+            None => format!("{base} ({format})"),
+        }
+    }
+
+    fn formats(&self) -> Vec<ApiFormat> {
+        let mut f = Vec::new();
+        if self.openai_base.is_some() {
+            f.push(ApiFormat::OpenAi);
+        }
+        if self.anthropic_base.is_some() {
+            f.push(ApiFormat::Anthropic);
+        }
+        f
+    }
+
+    /// The request of one call.
+    pub fn request(&self, call: &CallSpec) -> Request<String> {
+        let builder = Request::post(match call.format {
+            ApiFormat::OpenAi => format!(
+                "{}/chat/completions",
+                self.openai_base.as_deref().unwrap_or_default()
+            ),
+            ApiFormat::Anthropic => format!(
+                "{}/v1/messages",
+                self.anthropic_base.as_deref().unwrap_or_default()
+            ),
+        })
+        .header("content-type", "application/json");
+        let (builder, body) = match call.format {
+            ApiFormat::OpenAi => {
+                let mut body = serde_json::json!({
+                    "model": call.model,
+                    "max_completion_tokens": call.max_tokens,
+                    "messages": [
+                        {"role": "system", "content": "You answer in one short paragraph."},
+                        {"role": "user", "content": call.prompt},
+                    ],
+                });
+                if call.stream {
+                    body["stream"] = true.into();
+                    body["stream_options"] = serde_json::json!({"include_usage": true});
+                }
+                (
+                    builder.header("authorization", format!("Bearer {}", self.api_key)),
+                    body,
+                )
+            }
+            ApiFormat::Anthropic => {
+                let mut body = serde_json::json!({
+                    "model": call.model,
+                    "max_tokens": call.max_tokens,
+                    "system": "You answer in one short paragraph.",
+                    "messages": [{"role": "user", "content": call.prompt}],
+                });
+                if call.stream {
+                    body["stream"] = true.into();
+                }
+                (
+                    builder
+                        .header("x-api-key", self.api_key.as_str())
+                        .header("anthropic-version", "2023-06-01"),
+                    body,
+                )
+            }
+        };
+        builder
+            .body(body.to_string())
+            .expect("a valid method, URI and headers")
+    }
+}
+
+/// The shape of the workload.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Logical calls, at least 1.
+    pub requests: usize,
+    /// Calls in flight at once, at least 1.
+    pub concurrency: usize,
+    /// Seeds the mix of formats and streaming, and the mock's chance.
+    pub seed: u64,
+    /// Every call streams; otherwise about half do.
+    pub all_stream: bool,
+    /// Call *i* starts no earlier than `i × pace` after the side's start:
+    /// calls arrive at a steady rate, as a service's requests do, instead of
+    /// as fast as failures free a slot. Zero: as fast as `concurrency` allows.
+    pub pace: std::time::Duration,
+}
+
+/// One logical call of the workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallSpec {
+    /// Its position in the workload, from 0.
+    pub index: usize,
+    /// The wire format.
+    pub format: ApiFormat,
+    /// Whether it streams.
+    pub stream: bool,
+    /// The model asked for.
+    pub model: String,
+    /// The user prompt, distinct per call (so are the mock's fingerprints).
+    pub prompt: String,
+    /// The output cap.
+    pub max_tokens: u32,
+}
+
+const TOPICS: &[&str] = &[
+    "how a client should retry a rate-limited LLM call",
+    "why a stream must be held until its first token",
+    "what a circuit breaker protects",
+    "how to keep token spend inside a budget",
+    "when to fall back to a smaller model",
+    "what a retry budget is for",
+    "how to read a retry-after header",
+    "why a total deadline belongs outside retry",
+];
+
+/// SplitMix64: a tiny, good-enough mixer for a reproducible workload.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Workload {
+    /// The calls, the same for both sides (and for a given seed, every run).
+    pub fn calls(&self, endpoint: &Endpoint) -> Vec<CallSpec> {
+        let formats = endpoint.formats();
+        (0..self.requests)
+            .map(|index| {
+                let r = mix(self.seed ^ mix(index as u64));
+                let format = formats[(r % formats.len().max(1) as u64) as usize];
+                let stream = self.all_stream || (r >> 8) % 2 == 0;
+                let topic = TOPICS[((r >> 16) % TOPICS.len() as u64) as usize];
+                CallSpec {
+                    index,
+                    format,
+                    stream,
+                    model: endpoint
+                        .model
+                        .clone()
+                        .unwrap_or_else(|| format.default_model().to_owned()),
+                    prompt: format!("Call {index} (seed {}): explain {topic}.", self.seed),
+                    max_tokens: 64,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs the workload through one side and reports what happened.
+///
+/// Each of `workload.concurrency` workers takes the next call, sends it,
+/// reads its whole body and records the outcome, until every call is done;
+/// `progress` advances once per call. Fails only when the stack cannot be
+/// built from `tuning`.
+pub async fn run_side(
+    side: Side,
+    workload: &Workload,
+    endpoint: &Endpoint,
+    tuning: &Tuning,
+    progress: &ProgressBar,
+) -> Result<SideReport, BoxError> {
+    let stats = Arc::new(SideStats::default());
+    let svc = match side {
+        Side::Bare => stack::bare(stats.clone()),
+        Side::Stack => stack::recommended(tuning, stats.clone())?,
+    };
+    let calls: Arc<[CallSpec]> = workload.calls(endpoint).into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    progress.set_length(calls.len() as u64);
+    progress.set_position(0);
+    progress.set_prefix(side.as_str());
+    progress.set_message("ok 0  failed 0");
+    let start = Instant::now();
+
+    let workers: Vec<_> = (0..workload.concurrency.clamp(1, calls.len().max(1)))
+        .map(|_| {
+            let mut svc = svc.clone();
+            let (calls, next, ok, failed) =
+                (calls.clone(), next.clone(), ok.clone(), failed.clone());
+            let (endpoint, stats, progress) = (endpoint.clone(), stats.clone(), progress.clone());
+            let pace = workload.pace;
+            tokio::spawn(async move {
+                let mut records = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(call) = calls.get(i) else { break };
+                    if !pace.is_zero() {
+                        tokio::time::sleep_until(start + pace * i as u32).await;
+                    }
+                    if let Some((at, action)) = &endpoint.trigger
+                        && *at == i
+                    {
+                        action();
+                    }
+                    let record = one_call(&mut svc, &endpoint, call, &stats, start).await;
+                    if record.ok() { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    progress.set_message(format!(
+                        "ok {}  failed {}",
+                        ok.load(Ordering::Relaxed),
+                        failed.load(Ordering::Relaxed)
+                    ));
+                    progress.inc(1);
+                    records.push(record);
+                }
+                records
+            })
+        })
+        .collect();
+    let mut records = Vec::with_capacity(calls.len());
+    for w in workers {
+        records.extend(w.await?);
+    }
+    let elapsed = start.elapsed();
+    records.sort_by_key(|r| r.index);
+    let mut report = SideReport::new(side, records, &stats, elapsed);
+    if side == Side::Stack && stack::HAS_BREAKER {
+        report.breaker_transitions = Some(stats.breaker_transitions());
+        report.breaker_refusals = Some(stats.refused_by_breaker());
+        report.breaker = Some(stats.breaker_timeline(start));
+    }
+    Ok(report)
+}
+
+/// Sends one call, reads its whole body, and says how it went.
+async fn one_call(
+    svc: &mut DemoService,
+    endpoint: &Endpoint,
+    call: &CallSpec,
+    stats: &Arc<SideStats>,
+    start: Instant,
+) -> CallRecord {
+    let mut req = endpoint.request(call);
+    let attempts = CallAttempts::default();
+    req.extensions_mut().insert(attempts.clone());
+    let sink = stats.clone();
+    UsageObservers::register(
+        &mut req,
+        Arc::new(move |r: &UsageReport| sink.record_usage(r)),
+    );
+    let began = Instant::now();
+    let result = stack::send(svc, req).await;
+    let latency = began.elapsed();
+    let classifier = DefaultClassifier::new();
+    let (status, failure) = match &result {
+        Ok((status, _, _)) if status.is_success() => (Some(status.as_u16()), None),
+        Ok((status, headers, body)) => {
+            let view = ResponseView::new(*status, headers)
+                .with_body(body)
+                .with_now(SystemTime::now());
+            let class = classifier
+                .classify_response(&view)
+                .into_failure()
+                .map_or_else(
+                    || format!("http_{}", status.as_u16()),
+                    |f| f.class().as_str().to_owned(),
+                );
+            (Some(status.as_u16()), Some(class))
+        }
+        Err(e) => (
+            None,
+            Some(classifier.classify_error(&**e).class().as_str().to_owned()),
+        ),
+    };
+    CallRecord {
+        index: call.index,
+        format: call.format,
+        stream: call.stream,
+        start: began.duration_since(start),
+        latency,
+        attempts: attempts.get(),
+        status,
+        failure,
+    }
+}

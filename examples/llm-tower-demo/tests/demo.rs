@@ -1,0 +1,361 @@
+//! The demo's numbers checked against the mock's journal, its JSON and SVG
+//! output, its remote mode against a key-checking mock, and its flags.
+//!
+//! The in-process tests run on tokio's paused clock: the mock's pacing, its
+//! slow first tokens, the outage and every retry wait cost no real time,
+//! and the outcome does not depend on the machine's speed.
+
+use std::{process::Command, time::Duration};
+
+use llm_tower_demo::{
+    ApiFormat, Chaos, Endpoint, Options, Side, Target, Tuning, Workload, progress_bar, run,
+    run_side,
+};
+use llm_tower_mock::{MockServer, Rule};
+
+const N: usize = 30;
+
+fn workload(seed: u64) -> Workload {
+    let chaos = Chaos::fast(seed);
+    Workload {
+        requests: N,
+        concurrency: 4,
+        seed,
+        all_stream: false,
+        pace: chaos.pace(4),
+    }
+}
+
+/// Runs one side against a fresh chaotic mock (outage from call 10 on) and
+/// returns the report with the mock's journal.
+async fn side_against_mock(
+    side: Side,
+    seed: u64,
+) -> (llm_tower_demo::SideReport, Vec<llm_tower_mock::Entry>) {
+    let chaos = Chaos::fast(seed);
+    let mock = std::sync::Arc::new(chaos.start().await.unwrap());
+    let m = mock.clone();
+    let endpoint = Endpoint::mock(&mock).with_trigger(10, move || {
+        let now = m.elapsed();
+        m.push_rule(Rule::outage(now..now + Duration::from_millis(500)))
+            .unwrap();
+    });
+    let report = run_side(
+        side,
+        &workload(seed),
+        &endpoint,
+        &Tuning::for_mock(),
+        &progress_bar(false),
+    )
+    .await
+    .unwrap();
+    drop(endpoint);
+    let journal = mock.journal().entries();
+    (report, journal)
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_counted_by_the_demo_are_the_attempts_the_mock_journaled() {
+    for seed in [7, 11, 42] {
+        let (bare, bare_journal) = side_against_mock(Side::Bare, seed).await;
+        let (stack, stack_journal) = side_against_mock(Side::Stack, seed).await;
+
+        for (r, journal) in [(&bare, &bare_journal), (&stack, &stack_journal)] {
+            let side = r.side;
+            assert_eq!(r.calls, N, "{side} seed {seed}");
+            assert_eq!(
+                r.succeeded + r.failed,
+                N as u64,
+                "{side} seed {seed}: every call succeeded or failed"
+            );
+            assert_eq!(
+                r.attempts,
+                journal.len() as u64,
+                "{side} seed {seed}: attempts counted == attempts journaled"
+            );
+            assert_eq!(
+                r.records.iter().map(|c| u64::from(c.attempts)).sum::<u64>(),
+                r.attempts,
+                "{side} seed {seed}: per-call attempts add up"
+            );
+            assert!(
+                journal.iter().any(|e| !e.faults.is_empty()),
+                "{side} seed {seed}: the mock injected faults"
+            );
+            assert_eq!(
+                r.faults_injected, None,
+                "run_side alone does not read a journal"
+            );
+        }
+
+        // The bare client sends each call once and never retries.
+        assert_eq!(bare.attempts, N as u64, "seed {seed}");
+        assert_eq!(bare.retries_total(), 0);
+        assert_eq!(bare.max_attempts_per_call, 1);
+        assert!(bare.failed > 0, "seed {seed}: chaos breaks some bare calls");
+
+        // The stack's extra attempts are exactly its retries, every attempt
+        // of a call carries the same body, and it ends up ahead.
+        assert_eq!(
+            stack.attempts + stack.breaker_refusals.unwrap(),
+            N as u64 + stack.retries_total(),
+            "seed {seed}: one attempt per call plus one per retry, sent or refused by the breaker"
+        );
+        assert!(stack.retries_total() > 0, "seed {seed}");
+        let calls_seen: std::collections::HashSet<_> =
+            stack_journal.iter().map(|e| &e.fingerprint).collect();
+        assert_eq!(
+            calls_seen.len(),
+            N,
+            "seed {seed}: retries resend the same call"
+        );
+        assert!(
+            stack.succeeded > bare.succeeded,
+            "seed {seed}: stack {} vs bare {}",
+            stack.succeeded,
+            bare.succeeded
+        );
+        assert!(
+            stack.tokens.input > 0 && stack.tokens.output > 0,
+            "seed {seed}"
+        );
+        assert!(
+            bare.tokens.input > 0 && bare.tokens.output > 0,
+            "seed {seed}"
+        );
+        assert!(
+            stack.breaker_transitions.is_some(),
+            "the stack has a breaker"
+        );
+        assert_eq!(
+            bare.breaker_transitions, None,
+            "the bare side has none: n/a"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_full_run_reports_both_sides_as_one_json_object_a_table_and_a_chart() {
+    let options = Options {
+        workload: workload(3),
+        target: Target::Mock(Chaos::fast(3)),
+        sides: vec![Side::Bare, Side::Stack],
+        tuning: Tuning::for_mock(),
+        progress: false,
+    };
+    let report = run(&options).await.unwrap();
+
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert!(json.is_object());
+    assert_eq!(json["requests"], N);
+    for side in ["bare", "stack"] {
+        let s = &json[side];
+        assert_eq!(s["side"], side);
+        assert_eq!(s["calls"], N);
+        assert_eq!(
+            s["succeeded"].as_u64().unwrap() + s["failed"].as_u64().unwrap(),
+            N as u64
+        );
+        assert_eq!(s["breaker_transitions"].is_null(), side == "bare");
+        assert!(
+            s["latency_ms"]["p99"].as_f64().unwrap() >= s["latency_ms"]["p50"].as_f64().unwrap()
+        );
+        // The journal's faults, read by `run` from each side's own mock.
+        let faults: u64 = s["faults_injected"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert!(faults > 0, "{side}");
+    }
+    assert!(json["stack"]["tokens"]["output"].as_u64().unwrap() > 0);
+    // The outage was opened inside each side's run.
+    for side in report.sides() {
+        let outage = side.outage.clone().expect("an outage window");
+        assert!(outage.start < Duration::from_secs_f64(side.elapsed_ms / 1000.0));
+        assert!(side.fault_marks.iter().any(|m| m.fault == "overloaded"));
+    }
+
+    let table = report.to_table();
+    for row in [
+        "calls succeeded",
+        "attempts per call",
+        "retries",
+        "breaker transitions",
+        "latency p99",
+        "tokens in / out",
+    ] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+    assert!(table.contains("n/a"));
+
+    let svg = llm_tower_demo::plot::render(&report);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<circle").count() + svg.matches("<path d=").count(),
+        2 * N + 2 * 3,
+        "one mark per call, plus the three legend marks of each panel"
+    );
+    assert!(svg.contains("outage") && svg.contains("breaker: n/a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn remote_mode_sends_each_providers_auth_headers() {
+    for format in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+        let mock = MockServer::builder()
+            .api_key("sk-right")
+            .start()
+            .await
+            .unwrap();
+        let base = match format {
+            ApiFormat::OpenAi => mock.openai_base_url(),
+            ApiFormat::Anthropic => mock.url(),
+        };
+        let w = Workload {
+            requests: 6,
+            concurrency: 2,
+            seed: 1,
+            all_stream: false,
+            pace: Duration::ZERO,
+        };
+        for (key, ok) in [("sk-right", 6), ("sk-wrong", 0)] {
+            let endpoint = Endpoint::remote(&base, format, "some-model", key).unwrap();
+            let r = run_side(
+                Side::Stack,
+                &w,
+                &endpoint,
+                &Tuning::for_remote(),
+                &progress_bar(false),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.succeeded, ok, "{format} {key}");
+            if ok == 0 {
+                assert_eq!(
+                    r.failures.get("auth"),
+                    Some(&6),
+                    "{format}: {:?}",
+                    r.failures
+                );
+                assert_eq!(r.retries_total(), 0, "auth failures are not retried");
+            }
+        }
+        let models: Vec<_> = mock
+            .journal()
+            .entries()
+            .into_iter()
+            .filter(|e| e.status == 200)
+            .map(|e| e.model.unwrap_or_default())
+            .collect();
+        assert_eq!(models, vec!["some-model"; 6], "{format}");
+    }
+}
+
+#[test]
+fn remote_urls_are_checked() {
+    assert!(Endpoint::remote("http://127.0.0.1:8000/v1", ApiFormat::OpenAi, "m", "k").is_ok());
+    for bad in [
+        "not a url",
+        "ftp://host/v1",
+        "https://api.openai.com/v1",
+        "/v1",
+    ] {
+        let err = Endpoint::remote(bad, ApiFormat::OpenAi, "m", "k").unwrap_err();
+        assert!(err.contains("--base-url"), "{bad}: {err}");
+    }
+}
+
+fn demo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_llm-tower-demo"))
+        .args(args)
+        .output()
+        .expect("the demo binary runs")
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_a_message() {
+    let cases: &[&[&str]] = &[
+        &["--requests", "0"],
+        &["--concurrency", "0"],
+        &["--requests", "many"],
+        &["--only", "middle"],
+        &["--base-url", "http://127.0.0.1:9/v1"],
+        &[
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--provider",
+            "openai",
+            "--model",
+            "m",
+        ],
+        &[
+            "--base-url",
+            "not a url",
+            "--provider",
+            "openai",
+            "--model",
+            "m",
+            "--api-key",
+            "k",
+        ],
+        &[
+            "--base-url",
+            "https://api.openai.com/v1",
+            "--provider",
+            "openai",
+            "--model",
+            "m",
+            "--api-key",
+            "k",
+        ],
+        &["--provider", "anthropic"],
+        &["--provider", "gemini", "--base-url", "http://127.0.0.1:9"],
+        &["--no-such-flag"],
+    ];
+    for args in cases {
+        let out = demo(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+    let out = demo(&[
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--provider",
+        "openai",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: --base-url needs --model, --api-key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_mode_prints_one_json_object_and_nothing_else() {
+    // Real time, at the default pace: a few seconds at most.
+    let out = demo(&[
+        "--requests",
+        "12",
+        "--concurrency",
+        "4",
+        "--json",
+        "--seed",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is exactly one JSON value");
+    assert_eq!(json["bare"]["calls"], 12);
+    assert_eq!(json["stack"]["calls"], 12);
+    assert!(out.stderr.is_empty(), "no progress bar with --json");
+
+    let out = demo(&["--requests", "5", "--only", "stack", "--json", "--stream"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json.get("bare").is_none());
+    assert_eq!(json["stack"]["calls"], 5);
+    assert_eq!(json["stream"], "all");
+}
