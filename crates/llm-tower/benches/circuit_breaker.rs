@@ -86,6 +86,15 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    // As in a stack, where the retry layer outside clones the service for
+    // every call.
+    let cloned = layer.layer(make());
+    g.bench_function("closed/breaker_cloned_per_call", |b| {
+        b.iter(|| {
+            let mut svc = cloned.clone();
+            drain(block(svc.call(black_box(request()))).unwrap().into_body())
+        })
+    });
     g.finish();
 }
 

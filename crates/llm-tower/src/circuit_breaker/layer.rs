@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use dashmap::DashMap;
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
@@ -34,7 +34,10 @@ pub(crate) struct Shared<C> {
     pub(crate) classifier: C,
     counted: Option<Vec<FailureClass>>,
     key_fn: Option<KeyFn>,
-    breakers: DashMap<BreakerKey, Arc<Breaker>>,
+    /// Every breaker, by key. Read without a lock (an `ArcSwap` load);
+    /// a new key copies the map, which is cheap for the provider-and-model
+    /// keys it is made for.
+    breakers: ArcSwap<HashMap<BreakerKey, Arc<Breaker>>>,
 }
 
 impl<C> Shared<C> {
@@ -47,13 +50,26 @@ impl<C> Shared<C> {
     }
 
     fn breaker(&self, key: &BreakerKey) -> Arc<Breaker> {
-        if let Some(b) = self.breakers.get(key) {
+        if let Some(b) = self.breakers.load().get(key) {
             return b.clone();
         }
-        self.breakers
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Breaker::new(key.clone(), &self.policy.config)))
-            .clone()
+        let fresh = Arc::new(Breaker::new(key.clone(), &self.policy.config));
+        let mut found = None;
+        self.breakers.rcu(|map| {
+            if let Some(b) = map.get(key) {
+                found = Some(b.clone());
+                return Arc::clone(map);
+            }
+            found = Some(fresh.clone());
+            let mut next = HashMap::clone(map);
+            next.insert(key.clone(), fresh.clone());
+            Arc::new(next)
+        });
+        found.expect("set by rcu")
+    }
+
+    fn existing(&self, key: &BreakerKey) -> Option<Arc<Breaker>> {
+        self.breakers.load().get(key).cloned()
     }
 }
 
@@ -75,7 +91,7 @@ impl<C> fmt::Debug for CircuitBreakerLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
             .field("config", &self.shared.policy.config)
-            .field("breakers", &self.shared.breakers.len())
+            .field("breakers", &self.shared.breakers.load().len())
             .finish_non_exhaustive()
     }
 }
@@ -115,7 +131,7 @@ impl<C: Classifier> CircuitBreakerLayer<C> {
                 classifier,
                 counted,
                 key_fn,
-                breakers: DashMap::new(),
+                breakers: ArcSwap::default(),
             }),
         })
     }
@@ -167,7 +183,6 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
         CircuitBreaker {
             inner,
             shared: self.shared.clone(),
-            cache: HashMap::new(),
         }
     }
 }
@@ -188,7 +203,7 @@ impl<C> Clone for CircuitBreakerHandle<C> {
 impl<C> fmt::Debug for CircuitBreakerHandle<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerHandle")
-            .field("breakers", &self.shared.breakers.len())
+            .field("breakers", &self.shared.breakers.load().len())
             .finish()
     }
 }
@@ -197,14 +212,13 @@ impl<C> CircuitBreakerHandle<C> {
     /// The state of the breaker of `key`; closed for a key never seen.
     pub fn state(&self, key: &BreakerKey) -> BreakerState {
         self.shared
-            .breakers
-            .get(key)
+            .existing(key)
             .map_or(BreakerState::Closed, |b| b.state())
     }
 
     /// The time left open for `key`, if open.
     pub fn open_for(&self, key: &BreakerKey) -> Option<Duration> {
-        let b = self.shared.breakers.get(key)?;
+        let b = self.shared.existing(key)?;
         b.open_for(&self.shared.policy, Instant::now())
     }
 
@@ -213,8 +227,9 @@ impl<C> CircuitBreakerHandle<C> {
         let mut v: Vec<_> = self
             .shared
             .breakers
+            .load()
             .iter()
-            .map(|e| (e.key().clone(), e.value().state()))
+            .map(|(k, b)| (k.clone(), b.state()))
             .collect();
         v.sort_by_key(|(k, _)| k.to_string());
         v
@@ -229,22 +244,17 @@ impl<C> CircuitBreakerHandle<C> {
 
     /// Closes the breaker of `key` and forgets its failures.
     pub fn reset(&self, key: &BreakerKey) {
-        if let Some(b) = self.shared.breakers.get(key) {
+        if let Some(b) = self.shared.existing(key) {
             b.reset(&self.shared.policy);
         }
     }
 }
-
-/// The breakers a service instance has looked up, so the closed path takes
-/// no lock; cleared if it grows past this many keys.
-const CACHE_LIMIT: usize = 64;
 
 /// Fails calls fast while their breaker is open. See
 /// [`CircuitBreakerLayer`].
 pub struct CircuitBreaker<S, C = DefaultClassifier> {
     inner: S,
     shared: Arc<Shared<C>>,
-    cache: HashMap<BreakerKey, Arc<Breaker>>,
 }
 
 impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
@@ -252,7 +262,6 @@ impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
         CircuitBreaker {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            cache: self.cache.clone(),
         }
     }
 }
@@ -279,18 +288,6 @@ impl<S, C> CircuitBreaker<S, C> {
     /// Consumes `self`, returning the inner service.
     pub fn into_inner(self) -> S {
         self.inner
-    }
-
-    fn breaker(&mut self, key: BreakerKey) -> Arc<Breaker> {
-        if let Some(b) = self.cache.get(&key) {
-            return b.clone();
-        }
-        if self.cache.len() >= CACHE_LIMIT {
-            self.cache.clear();
-        }
-        let b = self.shared.breaker(&key);
-        self.cache.insert(key, b.clone());
-        b
     }
 }
 
@@ -335,7 +332,7 @@ where
     where
         S: Service<Request<ReqB>>,
     {
-        let breaker = self.breaker(key);
+        let breaker = self.shared.breaker(&key);
         match breaker.admit(&self.shared.policy) {
             Err(open) => ResponseFuture::rejected(open),
             Ok(admission) => {

@@ -81,9 +81,10 @@
 //!
 //! # Performance
 //!
-//! On the closed path a call costs a lookup in the service's own cache of
-//! breakers (no lock), one atomic load to admit it and a few relaxed atomic
-//! operations to record it; only transitions take a lock.
+//! On the closed path a call costs a lookup of its breaker in a map read
+//! without a lock (an [`arc_swap`](https://docs.rs/arc-swap) snapshot; a
+//! new key copies the map), one atomic load to admit it and a few relaxed
+//! atomic operations to record it; only transitions take a lock.
 //!
 //! [`Failure::counts_against_health`]: crate::classify::Failure::counts_against_health
 
