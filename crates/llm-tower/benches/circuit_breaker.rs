@@ -2,49 +2,21 @@
 //!
 //! `cargo bench -p llm-tower --features circuit-breaker --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    sync::Arc,
-    task::{Context, Poll, Waker},
-};
+mod support;
+
+use std::{convert::Infallible, hint::black_box, sync::Arc};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body::Body;
 use http_body_util::Full;
 use llm_tower::{
     circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer},
     provider::{Endpoint, Provider, WireFormat},
     request::RequestMeta,
 };
+use support::{block, drain};
 use tower::{Layer, Service, service_fn};
-
-fn block<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
-fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
-    let mut body = pin!(body);
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut n = 0;
-    while let Poll::Ready(Some(f)) = body.as_mut().poll_frame(&mut cx) {
-        n += f
-            .ok()
-            .and_then(|f| f.into_data().ok())
-            .map_or(0, |d| d.len());
-    }
-    n
-}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

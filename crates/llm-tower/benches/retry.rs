@@ -3,62 +3,19 @@
 //!
 //! `cargo bench -p llm-tower --features retry --bench retry -- --warm-up-time 1 --measurement-time 3`
 
-use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    future::Future,
-    hint::black_box,
-    pin::{Pin, pin},
-    task::{Context, Poll, Waker},
-};
+mod support;
+
+use std::{convert::Infallible, hint::black_box};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body::{Body, Frame};
 use llm_tower::{
     request::RequestMeta,
     retry::{RetryConfig, RetryLayer},
 };
+use support::{Chunks, block, drain};
 use tower::{Layer, Service, service_fn};
-
-/// A body yielding prepared chunks, always ready.
-struct Chunks(VecDeque<Bytes>);
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-fn block<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
-fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
-    let mut body = pin!(body);
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut n = 0;
-    while let Poll::Ready(Some(f)) = body.as_mut().poll_frame(&mut cx) {
-        n += f
-            .ok()
-            .and_then(|f| f.into_data().ok())
-            .map_or(0, |d| d.len());
-    }
-    n
-}
 
 #[derive(Clone)]
 struct KeepClone;

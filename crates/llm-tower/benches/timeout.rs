@@ -2,74 +2,19 @@
 //!
 //! `cargo bench -p llm-tower --features timeout --bench timeout -- --warm-up-time 1 --measurement-time 3`
 
-use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    future::Future,
-    hint::black_box,
-    pin::{Pin, pin},
-    task::{Context, Poll, Waker},
-    time::Duration,
-};
+mod support;
+
+use std::{convert::Infallible, hint::black_box, time::Duration};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body::{Body, Frame};
 use llm_tower::{
     request::RequestMeta,
     timeout::{TimeoutConfig, TimeoutLayer},
 };
+use support::{Chunks, block, drain};
 use tower::{Layer, Service, service_fn};
-
-/// A body yielding prepared chunks; with `gaps`, it is pending once before
-/// each chunk, as a network stream is, which arms the idle timer.
-struct Chunks {
-    chunks: VecDeque<Bytes>,
-    gaps: bool,
-    ready: bool,
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.gaps && !std::mem::replace(&mut self.ready, true) {
-            return Poll::Pending;
-        }
-        self.ready = false;
-        Poll::Ready(self.chunks.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// Polls until ready with a no-op waker (everything here becomes ready
-/// without being woken).
-fn block<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
-fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
-    let mut body = pin!(body);
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut n = 0;
-    loop {
-        match body.as_mut().poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(f))) => n += f.data_ref().map_or(0, Bytes::len),
-            Poll::Ready(_) => return n,
-            Poll::Pending => {}
-        }
-    }
-}
 
 fn request(stream: bool) -> Request<()> {
     let mut req = Request::new(());
@@ -92,10 +37,10 @@ fn bench(c: &mut Criterion) {
         Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\" token\"}}]}\n\n");
     let make = |chunks: Vec<Bytes>, gaps: bool| {
         service_fn(move |_req: Request<()>| {
-            let body = Chunks {
-                chunks: chunks.clone().into(),
-                gaps,
-                ready: false,
+            let body = if gaps {
+                Chunks::with_gaps(chunks.clone())
+            } else {
+                Chunks::new(chunks.clone())
             };
             let resp = Response::builder()
                 .header(
