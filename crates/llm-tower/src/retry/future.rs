@@ -43,12 +43,13 @@ pin_project! {
         // Waiting for the service to be ready for the next attempt.
         Ready,
         Calling { #[pin] fut: F },
-        // An error response, read (bounded) to classify it.
-        Peeking { peek: PeekBody<B> },
+        // An error response, read (bounded) to classify it. The states off
+        // the happy path are boxed, to keep the future small to move.
+        Peeking { peek: Box<PeekBody<B>> },
         // A stream, held until its first token.
-        Holding { hold: Hold<B> },
+        Holding { hold: Box<Hold<B>> },
         // A whole answer, read for content validation.
-        Validating { peek: PeekBody<B> },
+        Validating { peek: Box<PeekBody<B>> },
         Waiting { sleep: Pin<Box<Sleep>> },
         Done,
     }
@@ -238,20 +239,20 @@ where
                                 if classifier.needs_body(status) {
                                     let limit = shared.config.error_body_limit;
                                     this.state.set(State::Peeking {
-                                        peek: PeekBody::new(res, limit),
+                                        peek: Box::new(PeekBody::new(res, limit)),
                                     });
                                 } else if status.is_success() && is_event_stream(res.headers()) {
                                     let limit = shared.config.first_token_hold_limit;
                                     let format = meta.and_then(RequestMeta::format);
                                     this.state.set(State::Holding {
-                                        hold: Hold::new(res, format, limit),
+                                        hold: Box::new(Hold::new(res, format, limit)),
                                     });
                                 } else if status.is_success()
                                     && shared.config.content.is_some()
                                     && !meta.is_some_and(RequestMeta::is_stream)
                                 {
                                     this.state.set(State::Validating {
-                                        peek: PeekBody::new(res, CONTENT_LIMIT),
+                                        peek: Box::new(PeekBody::new(res, CONTENT_LIMIT)),
                                     });
                                 } else {
                                     return this.succeed(res.map(PeekedBody::passthrough), false);
@@ -261,7 +262,7 @@ where
                         }
                     }
                     StateProj::Peeking { peek } => {
-                        let res = ready!(Pin::new(peek).poll(cx));
+                        let res = ready!(Pin::new(&mut **peek).poll(cx));
                         let view = ResponseView::new(res.status(), res.headers())
                             .with_body(res.body().peeked())
                             .with_format(meta.and_then(RequestMeta::format));
@@ -270,7 +271,7 @@ where
                             Some(f) => (f, Ok(res.map(|b| RetryBody::new(b, false)))),
                         }
                     }
-                    StateProj::Holding { hold } => match ready!(Pin::new(hold).poll(cx)) {
+                    StateProj::Holding { hold } => match ready!(Pin::new(&mut **hold).poll(cx)) {
                         (Held::Handover, res) => return this.succeed(res, true),
                         (Held::Failed(e), res) => (
                             classifier.classify_error(&*e),
@@ -278,7 +279,7 @@ where
                         ),
                     },
                     StateProj::Validating { peek } => {
-                        let res = ready!(Pin::new(peek).poll(cx));
+                        let res = ready!(Pin::new(&mut **peek).poll(cx));
                         let checks = shared.config.content.unwrap_or_default();
                         match content::problem(&checks, meta, res.body()) {
                             None => return this.succeed(res, false),
