@@ -104,13 +104,6 @@ async fn every_injected_error_is_classified_as_the_layers_need() {
     let mock = MockServer::builder().start().await.unwrap();
     for (fault, class, retryable) in cases {
         for provider in PROVIDERS {
-            // Gemini says a daily quota is spent only in a QuotaFailure
-            // detail of an ordinary RESOURCE_EXHAUSTED, which the default
-            // classifier does not read yet: it takes it for a rate limit.
-            let (class, retryable) = match (&fault, provider) {
-                (Fault::InsufficientQuota, Provider::Gemini) => (FailureClass::RateLimited, true),
-                _ => (class, retryable),
-            };
             mock.clear_rules();
             mock.push_rule(Rule::new(fault.clone())).unwrap();
             let (status, failure) = classify(&mock, provider).await;

@@ -34,8 +34,9 @@ use crate::{
 ///
 /// A server delay comes from `retry-after-ms` or `retry-after`, or else
 /// from the reset of an exhausted `x-ratelimit-*` / `anthropic-ratelimit-*`
-/// limit ([`server_delay`]). `x-should-retry: true|false` overrides
-/// whether the failure is retried.
+/// limit ([`server_delay`]), or else from a Gemini body's `RetryInfo`. A
+/// Gemini `RESOURCE_EXHAUSTED` naming a daily quota is `QuotaExhausted`.
+/// `x-should-retry: true|false` overrides whether the failure is retried.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultClassifier {
     _priv: (),
@@ -63,7 +64,9 @@ impl Classifier for DefaultClassifier {
             failure = failure.with_code(code);
         }
         let now = response.now.unwrap_or_else(SystemTime::now);
-        let delay = server_delay(response.headers, now);
+        // Headers first; Gemini says it in the body's RetryInfo instead.
+        let delay = server_delay(response.headers, now)
+            .or_else(|| error.as_ref().and_then(ProviderError::retry_delay));
         failure = failure.with_retry_after(delay);
         if let Some(retry) = should_retry(response.headers) {
             failure = failure.with_retryable(retry);
@@ -213,6 +216,10 @@ fn classify_status(status: StatusCode, error: Option<&ProviderError>) -> Failure
 /// What a provider's error code, type or status says on its own, when it
 /// says something decisive. `None` leaves the decision to the HTTP status.
 fn class_of_provider_error(e: &ProviderError) -> Option<FailureClass> {
+    // Gemini reports a spent daily quota as an ordinary RESOURCE_EXHAUSTED.
+    if e.is_daily_quota() {
+        return Some(FailureClass::QuotaExhausted);
+    }
     for key in [e.code(), e.error_type(), e.status()].into_iter().flatten() {
         let class = match key {
             "insufficient_quota" | "billing_not_active" | "billing_hard_limit_reached" => {

@@ -13,6 +13,8 @@ pub struct ProviderError {
     code: Option<Box<str>>,
     status: Option<Box<str>>,
     message: Option<Box<str>>,
+    retry_delay: Option<std::time::Duration>,
+    daily_quota: bool,
 }
 
 impl ProviderError {
@@ -45,11 +47,32 @@ impl ProviderError {
                 inner.kind = raw.kind;
             }
         }
+        let details = match inner.details {
+            Some(Details::List(d)) => d,
+            _ => Vec::new(),
+        };
+        let retry_delay = details
+            .iter()
+            .filter(|d| {
+                d.kind
+                    .as_deref()
+                    .is_some_and(|k| k.ends_with("google.rpc.RetryInfo"))
+            })
+            .find_map(|d| d.retry_delay.as_deref().and_then(parse_proto_duration));
+        let daily_quota = details.iter().any(|d| {
+            d.violations.iter().flatten().any(|v| {
+                v.quota_id
+                    .as_deref()
+                    .is_some_and(|id| id.contains("PerDay"))
+            })
+        });
         let error = ProviderError {
             error_type: inner.kind.map(|t| t.into_owned().into()),
             code: inner.code.and_then(Code::into_text),
             status: inner.status.and_then(Code::into_text),
             message: inner.message.map(|t| t.into_owned().into()),
+            retry_delay,
+            daily_quota,
         };
         (error != ProviderError::default()).then_some(error)
     }
@@ -62,6 +85,8 @@ impl ProviderError {
             code: code.map(Into::into),
             status: status.map(Into::into),
             message: None,
+            retry_delay: None,
+            daily_quota: false,
         }
     }
 
@@ -91,6 +116,19 @@ impl ProviderError {
     /// The human-readable message.
     pub fn message(&self) -> Option<&str> {
         self.message.as_deref()
+    }
+
+    /// The delay a Gemini error asks for in a `google.rpc.RetryInfo`
+    /// detail (`"retryDelay": "2s"`).
+    pub fn retry_delay(&self) -> Option<std::time::Duration> {
+        self.retry_delay
+    }
+
+    /// Whether a Gemini error names a daily quota as exhausted (a
+    /// `google.rpc.QuotaFailure` whose `quotaId` contains `PerDay`): no
+    /// retry today will get through.
+    pub fn is_daily_quota(&self) -> bool {
+        self.daily_quota
     }
 }
 
@@ -140,6 +178,59 @@ struct Fields<'a> {
     status: Option<Code<'a>>,
     #[serde(borrow, default)]
     message: Option<Cow<'a, str>>,
+    /// Gemini's `google.rpc` details.
+    #[serde(borrow, default)]
+    details: Option<Details<'a>>,
+}
+
+/// Gemini's error details, or anything else read as nothing.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Details<'a> {
+    #[serde(borrow)]
+    List(Vec<Detail<'a>>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Detail<'a> {
+    #[serde(rename = "@type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "retryDelay", borrow)]
+    retry_delay: Option<Cow<'a, str>>,
+    violations: Option<Vec<Violation<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Violation<'a> {
+    #[serde(rename = "quotaId", borrow)]
+    quota_id: Option<Cow<'a, str>>,
+}
+
+/// A protobuf JSON duration: seconds with an optional fraction and an `s`
+/// (`"2s"`, `"1.5s"`, `"0.250s"`).
+fn parse_proto_duration(s: &str) -> Option<std::time::Duration> {
+    let secs = s.strip_suffix('s')?;
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let (whole, frac) = secs.split_once('.').unwrap_or((secs, ""));
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    if frac.len() > 9 || frac.contains('.') {
+        return None;
+    }
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    Some(std::time::Duration::new(whole, nanos))
 }
 
 #[derive(Deserialize)]
@@ -181,6 +272,44 @@ mod tests {
         assert_eq!(e.code(), Some("400"));
         let e = ProviderError::parse(br#"{"error":"model not found"}"#).unwrap();
         assert_eq!(e.message(), Some("model not found"));
+    }
+
+    #[test]
+    fn gemini_details_give_the_delay_and_the_daily_quota() {
+        let e = ProviderError::parse(br#"{"error":{"code":429,"message":"You exceeded your current quota","status":"RESOURCE_EXHAUSTED","details":[
+            {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"m","quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},
+            {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"21.5s"}]}}"#).unwrap();
+        assert_eq!(
+            e.retry_delay(),
+            Some(std::time::Duration::from_millis(21_500))
+        );
+        assert!(e.is_daily_quota());
+        let e = ProviderError::parse(br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+            {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]}]}}"#).unwrap();
+        assert!(!e.is_daily_quota(), "a per-minute quota comes back");
+        // Strange details hide nothing else.
+        let e = ProviderError::parse(
+            br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":"nope"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.status(), e.retry_delay()),
+            (Some("RESOURCE_EXHAUSTED"), None)
+        );
+        for (s, d) in [
+            ("2s", Some((2, 0))),
+            ("0.250s", Some((0, 250_000_000))),
+            ("1.5", None),
+            ("s", None),
+            ("-1s", None),
+            ("1.2.3s", None),
+        ] {
+            assert_eq!(
+                parse_proto_duration(s),
+                d.map(|(a, b)| std::time::Duration::new(a, b)),
+                "{s}"
+            );
+        }
     }
 
     #[test]
