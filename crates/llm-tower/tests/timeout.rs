@@ -83,8 +83,8 @@ fn poll_body(
     t.enter(|cx, _| body.as_mut().poll_frame(cx))
 }
 
-/// Drives `advance` in steps of one millisecond for `d`, failing if the
-/// body yields an error before the end.
+/// Advances paused time by `d`, then polls the body once: it must still be
+/// going (pending, or a frame), not failed or ended.
 async fn hold(body: &mut Pin<Box<TimeoutBody<ChanBody>>>, d: Duration) {
     advance(d).await;
     match poll_body(body) {

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -337,7 +337,7 @@ where
         res: Response<PeekedBody<B>>,
         stream_handed_over: bool,
     ) -> Poll<Result<Response<RetryBody<B>>, BoxError>> {
-        if res.status().is_success() || res.status() == StatusCode::NOT_MODIFIED {
+        if res.status().is_success() {
             if let Some(b) = &self.shared.budget {
                 b.on_success();
             }

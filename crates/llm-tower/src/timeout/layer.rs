@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    ConfigError, Phase, TimeoutBody, TimeoutConfig,
+    ConfigError, TimeoutBody, TimeoutConfig,
     config::{Compiled, Limits},
     future::ResponseFuture,
 };
@@ -109,7 +109,6 @@ where
                 Deadline::shrink(&mut req, at);
             }
         }
-        debug_assert!(!matches!(limits.call(), Some((Phase::Deadline, _))));
         ResponseFuture::new(self.inner.call(req), start, limits, stream)
     }
 }
