@@ -19,7 +19,10 @@ use hyper_util::{
 };
 use llm_tower::{
     BoxError,
-    metering::{MeterLayer, Outcome, TruncatedStream, UsageObservers, UsageReport, UsageSource},
+    metering::{
+        MeterLayer, Outcome, StreamProgress, TruncatedStream, UsageObservers, UsageReport,
+        UsageSource,
+    },
     provider::Provider,
     request::{PrepareLayer, ReplayBody},
 };
@@ -150,7 +153,7 @@ async fn events_reach_the_caller_as_they_arrive_and_usage_is_reported_once() {
 }
 
 #[tokio::test]
-async fn a_connection_cut_mid_stream_is_a_typed_truncation_with_the_estimate() {
+async fn a_connection_cut_mid_stream_is_recorded_as_a_truncation_with_the_estimate() {
     let (addr, mut conns) = server().await;
     let svc = stack();
     let reports = Arc::default();
@@ -162,7 +165,12 @@ async fn a_connection_cut_mid_stream_is_a_typed_truncation_with_the_estimate() {
     // The stream ends without `message_stop`.
     events.send(None).unwrap();
     let resp = call.await.unwrap().unwrap();
-    let err: BoxError = resp.into_body().collect().await.unwrap_err();
+    let progress = StreamProgress::get(&resp).cloned().expect("attached");
+    // The meter observes: the bytes pass as they came, and the cut is
+    // recorded for the layers that act on it (retry turns it into an error).
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), START.len() + DELTA.len());
+    let err: BoxError = progress.failure_error().expect("recorded");
     assert!(err.is::<TruncatedStream>(), "{err}");
 
     let reports = reports.lock().unwrap();

@@ -244,6 +244,19 @@ fn split(text: &str, size: usize) -> Chunks {
 
 /// Drains a body that is always ready, without a runtime: the bytes it
 /// passed and the error it ended with.
+/// Drains a metered body, which must yield no error of its own (the meter
+/// observes), and returns what its progress recorded.
+fn drain_judged<B>(body: MeteredBody<B>) -> (Vec<u8>, Option<BoxError>)
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let progress = body.progress().cloned();
+    let (out, err) = drain(body);
+    assert!(err.is_none(), "the meter never adds an error: {err:?}");
+    (out, progress.and_then(|p| p.failure_error()))
+}
+
 fn drain<B>(body: B) -> (Vec<u8>, Option<BoxError>)
 where
     B: Body<Data = Bytes, Error = BoxError>,
@@ -350,7 +363,7 @@ fn openai_chat_error_inside_stream() {
     );
     let rec = Recorder::default();
     let m = meta(Provider::OpenAi, WireFormat::OpenAiChat, true);
-    let (out, err) = drain(metered(&text, first.len(), &m, &rec));
+    let (out, err) = drain_judged(metered(&text, first.len(), &m, &rec));
     assert_eq!(&out[..first.len()], first.as_bytes());
     let err = err.expect("an error");
     let e = err.downcast_ref::<StreamError>().expect("a StreamError");
@@ -401,7 +414,7 @@ fn openai_responses_failed_and_error_events() {
     );
     let rec = Recorder::default();
     let m = meta(Provider::OpenAi, WireFormat::OpenAiResponses, true);
-    let (_, err) = drain(metered(&failed, 64, &m, &rec));
+    let (_, err) = drain_judged(metered(&failed, 64, &m, &rec));
     let err = err.unwrap();
     let e = err.downcast_ref::<StreamError>().unwrap();
     assert_eq!(e.provider_error().code(), Some("server_error"));
@@ -412,7 +425,7 @@ fn openai_responses_failed_and_error_events() {
         &RESPONSES_SSE[..cut]
     );
     let rec = Recorder::default();
-    let (_, err) = drain(metered(&error, 64, &m, &rec));
+    let (_, err) = drain_judged(metered(&error, 64, &m, &rec));
     let err = err.unwrap();
     let e = err.downcast_ref::<StreamError>().unwrap();
     assert_eq!(e.provider_error().code(), Some("ERR_SOMETHING"));
@@ -482,7 +495,7 @@ fn anthropic_overloaded_as_first_event() {
     let rec = Recorder::default();
     let m = meta(Provider::Anthropic, WireFormat::AnthropicMessages, true);
     let body = metered(ANTHROPIC_OVERLOADED, 1000, &m, &rec);
-    let (out, err) = drain(body);
+    let (out, err) = drain_judged(body);
     assert_eq!(out, ANTHROPIC_OVERLOADED.as_bytes());
     let err = err.expect("an error");
     let e = err.downcast_ref::<StreamError>().expect("a StreamError");
@@ -505,7 +518,7 @@ fn anthropic_overloaded_after_some_deltas() {
         Some(&m),
         rec.observers(),
     );
-    let (out, err) = drain(body);
+    let (out, err) = drain_judged(body);
     assert_eq!(out, text.as_bytes(), "every byte before the error arrived");
     assert!(err.unwrap().is::<StreamError>());
     let r = rec.only();
@@ -517,30 +530,55 @@ fn anthropic_overloaded_after_some_deltas() {
 }
 
 #[test]
-fn truncated_streams_are_typed_errors() {
+fn streams_are_complete_at_their_finish_reason() {
+    // What some compatible servers send, and what a cut right at the end
+    // leaves: the answer and its finish reason, without the closing event.
     let anthropic = anthropic_sse();
-    // (format, stream cut short, whether its final usage had come)
     let cases = [
         (
             WireFormat::AnthropicMessages,
             anthropic[..anthropic.find("event: message_stop").unwrap()].to_owned(),
             true,
         ),
-        // Cut inside the last event.
+        // Cut inside the closing event.
         (
             WireFormat::AnthropicMessages,
             anthropic[..anthropic.len() - 10].to_owned(),
             true,
         ),
-        (WireFormat::AnthropicMessages, ANTHROPIC_START.to_owned(), false),
         (
             WireFormat::OpenAiChat,
             CHAT_SSE[..CHAT_SSE.find("data: [DONE]").unwrap()].to_owned(),
             true,
         ),
+        // The finish reason came, the usage chunk did not: complete, and
+        // estimated.
         (
             WireFormat::OpenAiChat,
             CHAT_SSE[..CHAT_SSE.find("data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[]").unwrap()].to_owned(),
+            false,
+        ),
+    ];
+    for (format, text, actual) in cases {
+        let rec = Recorder::default();
+        let m = meta(Provider::OpenAi, format, true);
+        let (out, err) = drain_judged(metered(&text, 40, &m, &rec));
+        assert_eq!(out, text.as_bytes());
+        assert!(err.is_none(), "{format:?}: {err:?}");
+        let r = rec.only();
+        assert_eq!(r.outcome, Outcome::Completed, "{format:?}");
+        assert_eq!(r.is_actual(), actual, "{format:?}");
+        assert!(r.finish_reason.is_some(), "{format:?}");
+    }
+}
+
+#[test]
+fn truncated_streams_are_typed_errors() {
+    // (format, stream cut short, whether its final usage had come)
+    let cases = [
+        (
+            WireFormat::AnthropicMessages,
+            ANTHROPIC_START.to_owned(),
             false,
         ),
         (
@@ -558,7 +596,7 @@ fn truncated_streams_are_typed_errors() {
     for (format, text, actual) in cases {
         let rec = Recorder::default();
         let m = meta(Provider::OpenAi, format, true);
-        let (out, err) = drain(metered(&text, 40, &m, &rec));
+        let (out, err) = drain_judged(metered(&text, 40, &m, &rec));
         assert_eq!(out, text.as_bytes());
         let err = err.unwrap_or_else(|| panic!("{format:?} is truncated"));
         assert!(err.is::<TruncatedStream>(), "{format:?}: {err}");
@@ -609,7 +647,7 @@ fn malformed_event_that_matters() {
     let text = "event: message_start\ndata: <html>502 Bad Gateway</html>\n\n";
     let rec = Recorder::default();
     let m = meta(Provider::Anthropic, WireFormat::AnthropicMessages, true);
-    let (_, err) = drain(metered(text, 9, &m, &rec));
+    let (_, err) = drain_judged(metered(text, 9, &m, &rec));
     assert!(err.unwrap().is::<MalformedStream>());
     assert_eq!(rec.only().outcome, Outcome::Malformed);
 }

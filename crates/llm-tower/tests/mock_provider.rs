@@ -16,7 +16,8 @@ use llm_tower::{
     BoxError,
     classify::{Classifier, DefaultClassifier, Failure, FailureClass},
     metering::{
-        MeterLayer, Outcome, StreamError, TruncatedStream, UsageObservers, UsageReport, UsageSource,
+        MeterLayer, Outcome, StreamError, StreamProgress, TruncatedStream, UsageObservers,
+        UsageReport, UsageSource,
     },
     provider::headers::RateLimitInfo,
     request::{PrepareLayer, ReplayBody},
@@ -193,7 +194,8 @@ async fn the_quota_modes_headers_parse_and_direct_the_real_wait() {
 }
 
 /// Sends a streaming request through the stack; returns what the body
-/// ended with and the one usage report.
+/// ended with — its error, or the failure its progress recorded (the meter
+/// observes, it yields no error of its own) — and the one usage report.
 async fn metered(
     mock: &MockServer,
     provider: Provider,
@@ -216,11 +218,16 @@ async fn metered(
         .layer(MeterLayer::new())
         .service(client);
     let resp = stack.oneshot(req).await.unwrap();
+    let progress = StreamProgress::get(&resp).cloned().expect("attached");
     let text = resp
         .into_body()
         .collect()
         .await
-        .map(|b| String::from_utf8(b.to_bytes().to_vec()).unwrap());
+        .map(|b| String::from_utf8(b.to_bytes().to_vec()).unwrap())
+        .and_then(|text| match progress.failure_error() {
+            Some(e) => Err(e),
+            None => Ok(text),
+        });
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 1, "usage is reported exactly once");
     (text, reports[0].clone())

@@ -213,7 +213,8 @@ async fn a_first_token_in_time_ends_the_first_token_limit() {
     send.send_response(sse_response(body));
     let mut body = Box::pin(assert_ready!(fut.poll()).unwrap().into_body());
     hold(&mut body, 3 * SEC - MS).await;
-    tx.send("data: {\"choices\":[]}\n\n").unwrap();
+    tx.send("data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n")
+        .unwrap();
     hold(&mut body, 60 * SEC).await;
 }
 

@@ -22,6 +22,7 @@ use super::{
 use crate::{
     BoxError,
     classify::{Classifier, ResponseView},
+    metering::{Feeder, ProgressBody, StreamProgress},
 };
 
 /// A call let through: records its outcome once, or a neutral one if it is
@@ -31,10 +32,15 @@ pub(crate) struct Ticket<C> {
     breaker: Arc<Breaker>,
     admission: Admission,
     start: Option<Instant>,
+    /// Where the answer's body stands, once a response came.
+    progress: Option<StreamProgress>,
+    /// What an error means for the breaker (the classifier, reachable from
+    /// `Drop`).
+    judge: fn(&Shared<C>, &(dyn std::error::Error + 'static)) -> Outcome,
     done: bool,
 }
 
-impl<C> Ticket<C> {
+impl<C: Classifier> Ticket<C> {
     pub(crate) fn new(
         shared: Arc<Shared<C>>,
         breaker: Arc<Breaker>,
@@ -46,10 +52,20 @@ impl<C> Ticket<C> {
             breaker,
             admission,
             start,
+            progress: None,
+            judge: |shared, e| {
+                if shared.counts(&shared.classifier.classify_error(e)) {
+                    Outcome::Failure
+                } else {
+                    Outcome::Neutral
+                }
+            },
             done: false,
         }
     }
+}
 
+impl<C> Ticket<C> {
     fn record(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.done, true) {
             return;
@@ -58,7 +74,17 @@ impl<C> Ticket<C> {
         let (slow, now) = match (self.start, policy.config.slow_calls) {
             (Some(start), Some(s)) => {
                 let now = Instant::now();
-                (now.saturating_duration_since(start) > s.duration, Some(now))
+                // A stream is as slow as its first token: a long answer
+                // that streams steadily is not a slow provider.
+                let until = self
+                    .progress
+                    .as_ref()
+                    .and_then(StreamProgress::first_output_at)
+                    .unwrap_or(now);
+                (
+                    until.saturating_duration_since(start) > s.duration,
+                    Some(now),
+                )
             }
             _ => (false, None),
         };
@@ -67,21 +93,45 @@ impl<C> Ticket<C> {
     }
 }
 
-impl<C: Classifier> Ticket<C> {
+impl<C> Ticket<C> {
     fn record_error(&mut self, e: &(dyn std::error::Error + 'static)) {
-        let failure = self.shared.classifier.classify_error(e);
-        let outcome = if self.shared.counts(&failure) {
-            Outcome::Failure
-        } else {
-            Outcome::Neutral
-        };
+        let outcome = (self.judge)(&self.shared, e);
         self.record(outcome);
+    }
+}
+
+impl<C> Ticket<C> {
+    /// Records the failure the body's progress holds, if any: whichever
+    /// layer noticed it (an error event seen by the meter, a timeout of a
+    /// layer further out), the breaker counts it for what it was.
+    fn record_progress_failure(&mut self) -> bool {
+        let Some(p) = self.progress.clone() else {
+            return false;
+        };
+        match p.failure() {
+            Some(e) => {
+                self.record_error(e);
+                true
+            }
+            None => false,
+        }
     }
 }
 
 impl<C> Drop for Ticket<C> {
     fn drop(&mut self) {
-        self.record(Outcome::Neutral);
+        if self.done {
+            return;
+        }
+        // Dropped with the body: a failure recorded in the body's progress
+        // (the retry layer dropping a stream whose error event it saw, a
+        // timeout further out giving the body up) still counts; otherwise
+        // the caller let go, which says nothing about the provider.
+        let outcome = match self.progress.as_ref().and_then(|p| p.failure()) {
+            Some(e) => (self.judge)(&self.shared, e),
+            None => Outcome::Neutral,
+        };
+        self.record(outcome);
     }
 }
 
@@ -169,10 +219,22 @@ where
                             Outcome::Neutral
                         };
                         ticket.record(outcome);
-                        Poll::Ready(Ok(res.map(|b| BreakerBody::new(b, None))))
+                        Poll::Ready(Ok(res.map(|b| BreakerBody::new(b, None, None))))
                     }
-                    // A success is a success once its body ends well.
-                    None => Poll::Ready(Ok(res.map(|b| BreakerBody::new(b, Some(ticket))))),
+                    // A success is a success once its body ends well, as
+                    // its progress (parsed here unless a layer further in
+                    // does) says.
+                    None => {
+                        let mut res = res;
+                        let feeder = match StreamProgress::attach_with(&mut res, None, false) {
+                            Some((p, f)) => {
+                                ticket.progress = Some(p);
+                                f
+                            }
+                            None => None,
+                        };
+                        Poll::Ready(Ok(res.map(|b| BreakerBody::new(b, feeder, Some(ticket)))))
+                    }
                 }
             }
         }
@@ -185,14 +247,17 @@ pin_project! {
     /// event, a cut stream, a timeout), nothing if it is dropped early.
     pub struct BreakerBody<B, C> {
         #[pin]
-        inner: B,
+        inner: ProgressBody<B>,
         ticket: Option<Ticket<C>>,
     }
 }
 
 impl<B, C> BreakerBody<B, C> {
-    fn new(inner: B, ticket: Option<Ticket<C>>) -> Self {
-        BreakerBody { inner, ticket }
+    fn new(inner: B, feeder: Option<Feeder>, ticket: Option<Ticket<C>>) -> Self {
+        BreakerBody {
+            inner: ProgressBody::new(inner, feeder),
+            ticket,
+        }
     }
 }
 
@@ -222,7 +287,9 @@ where
         match frame {
             None => {
                 if let Some(mut t) = this.ticket.take() {
-                    t.record(Outcome::Success);
+                    if !t.record_progress_failure() {
+                        t.record(Outcome::Success);
+                    }
                 }
                 Poll::Ready(None)
             }
@@ -234,10 +301,19 @@ where
                 Poll::Ready(Some(Err(e)))
             }
             Some(Ok(f)) => {
-                // A reader may stop at the last frame without asking again.
-                if this.inner.is_end_stream() {
+                // An error event, a malformed event, a cut: the call failed
+                // here, whatever the layers further out do with the body.
+                let failed = this
+                    .ticket
+                    .as_ref()
+                    .is_some_and(|t| t.progress.as_ref().is_some_and(StreamProgress::has_failed));
+                if failed || this.inner.is_end_stream() {
+                    // A reader may stop at the last frame without asking
+                    // again.
                     if let Some(mut t) = this.ticket.take() {
-                        t.record(Outcome::Success);
+                        if !t.record_progress_failure() {
+                            t.record(Outcome::Success);
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(f)))

@@ -13,16 +13,12 @@ use pin_project_lite::pin_project;
 
 use super::{
     MalformedStream, StreamError, TruncatedStream,
+    progress::{Feeder, ProgressBody, StreamProgress},
     report::{CallInfo, Outcome, Reporter, UsageObservers, UsageReport, UsageSource},
-    sse::SseParser,
 };
 use crate::{
     BoxError,
-    provider::{
-        WireFormat,
-        headers::is_event_stream,
-        usage::{StreamSignal, StreamUsage, scan_json},
-    },
+    provider::{WireFormat, headers::is_event_stream, usage::scan_json},
     request::RequestMeta,
     usage::{FinishReason, Usage},
 };
@@ -52,7 +48,7 @@ impl BodyKind {
         Self::choose(res, meta.is_some_and(RequestMeta::is_stream))
     }
 
-    fn choose<B>(res: &Response<B>, stream: bool) -> BodyKind {
+    pub(crate) fn choose<B>(res: &Response<B>, stream: bool) -> BodyKind {
         if !res.status().is_success() {
             return BodyKind::Unmetered;
         }
@@ -75,21 +71,22 @@ impl BodyKind {
 pin_project! {
     /// A response body that meters usage as it passes.
     ///
-    /// Every frame of the inner body is passed on unchanged and at once;
-    /// nothing is collected for the caller. On the way it
+    /// Every frame and error of the inner body is passed on unchanged and
+    /// at once; nothing is collected for the caller, nothing is added. On
+    /// the way it
     ///
-    /// - parses SSE events incrementally and follows usage, the finish
-    ///   reason and the terminal event ([`StreamUsage`]);
+    /// - follows an SSE stream through its [`StreamProgress`] — usage, the
+    ///   finish reason, the first token, the terminal event, an error
+    ///   event, a malformed event, a cut — parsing it itself unless a layer
+    ///   further in already does (a stream is parsed once per response);
     /// - keeps cheap clones of a JSON body's chunks (up to
     ///   [`JSON_RETAIN_LIMIT`]) for a targeted usage scan at its end;
-    /// - turns an error event inside the stream into a [`StreamError`], a
-    ///   stream that ends without its terminal event into a
-    ///   [`TruncatedStream`] and an unreadable event that matters into a
-    ///   [`MalformedStream`], yielded after the frame that revealed them
-    ///   (the bytes before them have reached the caller);
     /// - reports a [`UsageReport`] exactly once to the
     ///   [`UsageObservers`]: at the end of the body, at its first error, or
-    ///   when it is dropped.
+    ///   when it is dropped, with an [`Outcome`] that says how the stream
+    ///   went ([`StreamError`], [`MalformedStream`] and [`TruncatedStream`]
+    ///   are recorded, not yielded: turning them into an error for the
+    ///   caller is a policy, applied by [`RetryLayer`]'s body).
     ///
     /// # Actual or estimated
     ///
@@ -105,9 +102,11 @@ pin_project! {
     /// divided by four. A JSON body without usage estimates its output as
     /// its length divided by four, which overcounts: budgets err on the
     /// safe side. Error responses report zero actual usage.
+    ///
+    /// [`RetryLayer`]: https://docs.rs/llm-tower/latest/llm_tower/retry/struct.RetryLayer.html
     pub struct MeteredBody<B: Body> {
         #[pin]
-        inner: B,
+        inner: ProgressBody<B>,
         meter: Metering<B::Data>,
     }
 }
@@ -132,17 +131,29 @@ impl<B: Body> MeteredBody<B> {
         observers: UsageObservers,
     ) -> Self {
         let reporter = Reporter::new(CallInfo::from_meta(meta), observers);
+        let format = meta.and_then(RequestMeta::format);
+        let (progress, feeder) = match kind {
+            BodyKind::Unmetered => (None, None),
+            _ => {
+                let (p, f) = StreamProgress::detached(kind == BodyKind::Sse, format);
+                (Some(p), Some(f))
+            }
+        };
         Self::from_parts(
             inner,
             kind,
             StatusCode::OK,
-            meta.and_then(RequestMeta::format),
+            format,
             reporter,
+            progress,
+            feeder,
         )
     }
 
     /// Wraps the body of `res`, read as [`BodyKind::of_response`] says, with
-    /// the response's status in the report.
+    /// the response's status in the report. A success response gets a
+    /// [`StreamProgress`] in its extensions (or keeps the one a layer
+    /// further in attached).
     pub fn wrap_response(
         res: Response<B>,
         meta: Option<&RequestMeta>,
@@ -152,11 +163,18 @@ impl<B: Body> MeteredBody<B> {
         Self::wrap_with(res, reporter)
     }
 
-    pub(crate) fn wrap_with(res: Response<B>, reporter: Reporter) -> Response<Self> {
+    pub(crate) fn wrap_with(mut res: Response<B>, reporter: Reporter) -> Response<Self> {
         let kind = BodyKind::choose(&res, reporter.info.stream);
         let status = res.status();
         let format = reporter.info.format;
-        res.map(|b| Self::from_parts(b, kind, status, format, reporter))
+        let (progress, feeder) = match kind {
+            BodyKind::Unmetered => (None, None),
+            _ => match StreamProgress::attach_with(&mut res, format, reporter.info.stream) {
+                Some((p, f)) => (Some(p), f),
+                None => (None, None),
+            },
+        };
+        res.map(|b| Self::from_parts(b, kind, status, format, reporter, progress, feeder))
     }
 
     fn from_parts(
@@ -165,28 +183,35 @@ impl<B: Body> MeteredBody<B> {
         status: StatusCode,
         format: Option<WireFormat>,
         reporter: Reporter,
+        progress: Option<StreamProgress>,
+        feeder: Option<Feeder>,
     ) -> Self {
-        let mode = match kind {
-            BodyKind::Json => Mode::Json {
+        let mode = match (kind, &progress) {
+            (BodyKind::Json, _) => Mode::Json {
                 format,
                 first: None,
                 rest: Vec::new(),
                 overflow: false,
             },
-            BodyKind::Sse => Mode::Sse(Box::new(SseState {
-                parser: SseParser::new(),
-                stream: StreamUsage::new(format),
-            })),
-            BodyKind::Unmetered => Mode::Unmetered,
+            (BodyKind::Sse, Some(p)) if p.is_stream() => Mode::Sse,
+            // A layer further in read the body as JSON after all: so do we.
+            (BodyKind::Sse, Some(_)) => Mode::Json {
+                format,
+                first: None,
+                rest: Vec::new(),
+                overflow: false,
+            },
+            _ => Mode::Unmetered,
         };
         MeteredBody {
-            inner,
+            inner: ProgressBody::new(inner, feeder),
             meter: Metering {
                 mode,
-                state: State::Running,
+                done: false,
                 status,
                 bytes: 0,
                 reporter,
+                progress,
             },
         }
     }
@@ -195,46 +220,38 @@ impl<B: Body> MeteredBody<B> {
     pub fn kind(&self) -> BodyKind {
         match self.meter.mode {
             Mode::Json { .. } => BodyKind::Json,
-            Mode::Sse(_) | Mode::GaveUp => BodyKind::Sse,
+            Mode::Sse => BodyKind::Sse,
             Mode::Unmetered => BodyKind::Unmetered,
         }
     }
 
     /// SSE events with data seen so far (`0` unless SSE).
     pub fn events_seen(&self) -> u64 {
-        match &self.meter.mode {
-            Mode::Sse(sse) => sse.stream.events_seen(),
+        match (&self.meter.mode, &self.meter.progress) {
+            (Mode::Sse, Some(p)) => p.events(),
             _ => 0,
         }
     }
 
-    /// Whether part of the answer has arrived: an SSE event carrying
-    /// content (see [`StreamUsage::content_events`]), or any byte of a JSON
-    /// body.
+    /// Whether part of the answer has arrived: a stream's first token
+    /// ([`StreamProgress::has_output`]), or any byte of a JSON body.
     pub fn first_token_seen(&self) -> bool {
-        match &self.meter.mode {
-            Mode::Sse(sse) => sse.stream.content_events() > 0,
-            Mode::Json { .. } | Mode::GaveUp => self.meter.bytes > 0,
-            Mode::Unmetered => false,
+        match (&self.meter.mode, &self.meter.progress) {
+            (Mode::Sse, Some(p)) => p.has_output(),
+            (Mode::Json { .. }, _) => self.meter.bytes > 0,
+            _ => false,
         }
     }
 
-    /// The stream's usage tracker, for SSE bodies.
-    pub fn stream_usage(&self) -> Option<&StreamUsage> {
-        match &self.meter.mode {
-            Mode::Sse(sse) => Some(&sse.stream),
-            _ => None,
-        }
+    /// Where the body stands: the handle shared with every layer wrapping
+    /// it (`None` for an error response).
+    pub fn progress(&self) -> Option<&StreamProgress> {
+        self.meter.progress.as_ref()
     }
 
     /// The inner body.
     pub fn get_ref(&self) -> &B {
-        &self.inner
-    }
-
-    /// The inner body, mutably.
-    pub fn get_mut(&mut self) -> &mut B {
-        &mut self.inner
+        self.inner.get_ref()
     }
 }
 
@@ -253,14 +270,8 @@ where
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
         let meter = this.meter;
-        match &mut meter.state {
-            State::Running => {}
-            State::Done => return Poll::Ready(None),
-            State::Failing(e) => {
-                let e = e.take();
-                meter.state = State::Done;
-                return Poll::Ready(e.map(Err));
-            }
+        if meter.done {
+            return Poll::Ready(None);
         }
         match ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -268,28 +279,26 @@ where
                     meter.feed(data);
                 }
                 // A consumer may stop at `is_end_stream`: conclude now.
-                if matches!(meter.state, State::Running) && this.inner.is_end_stream() {
+                if this.inner.is_end_stream() {
                     meter.end_of_stream();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
                 meter.conclude(Outcome::BodyError);
-                meter.state = State::Done;
+                meter.done = true;
                 Poll::Ready(Some(Err(e.into())))
             }
             None => {
                 meter.end_of_stream();
-                match std::mem::replace(&mut meter.state, State::Done) {
-                    State::Failing(e) => Poll::Ready(e.map(Err)),
-                    _ => Poll::Ready(None),
-                }
+                meter.done = true;
+                Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.meter.state, State::Done)
+        self.meter.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -303,18 +312,11 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeteredBody")
-            .field("inner", &self.inner)
+            .field("inner", self.inner.get_ref())
             .field("kind", &self.kind())
             .field("status", &self.meter.status)
             .finish_non_exhaustive()
     }
-}
-
-enum State {
-    Running,
-    /// An error to yield at the next poll, then the end.
-    Failing(Option<BoxError>),
-    Done,
 }
 
 enum Mode<D> {
@@ -325,100 +327,66 @@ enum Mode<D> {
         rest: Vec<D>,
         overflow: bool,
     },
-    /// Boxed: the parser's buffers would triple the size of every body.
-    Sse(Box<SseState>),
-    /// A stream event outgrew the parser's limit: bytes still pass, usage
-    /// is estimated.
-    GaveUp,
+    /// Followed through the [`StreamProgress`].
+    Sse,
     Unmetered,
-}
-
-struct SseState {
-    parser: SseParser,
-    stream: StreamUsage,
 }
 
 /// Everything but the inner body; reports on drop if nothing else did.
 struct Metering<D> {
     mode: Mode<D>,
-    state: State,
+    done: bool,
     status: StatusCode,
     bytes: u64,
     reporter: Reporter,
+    progress: Option<StreamProgress>,
 }
 
 impl<D: AsRef<[u8]> + Clone> Metering<D> {
     fn feed(&mut self, data: &D) {
         let bytes = data.as_ref();
         self.bytes += bytes.len() as u64;
-        match &mut self.mode {
-            Mode::Unmetered | Mode::GaveUp => {}
-            Mode::Json {
-                first,
-                rest,
-                overflow,
-                ..
-            } => {
-                if !*overflow {
-                    if self.bytes > JSON_RETAIN_LIMIT as u64 {
-                        *overflow = true;
-                        *first = None;
-                        *rest = Vec::new();
-                    } else if !bytes.is_empty() {
-                        match first {
-                            None => *first = Some(data.clone()),
-                            Some(_) => rest.push(data.clone()),
-                        }
+        if let Mode::Json {
+            first,
+            rest,
+            overflow,
+            ..
+        } = &mut self.mode
+        {
+            if !*overflow {
+                if self.bytes > JSON_RETAIN_LIMIT as u64 {
+                    *overflow = true;
+                    *first = None;
+                    *rest = Vec::new();
+                } else if !bytes.is_empty() {
+                    match first {
+                        None => *first = Some(data.clone()),
+                        Some(_) => rest.push(data.clone()),
                     }
                 }
             }
-            Mode::Sse(sse) => {
-                let SseState { parser, stream } = &mut **sse;
-                let mut signal = StreamSignal::Continue;
-                parser.feed(bytes, |ev| {
-                    if signal == StreamSignal::Continue {
-                        signal = stream.on_event(ev.event, ev.data);
-                    }
-                });
-                if parser.is_overflowed() {
-                    self.mode = Mode::GaveUp;
-                    return;
-                }
-                let (outcome, error): (_, BoxError) = match signal {
-                    StreamSignal::Continue => return,
-                    StreamSignal::Error(e) => (Outcome::StreamError, StreamError::new(e).into()),
-                    StreamSignal::Malformed(why) => {
-                        (Outcome::Malformed, MalformedStream::new(why).into())
-                    }
-                };
-                self.conclude(outcome);
-                self.state = State::Failing(Some(error));
-            }
         }
-    }
-
-    /// The inner body ended: scan a JSON body, check a stream's terminal
-    /// event, report.
-    fn end_of_stream(&mut self) {
-        if let Mode::Sse(sse) = &self.mode {
-            if !sse.stream.is_complete() {
-                self.conclude(Outcome::Truncated);
-                self.state = State::Failing(Some(TruncatedStream::new().into()));
-                return;
-            }
-        }
-        self.conclude(Outcome::Completed);
-        self.state = State::Done;
     }
 }
 
-impl<D> Metering<D> {
+impl<D: AsRef<[u8]>> Metering<D> {
+    /// The inner body ended: scan a JSON body, judge a stream, report.
+    fn end_of_stream(&mut self) {
+        let outcome = self.stream_outcome().unwrap_or(Outcome::Completed);
+        self.conclude(outcome);
+    }
+
+    /// How a stream went, when its progress recorded a failure.
+    fn stream_outcome(&self) -> Option<Outcome> {
+        failure_outcome(self.progress.as_ref()?)
+    }
+
     /// Reports once, however the body ended.
-    fn conclude(&mut self, outcome: Outcome)
-    where
-        D: AsRef<[u8]>,
-    {
-        let scan = match (&self.mode, outcome) {
+    fn conclude(&mut self, outcome: Outcome) {
+        if self.reporter.is_done() {
+            return;
+        }
+        let json = match (&self.mode, outcome) {
             (
                 Mode::Json {
                     format,
@@ -439,51 +407,58 @@ impl<D> Metering<D> {
                         Cow::Owned(all)
                     }
                 };
-                Some(scan_json(*format, &body))
+                let scan = scan_json(*format, &body);
+                Some((scan.usage, scan.finish_reason))
             }
             _ => None,
         };
-        self.report(outcome, scan.map(|s| (s.usage, s.finish_reason)));
+        self.report(outcome, json);
     }
+}
 
+impl<D> Metering<D> {
     fn report(&mut self, outcome: Outcome, json: Option<(Option<Usage>, Option<FinishReason>)>) {
         if self.reporter.is_done() {
             return;
         }
         let estimated_input = self.reporter.info.estimated_input_tokens;
         let mut events = 0;
-        let (usage, source, finish) = match &self.mode {
-            Mode::Unmetered => (Usage::default(), UsageSource::Actual, None),
-            Mode::GaveUp => (
-                Usage::new(estimated_input, self.bytes.div_ceil(4)),
-                UsageSource::Estimated,
-                None,
-            ),
-            Mode::Json { .. } => match json {
+        let estimate = |bytes: u64| Usage::new(estimated_input, bytes.div_ceil(4));
+        let (usage, source, finish) = match (&self.mode, &self.progress) {
+            (Mode::Unmetered, _) | (Mode::Sse, None) => {
+                (Usage::default(), UsageSource::Actual, None)
+            }
+            (Mode::Json { .. }, _) => match json {
                 Some((Some(usage), finish)) => (usage, UsageSource::Actual, finish),
                 other => (
-                    Usage::new(estimated_input, self.bytes.div_ceil(4)),
+                    estimate(self.bytes),
                     UsageSource::Estimated,
                     other.and_then(|(_, f)| f),
                 ),
             },
-            Mode::Sse(sse) => {
-                let stream = &sse.stream;
-                events = stream.events_seen();
-                let finish = stream.finish_reason().cloned();
-                match stream.usage() {
-                    Some(usage) if stream.has_final_usage() => (usage, UsageSource::Actual, finish),
-                    partial => {
-                        let mut usage = partial.unwrap_or_default();
-                        if !stream.has_input() {
-                            usage.input_tokens = estimated_input;
-                        }
-                        usage.output_tokens =
-                            usage.output_tokens.max(stream.estimated_output_tokens());
-                        (usage, UsageSource::Estimated, finish)
-                    }
-                }
+            (Mode::Sse, Some(p)) if p.gave_up() => {
+                (estimate(self.bytes), UsageSource::Estimated, None)
             }
+            (Mode::Sse, Some(p)) => p
+                .with_usage(|stream| {
+                    events = stream.events_seen();
+                    let finish = stream.finish_reason().cloned();
+                    match stream.usage() {
+                        Some(usage) if stream.has_final_usage() => {
+                            (usage, UsageSource::Actual, finish)
+                        }
+                        partial => {
+                            let mut usage = partial.unwrap_or_default();
+                            if !stream.has_input() {
+                                usage.input_tokens = estimated_input;
+                            }
+                            usage.output_tokens =
+                                usage.output_tokens.max(stream.estimated_output_tokens());
+                            (usage, UsageSource::Estimated, finish)
+                        }
+                    }
+                })
+                .unwrap_or((estimate(self.bytes), UsageSource::Estimated, None)),
         };
         let mut report = UsageReport::new(usage, source, outcome);
         report.finish_reason = finish;
@@ -499,11 +474,46 @@ impl<D> Drop for Metering<D> {
             return;
         }
         // A client may stop reading at the terminal event: that stream is
-        // complete, not dropped.
-        let outcome = match &self.mode {
-            Mode::Sse(sse) if sse.stream.is_complete() => Outcome::Completed,
+        // complete, not dropped. A layer further out that gave the body up
+        // for a failure recorded why.
+        let failed = self.progress.as_ref().and_then(failure_outcome);
+        let outcome = match &self.progress {
+            _ if failed.is_some() => failed.expect("checked"),
+            Some(p) if matches!(self.mode, Mode::Sse) && p.is_complete() => Outcome::Completed,
             _ => Outcome::DroppedEarly,
         };
         self.report(outcome, None);
     }
+}
+
+/// The outcome a recorded failure means.
+fn failure_outcome(p: &StreamProgress) -> Option<Outcome> {
+    let e = p.failure()?;
+    Some(if e.is::<StreamError>() {
+        Outcome::StreamError
+    } else if e.is::<MalformedStream>() {
+        Outcome::Malformed
+    } else if e.is::<TruncatedStream>() {
+        Outcome::Truncated
+    } else if is_timeout(e) {
+        Outcome::TimedOut
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// Whether a failure a layer recorded is a timeout.
+fn is_timeout(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = cur {
+        #[cfg(feature = "timeout")]
+        if e.is::<crate::timeout::Elapsed>() {
+            return true;
+        }
+        if e.is::<tokio::time::error::Elapsed>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }

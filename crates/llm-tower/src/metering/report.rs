@@ -37,8 +37,15 @@ pub enum Outcome {
     Malformed,
     /// The response body itself failed (a connection reset, say).
     BodyError,
-    /// The body was dropped before its end.
+    /// The body was dropped before its end, and no layer said why (the
+    /// caller stopped reading).
     DroppedEarly,
+    /// A timeout of a layer further out gave the body up (recorded in its
+    /// [`StreamProgress`](super::StreamProgress)).
+    TimedOut,
+    /// A layer further out gave the body up for another failure it
+    /// recorded.
+    Failed,
     /// The inner service failed: no response at all.
     TransportError,
     /// The response future was dropped before a response came.

@@ -167,7 +167,7 @@ pub struct StreamUsage {
     finish: Option<FinishReason>,
     complete: bool,
     events: u64,
-    content_events: u64,
+    output_events: u64,
     text_bytes: u64,
 }
 
@@ -194,12 +194,21 @@ impl StreamUsage {
         if event == Some("error") {
             return StreamSignal::Error(provider_error(data));
         }
-        match self.format {
-            Some(WireFormat::OpenAiChat) => self.chat(data),
-            Some(WireFormat::OpenAiResponses) => self.responses(event, data),
-            Some(WireFormat::AnthropicMessages) => self.anthropic(event, data),
-            Some(WireFormat::GeminiGenerateContent) => self.gemini(data),
-            None => StreamSignal::Continue,
+        let Some(format) = self.format else {
+            // A stream in no known format: any event with data is progress.
+            self.output_events += 1;
+            return StreamSignal::Continue;
+        };
+        // Every event of these formats is one JSON value (bar chat's
+        // `[DONE]`): an event cut in half is never skipped silently.
+        if !(format == WireFormat::OpenAiChat && trim(data) == b"[DONE]") && !is_json(data) {
+            return StreamSignal::Malformed("event data is not valid JSON");
+        }
+        match format {
+            WireFormat::OpenAiChat => self.chat(data),
+            WireFormat::OpenAiResponses => self.responses(event, data),
+            WireFormat::AnthropicMessages => self.anthropic(event, data),
+            WireFormat::GeminiGenerateContent => self.gemini(data),
         }
     }
 
@@ -222,9 +231,21 @@ impl StreamUsage {
         }
         if let Some(pos) = FINISH_REASON.non_null_value(data) {
             self.set_finish(data, pos);
+            // A stream that delivered its finish reason is complete, with
+            // or without the `[DONE]` some compatible servers never send.
+            self.complete = true;
         }
         if DELTA.first_value(data).is_some() {
-            self.content(data, CONTENT.first_value(data));
+            // Output is text, a refusal, reasoning or a tool call; the role
+            // chunk and empty deltas are not.
+            let text = [&*CONTENT, &*REFUSAL, &*REASONING_CONTENT, &*REASONING]
+                .iter()
+                .filter_map(|k| k.first_value(data))
+                .map(|pos| string_len(data, pos))
+                .sum::<usize>();
+            if text > 0 || TOOL_CALLS.non_null_value(data).is_some() {
+                self.output(text);
+            }
         }
         StreamSignal::Continue
     }
@@ -254,7 +275,12 @@ impl StreamUsage {
             }
             "error" => StreamSignal::Error(provider_error(data)),
             n if n.ends_with(".delta") => {
-                self.content(data, DELTA.first_value(data));
+                let text = DELTA
+                    .first_value(data)
+                    .map_or(0, |pos| string_len(data, pos));
+                if text > 0 {
+                    self.output(text);
+                }
                 StreamSignal::Continue
             }
             _ => StreamSignal::Continue,
@@ -265,10 +291,21 @@ impl StreamUsage {
         let name = event_name(event, data);
         match &*name {
             "content_block_delta" => {
-                let text = TEXT
-                    .first_value(data)
-                    .or_else(|| PARTIAL_JSON.first_value(data));
-                self.content(data, text);
+                // Text, tool input, thinking or a citation; an empty
+                // `partial_json` opening a tool's input is not output yet.
+                let text = [&*TEXT, &*PARTIAL_JSON, &*THINKING]
+                    .iter()
+                    .filter_map(|k| k.first_value(data))
+                    .map(|pos| string_len(data, pos))
+                    .sum::<usize>();
+                if text > 0 || CITATION.non_null_value(data).is_some() {
+                    self.output(text);
+                }
+            }
+            "content_block_start" => {
+                if anthropic_block_has_output(data) {
+                    self.output(0);
+                }
             }
             "error" => return StreamSignal::Error(provider_error(data)),
             "message_start" | "message_delta" => {
@@ -287,6 +324,9 @@ impl StreamUsage {
                 if last {
                     if let Some(pos) = STOP_REASON.non_null_value(data) {
                         self.set_finish(data, pos);
+                        // The stop reason is the answer's end; only the
+                        // closing `message_stop` may still be missing.
+                        self.complete = true;
                     }
                 }
             }
@@ -305,7 +345,15 @@ impl StreamUsage {
             return StreamSignal::Malformed("gemini chunk is not a JSON object");
         }
         if CANDIDATES.first_value(data).is_some() {
-            self.content(data, TEXT.first_value(data));
+            let text = TEXT
+                .first_value(data)
+                .map_or(0, |pos| string_len(data, pos));
+            let call = [&*FUNCTION_CALL, &*INLINE_DATA, &*EXECUTABLE_CODE]
+                .iter()
+                .any(|k| k.non_null_value(data).is_some());
+            if text > 0 || call {
+                self.output(text);
+            }
         }
         if let Some(pos) = FINISH_REASON_CAMEL.non_null_value(data) {
             self.set_finish(data, pos);
@@ -339,13 +387,11 @@ impl StreamUsage {
         }
     }
 
-    /// Counts an event carrying part of the answer, and the bytes of its
-    /// text at `text` (a value position).
-    fn content(&mut self, data: &[u8], text: Option<usize>) {
-        self.content_events += 1;
-        if let Some(pos) = text {
-            self.text_bytes += string_len(data, pos) as u64;
-        }
+    /// Counts an event carrying model output, with `text` bytes of text
+    /// (as escaped).
+    fn output(&mut self, text: usize) {
+        self.output_events += 1;
+        self.text_bytes += text as u64;
     }
 
     /// The wire format, given or inferred so far.
@@ -353,8 +399,12 @@ impl StreamUsage {
         self.format
     }
 
-    /// Whether the terminal event arrived (`[DONE]`, `message_stop`,
-    /// `response.completed` and co., a Gemini chunk with a `finishReason`).
+    /// Whether the answer is complete: its finish reason or terminal event
+    /// arrived (a chat `finish_reason` or `[DONE]`, Anthropic's
+    /// `message_delta` with a `stop_reason` or `message_stop`,
+    /// `response.completed` and co., a Gemini chunk with a
+    /// `finishReason`). A stream that ends after its finish reason without
+    /// the closing event some servers omit is complete, not truncated.
     ///
     /// A stream whose format was never recognised counts as complete once
     /// it carried any event: there is no terminal event to wait for.
@@ -394,11 +444,19 @@ impl StreamUsage {
         self.events
     }
 
-    /// Events that carried part of the answer (chat chunks with a `delta`,
-    /// Anthropic `content_block_delta`, responses `*.delta`, Gemini chunks
-    /// with `candidates`).
-    pub fn content_events(&self) -> u64 {
-        self.content_events
+    /// Events that carried model output, so far. The first one is the
+    /// stream's *first token*, for every layer:
+    ///
+    /// | format | output | not output |
+    /// |---|---|---|
+    /// | OpenAI chat | a `delta` with non-empty `content`, `refusal`, `reasoning_content` or `reasoning`, or with `tool_calls` | the role chunk, empty deltas, the finish and usage chunks |
+    /// | OpenAI responses | a `*.delta` event with a non-empty `delta` | `response.created`, `response.in_progress`, items opened |
+    /// | Anthropic | `content_block_delta` with non-empty `text`, `partial_json` or `thinking`, or a `citation`; `content_block_start` of a block that carries content (a tool call, non-empty text) | `message_start`, `ping`, an empty text block opened, `message_delta` |
+    /// | Gemini | a candidate part with non-empty `text`, a `functionCall`, `inlineData` or `executableCode` | chunks with only metadata |
+    ///
+    /// In a stream whose format is not known, every event with data counts.
+    pub fn output_events(&self) -> u64 {
+        self.output_events
     }
 
     /// Output tokens guessed from the answer's text (its JSON-escaped bytes
@@ -894,6 +952,38 @@ fn trim(data: &[u8]) -> &[u8] {
     data.trim_ascii()
 }
 
+/// Whether `data` is one well-formed JSON value (validated, not built).
+fn is_json(data: &[u8]) -> bool {
+    serde_json::from_slice::<IgnoredAny>(data).is_ok()
+}
+
+/// Whether an Anthropic `content_block_start` opens a block that already
+/// carries output: a tool call (its name), or text or thinking that is not
+/// empty.
+fn anthropic_block_has_output(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Block<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        text: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        thinking: Option<Cow<'a, str>>,
+    }
+    let Some(block) = CONTENT_BLOCK
+        .non_null_value(data)
+        .and_then(|pos| parse_at::<Block<'_>>(data, pos))
+    else {
+        return false;
+    };
+    match block.kind.as_deref() {
+        Some("text") => block.text.is_some_and(|t| !t.is_empty()),
+        Some("thinking") => block.thinking.is_some_and(|t| !t.is_empty()),
+        Some(_) => true,
+        None => false,
+    }
+}
+
 fn is_object(data: &[u8]) -> bool {
     data.get(skip_ws(data, 0)) == Some(&b'{')
 }
@@ -945,6 +1035,16 @@ keys! {
     CONTENT = b"\"content\"";
     TEXT = b"\"text\"";
     PARTIAL_JSON = b"\"partial_json\"";
+    THINKING = b"\"thinking\"";
+    CITATION = b"\"citation\"";
+    CONTENT_BLOCK = b"\"content_block\"";
+    REFUSAL = b"\"refusal\"";
+    REASONING_CONTENT = b"\"reasoning_content\"";
+    REASONING = b"\"reasoning\"";
+    TOOL_CALLS = b"\"tool_calls\"";
+    FUNCTION_CALL = b"\"functionCall\"";
+    INLINE_DATA = b"\"inlineData\"";
+    EXECUTABLE_CODE = b"\"executableCode\"";
     TYPE = b"\"type\"";
 }
 
@@ -1091,8 +1191,129 @@ mod tests {
         }
         assert_eq!(
             s.on_event(None, b"<html>"),
-            StreamSignal::Malformed("gemini chunk is not a JSON object")
+            StreamSignal::Malformed("event data is not valid JSON")
         );
+    }
+
+    /// Feeds events, returning after which one (1-based) output began.
+    fn first_output(format: WireFormat, events: &[(Option<&str>, &str)]) -> Option<usize> {
+        let mut s = StreamUsage::new(Some(format));
+        for (i, (event, data)) in events.iter().enumerate() {
+            assert_eq!(
+                s.on_event(*event, data.as_bytes()),
+                StreamSignal::Continue,
+                "{data}"
+            );
+            if s.output_events() > 0 {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_first_token_is_the_first_event_with_output() {
+        let role = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"finish_reason":null}]}"#;
+        let empty = r#"{"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#;
+        let nothing = r#"{"choices":[{"index":0,"delta":{},"finish_reason":null}]}"#;
+        let text = r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
+        let tool = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]}}]}"#;
+        let refusal = r#"{"choices":[{"index":0,"delta":{"refusal":"I can't"}}]}"#;
+        let reasoning = r#"{"choices":[{"index":0,"delta":{"reasoning_content":"Let me think"}}]}"#;
+        let chat = WireFormat::OpenAiChat;
+        assert_eq!(
+            first_output(
+                chat,
+                &[(None, role), (None, empty), (None, nothing), (None, text)]
+            ),
+            Some(4)
+        );
+        assert_eq!(first_output(chat, &[(None, role), (None, tool)]), Some(2));
+        assert_eq!(first_output(chat, &[(None, refusal)]), Some(1));
+        assert_eq!(first_output(chat, &[(None, reasoning)]), Some(1));
+        assert_eq!(first_output(chat, &[(None, role), (None, empty)]), None);
+
+        let a = WireFormat::AnthropicMessages;
+        let start = r#"{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","content":[],"usage":{"input_tokens":3,"output_tokens":1}}}"#;
+        let block =
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+        let ping = r#"{"type": "ping"}"#;
+        let delta =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+        let empty_json = r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#;
+        let tool = r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#;
+        let thinking = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Hmm"}}"#;
+        let anthropic = |evs: &[(&str, &str)]| {
+            let evs: Vec<_> = evs.iter().map(|(e, d)| (Some(*e), *d)).collect();
+            first_output(a, &evs)
+        };
+        assert_eq!(
+            anthropic(&[
+                ("message_start", start),
+                ("content_block_start", block),
+                ("ping", ping),
+                ("ping", ping),
+                ("content_block_delta", delta)
+            ]),
+            Some(5)
+        );
+        assert_eq!(
+            anthropic(&[
+                ("message_start", start),
+                ("content_block_delta", empty_json)
+            ]),
+            None
+        );
+        assert_eq!(
+            anthropic(&[("message_start", start), ("content_block_start", tool)]),
+            Some(2)
+        );
+        assert_eq!(anthropic(&[("content_block_delta", thinking)]), Some(1));
+
+        let g = WireFormat::GeminiGenerateContent;
+        let meta = r#"{"candidates":[{"content":{"parts":[{"text":""}],"role":"model"}}],"usageMetadata":{"promptTokenCount":3}}"#;
+        let call = r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{}}}],"role":"model"}}]}"#;
+        assert_eq!(first_output(g, &[(None, meta), (None, call)]), Some(2));
+    }
+
+    #[test]
+    fn a_finish_reason_completes_a_stream_without_its_closing_event() {
+        let mut s = StreamUsage::new(Some(WireFormat::OpenAiChat));
+        s.on_event(
+            None,
+            br#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+        );
+        assert!(!s.is_complete());
+        s.on_event(
+            None,
+            br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        );
+        assert!(s.is_complete(), "no [DONE] needed");
+        let mut s = StreamUsage::new(Some(WireFormat::AnthropicMessages));
+        s.on_event(Some("message_delta"), br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}"#);
+        assert!(s.is_complete(), "no message_stop needed");
+    }
+
+    #[test]
+    fn an_event_cut_in_half_is_malformed_in_every_json_format() {
+        for format in [
+            WireFormat::OpenAiChat,
+            WireFormat::OpenAiResponses,
+            WireFormat::AnthropicMessages,
+            WireFormat::GeminiGenerateContent,
+        ] {
+            let mut s = StreamUsage::new(Some(format));
+            assert_eq!(
+                s.on_event(
+                    Some("content_block_delta"),
+                    br#"{"choices":[{"delta":{"content":"Hel"#
+                ),
+                StreamSignal::Malformed("event data is not valid JSON"),
+                "{format:?}"
+            );
+        }
+        let mut s = StreamUsage::new(Some(WireFormat::OpenAiChat));
+        assert_eq!(s.on_event(None, b" [DONE] "), StreamSignal::Continue);
     }
 
     #[test]

@@ -16,47 +16,49 @@ use super::StreamInterrupted;
 use crate::{
     BoxError,
     classify::PeekedBody,
-    metering::{SseParser, StreamError},
-    provider::{
-        WireFormat,
-        usage::{StreamSignal, StreamUsage},
-    },
+    metering::{ProgressBody, StreamProgress},
+    provider::WireFormat,
 };
 
 /// How holding a stream ended.
 #[derive(Debug)]
 pub(crate) enum Held {
-    /// The first token came (or the stream ended, or the hold limit was
-    /// reached): hand the stream over.
+    /// The first token came (or the stream ended complete, or the hold
+    /// limit was reached): hand the stream over.
     Handover,
     /// The stream failed before its first token.
     Failed(BoxError),
 }
 
 /// Reads a stream until its first token, keeping every byte.
+///
+/// Where the stream stands is read from its [`StreamProgress`]: the one a
+/// layer further in (the meter, the attempt timeout) feeds, or else one
+/// this hold attaches and feeds itself, so that a retry layer alone still
+/// knows a first token from a ping.
 pub(crate) struct Hold<B> {
     parts: Option<http::response::Parts>,
-    body: Option<B>,
+    body: Option<ProgressBody<B>>,
+    progress: StreamProgress,
     /// The frames held, as they came (no copy).
     frames: Vec<Bytes>,
     held: usize,
     limit: usize,
-    parser: SseParser,
-    usage: StreamUsage,
     done: bool,
 }
 
 impl<B> Hold<B> {
-    pub(crate) fn new(res: Response<B>, format: Option<WireFormat>, limit: usize) -> Self {
+    pub(crate) fn new(mut res: Response<B>, format: Option<WireFormat>, limit: usize) -> Self {
+        let (progress, feeder) = StreamProgress::attach_with(&mut res, format, true)
+            .expect("only success responses are held");
         let (parts, body) = res.into_parts();
         Hold {
             parts: Some(parts),
-            body: Some(body),
+            body: Some(ProgressBody::new(body, feeder)),
+            progress,
             frames: Vec::new(),
             held: 0,
             limit,
-            parser: SseParser::new(),
-            usage: StreamUsage::new(format),
             done: false,
         }
     }
@@ -75,11 +77,12 @@ where
     B: Body + Unpin,
     B::Error: Into<BoxError>,
 {
-    type Output = (Held, Response<PeekedBody<B>>);
+    type Output = (Held, Response<PeekedBody<ProgressBody<B>>>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let body = this.body.as_mut().expect("polled after completion");
+        let progress = &this.progress;
         let held = loop {
             if this.held >= this.limit {
                 break Held::Handover;
@@ -87,7 +90,12 @@ where
             match ready!(Pin::new(&mut *body).poll_frame(cx)) {
                 None => {
                     this.done = true;
-                    break Held::Handover;
+                    // Ended before its first token: complete (an empty
+                    // answer, for content checks to judge) or truncated.
+                    break match progress.failure_error() {
+                        Some(e) => Held::Failed(e),
+                        None => Held::Handover,
+                    };
                 }
                 Some(Err(e)) => break Held::Failed(e.into()),
                 Some(Ok(frame)) => {
@@ -98,23 +106,11 @@ where
                     };
                     let bytes = data.copy_to_bytes(data.remaining());
                     this.held += bytes.len();
-                    let mut signal = StreamSignal::Continue;
-                    let usage = &mut this.usage;
-                    this.parser.feed(&bytes, |event| {
-                        if matches!(signal, StreamSignal::Continue) {
-                            signal = usage.on_event(event.event, event.data);
-                        }
-                    });
                     this.frames.push(bytes);
-                    match signal {
-                        StreamSignal::Error(e) => {
-                            break Held::Failed(Box::new(StreamError::new(e)));
-                        }
-                        // A broken event before any token: let the caller's
-                        // meter judge it; it is not a provider failure.
-                        StreamSignal::Malformed(_) | StreamSignal::Continue => {}
+                    if let Some(e) = progress.failure_error() {
+                        break Held::Failed(e);
                     }
-                    if usage.content_events() > 0 || usage.is_complete() {
+                    if progress.has_output() || progress.is_complete() {
                         break Held::Handover;
                     }
                 }
@@ -146,22 +142,38 @@ pin_project! {
     /// every byte of the attempt that answered, including the ones read to
     /// classify it or held until a stream's first token.
     ///
-    /// Once a stream's first token has reached the caller, a later error of
-    /// the stream comes wrapped in [`StreamInterrupted`]: it was not
-    /// retried, and must not be.
+    /// Once a stream's first token has reached the caller, nothing is
+    /// retried, and the stream's failures reach the caller as a typed
+    /// [`StreamInterrupted`] whose source says what broke it: an error
+    /// event ([`StreamError`](crate::metering::StreamError)), an event that
+    /// is not valid JSON ([`MalformedStream`](crate::metering::MalformedStream)),
+    /// an end before the finish reason
+    /// ([`TruncatedStream`](crate::metering::TruncatedStream)), a timeout,
+    /// a dropped connection. The answer is never silently partial: this is
+    /// where a failure the stream's [`StreamProgress`] recorded becomes an
+    /// error. The error follows the frame that revealed it, so every byte
+    /// before it has reached the caller.
     pub struct RetryBody<B> {
         #[pin]
-        inner: PeekedBody<B>,
+        inner: PeekedBody<ProgressBody<B>>,
         // Set when the stream was handed over after its first token.
-        interrupted_is_final: bool,
+        stream: Option<StreamProgress>,
+        // The stream's failure, yielded after the frame that revealed it.
+        pending: Option<BoxError>,
+        finished: bool,
     }
 }
 
 impl<B> RetryBody<B> {
-    pub(crate) fn new(inner: PeekedBody<B>, handed_over_stream: bool) -> Self {
+    pub(crate) fn new(
+        inner: PeekedBody<ProgressBody<B>>,
+        handed_over_stream: Option<StreamProgress>,
+    ) -> Self {
         RetryBody {
             inner,
-            interrupted_is_final: handed_over_stream,
+            stream: handed_over_stream,
+            pending: None,
+            finished: false,
         }
     }
 
@@ -175,6 +187,7 @@ impl<B> fmt::Debug for RetryBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryBody")
             .field("inner", &self.inner)
+            .field("stream", &self.stream)
             .finish_non_exhaustive()
     }
 }
@@ -192,16 +205,47 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
-            Some(Err(e)) if *this.interrupted_is_final => {
+        if *this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(e) = this.pending.take() {
+            *this.finished = true;
+            return Poll::Ready(Some(Err(Box::new(StreamInterrupted::new(e)))));
+        }
+        let frame = ready!(this.inner.poll_frame(cx));
+        let Some(progress) = this.stream else {
+            return Poll::Ready(frame);
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if progress.has_failed() {
+                    *this.pending = progress.failure_error();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                *this.finished = true;
                 Poll::Ready(Some(Err(Box::new(StreamInterrupted::new(e)))))
             }
-            other => Poll::Ready(other),
+            None => {
+                *this.finished = true;
+                match progress.failure_error() {
+                    Some(e) => Poll::Ready(Some(Err(Box::new(StreamInterrupted::new(e))))),
+                    None => Poll::Ready(None),
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        if self.finished {
+            return true;
+        }
+        // A failure still to yield keeps the body open, whatever the inner
+        // body says.
+        self.pending.is_none()
+            && self.inner.is_end_stream()
+            && self.stream.as_ref().is_none_or(|p| !p.has_failed())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -29,6 +29,7 @@ use crate::{
         CIRCUIT_OPEN, Classifier, Failure, InvalidContent, PeekBody, PeekedBody, ResponseView,
     },
     deadline::Deadline,
+    metering::{ProgressBody, StreamProgress},
     provider::headers::is_event_stream,
     request::RequestMeta,
 };
@@ -45,11 +46,11 @@ pin_project! {
         Calling { #[pin] fut: F },
         // An error response, read (bounded) to classify it. The states off
         // the happy path are boxed, to keep the future small to move.
-        Peeking { peek: Box<PeekBody<B>> },
+        Peeking { peek: Box<PeekBody<ProgressBody<B>>> },
         // A stream, held until its first token.
         Holding { hold: Box<Hold<B>> },
         // A whole answer, read for content validation.
-        Validating { peek: Box<PeekBody<B>> },
+        Validating { peek: Box<PeekBody<ProgressBody<B>>> },
         Waiting { sleep: Pin<Box<Sleep>> },
         Done,
     }
@@ -94,6 +95,11 @@ where
             state: State::Calling { fut },
         }
     }
+}
+
+/// A response whose body this layer does not follow as a stream.
+fn unwatched<B>(res: Response<B>) -> Response<ProgressBody<B>> {
+    res.map(|b| ProgressBody::new(b, None))
 }
 
 fn attempt_span<B>(req: &Request<B>, attempt: u32) -> tracing::Span {
@@ -211,91 +217,95 @@ where
         loop {
             // A failed attempt: its failure, and what the caller gets if it
             // is the last.
-            let (failure, last): (Failure, Result<Response<RetryBody<B>>, BoxError>) =
-                match this.state.as_mut().project() {
-                    StateProj::Ready => {
-                        ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
-                        *this.attempt += 1;
-                        *this.span = attempt_span(this.request, *this.attempt);
-                        let fut = {
-                            let _enter = this.span.enter();
-                            this.service.call(this.request.clone())
-                        };
-                        this.state.set(State::Calling { fut });
-                        continue;
-                    }
-                    StateProj::Calling { fut } => {
-                        let res = {
-                            let _enter = this.span.enter();
-                            ready!(fut.poll(cx))
-                        };
-                        match res {
-                            Err(e) => {
-                                let e: BoxError = e.into();
-                                (classifier.classify_error(&*e), Err(e))
+            let (failure, last): (Failure, Result<Response<RetryBody<B>>, BoxError>) = match this
+                .state
+                .as_mut()
+                .project()
+            {
+                StateProj::Ready => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    *this.attempt += 1;
+                    *this.span = attempt_span(this.request, *this.attempt);
+                    let fut = {
+                        let _enter = this.span.enter();
+                        this.service.call(this.request.clone())
+                    };
+                    this.state.set(State::Calling { fut });
+                    continue;
+                }
+                StateProj::Calling { fut } => {
+                    let res = {
+                        let _enter = this.span.enter();
+                        ready!(fut.poll(cx))
+                    };
+                    match res {
+                        Err(e) => {
+                            let e: BoxError = e.into();
+                            (classifier.classify_error(&*e), Err(e))
+                        }
+                        Ok(res) => {
+                            let status = res.status();
+                            if classifier.needs_body(status) {
+                                let limit = shared.config.error_body_limit;
+                                this.state.set(State::Peeking {
+                                    peek: Box::new(PeekBody::new(unwatched(res), limit)),
+                                });
+                            } else if status.is_success() && is_event_stream(res.headers()) {
+                                let limit = shared.config.first_token_hold_limit;
+                                let format = meta.and_then(RequestMeta::format);
+                                this.state.set(State::Holding {
+                                    hold: Box::new(Hold::new(res, format, limit)),
+                                });
+                            } else if status.is_success()
+                                && shared.config.content.is_some()
+                                && !meta.is_some_and(RequestMeta::is_stream)
+                            {
+                                this.state.set(State::Validating {
+                                    peek: Box::new(PeekBody::new(unwatched(res), CONTENT_LIMIT)),
+                                });
+                            } else {
+                                return this
+                                    .succeed(unwatched(res).map(PeekedBody::passthrough), false);
                             }
-                            Ok(res) => {
-                                let status = res.status();
-                                if classifier.needs_body(status) {
-                                    let limit = shared.config.error_body_limit;
-                                    this.state.set(State::Peeking {
-                                        peek: Box::new(PeekBody::new(res, limit)),
-                                    });
-                                } else if status.is_success() && is_event_stream(res.headers()) {
-                                    let limit = shared.config.first_token_hold_limit;
-                                    let format = meta.and_then(RequestMeta::format);
-                                    this.state.set(State::Holding {
-                                        hold: Box::new(Hold::new(res, format, limit)),
-                                    });
-                                } else if status.is_success()
-                                    && shared.config.content.is_some()
-                                    && !meta.is_some_and(RequestMeta::is_stream)
-                                {
-                                    this.state.set(State::Validating {
-                                        peek: Box::new(PeekBody::new(res, CONTENT_LIMIT)),
-                                    });
-                                } else {
-                                    return this.succeed(res.map(PeekedBody::passthrough), false);
-                                }
-                                continue;
-                            }
+                            continue;
                         }
                     }
-                    StateProj::Peeking { peek } => {
-                        let res = ready!(Pin::new(&mut **peek).poll(cx));
-                        let view = ResponseView::new(res.status(), res.headers())
-                            .with_body(res.body().peeked())
-                            .with_format(meta.and_then(RequestMeta::format));
-                        match classifier.classify_response(&view).into_failure() {
-                            None => return this.succeed(res, false),
-                            Some(f) => (f, Ok(res.map(|b| RetryBody::new(b, false)))),
-                        }
+                }
+                StateProj::Peeking { peek } => {
+                    let res = ready!(Pin::new(&mut **peek).poll(cx));
+                    let view = ResponseView::new(res.status(), res.headers())
+                        .with_body(res.body().peeked())
+                        .with_format(meta.and_then(RequestMeta::format));
+                    match classifier.classify_response(&view).into_failure() {
+                        None => return this.succeed(res, false),
+                        Some(f) => (f, Ok(res.map(|b| RetryBody::new(b, None)))),
                     }
-                    StateProj::Holding { hold } => match ready!(Pin::new(&mut **hold).poll(cx)) {
-                        (Held::Handover, res) => return this.succeed(res, true),
-                        (Held::Failed(e), res) => (
-                            classifier.classify_error(&*e),
-                            Ok(res.map(|b| RetryBody::new(b.with_error(e), false))),
+                }
+                StateProj::Holding { hold } => match ready!(Pin::new(&mut **hold).poll(cx)) {
+                    (Held::Handover, res) => return this.succeed(res, true),
+                    (Held::Failed(e), res) => (
+                        classifier.classify_error(&*e),
+                        Ok(res.map(|b| RetryBody::new(b.with_error(e), None))),
+                    ),
+                },
+                StateProj::Validating { peek } => {
+                    let res = ready!(Pin::new(&mut **peek).poll(cx));
+                    let checks = shared.config.content.unwrap_or_default();
+                    match content::problem(&checks, meta, res.body()) {
+                        None => return this.succeed(res, false),
+                        Some(problem) => (
+                            classifier.classify_error(&InvalidContent::new(problem)),
+                            Ok(res.map(|b| RetryBody::new(b, None))),
                         ),
-                    },
-                    StateProj::Validating { peek } => {
-                        let res = ready!(Pin::new(&mut **peek).poll(cx));
-                        let checks = shared.config.content.unwrap_or_default();
-                        match content::problem(&checks, meta, res.body()) {
-                            None => return this.succeed(res, false),
-                            Some(problem) => (
-                                classifier.classify_error(&InvalidContent::new(problem)),
-                                Ok(res.map(|b| RetryBody::new(b, false))),
-                            ),
-                        }
                     }
-                    StateProj::Waiting { sleep } => {
-                        ready!(sleep.as_mut().poll(cx));
-                        this.state.set(State::Ready);
-                        continue;
-                    }
-                    StateProj::Done => panic!("retry future polled after completion"),
-                };
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Ready);
+                    continue;
+                }
+                StateProj::Done => panic!("retry future polled after completion"),
+            };
             let decision = {
                 let _enter = this.span.enter();
                 let d = decide(
@@ -334,7 +344,7 @@ where
     /// An attempt answered: refill the budget, hand the answer over.
     fn succeed(
         &mut self,
-        res: Response<PeekedBody<B>>,
+        res: Response<PeekedBody<ProgressBody<B>>>,
         stream_handed_over: bool,
     ) -> Poll<Result<Response<RetryBody<B>>, BoxError>> {
         if res.status().is_success() {
@@ -343,7 +353,10 @@ where
             }
         }
         self.state.set(State::Done);
-        Poll::Ready(Ok(res.map(|b| RetryBody::new(b, stream_handed_over))))
+        let stream = stream_handed_over
+            .then(|| StreamProgress::get(&res).cloned())
+            .flatten();
+        Poll::Ready(Ok(res.map(|b| RetryBody::new(b, stream))))
     }
 }
 

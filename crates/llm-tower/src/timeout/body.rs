@@ -1,20 +1,22 @@
 //! [`TimeoutBody`]: the limits that hold while the caller reads the body.
 
 use std::{
-    io::IoSlice,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::Buf;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::{Elapsed, Phase, config::Limits, timer::Timer};
-use crate::{BoxError, provider::headers::is_event_stream};
+use crate::{
+    BoxError,
+    metering::{Feeder, ProgressBody, StreamProgress},
+    provider::headers::is_event_stream,
+};
 
 /// A limit in nanoseconds, `0` for none: validated limits are never zero.
 /// Eight bytes instead of an `Option<Duration>`'s sixteen keeps the futures
@@ -105,6 +107,12 @@ impl Phases {
         ])
     }
 
+    /// Whether the body's limits need to know where the stream stands: a
+    /// first-token limit on a successful event stream.
+    pub(crate) fn needs_progress(&self) -> bool {
+        self.sse && self.first_token.get().is_some()
+    }
+
     /// The phases once the response headers have come.
     pub(crate) fn at_headers<B>(&self, res: &Response<B>) -> Phases {
         let stream_end = match self.stream.get() {
@@ -143,67 +151,33 @@ impl Phases {
     }
 }
 
-/// Spots the first SSE `data` field as the bytes pass, whatever the chunk
-/// boundaries: comments (`: keep-alive`) and other fields do not count.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct TokenWatch {
-    seen: bool,
-    /// Bytes of `data:` matched at the start of the current line.
-    matched: u8,
-    /// The current line is known not to be a data line.
-    skip_line: bool,
-}
-
-impl TokenWatch {
-    const FIELD: &'static [u8] = b"data:";
-
-    pub(crate) fn seen(&self) -> bool {
-        self.seen
-    }
-
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
-        while !self.seen && !bytes.is_empty() {
-            if self.skip_line {
-                match memchr::memchr2(b'\n', b'\r', bytes) {
-                    Some(i) => {
-                        self.skip_line = false;
-                        self.matched = 0;
-                        bytes = &bytes[i + 1..];
-                    }
-                    None => return,
-                }
-                continue;
-            }
-            let b = bytes[0];
-            bytes = &bytes[1..];
-            if b == b'\n' || b == b'\r' {
-                self.matched = 0;
-            } else if b == Self::FIELD[usize::from(self.matched)] {
-                self.matched += 1;
-                self.seen = usize::from(self.matched) == Self::FIELD.len();
-            } else {
-                self.skip_line = true;
-            }
-        }
-    }
-}
-
 pin_project! {
     /// A response body whose limits hold while it is read: the call or
-    /// attempt deadline, the first SSE `data` event, the idle time between
+    /// attempt deadline, the stream's first token, the idle time between
     /// chunks and the stream duration.
     ///
     /// Every frame passes through at once. When a limit elapses, the inner
     /// body is dropped at once, which closes the connection and so cancels
     /// the request upstream, and the body yields an [`Elapsed`] error and
-    /// then ends.
+    /// then ends. The elapsed limit is first recorded in the body's
+    /// [`StreamProgress`], so the layers inside (a circuit breaker, the
+    /// meter) count the call as timed out, not as abandoned.
+    ///
+    /// The first token is the stream's first event carrying model output,
+    /// as its [`StreamProgress`] says: a ping or an empty delta does not
+    /// end the first-token limit. Any chunk, pings included, ends an idle
+    /// period: `idle` bounds silence on the connection, `first_token`
+    /// bounds the wait for output.
+    #[project = TimeoutBodyProj]
     pub struct TimeoutBody<B> {
         #[pin]
-        inner: Inner<B>,
+        inner: Inner<ProgressBody<B>>,
         timer: Timer,
         phases: Phases,
         idle_at: Option<Instant>,
-        token: TokenWatch,
+        progress: Option<StreamProgress>,
+        // A limit found passed at a frame: the body fails at the next poll.
+        expired: Option<(Phase, Duration)>,
     }
 }
 
@@ -217,22 +191,36 @@ pin_project! {
 }
 
 impl<B> TimeoutBody<B> {
-    pub(crate) fn new(inner: B, phases: Phases) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        phases: Phases,
+        progress: Option<StreamProgress>,
+        feeder: Option<Feeder>,
+    ) -> Self {
         TimeoutBody {
-            inner: Inner::Live { body: inner },
+            inner: Inner::Live {
+                body: ProgressBody::new(inner, feeder),
+            },
             timer: Timer::default(),
             phases,
             idle_at: None,
-            token: TokenWatch::default(),
+            progress,
+            expired: None,
         }
     }
 
     /// The inner body; `None` once it ended, failed or timed out.
     pub fn get_ref(&self) -> Option<&B> {
         match &self.inner {
-            Inner::Live { body } => Some(body),
+            Inner::Live { body } => Some(body.get_ref()),
             Inner::Gone => None,
         }
+    }
+
+    fn token_seen(&self) -> bool {
+        self.progress
+            .as_ref()
+            .is_some_and(StreamProgress::has_output)
     }
 }
 
@@ -240,7 +228,7 @@ impl<B> std::fmt::Debug for TimeoutBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimeoutBody")
             .field("phases", &self.phases)
-            .field("token_seen", &self.token.seen())
+            .field("token_seen", &self.token_seen())
             .finish_non_exhaustive()
     }
 }
@@ -258,19 +246,26 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        if let Some((phase, limit)) = this.expired.take() {
+            return give_up(this, phase, limit);
+        }
         let InnerProj::Live { body } = this.inner.as_mut().project() else {
             return Poll::Ready(None);
         };
         match body.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.idle_at = None;
-                if this.phases.sse && !this.token.seen() {
-                    if let Some(data) = frame.data_ref() {
-                        let mut slices = [IoSlice::new(&[]); 8];
-                        let n = data.chunks_vectored(&mut slices);
-                        for s in &slices[..n] {
-                            this.token.feed(s);
-                        }
+                // A body that is always ready never waits for the timer:
+                // its limits are checked at each frame, once the frame has
+                // told whether the first token came. A limit passed fails
+                // the body after this frame.
+                let token_seen = this
+                    .progress
+                    .as_ref()
+                    .is_some_and(StreamProgress::has_output);
+                if let Some((at, phase, limit)) = this.phases.body_deadline(token_seen, None) {
+                    if Instant::now() >= at {
+                        *this.expired = Some((phase, limit));
                     }
                 }
                 return Poll::Ready(Some(Ok(frame)));
@@ -292,25 +287,22 @@ where
                 .idle()
                 .and_then(|d| Instant::now().checked_add(d));
         }
-        let Some((at, phase, limit)) = this.phases.body_deadline(this.token.seen(), *this.idle_at)
-        else {
+        let token_seen = this
+            .progress
+            .as_ref()
+            .is_some_and(StreamProgress::has_output);
+        let Some((at, phase, limit)) = this.phases.body_deadline(token_seen, *this.idle_at) else {
             return Poll::Pending;
         };
         this.timer.arm(at, phase, limit);
         match this.timer.poll_fired(cx) {
-            Some((phase, limit)) => {
-                // Give the body up now: the connection closes and the
-                // provider stops generating, whatever the caller does next.
-                this.inner.set(Inner::Gone);
-                let after = this.phases.since_start();
-                Poll::Ready(Some(Err(Elapsed::new(phase, limit, after).into())))
-            }
+            Some((phase, limit)) => give_up(this, phase, limit),
             None => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.get_ref().is_none_or(Body::is_end_stream)
+        self.expired.is_none() && self.get_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -319,58 +311,18 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::TokenWatch;
-
-    fn watch(chunks: &[&str]) -> Option<usize> {
-        let mut w = TokenWatch::default();
-        for (i, c) in chunks.iter().enumerate() {
-            w.feed(c.as_bytes());
-            if w.seen() {
-                return Some(i);
-            }
-        }
-        None
+/// A limit elapsed: record it for the layers inside, then drop the inner
+/// body now — the connection closes and the provider stops generating,
+/// whatever the caller does next.
+fn give_up<B, T>(
+    mut this: TimeoutBodyProj<'_, B>,
+    phase: Phase,
+    limit: Duration,
+) -> Poll<Option<Result<T, BoxError>>> {
+    let elapsed = Elapsed::new(phase, limit, this.phases.since_start());
+    if let Some(p) = this.progress.as_ref() {
+        p.record_failure(elapsed.clone());
     }
-
-    #[test]
-    fn data_fields_count_comments_and_other_fields_do_not() {
-        assert_eq!(watch(&["data: {}\n\n"]), Some(0));
-        assert_eq!(
-            watch(&[": keep-alive\n\n", "event: ping\n", "data: {}\n\n"]),
-            Some(2)
-        );
-        assert_eq!(watch(&["da", "ta", ":"]), Some(2), "split across chunks");
-        assert_eq!(watch(&[": data: not a field\n"]), None);
-        assert_eq!(watch(&["xdata: no\n", "id: 1\r\n"]), None);
-        assert_eq!(watch(&["id: 1\r\ndata:x"]), Some(0));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_split_sees_the_field_in_the_chunk_that_completes_it(
-            cuts in proptest::collection::vec(0usize..60, 0..6)
-        ) {
-            let text = ": ping\n\nevent: message_start\ndata: {}\n\n";
-            let end = text.find("data:").unwrap() + 5;
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
-            cuts.sort();
-            cuts.dedup();
-            let mut chunks = Vec::new();
-            let mut from = 0;
-            for c in cuts.into_iter().chain([text.len()]) {
-                if c > from {
-                    chunks.push(&text[from..c]);
-                    from = c;
-                }
-            }
-            let mut offset = 0;
-            let expected = chunks.iter().position(|c| {
-                offset += c.len();
-                offset >= end
-            });
-            proptest::prop_assert_eq!(watch(&chunks), expected);
-        }
-    }
+    this.inner.set(Inner::Gone);
+    Poll::Ready(Some(Err(elapsed.into())))
 }

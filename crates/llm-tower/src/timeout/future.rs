@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::{Elapsed, Phase, TimeoutBody, body::Phases, config::Limits, timer::Timer};
-use crate::BoxError;
+use crate::{BoxError, metering::StreamProgress};
 
 pin_project! {
     /// Response future of [`Timeout`](super::Timeout).
@@ -64,9 +64,21 @@ where
             .into()));
         };
         if let Poll::Ready(res) = inner.poll(cx) {
-            let res = res.map_err(Into::into)?;
+            let mut res = res.map_err(Into::into)?;
             let phases = this.phases.at_headers(&res);
-            return Poll::Ready(Ok(res.map(|b| TimeoutBody::new(b, phases))));
+            // The first-token limit needs to know where the stream stands:
+            // read it from a layer further in, or follow it here.
+            let (progress, feeder) = if phases.needs_progress() {
+                match StreamProgress::attach_with(&mut res, None, true) {
+                    Some((p, f)) => (Some(p), f),
+                    None => (None, None),
+                }
+            } else {
+                (StreamProgress::get(&res).cloned(), None)
+            };
+            return Poll::Ready(Ok(
+                res.map(|b| TimeoutBody::new(b, phases, progress, feeder))
+            ));
         }
         // Armed once the inner future has to wait: an answer that is ready
         // at once costs no timer.
