@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use futures_util::{StreamExt, stream};
 use http::StatusCode;
 use llm_tower::retry::RetryConfig;
@@ -17,9 +19,7 @@ async fn x_should_retry_does_not_make_insufficient_quota_retryable() {
     let mock = mock(vec![Rule::new(Fault::InsufficientQuota)]).await;
     let client = with_response_header(client(), "x-should-retry", "true");
     let stack = Stack::recommended_over(&Tuning::new(), client);
-    let answer = stack
-        .call(chat(&mock, Provider::OpenAi, false, "hi"))
-        .await;
+    let answer = stack.call(chat(&mock, Provider::OpenAi, false, "hi")).await;
     assert_eq!(answer.status, Some(StatusCode::TOO_MANY_REQUESTS));
     assert!(answer.text().contains("insufficient_quota"));
     assert_eq!(
@@ -64,7 +64,11 @@ async fn a_requests_per_minute_quota_is_worked_through_with_the_default_policy()
         .filter(|a| !a.is_clean())
         .map(|a| (a.status, a.describe()))
         .collect();
-    assert!(failed.is_empty(), "{} calls failed: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {failed:?}",
+        failed.len()
+    );
     let ok = mock.journal().entries();
     assert_eq!(ok.iter().filter(|e| e.status == 200).count(), 90);
 }
@@ -73,7 +77,10 @@ async fn a_requests_per_minute_quota_is_worked_through_with_the_default_policy()
 async fn retry_after_zero_is_not_an_immediate_retry() {
     for provider in [Provider::OpenAi, Provider::Anthropic] {
         // `retry-after: 0` (and OpenAI's `retry-after-ms: 0`), once.
-        let mock = mock(vec![Rule::new(Fault::rate_limited(0 * SEC)).times(1)]).await;
+        let mock = mock(vec![
+            Rule::new(Fault::rate_limited(Duration::ZERO)).times(1),
+        ])
+        .await;
         let stack = Stack::recommended(&Tuning::new());
         let answer = stack.call(chat(&mock, provider, false, "hi")).await;
         assert!(answer.is_clean(), "{provider}: {}", answer.describe());

@@ -42,7 +42,11 @@ async fn a_malformed_event_after_tokens_reaches_the_caller_as_an_error() {
         let mut req = chat(&mock, provider, true, "hi");
         let reports = observe(&mut req);
         let answer = stack.call(req).await;
-        assert_eq!(mock.journal().len(), 1, "{provider}: tokens came, not retried");
+        assert_eq!(
+            mock.journal().len(),
+            1,
+            "{provider}: tokens came, not retried"
+        );
         assert!(
             answer.error.is_some(),
             "{provider}: the body ended Ok with a broken event in it: {}",
@@ -102,7 +106,11 @@ async fn a_stream_cut_before_its_finish_reason_is_an_error() {
             show(err)
         );
         assert_eq!(reports.last().outcome, Outcome::Truncated, "{provider}");
-        assert_eq!(mock.journal().len(), 1, "{provider}: tokens came, not retried");
+        assert_eq!(
+            mock.journal().len(),
+            1,
+            "{provider}: tokens came, not retried"
+        );
     }
 }
 

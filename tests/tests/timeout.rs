@@ -56,7 +56,10 @@ async fn an_always_ready_body_meets_its_total_limit() {
     let (result, read) = read_always_ready(TimeoutConfig::new().total(SEC)).await;
     let phase = result.expect("the body was still yielding after 100 s; the limit is 1 s");
     assert_eq!(phase, Phase::Total);
-    assert!((999..=1001).contains(&read), "cut after {read} frames of 1 ms");
+    assert!(
+        (999..=1001).contains(&read),
+        "cut after {read} frames of 1 ms"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -64,7 +67,10 @@ async fn an_always_ready_body_meets_its_stream_limit() {
     let (result, read) = read_always_ready(TimeoutConfig::new().stream(SEC)).await;
     let phase = result.expect("the body was still yielding after 100 s; the limit is 1 s");
     assert_eq!(phase, Phase::Stream);
-    assert!((999..=1001).contains(&read), "cut after {read} frames of 1 ms");
+    assert!(
+        (999..=1001).contains(&read),
+        "cut after {read} frames of 1 ms"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -72,5 +78,8 @@ async fn an_always_ready_body_meets_its_attempt_limit() {
     let (result, read) = read_always_ready(TimeoutConfig::new().attempt(SEC)).await;
     let phase = result.expect("the body was still yielding after 100 s; the limit is 1 s");
     assert_eq!(phase, Phase::Attempt);
-    assert!((999..=1001).contains(&read), "cut after {read} frames of 1 ms");
+    assert!(
+        (999..=1001).contains(&read),
+        "cut after {read} frames of 1 ms"
+    );
 }
