@@ -10,9 +10,18 @@ use crate::{content, wire::Provider};
 /// A way for a call to go wrong, written the way the provider would.
 ///
 /// Faults that only make sense while streaming (`stall`, `drop`, `truncate`,
-/// `malformed`, `error_event`, `slow_first_token`) fire only for streaming
-/// requests; a rule carrying one passes over other requests without spending
-/// its count.
+/// `malformed`, `error_event`, `slow_first_token`, `empty_deltas`,
+/// `no_done`) fire only for streaming requests; a rule carrying one passes
+/// over other requests without spending its count. `empty_deltas` and
+/// `no_done` shape OpenAI chat streams only, and pass over other providers'
+/// requests the same way.
+///
+/// Two kinds of fault do not decide the answer alone: `latency` adds to the
+/// delay of whatever follows, and the stream shapes (`empty_deltas`,
+/// `no_done`) change how a healthy stream is written, as some
+/// OpenAI-compatible servers write it. Both let later rules fire as well, so
+/// a shape composes with a stream fault (empty deltas, then a slow first
+/// token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
@@ -54,12 +63,26 @@ pub enum Fault {
         #[serde(with = "humantime_serde")]
         delay: Duration,
     },
-    /// A healthy stream whose headers come at once and whose first event
-    /// waits `delay`.
+    /// A healthy stream whose headers and preamble come at once and whose
+    /// first token waits `delay`, as a model that thinks long does.
+    ///
+    /// The preamble is every event before the first one carrying output:
+    /// Anthropic's `message_start`, `content_block_start` and `ping`,
+    /// OpenAI's role chunk (and any `empty_deltas`); Gemini has none. With
+    /// `keepalive`, the provider's keep-alive is sent every `keepalive` while
+    /// the stream waits: Anthropic `event: ping`, an OpenAI chunk whose delta
+    /// is `{"content": ""}`, a Gemini SSE comment `: keep-alive`.
     SlowFirstToken {
-        /// Time between the headers and the first event.
+        /// Time between the preamble and the first token.
         #[serde(with = "humantime_serde")]
         delay: Duration,
+        /// The interval of keep-alives sent while waiting; none when absent.
+        #[serde(
+            with = "humantime_serde",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        keepalive: Option<Duration>,
     },
     /// A stream that pauses for `duration` after `after` tokens, then goes on.
     Stall {
@@ -76,7 +99,8 @@ pub enum Fault {
         after: u32,
     },
     /// The stream ends cleanly after `after` tokens, without its terminal
-    /// event (`[DONE]`, `message_stop`, the finish reason).
+    /// event (`[DONE]`, `message_stop`, the finish reason): a cut answer.
+    /// Compare [`NoDone`](Fault::NoDone), a complete one.
     Truncate {
         /// Tokens sent before the end.
         after: u32,
@@ -93,6 +117,25 @@ pub enum Fault {
         /// Tokens sent before the error.
         after: u32,
     },
+    /// OpenAI chat streams only: after the role chunk, `count` chunks whose
+    /// delta is `{"content": ""}` before the first token, as several
+    /// OpenAI-compatible servers send. A stream shape, not a failure: it
+    /// composes with the rules after it.
+    EmptyDeltas {
+        /// Empty chunks sent before the first token.
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// OpenAI chat streams only: the stream ends after its finish chunk and
+    /// its usage chunk, without `data: [DONE]`, as some OpenAI-compatible
+    /// servers end theirs. A legitimate, complete stream (the finish reason
+    /// came), not a cut one as with [`Truncate`](Fault::Truncate). A stream
+    /// shape: it composes with the rules after it.
+    NoDone,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn one_second() -> Duration {
@@ -110,6 +153,14 @@ impl Fault {
         Fault::Status { status }
     }
 
+    /// A healthy stream whose first token waits `delay`, with no keep-alive.
+    pub fn slow_first_token(delay: Duration) -> Self {
+        Fault::SlowFirstToken {
+            delay,
+            keepalive: None,
+        }
+    }
+
     /// Whether this fault only applies to streaming requests.
     pub fn streaming_only(&self) -> bool {
         matches!(
@@ -120,7 +171,23 @@ impl Fault {
                 | Fault::Truncate { .. }
                 | Fault::Malformed { .. }
                 | Fault::ErrorEvent { .. }
+                | Fault::EmptyDeltas { .. }
+                | Fault::NoDone
         )
+    }
+
+    /// The only provider whose requests this fault applies to, if it is
+    /// specific to one wire format.
+    pub fn only_for(&self) -> Option<Provider> {
+        match self {
+            Fault::EmptyDeltas { .. } | Fault::NoDone => Some(Provider::OpenAi),
+            _ => None,
+        }
+    }
+
+    /// Whether this fault applies to a request of `provider`, streaming or not.
+    fn applies_to(&self, provider: Provider, stream: bool) -> bool {
+        (stream || !self.streaming_only()) && self.only_for().is_none_or(|p| p == provider)
     }
 
     /// The fault's name, as written in the journal (`rate_limited`,
@@ -140,6 +207,8 @@ impl Fault {
             Fault::Truncate { .. } => "truncate".into(),
             Fault::Malformed { .. } => "malformed".into(),
             Fault::ErrorEvent { .. } => "error_event".into(),
+            Fault::EmptyDeltas { .. } => "empty_deltas".into(),
+            Fault::NoDone => "no_done".into(),
         }
     }
 
@@ -148,6 +217,9 @@ impl Fault {
             Fault::Status { status } if !(400..=599).contains(status) => Err(format!(
                 "fault status {status} is not an error status (400 to 599)"
             )),
+            Fault::SlowFirstToken {
+                keepalive: Some(k), ..
+            } if k.is_zero() => Err("slow_first_token keepalive must be longer than 0s".into()),
             _ => Ok(()),
         }
     }
@@ -349,9 +421,10 @@ fn parse_u32(s: &str, what: &str) -> Result<u32, String> {
 ///
 /// Faults: `rate-limited[=2s]`, `insufficient-quota`, `context-length`,
 /// `overloaded`, `status=503`, `latency=200ms[+100ms]`, `slow-first-byte=5s`,
-/// `slow-first-token=5s`, `stall=3:10s` (after 3 tokens, for 10 s),
-/// `drop=5`, `truncate=5`, `malformed=5`, `error-event[=0]`, `outage`
-/// (overloaded, meant with `during`).
+/// `slow-first-token=5s[:1s]` (a keep-alive every second while waiting),
+/// `stall=3:10s` (after 3 tokens, for 10 s), `drop=5`, `truncate=5`,
+/// `malformed=5`, `error-event[=0]`, `empty-deltas[=1]`, `no-done`,
+/// `outage` (overloaded, meant with `during`).
 /// Keys: `p` (probability), `times`, `model`, `provider`, `path`, `stream`
 /// (`true`/`false`), `during=10s..20s`.
 impl FromStr for Rule {
@@ -391,9 +464,14 @@ impl FromStr for Rule {
             "slow-first-byte" => Fault::SlowFirstByte {
                 delay: parse_duration(need("5s")?)?,
             },
-            "slow-first-token" => Fault::SlowFirstToken {
-                delay: parse_duration(need("5s")?)?,
-            },
+            "slow-first-token" => {
+                let a = need("5s[:1s]")?;
+                let (delay, keepalive) = match a.split_once(':') {
+                    Some((d, k)) => (parse_duration(d)?, Some(parse_duration(k)?)),
+                    None => (parse_duration(a)?, None),
+                };
+                Fault::SlowFirstToken { delay, keepalive }
+            }
             "stall" => {
                 let a = need("TOKENS:DURATION")?;
                 let (n, d) = a
@@ -408,6 +486,10 @@ impl FromStr for Rule {
             "truncate" => Fault::Truncate { after: after(0)? },
             "malformed" => Fault::Malformed { after: after(0)? },
             "error-event" => Fault::ErrorEvent { after: after(0)? },
+            "empty-deltas" => Fault::EmptyDeltas {
+                count: arg.map_or(Ok(1), |a| parse_u32(a, "chunk count"))?,
+            },
+            "no-done" => Fault::NoDone,
             other => return Err(format!("unknown fault `{other}`")),
         };
         let mut rule = Rule::new(fault);
@@ -466,8 +548,19 @@ pub(crate) struct Decision {
     pub(crate) fault: Option<Fault>,
     /// The sum of every `latency` rule that fired.
     pub(crate) latency: Duration,
+    /// How a healthy stream is written (the stream shapes that fired).
+    pub(crate) shape: Shape,
     /// Names of the faults that fired, `latency` included.
     pub(crate) names: Vec<String>,
+}
+
+/// The stream shapes that fired: how a healthy OpenAI chat stream is written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// Empty-content chunks between the role chunk and the first token.
+    pub(crate) empty_deltas: u32,
+    /// End after the finish and usage chunks, without `[DONE]`.
+    pub(crate) no_done: bool,
 }
 
 /// The rules in force and what they have spent.
@@ -517,7 +610,7 @@ impl Script {
         forced: Option<&Fault>,
     ) -> Decision {
         let mut decision = Decision::default();
-        if let Some(fault) = forced.filter(|f| req.stream || !f.streaming_only()) {
+        if let Some(fault) = forced.filter(|f| f.applies_to(req.provider, req.stream)) {
             let mut rng = content::rng(seed, req.fingerprint, req.attempt, 0);
             if decision.add(fault, &mut rng) {
                 return decision;
@@ -525,7 +618,7 @@ impl Script {
         }
         for (index, (rule, fired)) in self.rules.iter_mut().enumerate() {
             if rule.times.is_some_and(|t| *fired >= t)
-                || (rule.fault.streaming_only() && !req.stream)
+                || !rule.fault.applies_to(req.provider, req.stream)
                 || rule
                     .window
                     .is_some_and(|w| req.elapsed < w.from || req.elapsed >= w.until)
@@ -548,20 +641,32 @@ impl Script {
 
 impl Decision {
     /// Adds a fault that fired; true when it decides the answer (anything
-    /// but `latency`, which only adds to the delay).
+    /// but `latency`, which only adds to the delay, and the stream shapes).
     fn add(&mut self, fault: &Fault, rng: &mut impl Rng) -> bool {
         self.names.push(fault.name());
-        if let Fault::Latency { delay, jitter } = *fault {
-            let extra = if jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                jitter.mul_f64(rng.random::<f64>())
-            };
-            self.latency += delay + extra;
-            return false;
+        match *fault {
+            Fault::Latency { delay, jitter } => {
+                let extra = if jitter.is_zero() {
+                    Duration::ZERO
+                } else {
+                    jitter.mul_f64(rng.random::<f64>())
+                };
+                self.latency += delay + extra;
+                false
+            }
+            Fault::EmptyDeltas { count } => {
+                self.shape.empty_deltas += count;
+                false
+            }
+            Fault::NoDone => {
+                self.shape.no_done = true;
+                false
+            }
+            _ => {
+                self.fault = Some(fault.clone());
+                true
+            }
         }
-        self.fault = Some(fault.clone());
-        true
     }
 }
 
@@ -623,6 +728,41 @@ mod tests {
             "error-event".parse::<Rule>().unwrap().fault,
             Fault::ErrorEvent { after: 0 }
         );
+        assert_eq!(
+            "slow-first-token=30s:1s".parse::<Rule>().unwrap().fault,
+            Fault::SlowFirstToken {
+                delay: Duration::from_secs(30),
+                keepalive: Some(Duration::from_secs(1))
+            }
+        );
+        assert_eq!(
+            "slow-first-token=5s".parse::<Rule>().unwrap().fault,
+            Fault::slow_first_token(Duration::from_secs(5))
+        );
+        assert_eq!(
+            "empty-deltas=3".parse::<Rule>().unwrap().fault,
+            Fault::EmptyDeltas { count: 3 }
+        );
+        assert_eq!(
+            "empty_deltas".parse::<Rule>().unwrap().fault,
+            Fault::EmptyDeltas { count: 1 }
+        );
+        assert_eq!("no-done".parse::<Rule>().unwrap().fault, Fault::NoDone);
+        let json: Fault = serde_json::from_str(
+            r#"{"kind": "slow_first_token", "delay": "30s", "keepalive": "1s"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            "slow-first-token=30s:1s".parse::<Rule>().unwrap().fault
+        );
+        let json: Fault =
+            serde_json::from_str(r#"{"kind": "slow_first_token", "delay": "30s"}"#).unwrap();
+        assert_eq!(json, Fault::slow_first_token(Duration::from_secs(30)));
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"kind":"slow_first_token","delay":"30s"}"#
+        );
     }
 
     #[test]
@@ -636,6 +776,8 @@ mod tests {
             ("status=503,during=20s..10s", "is empty"),
             ("status=503,colour=red", "unknown rule key `colour`"),
             ("slow-first-token=soon", "is not a duration"),
+            ("slow-first-token=5s:0s", "keepalive must be longer"),
+            ("empty-deltas=x", "not a valid chunk count"),
             ("status=503,provider=mistral", "unknown provider"),
         ] {
             let err = spec.parse::<Rule>().unwrap_err();
@@ -703,6 +845,56 @@ mod tests {
         assert_ne!(a, run(8));
         let hits = a.iter().filter(|f| **f).count();
         assert!((500..700).contains(&hits), "{hits} of 2000 at p=0.3");
+    }
+}
+
+#[cfg(test)]
+mod shapes {
+    use super::*;
+
+    fn req(provider: Provider, stream: bool) -> RequestFacts<'static> {
+        RequestFacts {
+            provider,
+            model: "m",
+            path: "/",
+            stream,
+            fingerprint: 5,
+            attempt: 1,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn shapes_compose_with_the_fault_after_them() {
+        let mut script = Script::new(vec![
+            Rule::new(Fault::EmptyDeltas { count: 2 }),
+            Rule::new(Fault::NoDone),
+            Rule::new(Fault::slow_first_token(Duration::from_secs(3))),
+        ]);
+        let d = script.decide(1, &req(Provider::OpenAi, true), None);
+        assert_eq!(
+            d.shape,
+            Shape {
+                empty_deltas: 2,
+                no_done: true
+            }
+        );
+        assert_eq!(
+            d.fault,
+            Some(Fault::slow_first_token(Duration::from_secs(3)))
+        );
+        assert_eq!(d.names, ["empty_deltas", "no_done", "slow_first_token"]);
+    }
+
+    #[test]
+    fn shapes_pass_over_other_providers_and_plain_answers() {
+        let mut script = Script::new(vec![Rule::new(Fault::NoDone).times(1)]);
+        for r in [req(Provider::Anthropic, true), req(Provider::OpenAi, false)] {
+            let d = script.decide(1, &r, None);
+            assert_eq!((d.shape, d.names.len()), (Shape::default(), 0));
+        }
+        let d = script.decide(1, &req(Provider::OpenAi, true), None);
+        assert!(d.shape.no_done, "the count was not spent");
     }
 }
 

@@ -36,8 +36,9 @@ struct Args {
     /// [,provider=openai|anthropic|gemini][,stream=true|false][,during=10s..20s].
     /// Faults: rate-limited[=2s], insufficient-quota, context-length,
     /// overloaded, outage, status=503, latency=200ms[+100ms],
-    /// slow-first-byte=5s, slow-first-token=5s, stall=TOKENS:10s, drop=N,
-    /// truncate=N, malformed=N, error-event=N.
+    /// slow-first-byte=5s, slow-first-token=5s[:KEEPALIVE], stall=TOKENS:10s,
+    /// drop=N, truncate=N, malformed=N, error-event=N; OpenAI stream shapes
+    /// empty-deltas=N, no-done.
     #[arg(long = "fault", short = 'f', value_name = "SPEC")]
     faults: Vec<Rule>,
     /// A ready chaos profile: rate limits, 500/503/529, slow first tokens,

@@ -20,7 +20,7 @@ use crate::{
     ConfigError, Entry, Fault, Journal, MockConfig, Rule, admin,
     config::Timing,
     content,
-    fault::{RequestFacts, Script},
+    fault::{RequestFacts, Script, Shape},
     quota::{Quotas, Refusal},
     wire::{self, Chat, ErrorKind, Event, Provider, Success},
 };
@@ -587,7 +587,11 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
     let (content_type, body, output_tokens) = if chat.stream {
         let steps = schedule(
             &chat,
-            wire::stream_answer(&success),
+            Stream {
+                events: wire::stream_answer(&success),
+                keepalive: wire::keepalive(&success),
+            },
+            decision.shape,
             decision.fault.as_ref(),
             shared.timing.token_interval,
         );
@@ -686,13 +690,41 @@ enum Step {
     Fail,
 }
 
-/// Lays out the events of a stream in time, with the fault applied.
+/// The events of a healthy stream, and the provider's keep-alive.
+#[derive(Debug)]
+struct Stream {
+    events: Vec<Event>,
+    keepalive: Bytes,
+}
+
+/// Lays out the events of a stream in time, with its shape and the fault
+/// applied.
 fn schedule(
     chat: &Chat,
-    events: Vec<Event>,
+    stream: Stream,
+    shape: Shape,
     fault: Option<&Fault>,
     interval: Duration,
 ) -> VecDeque<Step> {
+    let Stream {
+        mut events,
+        keepalive,
+    } = stream;
+    // The preamble ends at the first event carrying output.
+    let first_token = |events: &[Event]| {
+        events
+            .iter()
+            .position(|e| e.tokens > 0)
+            .unwrap_or(events.len())
+    };
+    if shape.no_done && events.last().is_some_and(wire::is_done) {
+        events.pop();
+    }
+    if shape.empty_deltas > 0 {
+        let at = first_token(&events);
+        let empty = (0..shape.empty_deltas).map(|_| Event::frame(keepalive.clone()));
+        events.splice(at..at, empty);
+    }
     // Index just past the `after`-th event carrying tokens (0: the very start; past
     // the last token when the answer is shorter).
     let cut = |after: u32| -> usize {
@@ -712,33 +744,34 @@ fn schedule(
         }
         last
     };
-    let (at, tail): (usize, Option<Step>) = match fault {
-        Some(Fault::SlowFirstToken { delay }) => (0, Some(Step::Sleep(*delay))),
-        Some(Fault::Stall { after, duration }) => (cut(*after), Some(Step::Sleep(*duration))),
+    let (at, tail): (usize, Vec<Step>) = match fault {
+        Some(Fault::SlowFirstToken {
+            delay,
+            keepalive: k,
+        }) => (first_token(&events), wait(*delay, *k, &keepalive)),
+        Some(Fault::Stall { after, duration }) => (cut(*after), vec![Step::Sleep(*duration)]),
         Some(Fault::Malformed { after }) => (
             cut(*after),
-            Some(Step::Send(wire::malformed_event(chat.provider), 0)),
+            vec![Step::Send(wire::malformed_event(chat.provider), 0)],
         ),
-        Some(Fault::Drop { after }) => (cut(*after), Some(Step::Fail)),
-        Some(Fault::Truncate { after }) => (cut(*after), None),
+        Some(Fault::Drop { after }) => (cut(*after), vec![Step::Fail]),
+        Some(Fault::Truncate { after }) => (cut(*after), Vec::new()),
         Some(Fault::ErrorEvent { after }) => (
             cut(*after),
-            Some(Step::Send(wire::stream_error(chat.provider), 0)),
+            vec![Step::Send(wire::stream_error(chat.provider), 0)],
         ),
-        _ => (usize::MAX, None),
+        _ => (usize::MAX, Vec::new()),
     };
     // Faults that end the stream drop everything after their point.
     let ends = matches!(
         fault,
         Some(Fault::Drop { .. } | Fault::Truncate { .. } | Fault::ErrorEvent { .. })
     );
-    let mut steps = VecDeque::with_capacity(events.len() * 2 + 2);
-    let mut tail = tail;
+    let mut steps = VecDeque::with_capacity(events.len() * 2 + tail.len());
+    let mut tail = Some(tail);
     for (i, e) in events.into_iter().enumerate() {
         if i == at {
-            if let Some(t) = tail.take() {
-                steps.push_back(t);
-            }
+            steps.extend(tail.take().into_iter().flatten());
             if ends {
                 return steps;
             }
@@ -750,10 +783,25 @@ fn schedule(
     }
     if at != usize::MAX {
         // The fault falls after the last event.
-        if let Some(t) = tail {
-            steps.push_back(t);
-        }
+        steps.extend(tail.into_iter().flatten());
     }
+    steps
+}
+
+/// A wait of `delay`, with a keep-alive every `keepalive` strictly before
+/// its end.
+fn wait(delay: Duration, keepalive: Option<Duration>, bytes: &Bytes) -> Vec<Step> {
+    let Some(every) = keepalive.filter(|k| !k.is_zero()) else {
+        return vec![Step::Sleep(delay)];
+    };
+    let mut steps = Vec::new();
+    let mut left = delay;
+    while left > every {
+        steps.push(Step::Sleep(every));
+        steps.push(Step::Send(bytes.clone(), 0));
+        left -= every;
+    }
+    steps.push(Step::Sleep(left));
     steps
 }
 

@@ -247,21 +247,207 @@ async fn latency_and_slow_first_byte_hold_the_headers() {
     assert_eq!(e[2].faults, ["latency", "slow_first_byte"]);
 }
 
+/// Each event of a reply with the time its frame arrived: (at, name, data).
+fn timed_events(r: &Reply) -> Vec<(Duration, Option<String>, String)> {
+    r.frames
+        .iter()
+        .flat_map(|f| {
+            let text = String::from_utf8_lossy(&f.bytes).into_owned();
+            sse_events(&text)
+                .into_iter()
+                .map(move |(name, data)| (f.at, name, data))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether an event carries model output, by each provider's documentation.
+fn carries_output(name: Option<&str>, data: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return false;
+    };
+    match name {
+        Some(n) => n == "content_block_delta",
+        None => {
+            let openai = v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty());
+            let gemini = v["candidates"][0]["content"]["parts"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty());
+            openai || gemini
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn slow_first_token_sends_headers_then_waits() {
-    let m = mock(vec![Rule::new(Fault::SlowFirstToken { delay: 3 * SEC })]).await;
+async fn slow_first_token_sends_the_preamble_then_waits_for_the_first_token() {
+    let m = mock(vec![Rule::new(Fault::slow_first_token(3 * SEC))]).await;
     let c = client();
     for (provider, path, body) in each_provider(true) {
         let r = post(&c, &m.url(), &path, &body).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.head_at, Duration::ZERO, "{provider}");
-        assert_eq!(r.frames[0].at, 3 * SEC, "{provider}");
         assert!(r.error.is_none());
+        let events = timed_events(&r);
+        let first = events
+            .iter()
+            .position(|(_, n, d)| carries_output(n.as_deref(), d))
+            .unwrap_or_else(|| panic!("{provider}: no token"));
+        // Everything before the first token came with the headers.
+        assert!(
+            events[..first].iter().all(|(at, ..)| at.is_zero()),
+            "{provider}: {events:?}"
+        );
+        assert_eq!(events[first].0, 3 * SEC, "{provider}");
+        let names: Vec<_> = events[..first]
+            .iter()
+            .map(|(_, n, _)| n.clone().unwrap_or_default())
+            .collect();
+        match provider {
+            Provider::Anthropic => {
+                assert_eq!(names, ["message_start", "content_block_start", "ping"])
+            }
+            Provider::OpenAi => assert_eq!(first, 1, "the role chunk"),
+            Provider::Gemini => assert_eq!(first, 0, "no preamble"),
+        }
     }
     // Non-streaming calls pass over stream faults.
     let r = ask(&c, &m.url(), Provider::OpenAi, false, "x").await;
     assert!(r.frames.iter().all(|f| f.at == Duration::ZERO));
     assert_eq!(m.journal().entries()[3].faults, Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_first_token_sends_each_providers_keepalive_while_waiting() {
+    let m = mock(vec![Rule::new(Fault::SlowFirstToken {
+        delay: 5 * SEC,
+        keepalive: Some(SEC),
+    })])
+    .await;
+    let c = client();
+    for (provider, path, body) in each_provider(true) {
+        let r = post(&c, &m.url(), &path, &body).await;
+        assert!(r.error.is_none());
+        let events = timed_events(&r);
+        let first = events
+            .iter()
+            .position(|(_, n, d)| carries_output(n.as_deref(), d))
+            .unwrap();
+        assert_eq!(events[first].0, 5 * SEC, "{provider}");
+        let waiting: Vec<_> = events[..first]
+            .iter()
+            .filter(|(at, ..)| !at.is_zero())
+            .collect();
+        let at: Vec<Duration> = waiting.iter().map(|(at, ..)| *at).collect();
+        assert_eq!(at, [SEC, 2 * SEC, 3 * SEC, 4 * SEC], "{provider}");
+        for (_, name, data) in waiting {
+            match provider {
+                // A comment: bytes on the wire, no event data.
+                Provider::Gemini => assert!(data.is_empty(), "{data}"),
+                Provider::Anthropic => {
+                    assert_eq!(name.as_deref(), Some("ping"));
+                    let v: Value = serde_json::from_str(data).unwrap();
+                    assert_eq!(v, serde_json::json!({"type": "ping"}));
+                }
+                Provider::OpenAi => {
+                    let v: Value = serde_json::from_str(data).unwrap();
+                    assert_eq!(v["choices"][0]["delta"], serde_json::json!({"content": ""}));
+                }
+            }
+        }
+        if provider == Provider::Gemini {
+            assert_eq!(r.text().matches(": keep-alive\n\n").count(), 4);
+        }
+    }
+    // The spec form, and the header form for one call.
+    let rule: Rule = "slow-first-token=5s:1s".parse().unwrap();
+    assert_eq!(rule, m.rules()[0]);
+    let r = post_with(
+        &c,
+        &m.url(),
+        OPENAI,
+        &openai("gpt-4o", true, "header"),
+        &[("x-mock-fault", "slow-first-token=2s:500ms")],
+    )
+    .await;
+    let events = timed_events(&r);
+    let first = events
+        .iter()
+        .position(|(_, n, d)| carries_output(n.as_deref(), d))
+        .unwrap();
+    assert_eq!(events[first].0, 2 * SEC);
+    assert_eq!(first, 1 + 3, "the role chunk and three keep-alives");
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_deltas_come_between_the_role_chunk_and_the_first_token() {
+    let m = mock(vec![
+        Rule::new(Fault::EmptyDeltas { count: 3 }),
+        Rule::new(Fault::slow_first_token(4 * SEC)),
+    ])
+    .await;
+    let c = client();
+    let r = ask(&c, &m.url(), Provider::OpenAi, true, "x").await;
+    let events = timed_events(&r);
+    let deltas: Vec<Value> = events
+        .iter()
+        .filter(|(_, _, d)| d != "[DONE]")
+        .map(|(_, _, d)| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"].clone())
+        .collect();
+    assert_eq!(deltas[0]["role"], "assistant");
+    for d in &deltas[1..4] {
+        assert_eq!(*d, serde_json::json!({"content": ""}));
+    }
+    assert!(events[..4].iter().all(|(at, ..)| at.is_zero()));
+    assert!(carries_output(None, &events[4].2));
+    assert_eq!(
+        events[4].0,
+        4 * SEC,
+        "the stall comes after the empty deltas"
+    );
+    assert_eq!(
+        m.journal().entries()[0].faults,
+        ["empty_deltas", "slow_first_token"]
+    );
+    // Other providers' streams are left as they are, and spend no count.
+    let r = ask(&c, &m.url(), Provider::Anthropic, true, "x").await;
+    assert_eq!(m.journal().entries()[1].faults, ["slow_first_token"]);
+    assert!(r.error.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_done_ends_a_complete_stream_without_its_done_marker() {
+    let m = mock(vec![Rule::new(Fault::NoDone)]).await;
+    let c = client();
+    let r = ask(&c, &m.url(), Provider::OpenAi, true, "x").await;
+    assert!(r.error.is_none(), "a clean end of body");
+    let events = r.events();
+    assert!(events.iter().all(|(_, d)| d != "[DONE]"), "{events:?}");
+    let json = r.event_json();
+    let usage = json.last().unwrap();
+    assert_eq!(
+        usage["choices"],
+        serde_json::json!([]),
+        "the usage chunk is last"
+    );
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let finish = &json[json.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    // Every token came: unlike `truncate`, nothing is missing.
+    let tokens = json
+        .iter()
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str())
+        .filter(|t| !t.is_empty())
+        .count() as u64;
+    assert_eq!(Some(tokens), usage["usage"]["completion_tokens"].as_u64());
+    assert_eq!(m.journal().entries()[0].faults, ["no_done"]);
+    // Anthropic streams keep their terminal event.
+    let r = ask(&c, &m.url(), Provider::Anthropic, true, "x").await;
+    assert_eq!(
+        r.events().last().unwrap().0.as_deref(),
+        Some("message_stop")
+    );
 }
 
 #[tokio::test(start_paused = true)]

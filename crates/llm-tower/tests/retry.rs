@@ -695,7 +695,7 @@ async fn a_cut_after_tokens_is_not_retried_and_the_caller_gets_a_typed_error() {
 #[tokio::test(start_paused = true)]
 async fn a_first_token_timeout_is_retried_within_the_attempt_limits() {
     let mock = MockServer::builder()
-        .rule(Rule::new(Fault::SlowFirstToken { delay: 5 * SEC }).times(1))
+        .rule(Rule::new(Fault::slow_first_token(5 * SEC)).times(1))
         .start()
         .await
         .unwrap();

@@ -549,7 +549,7 @@ async fn the_mocks_slow_first_byte() {
 #[tokio::test(start_paused = true)]
 async fn the_mocks_slow_first_token() {
     let mock = MockServer::builder()
-        .rule(Rule::new(Fault::SlowFirstToken { delay: 5 * SEC }))
+        .rule(Rule::new(Fault::slow_first_token(5 * SEC)))
         .start()
         .await
         .unwrap();

@@ -67,10 +67,7 @@ impl Chaos {
             // Streams only: a first token that hangs, a cut before the first
             // token, a clean end after a few tokens with no terminal event,
             // an error event as the first event.
-            Rule::new(Fault::SlowFirstToken {
-                delay: self.slow_first_token,
-            })
-            .probability(0.04),
+            Rule::new(Fault::slow_first_token(self.slow_first_token)).probability(0.04),
             Rule::new(Fault::Drop { after: 0 }).probability(0.03),
             Rule::new(Fault::Truncate { after: 3 }).probability(0.02),
             Rule::new(Fault::ErrorEvent { after: 0 }).probability(0.03),

@@ -61,7 +61,7 @@ pub(super) fn events(s: &Success<'_>) -> Vec<Event> {
         Some("content_block_start"),
         &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
     )));
-    out.push(Event::frame(sse(Some("ping"), &json!({"type": "ping"}))));
+    out.push(Event::frame(ping()));
     for t in &s.answer.tokens {
         out.push(Event::tokens(
             sse(
@@ -88,6 +88,11 @@ pub(super) fn events(s: &Success<'_>) -> Vec<Event> {
         &json!({"type": "message_stop"}),
     )));
     out
+}
+
+/// Anthropic's keep-alive.
+pub(super) fn ping() -> Bytes {
+    sse(Some("ping"), &json!({"type": "ping"}))
 }
 
 /// The `event: error` Anthropic sends inside a `200` stream.

@@ -346,6 +346,23 @@ pub(crate) fn stream_answer(s: &Success<'_>) -> Vec<Event> {
     }
 }
 
+/// What a provider sends to keep a quiet stream alive: Anthropic's
+/// `event: ping`, an OpenAI chat chunk whose delta is `{"content": ""}` (as
+/// OpenAI-compatible servers send), a Gemini SSE comment. None of them
+/// carries output.
+pub(crate) fn keepalive(s: &Success<'_>) -> Bytes {
+    match s.chat.provider {
+        Provider::OpenAi => openai::empty_delta(s),
+        Provider::Anthropic => anthropic::ping(),
+        Provider::Gemini => Bytes::from_static(b": keep-alive\n\n"),
+    }
+}
+
+/// Whether `event` is OpenAI's terminal `data: [DONE]`.
+pub(crate) fn is_done(event: &Event) -> bool {
+    event.bytes.as_ref() == openai::DONE
+}
+
 /// The error event a provider sends inside a `200` stream.
 pub(crate) fn stream_error(provider: Provider) -> Bytes {
     match provider {

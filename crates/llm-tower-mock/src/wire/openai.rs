@@ -108,8 +108,16 @@ pub(super) fn events(s: &Success<'_>) -> Vec<Event> {
             &chunk(s, json!([]), Some(usage(s))),
         )));
     }
-    out.push(Event::frame(Bytes::from_static(b"data: [DONE]\n\n")));
+    out.push(Event::frame(Bytes::from_static(DONE)));
     out
+}
+
+/// OpenAI's terminal event.
+pub(super) const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A chunk whose delta is `{"content": ""}`: no output, only proof of life.
+pub(super) fn empty_delta(s: &Success<'_>) -> Bytes {
+    sse(None, &delta(s, json!({"content": ""}), None))
 }
 
 /// What OpenAI writes into a stream that fails after it started.
