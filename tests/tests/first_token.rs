@@ -57,7 +57,7 @@ async fn anthropic_pings_do_not_count_as_first_token() {
     let text = answer.text();
     assert!(text.contains("message_stop"), "{text}");
     assert_eq!(
-        text.matches("message_start").count(),
+        text.matches("event: message_start").count(),
         1,
         "the caller gets one clean stream, not the preamble of the stalled attempt"
     );
