@@ -811,3 +811,64 @@ async fn the_mocks_outage_opens_it_stops_traffic_and_its_end_closes_it() {
     assert_eq!(reasons.first(), Some(&"consecutive_failures"));
     assert_eq!(reasons.last(), Some(&"probes_succeeded"));
 }
+
+/// Resident memory of this process, in KiB (Linux; 0 elsewhere).
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4
+}
+
+/// A measurement, not a check: the cost of many distinct keys (model names
+/// read from requests). `LLM_TOWER_KEYS` sets how many (100 000 by default).
+///
+/// `CARGO_TARGET_DIR=/work/target-br cargo test --release -p llm-tower --all-features --test circuit_breaker -- --ignored --nocapture distinct_keys`
+#[test]
+#[ignore = "a measurement: run it by hand, in release"]
+fn distinct_keys_time_and_memory() {
+    let n: usize = std::env::var("LLM_TOWER_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|_req: Request<String>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+            Bytes::from_static(b"{}"),
+        ))))
+    }));
+    let names: Vec<Arc<str>> = (0..n).map(|i| Arc::from(format!("model-{i}"))).collect();
+    let endpoint = llm_tower::provider::Endpoint {
+        provider: Provider::OpenAi,
+        format: llm_tower::provider::WireFormat::OpenAiChat,
+    };
+    let rss_before = rss_kib();
+    let start = std::time::Instant::now();
+    for name in &names {
+        let mut req = Request::new(String::new());
+        req.extensions_mut()
+            .insert(RequestMeta::new(Some(endpoint.clone())).with_model(name.clone()));
+        let res = rt.block_on(svc.call(req)).unwrap();
+        rt.block_on(res.into_body().collect()).unwrap();
+    }
+    let elapsed = start.elapsed();
+    let rss_after = rss_kib();
+    println!(
+        "{n} distinct keys: {:.3} s in call ({:.0} ns/call), RSS {} KiB -> {} KiB (+{} KiB), breakers kept: {}",
+        elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / n as f64,
+        rss_before,
+        rss_after,
+        rss_after.saturating_sub(rss_before),
+        handle.states().len(),
+    );
+}
