@@ -88,16 +88,20 @@
 //!
 //! [`Failure::counts_against_health`]: crate::classify::Failure::counts_against_health
 
+mod admitted;
 mod config;
 mod error;
 mod future;
 mod key;
 mod layer;
+mod map;
 mod state;
 mod window;
 
+pub use admitted::Admitted;
 pub use config::{
-    CircuitBreakerConfig, ConfigError, HalfOpen, OpenDuration, RateTrip, SlidingWindow, SlowTrip,
+    CircuitBreakerConfig, ConfigError, DEFAULT_MAX_KEYS, HalfOpen, OpenDuration, RateTrip,
+    SlidingWindow, SlowTrip,
 };
 pub use error::CircuitOpen;
 pub use future::{BreakerBody, ResponseFuture};
