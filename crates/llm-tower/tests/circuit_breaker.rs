@@ -1065,16 +1065,13 @@ fn a_listener_may_reset_the_breaker_without_deadlock() {
 async fn an_open_breaker_fails_fast_even_when_the_inner_service_is_not_ready() {
     let layer = CircuitBreakerLayer::new(config()).unwrap();
     let handle = layer.handle();
-    let (mock, mut upstream) =
-        tower_test::mock::pair::<Request<String>, Response<Full<Bytes>>>();
+    let (mock, mut upstream) = tower_test::mock::pair::<Request<String>, Response<Full<Bytes>>>();
     upstream.allow(0);
     let mut svc = layer.layer(mock);
     handle.isolate(&key("m"));
-    let refused = tokio::time::timeout(SEC, async {
-        svc.ready().await?.call(request("m")).await
-    })
-    .await
-    .expect("the open breaker waited on the inner service");
+    let refused = tokio::time::timeout(SEC, async { svc.ready().await?.call(request("m")).await })
+        .await
+        .expect("the open breaker waited on the inner service");
     let e = open_err(refused.unwrap_err());
     assert_eq!(e.state(), BreakerState::Isolated);
     // An admitted call waits for the inner service's readiness, then goes.
@@ -1120,10 +1117,7 @@ async fn builder_calls_never_orphan_a_handle() {
     req.headers_mut().insert("x-region", "eu".parse().unwrap());
     let e = open_err(svc.clone().oneshot(req).await.unwrap_err());
     assert_eq!(e.state(), BreakerState::Isolated);
-    assert_eq!(
-        late.state(&BreakerKey::named("eu")),
-        BreakerState::Isolated
-    );
+    assert_eq!(late.state(&BreakerKey::named("eu")), BreakerState::Isolated);
     assert_eq!(log.lock().unwrap().len(), 1, "the listener heard it");
     assert_eq!(p.calls(), 0);
 }

@@ -419,7 +419,8 @@ fn invalid_content() {
 
 #[test]
 fn a_truncated_answer_is_not_retried_but_falls_back() {
-    let f = DefaultClassifier::new().classify_error(&InvalidContent::new(ContentProblem::Truncated));
+    let f =
+        DefaultClassifier::new().classify_error(&InvalidContent::new(ContentProblem::Truncated));
     assert_class(&f, FailureClass::InvalidContent, false, false, true);
     assert_eq!(f.code(), Some("truncated"));
 }

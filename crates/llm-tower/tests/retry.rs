@@ -492,10 +492,14 @@ async fn a_truncated_answer_is_not_resent_at_the_same_cap() {
     let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
     let sink = events.clone();
     let script = Script::new(vec![json(200, &[], CUT), json(200, &[], OK)]);
-    let res = RetryLayer::new(RetryConfig::new().backoff(fixed(MS)).content(ContentChecks {
-        truncated: true,
-        ..ContentChecks::default()
-    }))
+    let res = RetryLayer::new(
+        RetryConfig::new()
+            .backoff(fixed(MS))
+            .content(ContentChecks {
+                truncated: true,
+                ..ContentChecks::default()
+            }),
+    )
     .unwrap()
     .on_event(move |e| sink.lock().unwrap().push(e.clone()))
     .layer(script.service())
@@ -576,7 +580,11 @@ async fn the_hook_sees_every_decision() {
 
 #[tokio::test(start_paused = true)]
 async fn on_event_keeps_the_budget_shared_with_earlier_clones() {
-    let failing = || service_fn(|_req: Request<String>| std::future::ready(Ok::<_, Infallible>(json(503, &[], "{}"))));
+    let failing = || {
+        service_fn(|_req: Request<String>| {
+            std::future::ready(Ok::<_, Infallible>(json(503, &[], "{}")))
+        })
+    };
     let layer = RetryLayer::new(
         RetryConfig::new()
             .max_attempts(5)
@@ -763,7 +771,11 @@ async fn a_60_rpm_quota_does_not_drain_the_default_budget() {
     assert_eq!(gave_up, [], "every call waits its turn");
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(
-        events.iter().filter(|e| e.status.map(|s| s.as_u16()) == Some(429)).count() >= 30,
+        events
+            .iter()
+            .filter(|e| e.status.map(|s| s.as_u16()) == Some(429))
+            .count()
+            >= 30,
         "the quota was met"
     );
 }

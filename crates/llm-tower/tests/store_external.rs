@@ -153,7 +153,9 @@ impl Store for LockedStore {
     }
 
     async fn set_flag(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.lock()?.flags.insert(key.to_owned(), Instant::now() + ttl);
+        self.lock()?
+            .flags
+            .insert(key.to_owned(), Instant::now() + ttl);
         Ok(())
     }
 
@@ -219,7 +221,11 @@ async fn exercise<S: Store>(store: Arc<S>) {
         panic!("a new window");
     };
     let b = store.settle(&late, 5).await.unwrap();
-    assert_eq!((b.spent, b.reserved), (0, 1), "not counted in the new window");
+    assert_eq!(
+        (b.spent, b.reserved),
+        (0, 1),
+        "not counted in the new window"
+    );
 
     // Flags.
     store.set_flag("open:openai", 10 * sec).await.unwrap();

@@ -52,7 +52,7 @@ pub struct CircuitBreakerConfig {
     pub max_keys: usize,
     /// A closed breaker unused for this long is dropped, with its counts
     /// (10 min by default). Checked when new keys arrive, at most four
-    /// times per period, so it may stay up to about 1.25 times as long.
+    /// times per period, so it may stay up to about 1.5 times as long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
 }

@@ -70,7 +70,10 @@ impl BreakerKey {
         self.provider
             .as_ref()
             .is_none_or(|p| key.provider.as_ref() == Some(p))
-            && self.name.as_ref().is_none_or(|n| key.name.as_ref() == Some(n))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| key.name.as_ref() == Some(n))
     }
 
     /// The breaker shared by new keys once the map is full (see

@@ -16,8 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    Admitted, BreakerBody, BreakerKey, BreakerState, CircuitBreakerConfig, ConfigError,
-    Transition,
+    Admitted, BreakerBody, BreakerKey, BreakerState, CircuitBreakerConfig, ConfigError, Transition,
     future::{ResponseFuture, Ticket},
     map::Breakers,
     state::{Breaker, Policy},

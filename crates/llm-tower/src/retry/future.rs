@@ -128,11 +128,15 @@ fn decide<C, ReqB>(
     let (delay, server_directed) = match failure.retry_after() {
         Some(d) if d > config.max_server_delay => return give_up(GiveUp::ServerDelayTooLong(d)),
         // A half-open breaker with its probes taken: back off a little.
-        Some(d) if refused && d.is_zero() => {
-            (config.backoff.delay(attempt, previous_delay, &mut rng), false)
-        }
+        Some(d) if refused && d.is_zero() => (
+            config.backoff.delay(attempt, previous_delay, &mut rng),
+            false,
+        ),
         Some(d) => (server_wait(config, d, &mut rng), true),
-        None => (config.backoff.delay(attempt, previous_delay, &mut rng), false),
+        None => (
+            config.backoff.delay(attempt, previous_delay, &mut rng),
+            false,
+        ),
     };
     if let Some(deadline) = Deadline::get(request) {
         if deadline.cannot_fit(Instant::now(), delay) {
