@@ -67,6 +67,30 @@ fn bench(c: &mut Criterion) {
             drain(block(svc.call(black_box(request()))).unwrap().into_body())
         })
     });
+    // The same key, with 10 000 others in the map (its default capacity).
+    let crowded = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
+    let mut filler = crowded.layer(make());
+    for i in 0..10_000 {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(
+            RequestMeta::new(Some(Endpoint {
+                provider: Provider::OpenAi,
+                format: WireFormat::OpenAiChat,
+            }))
+            .with_model(format!("model-{i}")),
+        );
+        drain(block(filler.call(req)).unwrap().into_body());
+    }
+    let mut crowded = crowded.layer(make());
+    g.bench_function("closed/breaker_among_10k_keys", |b| {
+        b.iter(|| {
+            drain(
+                block(crowded.call(black_box(request())))
+                    .unwrap()
+                    .into_body(),
+            )
+        })
+    });
     g.finish();
 }
 

@@ -572,7 +572,8 @@ async fn without_a_fallback_retry_can_wait_for_the_breakers_probe() {
                 RetryConfig::new()
                     .max_attempts(5)
                     .wait_for_breaker(true)
-                    .max_server_delay(30 * SEC),
+                    .max_server_delay(30 * SEC)
+                    .server_delay_jitter(Duration::ZERO),
             )
             .unwrap(),
         )
@@ -810,4 +811,313 @@ async fn the_mocks_outage_opens_it_stops_traffic_and_its_end_closes_it() {
     let reasons: Vec<_> = log.lock().unwrap().iter().map(|l| l.3).collect();
     assert_eq!(reasons.first(), Some(&"consecutive_failures"));
     assert_eq!(reasons.last(), Some(&"probes_succeeded"));
+}
+
+/// Resident memory of this process, in KiB (Linux; 0 elsewhere).
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4
+}
+
+/// A measurement, not a check: the cost of many distinct keys (model names
+/// read from requests). `LLM_TOWER_KEYS` sets how many (100 000 by default).
+///
+/// `CARGO_TARGET_DIR=/work/target-br cargo test --release -p llm-tower --all-features --test circuit_breaker -- --ignored --nocapture distinct_keys`
+#[test]
+#[ignore = "a measurement: run it by hand, in release"]
+fn distinct_keys_time_and_memory() {
+    let n: usize = std::env::var("LLM_TOWER_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|_req: Request<String>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
+            Bytes::from_static(b"{}"),
+        ))))
+    }));
+    let names: Vec<Arc<str>> = (0..n).map(|i| Arc::from(format!("model-{i}"))).collect();
+    let endpoint = llm_tower::provider::Endpoint {
+        provider: Provider::OpenAi,
+        format: llm_tower::provider::WireFormat::OpenAiChat,
+    };
+    let rss_before = rss_kib();
+    let start = std::time::Instant::now();
+    for name in &names {
+        let mut req = Request::new(String::new());
+        req.extensions_mut()
+            .insert(RequestMeta::new(Some(endpoint.clone())).with_model(name.clone()));
+        let res = rt.block_on(svc.call(req)).unwrap();
+        rt.block_on(res.into_body().collect()).unwrap();
+    }
+    let elapsed = start.elapsed();
+    let rss_after = rss_kib();
+    println!(
+        "{n} distinct keys: {:.3} s in call ({:.0} ns/call), RSS {} KiB -> {} KiB (+{} KiB), breakers kept: {}",
+        elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / n as f64,
+        rss_before,
+        rss_after,
+        rss_after.saturating_sub(rss_before),
+        handle.states().len(),
+    );
+}
+
+fn request_at(provider: Provider, model: &str) -> Request<String> {
+    let format = match provider {
+        Provider::Anthropic => llm_tower::provider::WireFormat::AnthropicMessages,
+        _ => llm_tower::provider::WireFormat::OpenAiChat,
+    };
+    let mut req = Request::new(String::new());
+    req.extensions_mut().insert(
+        RequestMeta::new(Some(llm_tower::provider::Endpoint { provider, format }))
+            .with_model(model),
+    );
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_distinct_keys_keep_the_map_bounded() {
+    let layer = CircuitBreakerLayer::new(config().max_keys(100)).unwrap();
+    let handle = layer.handle();
+    let p = Provider503::default();
+    let mut svc = layer.layer(p.service());
+    for i in 0..5_000 {
+        assert_eq!(call(&mut svc, &format!("model-{i}")).await.unwrap(), 200);
+    }
+    let kept = handle.states().len();
+    assert!(kept <= 100, "{kept} breakers kept");
+    assert_eq!(p.calls(), 5_000, "no call refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_closed_breakers_are_dropped_and_open_ones_kept() {
+    let layer = CircuitBreakerLayer::new(config().idle_timeout(60 * SEC)).unwrap();
+    let handle = layer.handle();
+    let p = Provider503::default();
+    let mut svc = layer.layer(p.service());
+    p.set(503);
+    for _ in 0..3 {
+        call(&mut svc, "down").await.unwrap();
+    }
+    p.set(200);
+    for i in 0..10 {
+        call(&mut svc, &format!("idle-{i}")).await.unwrap();
+    }
+    assert_eq!(handle.states().len(), 11);
+    // New keys come; the old ones are left alone for over the idle time.
+    advance(61 * SEC).await;
+    call(&mut svc, "new-1").await.unwrap();
+    advance(61 * SEC).await;
+    call(&mut svc, "new-2").await.unwrap();
+    let states = handle.states();
+    assert_eq!(
+        states,
+        [
+            (key("down"), BreakerState::Open),
+            (key("new-1"), BreakerState::Closed),
+            (key("new-2"), BreakerState::Closed),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_cap_open_breakers_stay_and_new_keys_share_the_overflow() {
+    let layer = CircuitBreakerLayer::new(config().max_keys(2)).unwrap();
+    let handle = layer.handle();
+    let p = Provider503::default();
+    let mut svc = layer.layer(p.service());
+    p.set(503);
+    for model in ["a", "b"] {
+        for _ in 0..3 {
+            call(&mut svc, model).await.unwrap();
+        }
+    }
+    p.set(200);
+    assert_eq!(call(&mut svc, "c").await.unwrap(), 200);
+    assert_eq!(call(&mut svc, "d").await.unwrap(), 200);
+    assert_eq!(handle.state(&key("a")), BreakerState::Open);
+    assert_eq!(handle.state(&key("b")), BreakerState::Open);
+    assert!(call(&mut svc, "a").await.is_err(), "still refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn isolating_a_model_reaches_every_provider_and_survives_eviction() {
+    let (layer, log) = layer(config().idle_timeout(60 * SEC));
+    let handle = layer.handle();
+    let p = Provider503::default();
+    let svc = layer.layer(p.service());
+    handle.isolate(&BreakerKey::named("gpt-4o"));
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let e = open_err(
+            svc.clone()
+                .oneshot(request_at(provider.clone(), "gpt-4o"))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(e.state(), BreakerState::Isolated);
+        let k = BreakerKey::new(Some(provider), Some("gpt-4o".into()));
+        assert_eq!(handle.state(&k), BreakerState::Isolated);
+    }
+    assert!(
+        svc.clone()
+            .oneshot(request_at(Provider::OpenAi, "gpt-4o-mini"))
+            .await
+            .is_ok()
+    );
+    assert_eq!(p.calls(), 1);
+    // Idle long enough for every breaker to be dropped…
+    for i in 0..3 {
+        advance(61 * SEC).await;
+        svc.clone()
+            .oneshot(request_at(Provider::OpenAi, &format!("other-{i}")))
+            .await
+            .unwrap();
+    }
+    assert!(
+        !handle
+            .states()
+            .iter()
+            .any(|(k, _)| k.name() == Some("gpt-4o")),
+        "evicted: {:?}",
+        handle.states()
+    );
+    // …the isolation holds.
+    let e = open_err(
+        svc.clone()
+            .oneshot(request_at(Provider::OpenAi, "gpt-4o"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.state(), BreakerState::Isolated);
+    // A narrower reset leaves the model isolated; the model's reset lifts it.
+    let openai = BreakerKey::new(Some(Provider::OpenAi), Some("gpt-4o".into()));
+    handle.reset(&openai);
+    assert_eq!(handle.state(&openai), BreakerState::Isolated);
+    handle.reset(&BreakerKey::named("gpt-4o"));
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        assert!(
+            svc.clone()
+                .oneshot(request_at(provider, "gpt-4o"))
+                .await
+                .is_ok()
+        );
+    }
+    let reasons: Vec<_> = log.lock().unwrap().iter().map(|l| l.3).collect();
+    assert_eq!(reasons.first(), Some(&"isolated"));
+    assert_eq!(reasons.last(), Some(&"reset"));
+}
+
+#[test]
+fn a_listener_may_reset_the_breaker_without_deadlock() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let layer = CircuitBreakerLayer::new(config()).unwrap();
+            let handle = layer.handle();
+            let steer = handle.clone();
+            let seen: Log = Arc::default();
+            let sink = seen.clone();
+            let layer = layer.on_transition(move |t: &Transition| {
+                sink.lock()
+                    .unwrap()
+                    .push((t.key.to_string(), t.from, t.to, t.reason, t.open_for));
+                if t.to == BreakerState::Open {
+                    // An operator's policy: never stay open for this key.
+                    steer.reset(&t.key);
+                    steer.isolate(&BreakerKey::named("other"));
+                }
+            });
+            let p = Provider503::default();
+            let mut svc = layer.layer(p.service());
+            p.set(503);
+            for _ in 0..3 {
+                call(&mut svc, "m").await.unwrap();
+            }
+            assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+            let reasons: Vec<_> = seen.lock().unwrap().iter().map(|l| l.3).collect();
+            assert_eq!(reasons, ["consecutive_failures", "reset", "isolated"]);
+        });
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a listener steering the breaker deadlocked (or panicked)");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_fails_fast_even_when_the_inner_service_is_not_ready() {
+    let layer = CircuitBreakerLayer::new(config()).unwrap();
+    let handle = layer.handle();
+    let (mock, mut upstream) = tower_test::mock::pair::<Request<String>, Response<Full<Bytes>>>();
+    upstream.allow(0);
+    let mut svc = layer.layer(mock);
+    handle.isolate(&key("m"));
+    let refused = tokio::time::timeout(SEC, async { svc.ready().await?.call(request("m")).await })
+        .await
+        .expect("the open breaker waited on the inner service");
+    let e = open_err(refused.unwrap_err());
+    assert_eq!(e.state(), BreakerState::Isolated);
+    // An admitted call waits for the inner service's readiness, then goes.
+    let mut svc2 = svc.clone();
+    let pending = tokio::spawn(async move {
+        let res = svc2.ready().await?.call(request("n")).await?;
+        Ok::<_, BoxError>(res.status().as_u16())
+    });
+    tokio::task::yield_now().await;
+    upstream.allow(1);
+    let (_req, send) = upstream.next_request().await.unwrap();
+    send.send_response(Response::new(Full::new(Bytes::new())));
+    assert_eq!(pending.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn builder_calls_never_orphan_a_handle() {
+    let layer = CircuitBreakerLayer::new(config()).unwrap();
+    let early = layer.handle();
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    let layer = layer
+        .on_transition(move |t: &Transition| {
+            sink.lock()
+                .unwrap()
+                .push((t.key.to_string(), t.from, t.to, t.reason, t.open_for));
+        })
+        .key_fn(|parts| {
+            BreakerKey::named(
+                parts
+                    .headers
+                    .get("x-region")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned(),
+            )
+        });
+    let late = layer.handle();
+    let p = Provider503::default();
+    let svc = layer.layer(p.service());
+    early.isolate(&BreakerKey::named("eu"));
+    let mut req = request("m");
+    req.headers_mut().insert("x-region", "eu".parse().unwrap());
+    let e = open_err(svc.clone().oneshot(req).await.unwrap_err());
+    assert_eq!(e.state(), BreakerState::Isolated);
+    assert_eq!(late.state(&BreakerKey::named("eu")), BreakerState::Isolated);
+    assert_eq!(log.lock().unwrap().len(), 1, "the listener heard it");
+    assert_eq!(p.calls(), 0);
 }

@@ -342,10 +342,40 @@ fn x_should_retry_overrides() {
     let f = classify(500, &[("x-should-retry", "false")], "");
     assert_eq!(f.class(), FailureClass::ServerError);
     assert!(!f.is_retryable());
-    let f = classify(400, &[("x-should-retry", "true")], "");
-    assert!(f.is_retryable());
     let f = classify(429, &[("x-should-retry", "maybe")], OPENAI_RATE_LIMIT);
     assert!(f.is_retryable());
+    let f = classify(409, &[("x-should-retry", "true")], "");
+    assert!(f.is_retryable());
+}
+
+#[test]
+fn x_should_retry_true_never_revives_a_hopeless_failure() {
+    let hopeless = [
+        (429, OPENAI_QUOTA, FailureClass::QuotaExhausted),
+        (401, "", FailureClass::Auth),
+        (400, "", FailureClass::BadRequest),
+        (
+            400,
+            r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+            FailureClass::ContextLength,
+        ),
+        (
+            400,
+            r#"{"error":{"message":"refused","type":"invalid_request_error","code":"content_policy_violation"}}"#,
+            FailureClass::ContentPolicy,
+        ),
+    ];
+    for (status, body, class) in hopeless {
+        let f = classify(status, &[("x-should-retry", "true")], body);
+        assert_eq!(f.class(), class, "{status} {body}");
+        assert!(!f.is_retryable(), "{class} revived by x-should-retry: true");
+    }
+    // A transient failure the classifier would retry anyway stays retryable,
+    // and `false` still stops it.
+    let f = classify(429, &[("x-should-retry", "true")], OPENAI_RATE_LIMIT);
+    assert!(f.is_retryable());
+    let f = classify(429, &[("x-should-retry", "false")], OPENAI_RATE_LIMIT);
+    assert!(!f.is_retryable());
 }
 
 #[test]
@@ -379,13 +409,20 @@ fn invalid_content() {
     for problem in [
         ContentProblem::Empty,
         ContentProblem::MalformedJson,
-        ContentProblem::Truncated,
         ContentProblem::Refusal,
     ] {
         let f = c.classify_error(&InvalidContent::new(problem));
         assert_class(&f, FailureClass::InvalidContent, true, false, true);
         assert_eq!(f.code(), Some(problem.as_str()));
     }
+}
+
+#[test]
+fn a_truncated_answer_is_not_retried_but_falls_back() {
+    let f =
+        DefaultClassifier::new().classify_error(&InvalidContent::new(ContentProblem::Truncated));
+    assert_class(&f, FailureClass::InvalidContent, false, false, true);
+    assert_eq!(f.code(), Some("truncated"));
 }
 
 #[derive(Debug)]

@@ -136,7 +136,13 @@ async fn retry_after_seconds_and_milliseconds_are_honoured_to_the_millisecond() 
         ),
         json(200, &[], OK),
     ]);
-    let layer = RetryLayer::new(RetryConfig::new().max_attempts(3).backoff(fixed(SEC))).unwrap();
+    let layer = RetryLayer::new(
+        RetryConfig::new()
+            .max_attempts(3)
+            .backoff(fixed(SEC))
+            .server_delay_jitter(Duration::ZERO),
+    )
+    .unwrap();
     let res = layer
         .layer(script.service())
         .oneshot(request(false))
@@ -148,6 +154,59 @@ async fn retry_after_seconds_and_milliseconds_are_honoured_to_the_millisecond() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_zero_server_delay_waits_the_floor_plus_jitter() {
+    let config = RetryConfig::new();
+    let (floor, jitter) = (config.server_delay_floor, config.server_delay_jitter);
+    assert!(floor >= 50 * MS && !jitter.is_zero(), "on by default");
+    let layer = RetryLayer::new(config).unwrap();
+    let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let mut gaps = Vec::new();
+    for i in 0..20 {
+        let retry_after = if i % 2 == 0 { "0" } else { past };
+        let script = Script::new(vec![
+            json(429, &[("retry-after", retry_after)], RATE_LIMITED),
+            json(200, &[], OK),
+        ]);
+        let res = layer
+            .layer(script.service())
+            .oneshot(request(false))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        gaps.extend(script.gaps());
+    }
+    for g in &gaps {
+        assert!(
+            *g >= floor && *g <= floor + jitter,
+            "{g:?} is not within [{floor:?}, {:?}]",
+            floor + jitter
+        );
+    }
+    let mut distinct = gaps.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() > 1, "every caller woke at once: {gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_never_shortens_a_server_delay() {
+    for _ in 0..20 {
+        let script = Script::new(vec![
+            json(429, &[("retry-after-ms", "1500")], RATE_LIMITED),
+            json(200, &[], OK),
+        ]);
+        RetryLayer::new(RetryConfig::new())
+            .unwrap()
+            .layer(script.service())
+            .oneshot(request(false))
+            .await
+            .unwrap();
+        let g = script.gaps()[0];
+        assert!(g >= 1500 * MS && g <= 1600 * MS, "{g:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_server_delay_beyond_the_deadline_returns_at_once() {
     let script = Script::new(vec![json(
         429,
@@ -156,7 +215,7 @@ async fn a_server_delay_beyond_the_deadline_returns_at_once() {
     )]);
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    let layer = RetryLayer::new(RetryConfig::new())
+    let layer = RetryLayer::new(RetryConfig::new().server_delay_jitter(Duration::ZERO))
         .unwrap()
         .on_event(move |e| sink.lock().unwrap().push(e.clone()));
     let mut req = request(false);
@@ -364,11 +423,9 @@ async fn content_checks_retry_an_empty_or_non_json_answer() {
         r#"{"choices":[{"message":{"role":"assistant","content":"  "},"finish_reason":"stop"}]}"#;
     const PROSE: &str = r#"{"choices":[{"message":{"role":"assistant","content":"Sure! Here it is"},"finish_reason":"stop"}]}"#;
     const JSON: &str = r#"{"choices":[{"message":{"role":"assistant","content":"```json\n{\"ok\":true}\n```"},"finish_reason":"stop"}]}"#;
-    const CUT: &str = r#"{"choices":[{"message":{"role":"assistant","content":"{\"ok\":"},"finish_reason":"length"}]}"#;
     let script = Script::new(vec![
         json(200, &[], EMPTY),
         json(200, &[], PROSE),
-        json(200, &[], CUT),
         json(200, &[], JSON),
     ]);
     let layer = RetryLayer::new(
@@ -385,7 +442,7 @@ async fn content_checks_retry_an_empty_or_non_json_answer() {
         .with_wants_json(true);
     req.extensions_mut().insert(meta);
     let res = layer.layer(script.service()).oneshot(req).await.unwrap();
-    assert_eq!(script.attempts(), 4);
+    assert_eq!(script.attempts(), 3);
     assert_eq!(body_text(res).await.unwrap(), JSON);
     // Off by default: the empty answer is returned as it came.
     let script = Script::new(vec![json(200, &[], EMPTY)]);
@@ -402,6 +459,64 @@ async fn content_checks_retry_an_empty_or_non_json_answer() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_truncated_answer_is_not_resent_at_the_same_cap() {
+    const CUT: &str = r#"{"choices":[{"message":{"role":"assistant","content":"{\"ok\":"},"finish_reason":"length"}]}"#;
+    assert!(!ContentChecks::default().truncated, "off by default");
+    let json_request = || {
+        let mut req = request(false);
+        let meta = RequestMeta::get(&req)
+            .unwrap()
+            .clone()
+            .with_wants_json(true);
+        req.extensions_mut().insert(meta);
+        req
+    };
+    // The default checks: a cut answer is neither checked nor resent, even
+    // though its JSON is half written.
+    let script = Script::new(vec![json(200, &[], CUT), json(200, &[], OK)]);
+    let res = RetryLayer::new(
+        RetryConfig::new()
+            .backoff(fixed(MS))
+            .content(ContentChecks::default()),
+    )
+    .unwrap()
+    .layer(script.service())
+    .oneshot(json_request())
+    .await
+    .unwrap();
+    assert_eq!(
+        (script.attempts(), body_text(res).await.unwrap().as_str()),
+        (1, CUT)
+    );
+    // Asked for: a non-retryable content failure, for a fallback to act on.
+    let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
+    let sink = events.clone();
+    let script = Script::new(vec![json(200, &[], CUT), json(200, &[], OK)]);
+    let res = RetryLayer::new(
+        RetryConfig::new()
+            .backoff(fixed(MS))
+            .content(ContentChecks {
+                truncated: true,
+                ..ContentChecks::default()
+            }),
+    )
+    .unwrap()
+    .on_event(move |e| sink.lock().unwrap().push(e.clone()))
+    .layer(script.service())
+    .oneshot(json_request())
+    .await
+    .unwrap();
+    assert_eq!(
+        (script.attempts(), body_text(res).await.unwrap().as_str()),
+        (1, CUT)
+    );
+    let events = events.lock().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].class, FailureClass::InvalidContent);
+    assert_eq!(events[0].decision, Decision::GiveUp(GiveUp::NotRetryable));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_hook_sees_every_decision() {
     let script = Script::new(vec![
         json(503, &[], "{}"),
@@ -414,9 +529,14 @@ async fn the_hook_sees_every_decision() {
     ]);
     let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
     let sink = events.clone();
-    let layer = RetryLayer::new(RetryConfig::new().max_attempts(5).backoff(fixed(300 * MS)))
-        .unwrap()
-        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let layer = RetryLayer::new(
+        RetryConfig::new()
+            .max_attempts(5)
+            .backoff(fixed(300 * MS))
+            .server_delay_jitter(Duration::ZERO),
+    )
+    .unwrap()
+    .on_event(move |e| sink.lock().unwrap().push(e.clone()));
     layer
         .layer(script.service())
         .oneshot(request(false))
@@ -455,6 +575,42 @@ async fn the_hook_sees_every_decision() {
                 Decision::GiveUp(GiveUp::NotRetryable)
             ),
         ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_event_keeps_the_budget_shared_with_earlier_clones() {
+    let failing = || {
+        service_fn(|_req: Request<String>| {
+            std::future::ready(Ok::<_, Infallible>(json(503, &[], "{}")))
+        })
+    };
+    let layer = RetryLayer::new(
+        RetryConfig::new()
+            .max_attempts(5)
+            .backoff(fixed(MS))
+            .budget(Some(BudgetConfig {
+                max_tokens: 4,
+                token_ratio: 0.1,
+            })),
+    )
+    .unwrap();
+    let before = layer.layer(failing());
+    let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
+    let sink = events.clone();
+    let after = layer
+        .clone()
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()))
+        .layer(failing());
+    // The service made before `on_event` spends the budget…
+    before.oneshot(request(false)).await.unwrap();
+    // …and the one made after sees it spent.
+    after.oneshot(request(false)).await.unwrap();
+    let e = events.lock().unwrap();
+    assert_eq!(
+        e[0].decision,
+        Decision::GiveUp(GiveUp::BudgetExhausted),
+        "{e:?}"
     );
 }
 
@@ -568,6 +724,62 @@ fn chat(mock: &MockServer, provider: Provider, stream: bool, prompt: &str) -> Re
         .unwrap()
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_60_rpm_quota_does_not_drain_the_default_budget() {
+    use futures_util::StreamExt;
+    use llm_tower_mock::Quota;
+
+    let mock = MockServer::builder()
+        .quota(Quota::per_minute().requests(60))
+        .start()
+        .await
+        .unwrap();
+    let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
+    let sink = events.clone();
+    // The default budget; attempts enough for a call to wait its turn among
+    // eight, one request a second.
+    let retry = RetryLayer::new(RetryConfig::new().max_attempts(30))
+        .unwrap()
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(retry)
+        .service(client);
+    let statuses: Vec<u16> = futures_util::stream::iter(0..90)
+        .map(|i| {
+            let svc = svc.clone();
+            let req = chat(&mock, Provider::OpenAi, false, &format!("call {i}"));
+            async move {
+                let res = svc.oneshot(req).await.unwrap();
+                let status = res.status().as_u16();
+                body_text(res).await.unwrap();
+                status
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let events = events.lock().unwrap();
+    let gave_up: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e.decision {
+            Decision::GiveUp(why) => Some(why),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gave_up, [], "every call waits its turn");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.status.map(|s| s.as_u16()) == Some(429))
+            .count()
+            >= 30,
+        "the quota was met"
+    );
+}
+
 /// The recommended order: retry outside the attempt timeout and the meter.
 async fn call(
     retry: RetryConfig,
@@ -592,6 +804,8 @@ fn quick() -> RetryConfig {
         .max_attempts(3)
         .backoff(fixed(100 * MS))
         .idempotency_header("idempotency-key")
+        // Exact server delays, to the millisecond.
+        .server_delay_jitter(Duration::ZERO)
 }
 
 #[tokio::test(start_paused = true)]

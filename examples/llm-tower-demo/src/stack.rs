@@ -25,7 +25,7 @@ use llm_tower::{
     },
     metering::{MeterLayer, UsageReport},
     request::{PrepareLayer, ReplayBody},
-    retry::{Backoff, BudgetConfig, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
+    retry::{Backoff, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
     timeout::{TimeoutConfig, TimeoutLayer},
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, util::BoxCloneService};
@@ -74,16 +74,11 @@ impl Tuning {
                 // There is no fallback target yet: a call that meets an open
                 // breaker waits for its probe (within the deadline) rather
                 // than failing at once.
-                .wait_for_breaker(true)
-                // The default bucket (20 tokens: retries stop after about 10
-                // failures in a row, so an outage is not turned into a retry
-                // storm), refilled faster than the default: half a retry
-                // per success, so that after the outage ends retries resume
-                // within a few dozen calls even with a fifth of them failing.
-                .budget(Some(BudgetConfig {
-                    max_tokens: 60,
-                    token_ratio: 0.5,
-                })),
+                // The default retry budget: it pays only for retries of
+                // outages actually made (a 429 with an exact retry-after is
+                // free), so it needs no bigger bucket to get through the
+                // mock's rate limits.
+                .wait_for_breaker(true),
             // Open after 5 failures in a row (or half of the last 50 calls),
             // for half a second at first: about the length of the mock's
             // outage, so the breaker spares it most of the calls and finds

@@ -43,7 +43,22 @@ pub struct CircuitBreakerConfig {
     /// server errors, overload, timeouts, connection and stream errors; not
     /// bad requests, auth errors or rate limits.
     pub count: Option<Vec<String>>,
+    /// The most breakers kept at once, 10 000 by default. When a new key
+    /// comes with the map full, the least recently used breakers that can
+    /// go (closed ones, and isolated ones, whose isolation is kept apart)
+    /// are dropped, an eighth of the map at a time; open and half-open
+    /// breakers are never dropped. If none can go, new keys share one
+    /// overflow breaker (key `<overflow>`) until room is made.
+    pub max_keys: usize,
+    /// A closed breaker unused for this long is dropped, with its counts
+    /// (10 min by default). Checked when new keys arrive, at most four
+    /// times per period, so it may stay up to about 1.5 times as long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
+
+/// The default [`max_keys`](CircuitBreakerConfig::max_keys).
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
@@ -54,6 +69,8 @@ impl Default for CircuitBreakerConfig {
             open: OpenDuration::default(),
             half_open: HalfOpen::default(),
             count: None,
+            max_keys: DEFAULT_MAX_KEYS,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -227,6 +244,18 @@ impl CircuitBreakerConfig {
         self
     }
 
+    /// Sets [`max_keys`](Self::max_keys).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
     /// Sets [`count`](Self::count) from classes.
     pub fn count(mut self, classes: &[FailureClass]) -> Self {
         self.count = Some(classes.iter().map(|c| c.as_str().to_owned()).collect());
@@ -342,6 +371,14 @@ impl CircuitBreakerConfig {
         {
             return Err(err(
                 "half_open.probes and half_open.successes must be at most 65535".into(),
+            ));
+        }
+        if self.max_keys == 0 {
+            return Err(err("max_keys is 0: no breaker could be kept".into()));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(err(
+                "idle_timeout is 0s: every breaker would be dropped at once".into(),
             ));
         }
         self.counted_classes().map_err(err)?;

@@ -48,6 +48,39 @@ impl BreakerKey {
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
+
+    /// Whether this key, used as a pattern by
+    /// [`isolate`](super::CircuitBreakerHandle::isolate) and
+    /// [`reset`](super::CircuitBreakerHandle::reset), names the breaker of
+    /// `key`: a part it lacks matches anything. So
+    /// `BreakerKey::named("gpt-4o")` covers `openai/gpt-4o` and
+    /// `azure/gpt-4o`, `BreakerKey::new(Some(provider), None)` every model of
+    /// that provider, and `BreakerKey::new(None, None)` every breaker.
+    ///
+    /// ```
+    /// use llm_tower::{circuit_breaker::BreakerKey, provider::Provider};
+    ///
+    /// let call = BreakerKey::new(Some(Provider::OpenAi), Some("gpt-4o".into()));
+    /// assert!(BreakerKey::named("gpt-4o").covers(&call));
+    /// assert!(BreakerKey::new(Some(Provider::OpenAi), None).covers(&call));
+    /// assert!(!BreakerKey::new(Some(Provider::Anthropic), None).covers(&call));
+    /// assert!(!call.covers(&BreakerKey::named("gpt-4o")));
+    /// ```
+    pub fn covers(&self, key: &BreakerKey) -> bool {
+        self.provider
+            .as_ref()
+            .is_none_or(|p| key.provider.as_ref() == Some(p))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| key.name.as_ref() == Some(n))
+    }
+
+    /// The breaker shared by new keys once the map is full (see
+    /// [`max_keys`](super::CircuitBreakerConfig::max_keys)).
+    pub(crate) fn overflow() -> Self {
+        BreakerKey::named("<overflow>")
+    }
 }
 
 impl fmt::Display for BreakerKey {

@@ -2,14 +2,13 @@
 //! [`CircuitBreakerHandle`].
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
@@ -17,9 +16,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    BreakerBody, BreakerKey, BreakerState, CircuitBreakerConfig, ConfigError, Transition,
+    Admitted, BreakerBody, BreakerKey, BreakerState, CircuitBreakerConfig, ConfigError, Transition,
     future::{ResponseFuture, Ticket},
-    state::{Breaker, Listener, Policy},
+    map::Breakers,
+    state::{Breaker, Policy},
 };
 use crate::{
     BoxError,
@@ -28,16 +28,13 @@ use crate::{
 
 type KeyFn = Arc<dyn Fn(&http::request::Parts) -> BreakerKey + Send + Sync>;
 
-/// What every clone of a layer and its services shares.
+/// What every clone of a layer, its services and its handles share. Made
+/// once, by the layer's constructor; no builder method replaces it.
 pub(crate) struct Shared<C> {
     pub(crate) policy: Policy,
     pub(crate) classifier: C,
     counted: Option<Vec<FailureClass>>,
-    key_fn: Option<KeyFn>,
-    /// Every breaker, by key. Read without a lock (an `ArcSwap` load);
-    /// a new key copies the map, which is cheap for the provider-and-model
-    /// keys it is made for.
-    breakers: ArcSwap<HashMap<BreakerKey, Arc<Breaker>>>,
+    breakers: Breakers,
 }
 
 impl<C> Shared<C> {
@@ -50,39 +47,28 @@ impl<C> Shared<C> {
     }
 
     fn breaker(&self, key: &BreakerKey) -> Arc<Breaker> {
-        if let Some(b) = self.breakers.load().get(key) {
-            return b.clone();
-        }
-        let fresh = Arc::new(Breaker::new(key.clone(), &self.policy.config));
-        let mut found = None;
-        self.breakers.rcu(|map| {
-            if let Some(b) = map.get(key) {
-                found = Some(b.clone());
-                return Arc::clone(map);
-            }
-            found = Some(fresh.clone());
-            let mut next = HashMap::clone(map);
-            next.insert(key.clone(), fresh.clone());
-            Arc::new(next)
-        });
-        found.expect("set by rcu")
-    }
-
-    fn existing(&self, key: &BreakerKey) -> Option<Arc<Breaker>> {
-        self.breakers.load().get(key).cloned()
+        self.breakers.get(key, &self.policy)
     }
 }
 
 /// Stops calling a provider (per key) that is down, and finds out when it
 /// is back. See the [module docs](super).
+///
+/// Every clone of the layer, every service it makes and every
+/// [handle](Self::handle) share one set of breakers, whatever the order of
+/// the builder calls: [`key_fn`](Self::key_fn) sets how the layer's
+/// services key their calls, [`on_transition`](Self::on_transition) sets
+/// the shared listener; neither makes new breakers.
 pub struct CircuitBreakerLayer<C = DefaultClassifier> {
     shared: Arc<Shared<C>>,
+    key_fn: Option<KeyFn>,
 }
 
 impl<C> Clone for CircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
         CircuitBreakerLayer {
             shared: self.shared.clone(),
+            key_fn: self.key_fn.clone(),
         }
     }
 }
@@ -91,7 +77,8 @@ impl<C> fmt::Debug for CircuitBreakerLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
             .field("config", &self.shared.policy.config)
-            .field("breakers", &self.shared.breakers.load().len())
+            .field("breakers", &self.shared.breakers.len())
+            .field("key_fn", &self.key_fn.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -110,35 +97,26 @@ impl<C: Classifier> CircuitBreakerLayer<C> {
         config: CircuitBreakerConfig,
         classifier: C,
     ) -> Result<Self, ConfigError> {
-        Self::build(config, classifier, None, None)
-    }
-
-    fn build(
-        config: CircuitBreakerConfig,
-        classifier: C,
-        key_fn: Option<KeyFn>,
-        listener: Option<Listener>,
-    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let counted = config.counted_classes().expect("validated");
+        let policy = Policy {
+            config,
+            origin: Instant::now(),
+            listener: ArcSwapOption::empty(),
+        };
         Ok(CircuitBreakerLayer {
             shared: Arc::new(Shared {
-                policy: Policy {
-                    config,
-                    origin: Instant::now(),
-                    listener,
-                },
+                breakers: Breakers::new(&policy),
+                policy,
                 classifier,
                 counted,
-                key_fn,
-                breakers: ArcSwap::default(),
             }),
+            key_fn: None,
         })
     }
 
-    /// A handle to read the breakers' states, isolate and reset them. Take
-    /// it after the last builder call (`key_fn`, `on_transition`), which
-    /// make a new set of breakers.
+    /// A handle to read the breakers' states, isolate and reset them. It
+    /// may be taken at any time: builder calls made later do not orphan it.
     pub fn handle(&self) -> CircuitBreakerHandle<C> {
         CircuitBreakerHandle {
             shared: self.shared.clone(),
@@ -148,31 +126,30 @@ impl<C: Classifier> CircuitBreakerLayer<C> {
 
 impl<C: Classifier + Clone> CircuitBreakerLayer<C> {
     /// Keys breakers by `f` of the request head instead of provider and
-    /// model (a region, an API key, a deployment…).
+    /// model (a region, an API key, a deployment…), for the services this
+    /// layer makes from now on. The breakers stay shared with every clone
+    /// and handle.
     pub fn key_fn(
-        self,
+        mut self,
         f: impl Fn(&http::request::Parts) -> BreakerKey + Send + Sync + 'static,
     ) -> Self {
-        let s = &self.shared;
-        Self::build(
-            s.policy.config.clone(),
-            s.classifier.clone(),
-            Some(Arc::new(f)),
-            s.policy.listener.clone(),
-        )
-        .expect("validated")
+        self.key_fn = Some(Arc::new(f));
+        self
     }
 
     /// Calls `f` with every change of state, besides the `tracing` events.
+    ///
+    /// The listener is part of the shared state: set on any clone, it
+    /// hears every breaker of every clone; a second call replaces the
+    /// first. It runs after the breaker has changed state and let go of its
+    /// lock, on the task that made the change, so it may steer the breakers
+    /// through a [handle](Self::handle) (reset, isolate). Keep it short.
     pub fn on_transition(self, f: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
-        let s = &self.shared;
-        Self::build(
-            s.policy.config.clone(),
-            s.classifier.clone(),
-            s.key_fn.clone(),
-            Some(Arc::new(f)),
-        )
-        .expect("validated")
+        self.shared
+            .policy
+            .listener
+            .store(Some(Arc::new(Box::new(f))));
+        self
     }
 }
 
@@ -183,6 +160,8 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
         CircuitBreaker {
             inner,
             shared: self.shared.clone(),
+            key_fn: self.key_fn.clone(),
+            inner_ready: false,
         }
     }
 }
@@ -203,58 +182,80 @@ impl<C> Clone for CircuitBreakerHandle<C> {
 impl<C> fmt::Debug for CircuitBreakerHandle<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerHandle")
-            .field("breakers", &self.shared.breakers.load().len())
+            .field("breakers", &self.shared.breakers.len())
             .finish()
     }
 }
 
 impl<C> CircuitBreakerHandle<C> {
-    /// The state of the breaker of `key`; closed for a key never seen.
+    /// The state of the breaker of exactly `key`: closed for a key not
+    /// kept, isolated for one an [isolation](Self::isolate) covers.
     pub fn state(&self, key: &BreakerKey) -> BreakerState {
-        self.shared
-            .existing(key)
-            .map_or(BreakerState::Closed, |b| b.state())
+        match self.shared.breakers.existing(key) {
+            Some(b) => b.state(),
+            None if self.shared.breakers.isolated(key) => BreakerState::Isolated,
+            None => BreakerState::Closed,
+        }
     }
 
     /// The time left open for `key`, if open.
     pub fn open_for(&self, key: &BreakerKey) -> Option<Duration> {
-        let b = self.shared.existing(key)?;
+        let b = self.shared.breakers.existing(key)?;
         b.open_for(&self.shared.policy, Instant::now())
     }
 
-    /// Every breaker seen so far, with its state.
+    /// Every breaker kept, with its state.
     pub fn states(&self) -> Vec<(BreakerKey, BreakerState)> {
         let mut v: Vec<_> = self
             .shared
             .breakers
-            .load()
+            .all()
             .iter()
-            .map(|(k, b)| (k.clone(), b.state()))
+            .map(|b| (b.key().clone(), b.state()))
             .collect();
         v.sort_by_key(|(k, _)| k.to_string());
         v
     }
 
-    /// Forces the breaker of `key` open until [`reset`](Self::reset): no
-    /// call goes through, not even a probe.
+    /// Forces open, until [`reset`](Self::reset), every breaker `key`
+    /// [covers](BreakerKey::covers): no call goes through, not even a
+    /// probe. `BreakerKey::named("gpt-4o")` isolates `gpt-4o` at every
+    /// provider; a key with a provider and no model, the whole provider.
+    ///
+    /// The isolation is kept apart from the breakers: it applies to
+    /// breakers made later too, and eviction never lifts it.
     pub fn isolate(&self, key: &BreakerKey) {
-        let b = self.shared.breaker(key);
-        b.isolate(&self.shared.policy);
+        self.shared.breakers.isolate(key, &self.shared.policy);
     }
 
-    /// Closes the breaker of `key` and forgets its failures.
+    /// Lifts the isolations `key` covers, and closes (forgetting their
+    /// failures) the breakers it covers — except those a broader isolation
+    /// still holds: resetting `openai/gpt-4o` leaves it isolated while
+    /// `BreakerKey::named("gpt-4o")` is.
     pub fn reset(&self, key: &BreakerKey) {
-        if let Some(b) = self.shared.existing(key) {
-            b.reset(&self.shared.policy);
-        }
+        self.shared.breakers.reset(key, &self.shared.policy);
     }
 }
 
 /// Fails calls fast while their breaker is open. See
 /// [`CircuitBreakerLayer`].
+///
+/// # Readiness
+///
+/// `poll_ready` is always ready: it does not wait on the inner service, so
+/// that an open breaker refuses at once even when the service behind it
+/// cannot take a call (a concurrency limit at capacity, a saturated pool).
+/// It asks the inner service once, without waiting; a call admitted while
+/// the inner service was not ready takes a clone of it (hence `S: Clone`)
+/// and waits for its readiness inside the response future, as
+/// [`tower::ServiceExt::oneshot`](https://docs.rs/tower/latest/tower/trait.ServiceExt.html#method.oneshot)
+/// does. That wait counts in a slow call's time.
 pub struct CircuitBreaker<S, C = DefaultClassifier> {
     inner: S,
     shared: Arc<Shared<C>>,
+    key_fn: Option<KeyFn>,
+    /// The inner service said it was ready, and no call has used that yet.
+    inner_ready: bool,
 }
 
 impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
@@ -262,6 +263,9 @@ impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
         CircuitBreaker {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            key_fn: self.key_fn.clone(),
+            // Readiness belongs to the service that was polled.
+            inner_ready: false,
         }
     }
 }
@@ -293,7 +297,7 @@ impl<S, C> CircuitBreaker<S, C> {
 
 impl<S, C, ReqB, B> Service<Request<ReqB>> for CircuitBreaker<S, C>
 where
-    S: Service<Request<ReqB>, Response = Response<B>>,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
     B: Body,
     B::Error: Into<BoxError>,
@@ -301,14 +305,22 @@ where
 {
     type Response = Response<BreakerBody<B, C>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<Admitted<S, Request<ReqB>>, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        if !self.inner_ready {
+            match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => self.inner_ready = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                // Waited on, if at all, by an admitted call.
+                Poll::Pending => {}
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let key = match &self.shared.key_fn {
+        let key = match &self.key_fn {
             None => BreakerKey::of_request(&req),
             Some(f) => {
                 let (parts, body) = req.into_parts();
@@ -324,13 +336,9 @@ impl<S, C> CircuitBreaker<S, C>
 where
     C: Classifier,
 {
-    fn call_keyed<ReqB>(
-        &mut self,
-        key: BreakerKey,
-        req: Request<ReqB>,
-    ) -> ResponseFuture<S::Future, C>
+    fn call_keyed<Req>(&mut self, key: BreakerKey, req: Req) -> ResponseFuture<Admitted<S, Req>, C>
     where
-        S: Service<Request<ReqB>>,
+        S: Service<Req> + Clone,
     {
         let breaker = self.shared.breaker(&key);
         match breaker.admit(&self.shared.policy) {
@@ -338,7 +346,14 @@ where
             Ok(admission) => {
                 let start = self.shared.policy.config.slow_calls.map(|_| Instant::now());
                 let ticket = Ticket::new(self.shared.clone(), breaker, admission, start);
-                ResponseFuture::new(self.inner.call(req), ticket)
+                let call = if std::mem::take(&mut self.inner_ready) {
+                    Admitted::called(self.inner.call(req))
+                } else {
+                    // The ready service goes with the call; a clone stays.
+                    let clone = self.inner.clone();
+                    Admitted::waiting(std::mem::replace(&mut self.inner, clone), req)
+                };
+                ResponseFuture::new(call, ticket)
             }
         }
     }

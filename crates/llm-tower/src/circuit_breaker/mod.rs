@@ -29,9 +29,14 @@
 //! its body has ended well, and as a failure if the body breaks in a way
 //! that counts (an error event, a cut stream, a timeout of an inner layer).
 //!
-//! A [`CircuitBreakerHandle`] reads every breaker's state, isolates one
-//! (forces it open) and resets it. Every transition is a `tracing` event,
-//! and is passed to [`on_transition`](CircuitBreakerLayer::on_transition).
+//! A [`CircuitBreakerHandle`] reads every breaker's state, isolates
+//! (forces open) and resets breakers. It takes a key as a pattern
+//! ([`BreakerKey::covers`]): `BreakerKey::named("gpt-4o")` reaches the
+//! `gpt-4o` breaker of every provider. Isolations are kept apart from the
+//! breakers, apply to breakers made later, and survive eviction. Every
+//! transition is a `tracing` event, and is passed to
+//! [`on_transition`](CircuitBreakerLayer::on_transition) — after the
+//! breaker's lock is released, so a listener may call the handle.
 //!
 //! # Example
 //!
@@ -62,7 +67,8 @@
 //!     .layer(breaker)
 //!     .service(client());
 //!
-//! // An operator takes a model out of rotation, then puts it back.
+//! // An operator takes a model out of rotation at every provider, then
+//! // puts it back.
 //! let key = BreakerKey::named("gpt-4o");
 //! handle.isolate(&key);
 //! handle.reset(&key);
@@ -79,25 +85,52 @@
 //! permit. Placed outside retry, it would see one outcome per call and trip
 //! later.
 //!
+//! # Keys and memory
+//!
+//! Breakers are kept per key in a sharded map, at most
+//! [`max_keys`](CircuitBreakerConfig::max_keys) of them (10 000 by
+//! default). A closed breaker unused for
+//! [`idle_timeout`](CircuitBreakerConfig::idle_timeout) (10 min) is
+//! dropped with its counts. When a new key finds the map full, the least
+//! recently used closed (or isolated) breakers are dropped, an eighth of
+//! the map at a time; open and half-open breakers are never dropped, and if
+//! the map is full of them, new keys share one overflow breaker (key
+//! `<overflow>`) until room is made. Eviction runs only on the path of new
+//! keys, in sweeps amortized over them: a new key costs O(1) amortized, and
+//! memory stays flat however many distinct keys (model names read from
+//! requests) come.
+//!
+//! # Readiness
+//!
+//! The service's `poll_ready` never waits on the inner service, so an open
+//! breaker refuses at once even in front of a saturated one (a concurrency
+//! limit at capacity); an admitted call waits for the inner service's
+//! readiness inside its response future, with a clone of it, as
+//! `ServiceExt::oneshot` does. The inner service must be `Clone`.
+//!
 //! # Performance
 //!
-//! On the closed path a call costs a lookup of its breaker in a map read
-//! without a lock (an [`arc_swap`](https://docs.rs/arc-swap) snapshot; a
-//! new key copies the map), one atomic load to admit it and a few relaxed
-//! atomic operations to record it; only transitions take a lock.
+//! On the closed path a call costs a lookup of its breaker in the sharded
+//! map (a shard's read lock, no global lock, no copy), one atomic load to
+//! admit it and a few relaxed atomic operations to record it; only
+//! transitions take a lock, and only new keys may sweep the map.
 //!
 //! [`Failure::counts_against_health`]: crate::classify::Failure::counts_against_health
 
+mod admitted;
 mod config;
 mod error;
 mod future;
 mod key;
 mod layer;
+mod map;
 mod state;
 mod window;
 
+pub use admitted::Admitted;
 pub use config::{
-    CircuitBreakerConfig, ConfigError, HalfOpen, OpenDuration, RateTrip, SlidingWindow, SlowTrip,
+    CircuitBreakerConfig, ConfigError, DEFAULT_MAX_KEYS, HalfOpen, OpenDuration, RateTrip,
+    SlidingWindow, SlowTrip,
 };
 pub use error::CircuitOpen;
 pub use future::{BreakerBody, ResponseFuture};

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{
             AtomicU32, AtomicU64,
             Ordering::{Acquire, Relaxed, Release},
@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -131,13 +132,16 @@ pub(crate) enum Outcome {
 }
 
 /// The hook called with every transition.
-pub(crate) type Listener = Arc<dyn Fn(&Transition) + Send + Sync>;
+pub(crate) type Listener = Box<dyn Fn(&Transition) + Send + Sync>;
 
-/// The policy every breaker of a layer follows, and its clock.
+/// The policy every breaker of a layer follows, its clock and its
+/// listener.
 pub(crate) struct Policy {
     pub(crate) config: CircuitBreakerConfig,
     pub(crate) origin: Instant,
-    pub(crate) listener: Option<Listener>,
+    /// Set at any time, by any clone of the layer; read at transitions
+    /// only.
+    pub(crate) listener: ArcSwapOption<Listener>,
 }
 
 impl Policy {
@@ -145,7 +149,9 @@ impl Policy {
         at.saturating_duration_since(self.origin).as_nanos() as u64
     }
 
-    fn notify(&self, t: Transition) {
+    /// Logs `t` and calls the listener. Never called under a breaker's
+    /// lock: a listener may steer the breakers (reset, isolate).
+    pub(crate) fn notify(&self, t: Transition) {
         match t.to {
             BreakerState::Open | BreakerState::Isolated => tracing::warn!(
                 key = %t.key, from = %t.from, to = %t.to, reason = t.reason,
@@ -157,7 +163,7 @@ impl Policy {
                 "circuit breaker transition"
             ),
         }
-        if let Some(l) = &self.listener {
+        if let Some(l) = self.listener.load_full() {
             l(&t);
         }
     }
@@ -174,7 +180,10 @@ pub(crate) struct Breaker {
     trips: AtomicU32,
     consecutive: AtomicU32,
     window: Option<Window>,
-    /// Held only to change state, never on the closed path.
+    /// The map's epoch at its last use, for eviction.
+    last_used: AtomicU64,
+    /// Held only to change state, never on the closed path, and never
+    /// while the listener runs.
     transitions: Mutex<()>,
 }
 
@@ -188,7 +197,7 @@ impl fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(key: BreakerKey, config: &CircuitBreakerConfig) -> Self {
+    pub(crate) fn new(key: BreakerKey, config: &CircuitBreakerConfig, epoch: u64) -> Self {
         let window = match (config.failure_rate, config.slow_calls) {
             (Some(r), _) => Some(match r.window {
                 SlidingWindow::Calls { calls } => Window::Calls(CallRing::new(calls)),
@@ -204,8 +213,38 @@ impl Breaker {
             trips: AtomicU32::new(0),
             consecutive: AtomicU32::new(0),
             window,
+            last_used: AtomicU64::new(epoch),
             transitions: Mutex::new(()),
         }
+    }
+
+    pub(crate) fn key(&self) -> &BreakerKey {
+        &self.key
+    }
+
+    /// Records a use in `epoch`: one relaxed load, and a store once per
+    /// epoch.
+    pub(crate) fn touch(&self, epoch: u64) {
+        if self.last_used.load(Relaxed) != epoch {
+            self.last_used.store(epoch, Relaxed);
+        }
+    }
+
+    pub(crate) fn last_used(&self) -> u64 {
+        self.last_used.load(Relaxed)
+    }
+
+    /// Whether dropping it loses nothing: closed (its counts are the only
+    /// loss), or isolated (the isolation is kept apart, and applies again
+    /// to a new breaker of its key). Never open or half-open.
+    pub(crate) fn evictable(&self) -> bool {
+        matches!(Word(self.word.load(Acquire)).mode(), CLOSED | ISOLATED)
+    }
+
+    /// Starts isolated, before anyone sees it: no transition.
+    pub(crate) fn start_isolated(&self) {
+        let cur = Word(self.word.load(Acquire));
+        self.word.store(cur.next(ISOLATED).0, Release);
     }
 
     pub(crate) fn state(&self) -> BreakerState {
@@ -253,7 +292,7 @@ impl Breaker {
                         ));
                     }
                     // The open time is over: this call is the first probe.
-                    let _g = self.lock();
+                    let g = self.lock();
                     let cur = Word(self.word.load(Acquire));
                     if cur != w {
                         w = cur;
@@ -261,6 +300,7 @@ impl Breaker {
                     }
                     let probing = Word::new(HALF_OPEN, 1, 0, w.next(HALF_OPEN).generation());
                     self.word.store(probing.0, Release);
+                    drop(g);
                     policy.notify(Transition {
                         key: self.key.clone(),
                         from: BreakerState::Open,
@@ -390,12 +430,14 @@ impl Breaker {
                 Outcome::Success
                     if w.successes() + 1 >= u64::from(policy.config.half_open.successes) =>
                 {
-                    let _g = self.lock();
+                    let g = self.lock();
                     if Word(self.word.load(Acquire)) != w {
                         w = Word(self.word.load(Acquire));
                         continue;
                     }
-                    self.close(policy, w, "probes_succeeded");
+                    let t = self.close(w, "probes_succeeded");
+                    drop(g);
+                    policy.notify(t);
                     return;
                 }
                 _ => {
@@ -420,7 +462,7 @@ impl Breaker {
 
     /// Opens the breaker from state `from`, unless it changed meanwhile.
     fn trip(&self, policy: &Policy, from: Word, reason: &'static str) {
-        let _g = self.lock();
+        let g = self.lock();
         let cur = Word(self.word.load(Acquire));
         if cur.mode() != from.mode() || cur.generation() != from.generation() {
             return;
@@ -443,6 +485,7 @@ impl Breaker {
             .saturating_add(open_for.as_nanos() as u64);
         self.open_until.store(until, Relaxed);
         self.word.store(cur.next(OPEN).0, Release);
+        drop(g);
         policy.notify(Transition {
             key: self.key.clone(),
             from: cur.state(),
@@ -452,31 +495,33 @@ impl Breaker {
         });
     }
 
-    /// Closes the breaker (the caller holds the transition lock).
-    fn close(&self, policy: &Policy, from: Word, reason: &'static str) {
+    /// Closes the breaker (the caller holds the transition lock), and
+    /// returns the transition for the caller to announce once it lets go.
+    fn close(&self, from: Word, reason: &'static str) -> Transition {
         if let Some(w) = &self.window {
             w.reset();
         }
         self.consecutive.store(0, Relaxed);
         self.trips.store(0, Relaxed);
         self.word.store(from.next(CLOSED).0, Release);
-        policy.notify(Transition {
+        Transition {
             key: self.key.clone(),
             from: from.state(),
             to: BreakerState::Closed,
             reason,
             open_for: None,
-        });
+        }
     }
 
     /// Forces the breaker open until reset.
     pub(crate) fn isolate(&self, policy: &Policy) {
-        let _g = self.lock();
+        let g = self.lock();
         let cur = Word(self.word.load(Acquire));
         if cur.mode() == ISOLATED {
             return;
         }
         self.word.store(cur.next(ISOLATED).0, Release);
+        drop(g);
         policy.notify(Transition {
             key: self.key.clone(),
             from: cur.state(),
@@ -488,9 +533,11 @@ impl Breaker {
 
     /// Closes the breaker and forgets its history.
     pub(crate) fn reset(&self, policy: &Policy) {
-        let _g = self.lock();
+        let g = self.lock();
         let cur = Word(self.word.load(Acquire));
-        self.close(policy, cur, "reset");
+        let t = self.close(cur, "reset");
+        drop(g);
+        policy.notify(t);
     }
 }
 

@@ -30,13 +30,19 @@ use crate::{
 /// | `400`, `413`, `422`, other `4xx` | `BadRequest` | no | no | no |
 /// | `event: error` inside a `200` stream | by its error type, else `StreamError` | yes | yes | yes |
 /// | stream cut before its terminal event | `TruncatedStream` | yes | yes | yes |
-/// | [`InvalidContent`] (empty, malformed JSON, truncated, refusal) | `InvalidContent` | yes | no | yes |
+/// | [`InvalidContent`] (empty, malformed JSON, refusal) | `InvalidContent` | yes | no | yes |
+/// | [`InvalidContent`] truncated (`finish_reason: length`) | `InvalidContent`, code `truncated` | no | no | yes |
 ///
 /// A server delay comes from `retry-after-ms` or `retry-after`, or else
 /// from the reset of an exhausted `x-ratelimit-*` / `anthropic-ratelimit-*`
 /// limit ([`server_delay`]), or else from a Gemini body's `RetryInfo`. A
 /// Gemini `RESOURCE_EXHAUSTED` naming a daily quota is `QuotaExhausted`.
-/// `x-should-retry: true|false` overrides whether the failure is retried.
+/// `x-should-retry: false` stops the retry of any failure.
+/// `x-should-retry: true` makes a transient failure retryable (rate
+/// limited, overloaded, server error, timeout, connect, stream error,
+/// truncated stream, other) but never revives `QuotaExhausted`, `Auth`,
+/// `BadRequest`, `ContextLength` or `ContentPolicy`: those fail again
+/// however often they are sent.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultClassifier {
     _priv: (),
@@ -68,8 +74,14 @@ impl Classifier for DefaultClassifier {
         let delay = server_delay(response.headers, now)
             .or_else(|| error.as_ref().and_then(ProviderError::retry_delay));
         failure = failure.with_retry_after(delay);
-        if let Some(retry) = should_retry(response.headers) {
-            failure = failure.with_retryable(retry);
+        match should_retry(response.headers) {
+            // The provider may always stop a retry…
+            Some(false) => failure = failure.with_retryable(false),
+            // …but may only ask for one of a failure that can pass: a spent
+            // quota, a refused key or a bad request fails again however
+            // often it is sent.
+            Some(true) if is_transient(failure.class()) => failure = failure.with_retryable(true),
+            _ => {}
         }
         Classification::Failure(failure)
     }
@@ -102,9 +114,14 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
         return Some(f);
     }
     if let Some(invalid) = e.downcast_ref::<InvalidContent>() {
-        return Some(
-            Failure::new(FailureClass::InvalidContent).with_code(invalid.problem().as_str()),
-        );
+        let failure =
+            Failure::new(FailureClass::InvalidContent).with_code(invalid.problem().as_str());
+        // Cut by the output cap: the same request is cut again, at full
+        // cost. A fallback with a larger cap or another model may do.
+        return Some(match invalid.problem() {
+            crate::classify::ContentProblem::Truncated => failure.with_retryable(false),
+            _ => failure,
+        });
     }
     if e.is::<TruncatedStream>() {
         return Some(Failure::new(FailureClass::TruncatedStream));
@@ -185,6 +202,24 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
         };
     }
     None
+}
+
+/// Whether a failure of `class` can pass by itself, so that the provider's
+/// `x-should-retry: true` may make it retryable. Never a spent quota, an
+/// auth error, a bad request, a context-length error or a content-policy
+/// refusal.
+fn is_transient(class: FailureClass) -> bool {
+    matches!(
+        class,
+        FailureClass::RateLimited
+            | FailureClass::Overloaded
+            | FailureClass::ServerError
+            | FailureClass::Timeout
+            | FailureClass::Connect
+            | FailureClass::StreamError
+            | FailureClass::TruncatedStream
+            | FailureClass::Other
+    )
 }
 
 /// The class of a response with this status and (optional) error body.

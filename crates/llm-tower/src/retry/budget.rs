@@ -5,14 +5,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 /// Retry throttling in the style of gRPC's: a bucket of tokens that every
-/// failed attempt drains by one and every success refills by `token_ratio`;
-/// retries stop while it holds half its tokens or fewer.
+/// retry of an outage drains by one and every success refills by
+/// `token_ratio`; retries stop while it holds half its tokens or fewer.
+///
+/// A token is taken only for a retry actually made: not for a failure that
+/// is given up for another reason (the last attempt, a failure not worth
+/// retrying, a wait past the deadline), nor for a refusal of an open
+/// breaker further in. A `429` rate limit with an exact server-directed
+/// delay (`retry-after`, `retry-after-ms`, an exhausted limit's reset) is
+/// not an outage either: the provider is healthy and says when the call
+/// fits, so waiting that long costs it nothing, and such a retry is free.
+/// Outages — server errors, overload, timeouts, broken connections, rate
+/// limits without a delay — pay.
 ///
 /// Under a sustained outage every attempt fails, the bucket drains, and
 /// retries stop after about `max_tokens / 2` of them: an outage cannot turn
 /// into a retry storm. While calls succeed, each success earns back a
-/// fraction of a retry, so retries stay at most `token_ratio` of successes
-/// plus `max_tokens / 2`.
+/// fraction of a retry, so retries of outages stay at most `token_ratio`
+/// of successes plus `max_tokens / 2`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BudgetConfig {
@@ -77,17 +87,17 @@ impl Budget {
             });
     }
 
-    /// A failed attempt: take a token; true when a retry is still allowed
-    /// (more than half the bucket left after taking it). Each failure sees
-    /// the bucket atomically, so concurrent failures cannot all pass.
-    pub(crate) fn on_failure(&self) -> bool {
-        let before = self
-            .milli
+    /// A retry about to be made: takes a token and returns true when more
+    /// than half the bucket is left after taking it; otherwise takes
+    /// nothing and returns false (throttled). Each call sees the bucket
+    /// atomically, so concurrent retries cannot all pass.
+    pub(crate) fn try_retry(&self) -> bool {
+        self.milli
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some(t.saturating_sub(MILLI))
+                let after = t.checked_sub(MILLI)?;
+                (after > self.max / 2).then_some(after)
             })
-            .unwrap_or(0);
-        before.saturating_sub(MILLI) > self.max / 2
+            .is_ok()
     }
 
     /// Tokens left, in thousandths.
@@ -107,15 +117,15 @@ mod tests {
             max_tokens: 10,
             token_ratio: 0.5,
         });
-        let allowed = (0..100).filter(|_| b.on_failure()).count();
+        let allowed = (0..100).filter(|_| b.try_retry()).count();
         assert_eq!(allowed, 4, "10 tokens: retries while more than 5 remain");
-        assert_eq!(b.milli(), 0);
-        for _ in 0..14 {
+        assert_eq!(b.milli(), 6000, "a refused retry takes nothing");
+        for _ in 0..2 {
             b.on_success();
         }
         assert_eq!(b.milli(), 7000);
-        assert!(b.on_failure(), "6 left after taking one");
-        assert!(!b.on_failure(), "5 left: throttled");
+        assert!(b.try_retry(), "6 left after taking one");
+        assert!(!b.try_retry(), "5 left: throttled");
         for _ in 0..1000 {
             b.on_success();
         }

@@ -43,6 +43,17 @@ pub struct RetryConfig {
     /// earns another refusal: the last response is returned at once.
     #[serde(with = "humantime_serde")]
     pub max_server_delay: Duration,
+    /// The shortest wait after a server-directed delay: a `retry-after: 0`,
+    /// a reset already past or a clock skew would otherwise retry at once.
+    /// 100 ms by default.
+    #[serde(with = "humantime_serde")]
+    pub server_delay_floor: Duration,
+    /// Up to this much, at random, is added to every server-directed wait
+    /// (after the floor), so that the callers a provider told to come back
+    /// at the same instant do not all come back together. It only ever
+    /// lengthens the provider's delay. 100 ms by default; zero for none.
+    #[serde(with = "humantime_serde")]
+    pub server_delay_jitter: Duration,
     /// The retry budget shared by every clone of the layer; `null` for none.
     pub budget: Option<BudgetConfig>,
     /// A request header that carries an idempotency key, the same on every
@@ -72,6 +83,8 @@ impl Default for RetryConfig {
             max_attempts: 3,
             backoff: Backoff::default(),
             max_server_delay: Duration::from_secs(60),
+            server_delay_floor: Duration::from_millis(100),
+            server_delay_jitter: Duration::from_millis(100),
             budget: Some(BudgetConfig::default()),
             idempotency_header: None,
             content: None,
@@ -93,7 +106,13 @@ pub struct ContentChecks {
     /// [`RequestMeta::wants_json`](crate::request::RequestMeta::wants_json))
     /// and the text is not JSON.
     pub malformed_json: bool,
-    /// Cut by the output cap (`finish_reason: length`).
+    /// Cut by the output cap (`finish_reason: length`); off by default.
+    /// When on, such an answer is an [`InvalidContent`](crate::classify::InvalidContent)
+    /// with code `truncated` that is **not** retried (the same request with
+    /// the same `max_tokens` is cut again, at full cost) but asks for a
+    /// fallback (a larger output cap or another model). When off, it is
+    /// returned as it came. Either way the other checks skip a cut answer:
+    /// an empty or half-written JSON answer cut by the cap is not resent.
     pub truncated: bool,
     /// A refusal or a safety stop; off by default, since the same prompt
     /// usually gets the same refusal.
@@ -105,7 +124,7 @@ impl Default for ContentChecks {
         ContentChecks {
             empty: true,
             malformed_json: true,
-            truncated: true,
+            truncated: false,
             refusal: false,
         }
     }
@@ -147,6 +166,18 @@ impl RetryConfig {
     /// Sets [`max_server_delay`](Self::max_server_delay).
     pub fn max_server_delay(mut self, d: Duration) -> Self {
         self.max_server_delay = d;
+        self
+    }
+
+    /// Sets [`server_delay_floor`](Self::server_delay_floor).
+    pub fn server_delay_floor(mut self, d: Duration) -> Self {
+        self.server_delay_floor = d;
+        self
+    }
+
+    /// Sets [`server_delay_jitter`](Self::server_delay_jitter).
+    pub fn server_delay_jitter(mut self, d: Duration) -> Self {
+        self.server_delay_jitter = d;
         self
     }
 

@@ -23,8 +23,10 @@ pub(crate) fn problem<B>(
     let bytes = body.peeked();
     let format = meta.and_then(RequestMeta::format);
     let finish = scan_json(format, bytes).finish_reason;
-    if checks.truncated && finish == Some(FinishReason::Length) {
-        return Some(ContentProblem::Truncated);
+    if finish == Some(FinishReason::Length) {
+        // Resending would be cut again at the same cap: a fallback's
+        // matter, and only when asked for.
+        return checks.truncated.then_some(ContentProblem::Truncated);
     }
     let answer = answer_text(format, bytes)?;
     if checks.refusal && (answer.refused || finish == Some(FinishReason::ContentFilter)) {

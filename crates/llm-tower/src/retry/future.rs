@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::{
-    RetryBody,
+    RetryBody, RetryConfig,
     body::{Held, Hold},
     content,
     event::{Decision, GiveUp, RetryEvent},
@@ -26,7 +26,8 @@ use super::{
 use crate::{
     BoxError,
     classify::{
-        CIRCUIT_OPEN, Classifier, Failure, InvalidContent, PeekBody, PeekedBody, ResponseView,
+        CIRCUIT_OPEN, Classifier, Failure, FailureClass, InvalidContent, PeekBody, PeekedBody,
+        ResponseView,
     },
     deadline::Deadline,
     metering::{ProgressBody, StreamProgress},
@@ -117,15 +118,11 @@ fn decide<C, ReqB>(
 ) -> Decision {
     let config = &shared.config;
     // A breaker further in refused the attempt: nothing reached the
-    // provider, so the budget is not drawn on, and with `wait_for_breaker`
-    // the call waits for the breaker's probes.
+    // provider, and with `wait_for_breaker` the call waits for the
+    // breaker's probes.
     let refused = failure.code() == Some(CIRCUIT_OPEN);
     let retryable = failure.is_retryable()
         || (refused && config.wait_for_breaker && failure.retry_after().is_some());
-    // Every other retryable failure draws on the budget: it measures the
-    // provider's health, not only the retries made.
-    let budget_allows =
-        !retryable || refused || shared.budget.as_ref().is_none_or(|b| b.on_failure());
     let give_up = |why| Decision::GiveUp(why);
     if !retryable {
         return give_up(GiveUp::NotRetryable);
@@ -133,20 +130,17 @@ fn decide<C, ReqB>(
     if attempt >= config.max_attempts {
         return give_up(GiveUp::AttemptsExhausted);
     }
+    let mut rng = rand::rng();
     let (delay, server_directed) = match failure.retry_after() {
         Some(d) if d > config.max_server_delay => return give_up(GiveUp::ServerDelayTooLong(d)),
         // A half-open breaker with its probes taken: back off a little.
         Some(d) if refused && d.is_zero() => (
-            config
-                .backoff
-                .delay(attempt, previous_delay, &mut rand::rng()),
+            config.backoff.delay(attempt, previous_delay, &mut rng),
             false,
         ),
-        Some(d) => (d, true),
+        Some(d) => (server_wait(config, d, &mut rng), true),
         None => (
-            config
-                .backoff
-                .delay(attempt, previous_delay, &mut rand::rng()),
+            config.backoff.delay(attempt, previous_delay, &mut rng),
             false,
         ),
     };
@@ -155,13 +149,26 @@ fn decide<C, ReqB>(
             return give_up(GiveUp::DeadlineTooClose(delay));
         }
     }
-    if !budget_allows {
+    // Only a retry that is made is paid for, and only by an outage: a
+    // refusal of the breaker reached nobody, and a rate limit that says
+    // exactly when the call fits is a healthy provider's answer.
+    let free = refused
+        || (failure.class() == FailureClass::RateLimited && failure.retry_after().is_some());
+    if !free && shared.budget.as_ref().is_some_and(|b| !b.try_retry()) {
         return give_up(GiveUp::BudgetExhausted);
     }
     Decision::Retry {
         delay,
         server_directed,
     }
+}
+
+/// The wait for a server-directed delay `d`: never shorter than `d` nor
+/// than the floor, plus a little jitter so that callers told the same
+/// instant do not all come back at it.
+fn server_wait(config: &RetryConfig, d: Duration, rng: &mut impl rand::Rng) -> Duration {
+    let jitter = config.server_delay_jitter.mul_f64(rng.random::<f64>());
+    d.max(config.server_delay_floor).saturating_add(jitter)
 }
 
 /// Tells tracing and the hook.

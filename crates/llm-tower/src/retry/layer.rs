@@ -25,7 +25,9 @@ use crate::{
 pub(crate) struct Shared<C> {
     pub(crate) config: RetryConfig,
     pub(crate) classifier: C,
-    pub(crate) budget: Option<Budget>,
+    /// Shared by every layer built from the same one, whatever builder
+    /// method made it.
+    pub(crate) budget: Option<Arc<Budget>>,
     pub(crate) hook: Option<Hook>,
     pub(crate) idempotency_header: Option<HeaderName>,
 }
@@ -69,10 +71,6 @@ impl RetryLayer {
 impl<C: Classifier> RetryLayer<C> {
     /// A layer with `config` and `classifier`.
     pub fn with_classifier(config: RetryConfig, classifier: C) -> Result<Self, ConfigError> {
-        Self::build(config, classifier, None)
-    }
-
-    fn build(config: RetryConfig, classifier: C, hook: Option<Hook>) -> Result<Self, ConfigError> {
         config.validate()?;
         let idempotency_header = config
             .idempotency_header
@@ -80,10 +78,10 @@ impl<C: Classifier> RetryLayer<C> {
             .map(|h| HeaderName::try_from(h).expect("validated header name"));
         Ok(RetryLayer {
             shared: Arc::new(Shared {
-                budget: config.budget.map(Budget::new),
+                budget: config.budget.map(|b| Arc::new(Budget::new(b))),
                 config,
                 classifier,
-                hook,
+                hook: None,
                 idempotency_header,
             }),
         })
@@ -93,14 +91,22 @@ impl<C: Classifier> RetryLayer<C> {
 impl<C: Classifier + Clone> RetryLayer<C> {
     /// Calls `hook` with every decision: each retry and each giving up.
     /// For metrics; it runs on the request's task, so keep it short.
+    ///
+    /// Like tower's setters it returns a new layer: services made by it
+    /// call `hook`, services made earlier do not. The retry budget is not
+    /// renewed: the new layer, the old one and every clone of either keep
+    /// drawing on one bucket.
     pub fn on_event(self, hook: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
         let shared = &self.shared;
-        Self::build(
-            shared.config.clone(),
-            shared.classifier.clone(),
-            Some(Arc::new(hook)),
-        )
-        .expect("the configuration was validated")
+        RetryLayer {
+            shared: Arc::new(Shared {
+                config: shared.config.clone(),
+                classifier: shared.classifier.clone(),
+                budget: shared.budget.clone(),
+                hook: Some(Arc::new(hook)),
+                idempotency_header: shared.idempotency_header.clone(),
+            }),
+        }
     }
 }
 

@@ -10,8 +10,12 @@
 //!
 //! - **Delays.** When the provider says how long to wait (`retry-after`,
 //!   `retry-after-ms`, an exhausted `x-ratelimit-reset-*`), that wait is
-//!   honoured exactly, never shortened; a wait longer than
+//!   honoured, never shortened; a wait longer than
 //!   [`max_server_delay`](RetryConfig::max_server_delay) gives up instead.
+//!   A delay of zero or already past is raised to a
+//!   [floor](RetryConfig::server_delay_floor) (100 ms), and a little
+//!   [jitter](RetryConfig::server_delay_jitter) (up to 100 ms) is added on
+//!   top, so callers told the same instant do not all come back at it.
 //!   Otherwise [`Backoff`]: exponential, capped, with full jitter by
 //!   default (equal and decorrelated jitter as options).
 //! - **Deadlines.** A wait that would end after the call's
@@ -19,16 +23,21 @@
 //!   answer is returned at once.
 //! - **Budget.** A [retry budget](BudgetConfig) shared by every clone of
 //!   the layer: under a sustained outage, retries stop after a handful, and
-//!   while calls succeed they stay a bounded fraction of them.
+//!   while calls succeed they stay a bounded fraction of them. Only retries
+//!   actually made are paid for, and a `429` with an exact server-directed
+//!   delay is free: a rate-limited but healthy provider is not an outage.
 //! - **Streams.** A stream is held until its first token: an error event,
 //!   a cut connection or a first-token timeout before it is retried like
 //!   any failed attempt. Once the first token has been handed to the caller
 //!   nothing is retried, and a later failure of the stream reaches the
 //!   caller as a typed [`StreamInterrupted`].
-//! - **Content.** Opt-in [content checks](ContentChecks): an empty answer,
-//!   malformed JSON where JSON was asked for, or `finish_reason: length`
-//!   count as retryable
-//!   [`InvalidContent`](crate::classify::InvalidContent).
+//! - **Content.** Opt-in [content checks](ContentChecks): an empty answer
+//!   or malformed JSON where JSON was asked for count as retryable
+//!   [`InvalidContent`](crate::classify::InvalidContent). An answer cut by
+//!   the output cap (`finish_reason: length`) is never resent as is (it
+//!   would be cut again); with [`truncated`](ContentChecks::truncated) on it
+//!   is a non-retryable `InvalidContent` (code `truncated`) that asks a
+//!   fallback for a larger cap or another model.
 //! - **Nothing made up.** When retries end on an HTTP error, the caller
 //!   gets that response — status, headers and every byte of the body.
 //! - **Idempotency.** With

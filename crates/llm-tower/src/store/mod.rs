@@ -5,6 +5,12 @@
 //! store implements the same trait so that limits and budgets hold across
 //! processes.
 //!
+//! The trait is meant to be implemented outside this crate: everything a
+//! store needs is public — [`Reservation::new`] and
+//! [`Reservation::created`] to hand out and recognise reservations,
+//! [`Quota::emission_interval`] and [`Quota::tolerance`] for GCRA,
+//! [`StoreError`] for failures.
+//!
 //! # One operation, one round trip
 //!
 //! Each method is one atomic step on the store's side: it reads the store's
@@ -256,6 +262,13 @@ impl Quota {
         Duration::from_nanos(self.interval_ns)
     }
 
+    /// The burst tolerance `limit·T`: the window rounded down to whole
+    /// emission intervals, so that a burst is exactly `limit`. A store takes
+    /// `n` units at `now` iff `max(TAT, now) + n·T − now ≤ tolerance`.
+    pub fn tolerance(&self) -> Duration {
+        Duration::from_nanos(self.tolerance_ns())
+    }
+
     /// `T` in nanoseconds.
     pub(crate) fn interval_ns(&self) -> u64 {
         self.interval_ns
@@ -358,10 +371,25 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Builds a reservation; for store implementations.
-    pub(crate) fn new(key: Arc<str>, amount: u64, created: u64) -> Self {
+    /// A reservation of `amount` in the bucket `key`, for a [`Store`]
+    /// implementation to return from [`reserve`](Store::reserve).
+    ///
+    /// `created` identifies the bucket's incarnation — any value the store
+    /// picks that changes when the key's bucket expires and is made again,
+    /// such as its creation time on the store's clock or a counter. The
+    /// store reads it back with [`created`](Self::created) in
+    /// [`settle`](Store::settle), so that a late settlement never lands in a
+    /// later window that reuses the key.
+    ///
+    /// ```
+    /// use llm_tower::store::Reservation;
+    ///
+    /// let r = Reservation::new("tenant-a:day:20414", 120, 7);
+    /// assert_eq!((r.key(), r.amount(), r.created()), ("tenant-a:day:20414", 120, 7));
+    /// ```
+    pub fn new(key: impl Into<Arc<str>>, amount: u64, created: u64) -> Self {
         Self {
-            key,
+            key: key.into(),
             amount,
             created,
         }
@@ -377,7 +405,9 @@ impl Reservation {
         self.amount
     }
 
-    pub(crate) fn created(&self) -> u64 {
+    /// The incarnation of the bucket the amount was reserved in, as given
+    /// to [`new`](Self::new) by the store.
+    pub fn created(&self) -> u64 {
         self.created
     }
 }
