@@ -201,7 +201,8 @@ impl StreamUsage {
         };
         // Every event of these formats is one JSON value (bar chat's
         // `[DONE]`): an event cut in half is never skipped silently.
-        if !(format == WireFormat::OpenAiChat && trim(data) == b"[DONE]") && !is_json(data) {
+        let done = format == WireFormat::OpenAiChat && trim(data) == b"[DONE]";
+        if !done && !is_json(data) {
             return StreamSignal::Malformed("event data is not valid JSON");
         }
         match format {
@@ -302,11 +303,7 @@ impl StreamUsage {
                     self.output(text);
                 }
             }
-            "content_block_start" => {
-                if anthropic_block_has_output(data) {
-                    self.output(0);
-                }
-            }
+            "content_block_start" if anthropic_block_has_output(data) => self.output(0),
             "error" => return StreamSignal::Error(provider_error(data)),
             "message_start" | "message_delta" => {
                 if !is_object(data) {
