@@ -239,11 +239,7 @@ impl StreamUsage {
         if DELTA.first_value(data).is_some() {
             // Output is text, a refusal, reasoning or a tool call; the role
             // chunk and empty deltas are not.
-            let text = [&*CONTENT, &*REFUSAL, &*REASONING_CONTENT, &*REASONING]
-                .iter()
-                .filter_map(|k| k.first_value(data))
-                .map(|pos| string_len(data, pos))
-                .sum::<usize>();
+            let text = first_text(data, &[&CONTENT, &REFUSAL, &REASONING_CONTENT, &REASONING]);
             if text > 0 || TOOL_CALLS.non_null_value(data).is_some() {
                 self.output(text);
             }
@@ -294,11 +290,7 @@ impl StreamUsage {
             "content_block_delta" => {
                 // Text, tool input, thinking or a citation; an empty
                 // `partial_json` opening a tool's input is not output yet.
-                let text = [&*TEXT, &*PARTIAL_JSON, &*THINKING]
-                    .iter()
-                    .filter_map(|k| k.first_value(data))
-                    .map(|pos| string_len(data, pos))
-                    .sum::<usize>();
+                let text = first_text(data, &[&TEXT, &PARTIAL_JSON, &THINKING]);
                 if text > 0 || CITATION.non_null_value(data).is_some() {
                     self.output(text);
                 }
@@ -949,9 +941,75 @@ fn trim(data: &[u8]) -> &[u8] {
     data.trim_ascii()
 }
 
-/// Whether `data` is one well-formed JSON value (validated, not built).
+/// Whether `data` is one whole JSON object or array: it opens with `{` or
+/// `[`, closes every string, brace and bracket it opens, in order, and ends
+/// there.
+///
+/// This is a structural scan, not a full validation (numbers and literals
+/// are not checked): what breaks a streamed event in practice is a cut — a
+/// chunk split, a connection dropped mid-event, two events run together —
+/// and a cut always leaves a string, a brace or a bracket open, or text
+/// after the close. It runs at memory speed: the bytes inside strings,
+/// most of an event, are skipped with `memchr`. The values the meter needs
+/// from an event (usage, errors, finish reasons) are deserialized by
+/// serde_json, and an event whose value does not parse is malformed too.
 fn is_json(data: &[u8]) -> bool {
-    serde_json::from_slice::<IgnoredAny>(data).is_ok()
+    let d = data.trim_ascii();
+    // The closer each open brace or bracket expects; events nest a few
+    // levels, anything deeper is judged by serde_json.
+    let mut stack = [0u8; 32];
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = d.get(i) {
+        i += 1;
+        match b {
+            b'"' if depth > 0 => {
+                // To the closing quote, skipping escaped characters.
+                loop {
+                    match d[i..].iter().position(|&c| c == b'"' || c == b'\\') {
+                        None => return false,
+                        Some(k) if d[i + k] == b'"' => {
+                            i += k + 1;
+                            break;
+                        }
+                        Some(k) => i += k + 2,
+                    }
+                    if i > d.len() {
+                        return false;
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                if depth == stack.len() {
+                    return serde_json::from_slice::<IgnoredAny>(d).is_ok();
+                }
+                stack[depth] = if b == b'{' { b'}' } else { b']' };
+                depth += 1;
+            }
+            b'}' | b']' => {
+                if depth == 0 || stack[depth - 1] != b {
+                    return false;
+                }
+                depth -= 1;
+                if depth == 0 {
+                    return i == d.len();
+                }
+            }
+            _ if depth == 0 => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The length of the first non-empty string among the values of `keys`
+/// (looked up in order), 0 when none is.
+fn first_text(data: &[u8], keys: &[&LazyLock<Key>]) -> usize {
+    keys.iter()
+        .filter_map(|k| k.first_value(data))
+        .map(|pos| string_len(data, pos))
+        .find(|&n| n > 0)
+        .unwrap_or(0)
 }
 
 /// Whether an Anthropic `content_block_start` opens a block that already
@@ -1344,6 +1402,53 @@ mod tests {
             (u.input_tokens, u.output_tokens, u.reasoning_tokens),
             (12, 0, 0)
         );
+    }
+
+    #[test]
+    fn whole_json_values_and_cut_ones() {
+        for ok in [
+            &br#"{}"#[..],
+            br#" {"a":[1,{"b":"}]\"\\"}],"c":null} "#,
+            br#"[{"error":{"code":503}}]"#,
+        ] {
+            assert!(is_json(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b"<html>",
+            b"42",
+            br#""text""#,
+            br#"{"a":1}{"b":2}"#,
+            br#"{"a":1}}"#,
+            br#"{"a":[1}"#,
+            br#"{"a":"\"}"#,
+            br#"{"text":"Hel"#,
+            br#"{"choices":[{"delta":{"content":"x"}"#,
+        ] {
+            assert!(!is_json(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_cut_of_an_event_is_malformed(
+            text in "[a-z{}\\[\\]\"\\\\ ]{0,12}",
+            n in 0u64..1_000_000,
+            nested in proptest::collection::vec("[a-z\"{]{0,4}", 0..4),
+        ) {
+            let event = serde_json::json!({
+                "type": "content_block_delta",
+                "delta": {"type": "text_delta", "text": text},
+                "n": n,
+                "nested": nested.iter().map(|t| serde_json::json!({"t": [t]})).collect::<Vec<_>>(),
+            })
+            .to_string();
+            let bytes = event.as_bytes();
+            proptest::prop_assert!(is_json(bytes), "{}", event);
+            for cut in 0..bytes.len() {
+                proptest::prop_assert!(!is_json(&bytes[..cut]), "{}", &event[..cut]);
+            }
+        }
     }
 
     #[test]

@@ -178,6 +178,8 @@ pin_project! {
         progress: Option<StreamProgress>,
         // A limit found passed at a frame: the body fails at the next poll.
         expired: Option<(Phase, Duration)>,
+        // Frames ready in a row since the body last waited.
+        ready_run: u32,
     }
 }
 
@@ -206,6 +208,7 @@ impl<B> TimeoutBody<B> {
             idle_at: None,
             progress,
             expired: None,
+            ready_run: 0,
         }
     }
 
@@ -256,16 +259,19 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 *this.idle_at = None;
                 // A body that is always ready never waits for the timer:
-                // its limits are checked at each frame, once the frame has
-                // told whether the first token came. A limit passed fails
-                // the body after this frame.
-                let token_seen = this
-                    .progress
-                    .as_ref()
-                    .is_some_and(StreamProgress::has_output);
-                if let Some((at, phase, limit)) = this.phases.body_deadline(token_seen, None) {
-                    if Instant::now() >= at {
-                        *this.expired = Some((phase, limit));
+                // its limits are checked every few frames in a row, once a
+                // frame has told whether the first token came. A limit
+                // passed fails the body after this frame.
+                *this.ready_run = this.ready_run.wrapping_add(1);
+                if *this.ready_run % READY_CHECK_EVERY == 0 {
+                    let token_seen = this
+                        .progress
+                        .as_ref()
+                        .is_some_and(StreamProgress::has_output);
+                    if let Some((at, phase, limit)) = this.phases.body_deadline(token_seen, None) {
+                        if Instant::now() >= at {
+                            *this.expired = Some((phase, limit));
+                        }
                     }
                 }
                 return Poll::Ready(Some(Ok(frame)));
@@ -278,7 +284,7 @@ where
                 this.inner.set(Inner::Gone);
                 return Poll::Ready(None);
             }
-            Poll::Pending => {}
+            Poll::Pending => *this.ready_run = 0,
         }
         // Waiting for the next chunk: the idle limit runs from here.
         if this.idle_at.is_none() {
@@ -310,6 +316,11 @@ where
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
+
+/// How many frames in a row a body may yield without waiting before its
+/// limits are checked against the clock: reading the clock at every frame
+/// would cost more than the frame.
+const READY_CHECK_EVERY: u32 = 16;
 
 /// A limit elapsed: record it for the layers inside, then drop the inner
 /// body now — the connection closes and the provider stops generating,
