@@ -302,14 +302,14 @@ where
             }
             Some(Ok(f)) => {
                 // An error event, a malformed event, a cut: the call failed
-                // here, whatever the layers further out do with the body.
-                let failed = this
-                    .ticket
-                    .as_ref()
-                    .is_some_and(|t| t.progress.as_ref().is_some_and(StreamProgress::has_failed));
-                if failed || this.inner.is_end_stream() {
-                    // A reader may stop at the last frame without asking
-                    // again.
+                // here, whatever the layers further out do with the body. A
+                // reader may stop at the last frame without asking again.
+                // Both are one atomic load away in the body's progress.
+                let over = this.ticket.as_ref().is_some_and(|t| match &t.progress {
+                    Some(p) => p.has_failed() || p.is_ended(),
+                    None => this.inner.is_end_stream(),
+                });
+                if over {
                     if let Some(mut t) = this.ticket.take() {
                         if !t.record_progress_failure() {
                             t.record(Outcome::Success);

@@ -360,6 +360,11 @@ impl Feeder {
 
     /// Parses one frame's data, however many chunks it is made of.
     pub fn feed_buf<D: Buf>(&mut self, data: &D) {
+        let chunk = data.chunk();
+        if chunk.len() == data.remaining() {
+            // One contiguous chunk, as `Bytes` and hyper's frames are.
+            return self.feed(chunk);
+        }
         let mut slices = [std::io::IoSlice::new(&[]); 16];
         let n = data.chunks_vectored(&mut slices);
         self.feed_slices(&slices[..n]);
