@@ -103,7 +103,10 @@ impl Default for RateTrip {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlowTrip {
-    /// A call that takes longer than this, body included, is slow.
+    /// A call that takes longer than this is slow: until the end of its
+    /// body, or for a stream, until its first token (a long answer that
+    /// streams steadily is not a slow provider; a stall mid-stream is left
+    /// to the timeout layer).
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
     /// The rate of slow calls that opens the breaker, from 0 to 1.

@@ -26,8 +26,14 @@
 //! and rate limits do not trip it; [`count`](CircuitBreakerConfig::count)
 //! changes that. A response is judged on its status and headers (the body
 //! is never read for it); a successful response counts as a success once
-//! its body has ended well, and as a failure if the body breaks in a way
-//! that counts (an error event, a cut stream, a timeout of an inner layer).
+//! its body has ended complete, and as a failure if the body breaks in a
+//! way that counts — an error event inside the `200`, an event that is not
+//! valid JSON, a stream cut before its finish reason, a timeout — whichever
+//! layer noticed it: the breaker reads the body's
+//! [`StreamProgress`](crate::metering::StreamProgress), where the meter,
+//! the retry hold or a timeout further out recorded it, so a stream the
+//! retry layer drops for an error event before its first token still counts
+//! as the failure it was. A stream's slowness is timed to its first token.
 //!
 //! A [`CircuitBreakerHandle`] reads every breaker's state, isolates
 //! (forces open) and resets breakers. It takes a key as a pattern

@@ -50,16 +50,36 @@
 //! | what happened | reported | [`Outcome`] |
 //! |---|---|---|
 //! | body read to its end | the provider's usage, else the estimate | `Completed` |
-//! | error event inside a stream | what arrived, estimated | `StreamError`, and the body yields [`StreamError`] |
-//! | stream without its terminal event | what arrived, estimated | `Truncated`, and the body yields [`TruncatedStream`] |
-//! | unreadable event that matters | what arrived, estimated | `Malformed`, and the body yields [`MalformedStream`] |
+//! | error event inside a stream | what arrived, estimated | `StreamError` |
+//! | stream ended before its finish reason | what arrived, estimated | `Truncated` |
+//! | an event that is not valid JSON | what arrived, estimated | `Malformed` |
 //! | the inner body failed | what arrived, estimated | `BodyError` |
-//! | body dropped before its end | what arrived, estimated | `DroppedEarly` (`Completed` if a stream's terminal event had come) |
+//! | a timeout further out gave the body up | what arrived, estimated | `TimedOut` |
+//! | another layer gave it up for a failure it recorded | what arrived, estimated | `Failed` |
+//! | body dropped before its end | what arrived, estimated | `DroppedEarly` (`Completed` if the stream was complete) |
 //! | error response (non-2xx) | zero, actual | as above, with the status |
 //! | the inner service failed | zero, actual | `TransportError` |
 //! | the response future was dropped | the input estimate | `Cancelled` |
 //!
 //! [`MeteredBody`] documents when usage is actual and how it is estimated.
+//!
+//! # Observing, not acting
+//!
+//! The meter never changes what the caller receives: every byte and every
+//! error of the inner body passes as it came, and nothing is added. Stream
+//! failures ([`StreamError`], [`MalformedStream`], [`TruncatedStream`]) are
+//! recorded in the body's [`StreamProgress`] and in the report's
+//! [`Outcome`]; acting on them is a policy of the layers further out
+//! (retry retries them before the first token and hands them to the caller
+//! as a typed error after; the circuit breaker counts them).
+//!
+//! # One parse per stream
+//!
+//! The meter attaches the response's [`StreamProgress`] and parses the
+//! stream into it; the timeout, breaker and retry layers wrapping the body
+//! read it instead of parsing again. What each format's events mean — the
+//! first token, the finish reason, errors — is written once, in
+//! [`provider::usage::StreamUsage`](crate::provider::usage::StreamUsage).
 //!
 //! # Request metadata
 //!

@@ -26,11 +26,18 @@
 //!   while calls succeed they stay a bounded fraction of them. Only retries
 //!   actually made are paid for, and a `429` with an exact server-directed
 //!   delay is free: a rate-limited but healthy provider is not an outage.
-//! - **Streams.** A stream is held until its first token: an error event,
-//!   a cut connection or a first-token timeout before it is retried like
-//!   any failed attempt. Once the first token has been handed to the caller
-//!   nothing is retried, and a later failure of the stream reaches the
-//!   caller as a typed [`StreamInterrupted`].
+//! - **Streams.** A stream is held until its first token — the first event
+//!   carrying model output, not a ping or an empty delta — as its
+//!   [`StreamProgress`](crate::metering::StreamProgress) says (read from a
+//!   meter or timeout further in, or parsed here when there is none): an
+//!   error event, an event that is not valid JSON, a stream that ends
+//!   early, a cut connection or a first-token timeout before it is retried
+//!   like any failed attempt. Once the first token has been handed to the
+//!   caller nothing is retried, and a later failure of the stream — the
+//!   same ones, or a stream that ends before its finish reason — reaches the
+//!   caller as a typed [`StreamInterrupted`], never as a silently partial
+//!   answer. A stream that delivered its finish reason is complete, with or
+//!   without a closing `[DONE]`.
 //! - **Content.** Opt-in [content checks](ContentChecks): an empty answer
 //!   or malformed JSON where JSON was asked for count as retryable
 //!   [`InvalidContent`](crate::classify::InvalidContent). An answer cut by

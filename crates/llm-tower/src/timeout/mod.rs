@@ -10,7 +10,7 @@
 //! | [`total`](TimeoutConfig::total) | the call into this layer | the end of the body | [`Phase::Total`] |
 //! | [`attempt`](TimeoutConfig::attempt) | the call into this layer | the end of the body | [`Phase::Attempt`] |
 //! | [`first_byte`](TimeoutConfig::first_byte) | the call | the response headers | [`Phase::FirstByte`] |
-//! | [`first_token`](TimeoutConfig::first_token) | the call | the first SSE `data` event (streams only) | [`Phase::FirstToken`] |
+//! | [`first_token`](TimeoutConfig::first_token) | the call | the stream's first token: the first event carrying model output (streams only) | [`Phase::FirstToken`] |
 //! | [`idle`](TimeoutConfig::idle) | a chunk (or the headers) | the next chunk | [`Phase::Idle`] |
 //! | [`stream`](TimeoutConfig::stream) | the response headers | the end of the body | [`Phase::Stream`] |
 //!
@@ -82,12 +82,29 @@
 //!
 //! The first-token limit applies to requests whose
 //! [`RequestMeta`](crate::request::RequestMeta) asks for a stream (from the
-//! call) and to successful `text/event-stream` responses (in the body): it
-//! ends at the first `data:` line, so SSE comments and keep-alives do not
-//! count, while for the idle limit any chunk counts. The idle limit runs
-//! while the caller is waiting for the next chunk, so a slow reader is not
+//! call) and to successful `text/event-stream` responses (in the body). It
+//! ends at the stream's **first token**: the first event that carries model
+//! output, as the body's [`StreamProgress`] says — not Anthropic's
+//! `message_start`, `content_block_start` or `ping`, not an OpenAI role
+//! chunk or empty delta. The progress is read from a layer further in (the
+//! meter) or, used without one, parsed by this layer: either way the stream
+//! is parsed once ([`StreamProgress`] explains how).
+//!
+//! Keep-alives are not output, but they are not silence either: any chunk,
+//! a ping included, ends an idle period. `idle` bounds silence on the
+//! connection, `first_token` the wait for output. The idle limit runs while
+//! the caller is waiting for the next chunk, so a slow reader is not
 //! mistaken for a stalled provider. A healthy slow stream that keeps
-//! producing is never cut by `idle`; `stream` bounds its whole duration.
+//! producing is never cut by `idle`; `stream` bounds its whole duration. A
+//! body that never waits (its frames always ready) meets its limits too:
+//! they are checked against the clock every 16 frames in a row.
+//!
+//! When a limit elapses while the body is read, it is recorded in the
+//! body's [`StreamProgress`] before the inner body is dropped, so a circuit
+//! breaker or a meter further in counts the call as timed out, not as
+//! abandoned by the caller.
+//!
+//! [`StreamProgress`]: crate::metering::StreamProgress
 //!
 //! # Clone
 //!
