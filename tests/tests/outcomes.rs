@@ -186,3 +186,64 @@ async fn waiting_for_the_breaker_retries_once_it_lets_a_probe_through() {
     );
     assert_eq!(stack.breaker_state(ANTHROPIC_MODEL), BreakerState::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_long_steady_stream_is_not_a_slow_call_but_a_late_first_token_is() {
+    use llm_tower::circuit_breaker::{RateTrip, SlidingWindow, SlowTrip};
+    // Tokens every 300 ms: every answer streams for seconds, its first
+    // token comes at once.
+    let mock = MockServer::builder()
+        .seed(11)
+        .token_interval(300 * MS)
+        .start()
+        .await
+        .unwrap();
+    let tuning = Tuning {
+        first_token: None,
+        breaker: Tuning::new()
+            .breaker
+            .consecutive_failures(None)
+            .failure_rate(Some(RateTrip {
+                threshold: 0.5,
+                min_calls: 4,
+                window: SlidingWindow::Calls { calls: 10 },
+            }))
+            .slow_calls(Some(SlowTrip {
+                duration: SEC,
+                threshold: 0.5,
+            })),
+        ..Tuning::new()
+    };
+    let stack = Stack::recommended(&tuning);
+    let start = Instant::now();
+    for i in 0..6 {
+        let answer = stack
+            .call(chat(&mock, Provider::Anthropic, true, &format!("a long answer {i}")))
+            .await;
+        assert!(answer.is_clean(), "{}", answer.describe());
+    }
+    assert!(
+        start.elapsed() > 6 * SEC,
+        "each answer streamed for more than the slow-call limit: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        stack.breaker_state(ANTHROPIC_MODEL),
+        BreakerState::Closed,
+        "a stream is as slow as its first token, not as long as its answer"
+    );
+    // First tokens 2 s late: slow calls, and the breaker opens.
+    mock.push_rule(Rule::new(Fault::slow_first_token(2 * SEC)))
+        .unwrap();
+    for i in 0..6 {
+        stack
+            .call(chat(&mock, Provider::Anthropic, true, &format!("late {i}")))
+            .await;
+    }
+    assert_eq!(
+        stack.breaker_state(ANTHROPIC_MODEL),
+        BreakerState::Open,
+        "{}",
+        states(&stack)
+    );
+}

@@ -931,6 +931,45 @@ async fn a_first_token_timeout_is_retried_within_the_attempt_limits() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_preamble_without_output_is_held_and_its_stall_retried_in_both_formats() {
+    // Anthropic's preamble and pings, OpenAI's role chunk and empty deltas:
+    // neither is a first token, so the hold keeps them and the first-token
+    // timeout's retry gives the caller one clean stream.
+    for provider in [Provider::Anthropic, Provider::OpenAi] {
+        let mock = MockServer::builder()
+            .rule(Rule::new(Fault::EmptyDeltas { count: 3 }))
+            .rule(
+                Rule::new(Fault::SlowFirstToken {
+                    delay: 30 * SEC,
+                    keepalive: Some(SEC),
+                })
+                .times(1),
+            )
+            .start()
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let out = call(
+            quick(),
+            TimeoutConfig::new().first_token(2 * SEC),
+            chat(&mock, provider, true, "hi"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{provider}: {e}"));
+        assert_eq!(mock.journal().len(), 2, "{provider}");
+        assert_eq!(start.elapsed(), 2 * SEC + 100 * MS, "{provider}");
+        let starts = match provider {
+            Provider::Anthropic => out.matches("event: message_start").count(),
+            _ => out.matches("\"role\":\"assistant\"").count(),
+        };
+        assert_eq!(
+            starts, 1,
+            "{provider}: one stream, not the stalled preamble too"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_outage_ends_with_the_providers_last_answer() {
     let mock = MockServer::builder()
         .rule(Rule::new(Fault::Overloaded))

@@ -505,18 +505,39 @@ async fn through_mock(
     config: TimeoutConfig,
     stream: bool,
 ) -> (Result<(), Elapsed>, Duration) {
+    through_mock_as(mock, config, stream, false).await
+}
+
+/// Like [`through_mock`], as an Anthropic request or, with `openai`, an
+/// OpenAI chat request.
+async fn through_mock_as(
+    mock: &MockServer,
+    config: TimeoutConfig,
+    stream: bool,
+    openai: bool,
+) -> (Result<(), Elapsed>, Duration) {
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
         .layer(TimeoutLayer::new(config).unwrap())
         .service(client);
-    let body = serde_json::json!({
-        "model": "claude-haiku-4-5",
-        "max_tokens": 256,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "hello"}],
-    });
-    let req = Request::post(format!("{}/v1/messages", mock.url()))
+    let (path, body) = if openai {
+        let body = serde_json::json!({
+            "model": "gpt-4o-mini",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hello"}],
+        });
+        ("/v1/chat/completions", body)
+    } else {
+        let body = serde_json::json!({
+            "model": "claude-haiku-4-5",
+            "max_tokens": 256,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hello"}],
+        });
+        ("/v1/messages", body)
+    };
+    let req = Request::post(format!("{}{path}", mock.url()))
         .header("content-type", "application/json")
         .body(body.to_string())
         .unwrap();
@@ -560,6 +581,44 @@ async fn the_mocks_slow_first_token() {
     let (r, took) = through_mock(&mock, TimeoutConfig::new().first_token(6 * SEC), true).await;
     assert!(r.is_ok());
     assert_eq!(took, 5 * SEC);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_and_empty_deltas_are_not_a_first_token_but_are_not_silence() {
+    // Anthropic: message_start, content_block_start and a ping at once, a
+    // ping every second, the first delta after 5 s. OpenAI-compatible: the
+    // role chunk and two empty deltas at once, an empty delta every second,
+    // the first token after 5 s.
+    let mock = MockServer::builder()
+        .rule(Rule::new(Fault::EmptyDeltas { count: 2 }))
+        .rule(Rule::new(Fault::SlowFirstToken {
+            delay: 5 * SEC,
+            keepalive: Some(SEC),
+        }))
+        .start()
+        .await
+        .unwrap();
+    for openai in [false, true] {
+        // Used alone, the layer parses the stream itself.
+        let (r, took) = through_mock_as(
+            &mock,
+            TimeoutConfig::new().first_token(3 * SEC),
+            true,
+            openai,
+        )
+        .await;
+        let e = r.unwrap_err();
+        assert_eq!(
+            (e.phase(), took),
+            (Phase::FirstToken, 3 * SEC),
+            "openai: {openai}"
+        );
+        // Keep-alives every second end each idle period of 2 s.
+        let config = TimeoutConfig::new().first_token(6 * SEC).idle(2 * SEC);
+        let (r, took) = through_mock_as(&mock, config, true, openai).await;
+        assert!(r.is_ok(), "openai: {openai}: {r:?}");
+        assert_eq!(took, 5 * SEC, "openai: {openai}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
