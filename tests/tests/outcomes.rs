@@ -218,7 +218,12 @@ async fn a_long_steady_stream_is_not_a_slow_call_but_a_late_first_token_is() {
     let start = Instant::now();
     for i in 0..6 {
         let answer = stack
-            .call(chat(&mock, Provider::Anthropic, true, &format!("a long answer {i}")))
+            .call(chat(
+                &mock,
+                Provider::Anthropic,
+                true,
+                &format!("a long answer {i}"),
+            ))
             .await;
         assert!(answer.is_clean(), "{}", answer.describe());
     }

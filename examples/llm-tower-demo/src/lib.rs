@@ -70,6 +70,7 @@ pub async fn run(options: &Options) -> Result<Report, BoxError> {
         stream: if w.all_stream { "all" } else { "mix" }.to_owned(),
         bare: None,
         stack: None,
+        changed_settings: options.tuning.changed_settings(),
     };
     for &side in &options.sides {
         let progress = progress_bar(options.progress);

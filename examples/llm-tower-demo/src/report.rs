@@ -238,6 +238,18 @@ pub struct Report {
     /// The recommended stack, unless `--only bare`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<SideReport>,
+    /// The stack's settings that differ from the library's defaults, each
+    /// with why (empty when the stack ran on the defaults).
+    pub changed_settings: Vec<ChangedSetting>,
+}
+
+/// A setting of the stack that is not the library's default, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangedSetting {
+    /// The setting and the value used (`retry.max_attempts = 4`).
+    pub setting: String,
+    /// Why the demo changes it.
+    pub why: String,
 }
 
 impl Report {
@@ -360,6 +372,16 @@ impl Report {
         line(&mut out, &"-".repeat(width0), &rule);
         for (label, cells) in &rows {
             line(&mut out, label, cells);
+        }
+        if self.stack.is_some() {
+            if self.changed_settings.is_empty() {
+                let _ = writeln!(out, "\nthe stack ran on the library's default settings");
+            } else {
+                let _ = writeln!(out, "\nthe stack's settings that differ from the defaults:");
+                for c in &self.changed_settings {
+                    let _ = writeln!(out, "  {}: {}", c.setting, c.why);
+                }
+            }
         }
         out
     }

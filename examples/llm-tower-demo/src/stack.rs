@@ -23,7 +23,7 @@ use llm_tower::{
     circuit_breaker::{
         CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, OpenDuration, Transition,
     },
-    metering::{MeterLayer, UsageReport},
+    metering::{MeterLayer, StreamProgress, UsageReport},
     request::{PrepareLayer, ReplayBody},
     retry::{Backoff, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
     timeout::{TimeoutConfig, TimeoutLayer},
@@ -74,11 +74,10 @@ impl Tuning {
                 // There is no fallback target yet: a call that meets an open
                 // breaker waits for its probe (within the deadline) rather
                 // than failing at once.
-                // The default retry budget: it pays only for retries of
-                // outages actually made (a 429 with an exact retry-after is
-                // free), so it needs no bigger bucket to get through the
-                // mock's rate limits.
                 .wait_for_breaker(true),
+            // The default retry budget: it pays only for retries of outages
+            // actually made (a 429 with an exact retry-after is free), so it
+            // needs no bigger bucket to get through the mock's rate limits.
             // Open after 5 failures in a row (or half of the last 50 calls),
             // for half a second at first: about the length of the mock's
             // outage, so the breaker spares it most of the calls and finds
@@ -92,6 +91,75 @@ impl Tuning {
                     jitter: 0.1,
                 }),
         }
+    }
+
+    /// The settings that differ from the library's defaults, each with why:
+    /// printed under the demo's report.
+    pub fn changed_settings(&self) -> Vec<crate::report::ChangedSetting> {
+        let mut out = Vec::new();
+        let mut change = |setting: String, why: &str| {
+            out.push(crate::report::ChangedSetting {
+                setting,
+                why: why.to_owned(),
+            })
+        };
+        // Timeouts have no defaults: every limit is the caller's choice.
+        change(
+            format!(
+                "timeouts: total {:?}, attempt {:?}, first_token {:?}, idle {:?}",
+                self.total, self.attempt, self.first_token, self.idle
+            ),
+            "timeouts have no defaults; these fit the target's answer times",
+        );
+        let d = RetryConfig::default();
+        let r = &self.retry;
+        if r.max_attempts != d.max_attempts {
+            change(
+                format!("retry.max_attempts = {}", r.max_attempts),
+                "one more attempt than the default, to ride out a short outage",
+            );
+        }
+        if r.backoff != d.backoff {
+            change(
+                format!("retry.backoff = {:?}", r.backoff),
+                "a shorter base than the default: the mock's faults clear in milliseconds",
+            );
+        }
+        if r.max_server_delay != d.max_server_delay {
+            change(
+                format!("retry.max_server_delay = {:?}", r.max_server_delay),
+                "within the 15 s total: a longer server delay could not be honoured anyway",
+            );
+        }
+        if r.wait_for_breaker != d.wait_for_breaker {
+            change(
+                format!("retry.wait_for_breaker = {}", r.wait_for_breaker),
+                "no fallback target yet: a call that meets an open breaker waits for its probe",
+            );
+        }
+        if r.budget != d.budget {
+            change(
+                format!("retry.budget = {:?}", r.budget),
+                "tuned for this workload",
+            );
+        }
+        let b = CircuitBreakerConfig::default();
+        if self.breaker.consecutive_failures != b.consecutive_failures {
+            change(
+                format!(
+                    "breaker.consecutive_failures = {:?}",
+                    self.breaker.consecutive_failures
+                ),
+                "trips within the mock's outage, which is short",
+            );
+        }
+        if self.breaker.open != b.open {
+            change(
+                format!("breaker.open = {:?}", self.breaker.open),
+                "about the length of the mock's outage, so the breaker finds it back soon",
+            );
+        }
+        out
     }
 
     /// Limits for a real provider, whose first tokens can take many seconds.
@@ -399,7 +467,16 @@ pub(crate) async fn send(
     req: Request<String>,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError> {
     let res = svc.ready().await?.call(req).await?;
+    // The meter only observes: a stream that carried an error event, a
+    // broken event or ended early reaches a bare caller as a 200 with a
+    // partial answer. Judge every answer by what its stream's progress
+    // recorded, so a partial answer is never counted as a success (the
+    // stack's retry layer turns those into errors itself).
+    let progress = StreamProgress::get(&res).cloned();
     let (parts, body) = res.into_parts();
     let bytes = body.collect().await?.to_bytes();
+    if let Some(failure) = progress.and_then(|p| p.failure_error()) {
+        return Err(failure);
+    }
     Ok((parts.status, parts.headers, bytes))
 }
