@@ -96,3 +96,36 @@ async fn retry_after_zero_is_not_an_immediate_retry() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_cut_by_its_output_cap_is_not_resent_at_the_same_cap() {
+    use llm_tower::retry::ContentChecks;
+    let mock = mock(vec![]).await;
+    // Content checks on, with their defaults.
+    let tuning = Tuning {
+        retry: Tuning::new().retry.content(ContentChecks::default()),
+        ..Tuning::new()
+    };
+    let stack = Stack::recommended(&tuning);
+    let body = serde_json::json!({
+        "model": OPENAI_MODEL,
+        "max_tokens": 2,
+        "messages": [{"role": "user", "content": "write me a long story"}],
+    });
+    let req = http::Request::post(format!("{}/v1/chat/completions", mock.url()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .unwrap();
+    let answer = stack.call(req).await;
+    assert!(answer.is_clean(), "{}", answer.describe());
+    assert!(
+        answer.text().contains("\"finish_reason\":\"length\""),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(
+        mock.journal().len(),
+        1,
+        "the same cap would cut it again, at full cost"
+    );
+}
