@@ -24,7 +24,7 @@ use llm_tower::{
     classify::{
         Classifier, DEFAULT_ERROR_BODY_LIMIT, DefaultClassifier, Failure, PeekBody, ResponseView,
     },
-    metering::{MeterLayer, UsageObservers, UsageReport, UsageSource},
+    metering::{MeterLayer, StreamProgress, UsageObservers, UsageReport, UsageSource},
     pricing::PriceTable,
     provider::headers::request_id,
     request::{PrepareLayer, ReplayBody},
@@ -208,8 +208,14 @@ where
         let _ = resp.into_body().collect().await;
         verdict
     } else {
+        // The meter only observes: what went wrong inside a `200` stream (an
+        // error event, a cut) is recorded in the body's progress, for the
+        // layers that act on it — and for this tour, which reports it.
+        let progress = StreamProgress::get(&resp).cloned();
         match resp.into_body().collect().await {
-            Ok(_) => None,
+            Ok(_) => progress
+                .and_then(|p| p.failure_error())
+                .map(|e| classifier.classify_error(&*e)),
             Err(e) => Some(classifier.classify_error(&*e)),
         }
     };
