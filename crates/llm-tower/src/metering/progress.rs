@@ -255,12 +255,6 @@ impl StreamProgress {
         })
     }
 
-    /// Whether the failure recorded was recorded by a layer (a timeout…)
-    /// rather than read in the stream.
-    pub fn failed_outside_stream(&self) -> bool {
-        matches!(self.shared.failure.get(), Some(Failed::Other(_)))
-    }
-
     /// Records that a layer gives the body up because of `error` (a
     /// timeout, say), unless a failure is recorded already. The layers
     /// inside, whose bodies are about to be dropped, then report the call
@@ -503,5 +497,75 @@ impl<B: Body> Body for ProgressBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sse_response() -> Response<()> {
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_innermost_layer_attaches_and_the_others_read() {
+        let mut res = sse_response();
+        let (inner, feeder) = StreamProgress::attach_with(&mut res, None, true).unwrap();
+        let mut feeder = feeder.expect("the first layer feeds");
+        let (outer, none) = StreamProgress::attach_with(&mut res, None, true).unwrap();
+        assert!(none.is_none(), "a layer further out only reads");
+        feeder.feed(b"event: ping\ndata: {\"type\": \"ping\"}\n\n");
+        assert!(outer.is_stream() && !outer.has_output());
+        feeder.feed(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n");
+        assert!(outer.has_output() && outer.first_output_at().is_some());
+        assert_eq!((inner.events(), outer.events()), (2, 2));
+        // Not a success: nothing to follow.
+        let mut err = sse_response();
+        *err.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+        assert!(StreamProgress::attach_with(&mut err, None, true).is_none());
+    }
+
+    #[test]
+    fn an_incomplete_stream_is_truncated_at_its_end_and_the_first_failure_wins() {
+        let (p, mut f) = StreamProgress::detached(true, Some(WireFormat::OpenAiChat));
+        f.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n");
+        f.end();
+        assert!(p.is_ended());
+        assert!(p.failure().unwrap().is::<TruncatedStream>());
+        p.record_failure(std::io::Error::other("later"));
+        assert!(
+            p.failure_error().unwrap().is::<TruncatedStream>(),
+            "the first one stays"
+        );
+
+        let (p, mut f) = StreamProgress::detached(true, Some(WireFormat::OpenAiChat));
+        f.feed(b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+        f.end();
+        assert!(
+            p.is_complete() && !p.has_failed(),
+            "complete without [DONE]"
+        );
+    }
+
+    #[test]
+    fn a_failure_a_layer_records_is_found_through_the_source_chain() {
+        let (p, _f) = StreamProgress::detached(true, None);
+        p.record_failure(std::io::Error::new(std::io::ErrorKind::TimedOut, "late"));
+        let e = p.failure_error().unwrap();
+        let source = e.source().expect("the recorded error");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().unwrap().kind(),
+            std::io::ErrorKind::TimedOut
+        );
+        // A JSON body is not a stream: its end is no truncation.
+        let (p, mut f) = StreamProgress::detached(false, None);
+        f.feed(b"{\"choices\":[]}");
+        f.end();
+        assert!(!p.has_failed() && p.is_ended() && !p.has_output());
+        assert_eq!(p.bytes(), 14);
     }
 }
