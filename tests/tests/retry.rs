@@ -44,9 +44,13 @@ async fn a_requests_per_minute_quota_is_worked_through_with_the_default_policy()
     // every waiter waking at the quota's reset (plus a little jitter), a
     // caller may lose its turn many times, each wait server-directed. (A
     // rate limiter in front, not retries, is what paces such a workload.)
+    // The server-delay jitter is off: it is random, and this test must
+    // not be.
     let tuning = Tuning {
         total: 600 * SEC,
-        retry: RetryConfig::default().max_attempts(30),
+        retry: RetryConfig::default()
+            .max_attempts(30)
+            .server_delay_jitter(Duration::ZERO),
         ..Tuning::new()
     };
     let stack = Stack::recommended(&tuning);

@@ -737,10 +737,15 @@ async fn a_60_rpm_quota_does_not_drain_the_default_budget() {
     let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
     let sink = events.clone();
     // The default budget; attempts enough for a call to wait its turn among
-    // eight, one request a second.
-    let retry = RetryLayer::new(RetryConfig::new().max_attempts(30))
-        .unwrap()
-        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    // eight, one request a second; no server-delay jitter (it is random,
+    // and this test must not be).
+    let retry = RetryLayer::new(
+        RetryConfig::new()
+            .max_attempts(30)
+            .server_delay_jitter(Duration::ZERO),
+    )
+    .unwrap()
+    .on_event(move |e| sink.lock().unwrap().push(e.clone()));
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())

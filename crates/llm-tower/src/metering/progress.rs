@@ -8,8 +8,8 @@ use std::{
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{
-            AtomicU8,
-            Ordering::{Acquire, Release},
+            AtomicU8, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
         },
     },
     task::{Context, Poll, ready},
@@ -79,19 +79,20 @@ struct Shared {
     flags: AtomicU8,
     first_output: OnceLock<Instant>,
     failure: OnceLock<Failed>,
-    /// Held by the one body that feeds it, once per frame, and by readers
-    /// of usage: never contended on the hot path.
-    tracker: Mutex<Tracker>,
+    events: AtomicU64,
+    bytes: AtomicU64,
+    /// A copy of the stream's tracker, published by the feeder when its
+    /// usage or finish reason changes and when the body ends: a few times
+    /// per stream, never per frame. `None` for a body that is not a stream.
+    usage: Mutex<Option<StreamUsage>>,
 }
 
-struct Tracker {
-    parse: Option<Box<Parse>>,
-    bytes: u64,
-}
-
+/// What the feeder parses with, its own: no lock per frame.
 struct Parse {
     parser: SseParser,
     usage: StreamUsage,
+    /// The tracker's revision last published.
+    published: u64,
 }
 
 /// A failure recorded in the handle; the first one wins.
@@ -111,29 +112,32 @@ impl StreamProgress {
                 flags: AtomicU8::new(if sse { SSE } else { 0 }),
                 first_output: OnceLock::new(),
                 failure: OnceLock::new(),
-                tracker: Mutex::new(Tracker {
-                    parse: sse.then(|| {
-                        Box::new(Parse {
-                            parser: SseParser::new(),
-                            usage: StreamUsage::new(format),
-                        })
-                    }),
-                    bytes: 0,
-                }),
+                events: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                usage: Mutex::new(sse.then(|| StreamUsage::new(format))),
             }),
+        }
+    }
+
+    fn feeder(&self, format: Option<WireFormat>) -> Feeder {
+        Feeder {
+            progress: self.clone(),
+            parse: self.is_stream().then(|| {
+                Box::new(Parse {
+                    parser: SseParser::new(),
+                    usage: StreamUsage::new(format),
+                    published: 0,
+                })
+            }),
+            done: false,
         }
     }
 
     /// A handle not attached to any response, and the right to feed it.
     pub(crate) fn detached(sse: bool, format: Option<WireFormat>) -> (StreamProgress, Feeder) {
         let progress = StreamProgress::new(sse, format);
-        (
-            progress.clone(),
-            Feeder {
-                progress,
-                done: false,
-            },
-        )
+        let feeder = progress.feeder(format);
+        (progress, feeder)
     }
 
     /// The progress of a response's body, if a layer attached one.
@@ -176,13 +180,8 @@ impl StreamProgress {
         let sse = BodyKind::choose(res, stream_request) == BodyKind::Sse;
         let progress = StreamProgress::new(sse, format);
         res.extensions_mut().insert(progress.clone());
-        Some((
-            progress.clone(),
-            Some(Feeder {
-                progress,
-                done: false,
-            }),
-        ))
+        let feeder = progress.feeder(format);
+        Some((progress, Some(feeder)))
     }
 
     fn flags(&self) -> u8 {
@@ -272,12 +271,12 @@ impl StreamProgress {
 
     /// SSE events with data seen so far.
     pub fn events(&self) -> u64 {
-        self.with_usage(|u| u.events_seen()).unwrap_or(0)
+        self.shared.events.load(Relaxed)
     }
 
     /// Bytes of body seen so far.
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+        self.shared.bytes.load(Relaxed)
     }
 
     /// The finish reason, once the stream sent one.
@@ -291,21 +290,16 @@ impl StreamProgress {
     }
 
     /// Reads the stream's tracker (`None` for a body that is not parsed
-    /// as a stream).
+    /// as a stream). Its usage and finish reason are current; its counts
+    /// of events and text are as of the last change of usage, or the end.
     pub fn with_usage<T>(&self, f: impl FnOnce(&StreamUsage) -> T) -> Option<T> {
-        self.lock().parse.as_ref().map(|p| f(&p.usage))
+        let guard = self.shared.usage.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(f)
     }
 
     /// Whether parsing stopped at an event larger than the parser holds.
     pub fn gave_up(&self) -> bool {
         self.flags() & GAVE_UP != 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        self.shared
-            .tracker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -339,11 +333,20 @@ impl StdError for Recorded {
 }
 
 /// The right to feed a [`StreamProgress`]: held by the one body that
-/// parses the stream.
-#[derive(Debug)]
+/// parses the stream. It owns the parser, so feeding takes no lock.
 pub struct Feeder {
     progress: StreamProgress,
+    parse: Option<Box<Parse>>,
     done: bool,
+}
+
+impl fmt::Debug for Feeder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feeder")
+            .field("progress", &self.progress)
+            .field("done", &self.done)
+            .finish()
+    }
 }
 
 impl Feeder {
@@ -366,16 +369,16 @@ impl Feeder {
 
     fn feed_slices(&mut self, slices: &[std::io::IoSlice<'_>]) {
         let p = &self.progress;
-        let mut t = p.lock();
-        t.bytes += slices.iter().map(|s| s.len() as u64).sum::<u64>();
+        let len: usize = slices.iter().map(|s| s.len()).sum();
+        p.shared.bytes.fetch_add(len as u64, Relaxed);
         // After a failure the rest is passed on, not judged again.
         if self.done || p.has_failed() {
             return;
         }
-        let Some(parse) = t.parse.as_deref_mut() else {
+        let Some(parse) = self.parse.as_deref_mut() else {
             return;
         };
-        let Parse { parser, usage } = parse;
+        let Parse { parser, usage, .. } = parse;
         let mut signal = StreamSignal::Continue;
         for s in slices {
             parser.feed(s, |ev| {
@@ -384,6 +387,7 @@ impl Feeder {
                 }
             });
         }
+        p.shared.events.store(usage.events_seen(), Relaxed);
         let mut flags = 0;
         if usage.output_events() > 0 && !p.has_output() {
             let _ = p.shared.first_output.set(Instant::now());
@@ -395,7 +399,11 @@ impl Feeder {
         if parser.is_overflowed() {
             flags |= GAVE_UP;
         }
-        drop(t);
+        let stale = usage.revision() != parse.published;
+        if stale {
+            self.publish();
+        }
+        let p = &self.progress;
         if flags != 0 {
             p.set(flags);
         }
@@ -406,11 +414,30 @@ impl Feeder {
         }
     }
 
+    /// Copies the tracker to the shared record.
+    fn publish(&mut self) {
+        let Some(parse) = self.parse.as_deref_mut() else {
+            return;
+        };
+        parse.published = parse.usage.revision();
+        let mut guard = self
+            .progress
+            .shared
+            .usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some(u) => u.clone_from(&parse.usage),
+            None => *guard = Some(parse.usage.clone()),
+        }
+    }
+
     /// The body ended: a stream that is not complete is truncated.
     pub fn end(&mut self) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        self.publish();
         let p = &self.progress;
         let flags = p.flags();
         if flags & SSE != 0 && flags & (COMPLETE | GAVE_UP | FAILED) == 0 {
@@ -421,13 +448,25 @@ impl Feeder {
 
     /// The body failed: it is over, its error says why.
     pub fn body_failed(&mut self) {
-        self.done = true;
+        if !std::mem::replace(&mut self.done, true) {
+            self.publish();
+        }
         self.progress.set(ENDED);
     }
 
     /// The handle fed.
     pub fn progress(&self) -> &StreamProgress {
         &self.progress
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        // Dropped before the end: what was parsed is what the layers
+        // further out report.
+        if !self.done {
+            self.publish();
+        }
     }
 }
 

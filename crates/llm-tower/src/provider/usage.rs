@@ -169,6 +169,7 @@ pub struct StreamUsage {
     events: u64,
     output_events: u64,
     text_bytes: u64,
+    revision: u64,
 }
 
 impl StreamUsage {
@@ -360,6 +361,7 @@ impl StreamUsage {
     }
 
     fn take_usage(&mut self, raw: RawUsage, last: bool, replace: bool) {
+        self.revision += 1;
         if replace {
             self.raw = raw;
         } else {
@@ -371,6 +373,7 @@ impl StreamUsage {
     }
 
     fn set_finish(&mut self, data: &[u8], pos: usize) {
+        self.revision += 1;
         if let Some(Some(reason)) = parse_at::<Option<Cow<'_, str>>>(data, pos) {
             self.finish = Some(FinishReason::from_provider(&reason));
         }
@@ -426,6 +429,12 @@ impl StreamUsage {
     /// The finish reason, once the stream sent one.
     pub fn finish_reason(&self) -> Option<&FinishReason> {
         self.finish.as_ref()
+    }
+
+    /// Changes whenever the usage or the finish reason changes: a reader
+    /// holding a copy knows when it is stale.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Events with data seen so far.
