@@ -370,7 +370,9 @@ impl Feeder {
     fn feed_slices(&mut self, slices: &[std::io::IoSlice<'_>]) {
         let p = &self.progress;
         let len: usize = slices.iter().map(|s| s.len()).sum();
-        p.shared.bytes.fetch_add(len as u64, Relaxed);
+        // The feeder is the only writer: no read-modify-write needed.
+        let bytes = &p.shared.bytes;
+        bytes.store(bytes.load(Relaxed) + len as u64, Relaxed);
         // After a failure the rest is passed on, not judged again.
         if self.done || p.has_failed() {
             return;
