@@ -827,7 +827,7 @@ fn rss_kib() -> u64 {
 /// A measurement, not a check: the cost of many distinct keys (model names
 /// read from requests). `LLM_TOWER_KEYS` sets how many (100 000 by default).
 ///
-/// `CARGO_TARGET_DIR=/work/target-br cargo test --release -p llm-tower --all-features --test circuit_breaker -- --ignored --nocapture distinct_keys`
+/// `cargo test --release -p llm-tower --all-features --test circuit_breaker -- --ignored --nocapture distinct_keys`
 #[test]
 #[ignore = "a measurement: run it by hand, in release"]
 fn distinct_keys_time_and_memory() {

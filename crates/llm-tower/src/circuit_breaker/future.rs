@@ -22,7 +22,7 @@ use super::{
 use crate::{
     BoxError,
     classify::{Classifier, ResponseView},
-    metering::{Feeder, ProgressBody, StreamProgress},
+    metering::{Feeder, StreamProgress, observe},
 };
 
 /// A call let through: records its outcome once, or a neutral one if it is
@@ -247,7 +247,9 @@ pin_project! {
     /// event, a cut stream, a timeout), nothing if it is dropped early.
     pub struct BreakerBody<B, C> {
         #[pin]
-        inner: ProgressBody<B>,
+        inner: B,
+        // Set when no layer further in follows the stream: this body does.
+        feeder: Option<Feeder>,
         ticket: Option<Ticket<C>>,
     }
 }
@@ -255,7 +257,8 @@ pin_project! {
 impl<B, C> BreakerBody<B, C> {
     fn new(inner: B, feeder: Option<Feeder>, ticket: Option<Ticket<C>>) -> Self {
         BreakerBody {
-            inner: ProgressBody::new(inner, feeder),
+            inner,
+            feeder,
             ticket,
         }
     }
@@ -284,6 +287,7 @@ where
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        observe(this.feeder, &frame, || this.inner.is_end_stream());
         match frame {
             None => {
                 if let Some(mut t) = this.ticket.take() {

@@ -145,6 +145,13 @@ impl<B> PeekedBody<B> {
         self.inner_done && self.error.is_none() && self.trailers.is_none()
     }
 
+    /// Whether the next frame comes from the inner body (nothing peeked,
+    /// no error or trailers kept, is left to yield).
+    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
+    pub(crate) fn yields_inner_next(&self) -> bool {
+        self.prefix.is_empty() && self.error.is_none() && self.trailers.is_none()
+    }
+
     /// Yields `error` after the peeked bytes, in place of the rest.
     #[cfg_attr(not(feature = "retry"), allow(dead_code))]
     pub(crate) fn with_error(mut self, error: crate::BoxError) -> Self {

@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 
 use super::{
     MalformedStream, StreamError, TruncatedStream,
-    progress::{Feeder, ProgressBody, StreamProgress},
+    progress::{Feeder, StreamProgress, observe},
     report::{CallInfo, Outcome, Reporter, UsageObservers, UsageReport, UsageSource},
 };
 use crate::{
@@ -106,7 +106,10 @@ pin_project! {
     /// [`RetryLayer`]: https://docs.rs/llm-tower/latest/llm_tower/retry/struct.RetryLayer.html
     pub struct MeteredBody<B: Body> {
         #[pin]
-        inner: ProgressBody<B>,
+        inner: B,
+        // Before `meter`: dropped first, it publishes what it parsed for
+        // the report `meter` makes when dropped.
+        feeder: Option<Feeder>,
         meter: Metering<B::Data>,
     }
 }
@@ -204,7 +207,8 @@ impl<B: Body> MeteredBody<B> {
             _ => Mode::Unmetered,
         };
         MeteredBody {
-            inner: ProgressBody::new(inner, feeder),
+            inner,
+            feeder,
             meter: Metering {
                 mode,
                 done: false,
@@ -251,7 +255,7 @@ impl<B: Body> MeteredBody<B> {
 
     /// The inner body.
     pub fn get_ref(&self) -> &B {
-        self.inner.get_ref()
+        &self.inner
     }
 }
 
@@ -273,7 +277,9 @@ where
         if meter.done {
             return Poll::Ready(None);
         }
-        match ready!(this.inner.as_mut().poll_frame(cx)) {
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        observe(this.feeder, &frame, || this.inner.is_end_stream());
+        match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     meter.feed(data);
@@ -312,7 +318,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeteredBody")
-            .field("inner", self.inner.get_ref())
+            .field("inner", &self.inner)
             .field("kind", &self.kind())
             .field("status", &self.meter.status)
             .finish_non_exhaustive()

@@ -87,6 +87,33 @@ struct Shared {
     usage: Mutex<Option<StreamUsage>>,
 }
 
+/// Feeds what a body just yielded to `feeder`, if there is one: a frame's
+/// data, its end (`None`, or a frame after which `is_end` says the body is
+/// over), its failure. The bodies of llm-tower's layers call it inline, so
+/// following a stream adds no layer of its own.
+pub(crate) fn observe<D: Buf, E>(
+    feeder: &mut Option<Feeder>,
+    frame: &Option<Result<Frame<D>, E>>,
+    is_end: impl FnOnce() -> bool,
+) {
+    let Some(feeder) = feeder else {
+        return;
+    };
+    match frame {
+        Some(Ok(f)) => {
+            if let Some(data) = f.data_ref() {
+                feeder.feed_buf(data);
+            }
+            // A reader may stop at `is_end_stream`: end it now.
+            if is_end() {
+                feeder.end();
+            }
+        }
+        Some(Err(_)) => feeder.body_failed(),
+        None => feeder.end(),
+    }
+}
+
 /// What the feeder parses with, its own: no lock per frame.
 struct Parse {
     parser: SseParser,
@@ -514,21 +541,7 @@ impl<B: Body> Body for ProgressBody<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(feeder) = this.feeder {
-            match &frame {
-                Some(Ok(f)) => {
-                    if let Some(data) = f.data_ref() {
-                        feeder.feed_buf(data);
-                    }
-                    // A reader may stop at `is_end_stream`: end it now.
-                    if this.inner.is_end_stream() {
-                        feeder.end();
-                    }
-                }
-                Some(Err(_)) => feeder.body_failed(),
-                None => feeder.end(),
-            }
-        }
+        observe(this.feeder, &frame, || this.inner.is_end_stream());
         Poll::Ready(frame)
     }
 
@@ -590,6 +603,36 @@ mod tests {
             p.is_complete() && !p.has_failed(),
             "complete without [DONE]"
         );
+    }
+
+    #[test]
+    fn a_progress_body_feeds_what_passes_and_changes_nothing() {
+        use http_body_util::{BodyExt, Full};
+        let text =
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n";
+        let mut res = sse_response().map(|()| Full::new(bytes::Bytes::from(text)));
+        let (progress, feeder) = StreamProgress::attach_with(&mut res, None, true).unwrap();
+        let body = ProgressBody::new(res.into_body(), feeder);
+        let out = futures_executor_block_on(body.collect())
+            .unwrap()
+            .to_bytes();
+        assert_eq!(out, text.as_bytes());
+        assert!(progress.has_output() && progress.is_complete() && progress.is_ended());
+        assert_eq!(
+            progress.finish_reason(),
+            Some(crate::usage::FinishReason::Stop)
+        );
+    }
+
+    /// Polls a future that is ready without waking.
+    fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+                return out;
+            }
+        }
     }
 
     #[test]

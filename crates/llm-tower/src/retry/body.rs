@@ -16,7 +16,7 @@ use super::StreamInterrupted;
 use crate::{
     BoxError,
     classify::PeekedBody,
-    metering::{ProgressBody, StreamProgress},
+    metering::{Feeder, StreamProgress, observe},
     provider::WireFormat,
 };
 
@@ -38,7 +38,10 @@ pub(crate) enum Held {
 /// knows a first token from a ping.
 pub(crate) struct Hold<B> {
     parts: Option<http::response::Parts>,
-    body: Option<ProgressBody<B>>,
+    body: Option<B>,
+    /// Set when no layer further in follows the stream: the hold does,
+    /// then the caller's [`RetryBody`].
+    feeder: Option<Feeder>,
     progress: StreamProgress,
     /// The frames held, as they came (no copy).
     frames: Vec<Bytes>,
@@ -54,7 +57,8 @@ impl<B> Hold<B> {
         let (parts, body) = res.into_parts();
         Hold {
             parts: Some(parts),
-            body: Some(ProgressBody::new(body, feeder)),
+            body: Some(body),
+            feeder,
             progress,
             frames: Vec::new(),
             held: 0,
@@ -77,7 +81,7 @@ where
     B: Body + Unpin,
     B::Error: Into<BoxError>,
 {
-    type Output = (Held, Response<PeekedBody<ProgressBody<B>>>);
+    type Output = (Held, Response<PeekedBody<B>>, Option<Feeder>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -87,7 +91,9 @@ where
             if this.held >= this.limit {
                 break Held::Handover;
             }
-            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+            observe(&mut this.feeder, &frame, || body.is_end_stream());
+            match frame {
                 None => {
                     this.done = true;
                     // Ended before its first token: complete (an empty
@@ -133,7 +139,7 @@ where
         // A failure is kept apart: the caller gets it, after the bytes held,
         // only if no retry follows.
         let body = PeekedBody::from_parts(prefix, None, this.done, inner);
-        Poll::Ready((held, Response::from_parts(parts, body)))
+        Poll::Ready((held, Response::from_parts(parts, body), this.feeder.take()))
     }
 }
 
@@ -155,9 +161,11 @@ pin_project! {
     /// before it has reached the caller.
     pub struct RetryBody<B> {
         #[pin]
-        inner: PeekedBody<ProgressBody<B>>,
+        inner: PeekedBody<B>,
         // Set when the stream was handed over after its first token.
         stream: Option<StreamProgress>,
+        // Set when this layer follows the stream (no layer further in does).
+        feeder: Option<Feeder>,
         // The stream's failure, yielded after the frame that revealed it.
         pending: Option<BoxError>,
         finished: bool,
@@ -166,12 +174,14 @@ pin_project! {
 
 impl<B> RetryBody<B> {
     pub(crate) fn new(
-        inner: PeekedBody<ProgressBody<B>>,
+        inner: PeekedBody<B>,
         handed_over_stream: Option<StreamProgress>,
+        feeder: Option<Feeder>,
     ) -> Self {
         RetryBody {
             inner,
             stream: handed_over_stream,
+            feeder,
             pending: None,
             finished: false,
         }
@@ -204,7 +214,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if *this.finished {
             return Poll::Ready(None);
         }
@@ -212,7 +222,13 @@ where
             *this.finished = true;
             return Poll::Ready(Some(Err(Box::new(StreamInterrupted::new(e)))));
         }
-        let frame = ready!(this.inner.poll_frame(cx));
+        // The bytes held were followed while held: only what comes from
+        // the inner body now is new.
+        let fresh = this.inner.yields_inner_next();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if fresh {
+            observe(this.feeder, &frame, || this.inner.is_end_stream());
+        }
         let Some(progress) = this.stream else {
             return Poll::Ready(frame);
         };

@@ -30,7 +30,7 @@ use crate::{
         ResponseView,
     },
     deadline::Deadline,
-    metering::{ProgressBody, StreamProgress},
+    metering::{Feeder, StreamProgress},
     provider::headers::is_event_stream,
     request::RequestMeta,
 };
@@ -47,11 +47,11 @@ pin_project! {
         Calling { #[pin] fut: F },
         // An error response, read (bounded) to classify it. The states off
         // the happy path are boxed, to keep the future small to move.
-        Peeking { peek: Box<PeekBody<ProgressBody<B>>> },
+        Peeking { peek: Box<PeekBody<B>> },
         // A stream, held until its first token.
         Holding { hold: Box<Hold<B>> },
         // A whole answer, read for content validation.
-        Validating { peek: Box<PeekBody<ProgressBody<B>>> },
+        Validating { peek: Box<PeekBody<B>> },
         Waiting { sleep: Pin<Box<Sleep>> },
         Done,
     }
@@ -96,11 +96,6 @@ where
             state: State::Calling { fut },
         }
     }
-}
-
-/// A response whose body this layer does not follow as a stream.
-fn unwatched<B>(res: Response<B>) -> Response<ProgressBody<B>> {
-    res.map(|b| ProgressBody::new(b, None))
 }
 
 fn attempt_span<B>(req: &Request<B>, attempt: u32) -> tracing::Span {
@@ -255,7 +250,7 @@ where
                             if classifier.needs_body(status) {
                                 let limit = shared.config.error_body_limit;
                                 this.state.set(State::Peeking {
-                                    peek: Box::new(PeekBody::new(unwatched(res), limit)),
+                                    peek: Box::new(PeekBody::new(res, limit)),
                                 });
                             } else if status.is_success() && is_event_stream(res.headers()) {
                                 let limit = shared.config.first_token_hold_limit;
@@ -268,11 +263,10 @@ where
                                 && !meta.is_some_and(RequestMeta::is_stream)
                             {
                                 this.state.set(State::Validating {
-                                    peek: Box::new(PeekBody::new(unwatched(res), CONTENT_LIMIT)),
+                                    peek: Box::new(PeekBody::new(res, CONTENT_LIMIT)),
                                 });
                             } else {
-                                return this
-                                    .succeed(unwatched(res).map(PeekedBody::passthrough), false);
+                                return this.succeed(res.map(PeekedBody::passthrough), false, None);
                             }
                             continue;
                         }
@@ -284,25 +278,26 @@ where
                         .with_body(res.body().peeked())
                         .with_format(meta.and_then(RequestMeta::format));
                     match classifier.classify_response(&view).into_failure() {
-                        None => return this.succeed(res, false),
-                        Some(f) => (f, Ok(res.map(|b| RetryBody::new(b, None)))),
+                        None => return this.succeed(res, false, None),
+                        Some(f) => (f, Ok(res.map(|b| RetryBody::new(b, None, None)))),
                     }
                 }
                 StateProj::Holding { hold } => match ready!(Pin::new(&mut **hold).poll(cx)) {
-                    (Held::Handover, res) => return this.succeed(res, true),
-                    (Held::Failed(e), res) => (
+                    (Held::Handover, res, feeder) => return this.succeed(res, true, feeder),
+                    // Dropped with the attempt: what it parsed is published.
+                    (Held::Failed(e), res, _feeder) => (
                         classifier.classify_error(&*e),
-                        Ok(res.map(|b| RetryBody::new(b.with_error(e), None))),
+                        Ok(res.map(|b| RetryBody::new(b.with_error(e), None, None))),
                     ),
                 },
                 StateProj::Validating { peek } => {
                     let res = ready!(Pin::new(&mut **peek).poll(cx));
                     let checks = shared.config.content.unwrap_or_default();
                     match content::problem(&checks, meta, res.body()) {
-                        None => return this.succeed(res, false),
+                        None => return this.succeed(res, false, None),
                         Some(problem) => (
                             classifier.classify_error(&InvalidContent::new(problem)),
-                            Ok(res.map(|b| RetryBody::new(b, None))),
+                            Ok(res.map(|b| RetryBody::new(b, None, None))),
                         ),
                     }
                 }
@@ -351,8 +346,9 @@ where
     /// An attempt answered: refill the budget, hand the answer over.
     fn succeed(
         &mut self,
-        res: Response<PeekedBody<ProgressBody<B>>>,
+        res: Response<PeekedBody<B>>,
         stream_handed_over: bool,
+        feeder: Option<Feeder>,
     ) -> Poll<Result<Response<RetryBody<B>>, BoxError>> {
         if res.status().is_success() {
             if let Some(b) = &self.shared.budget {
@@ -363,7 +359,7 @@ where
         let stream = stream_handed_over
             .then(|| StreamProgress::get(&res).cloned())
             .flatten();
-        Poll::Ready(Ok(res.map(|b| RetryBody::new(b, stream))))
+        Poll::Ready(Ok(res.map(|b| RetryBody::new(b, stream, feeder))))
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{Elapsed, Phase, config::Limits, timer::Timer};
 use crate::{
     BoxError,
-    metering::{Feeder, ProgressBody, StreamProgress},
+    metering::{Feeder, StreamProgress, observe},
     provider::headers::is_event_stream,
 };
 
@@ -171,7 +171,9 @@ pin_project! {
     #[project = TimeoutBodyProj]
     pub struct TimeoutBody<B> {
         #[pin]
-        inner: Inner<ProgressBody<B>>,
+        inner: Inner<B>,
+        // Set when no layer further in follows the stream: this body does.
+        feeder: Option<Feeder>,
         timer: Timer,
         phases: Phases,
         idle_at: Option<Instant>,
@@ -200,9 +202,8 @@ impl<B> TimeoutBody<B> {
         feeder: Option<Feeder>,
     ) -> Self {
         TimeoutBody {
-            inner: Inner::Live {
-                body: ProgressBody::new(inner, feeder),
-            },
+            inner: Inner::Live { body: inner },
+            feeder,
             timer: Timer::default(),
             phases,
             idle_at: None,
@@ -215,7 +216,7 @@ impl<B> TimeoutBody<B> {
     /// The inner body; `None` once it ended, failed or timed out.
     pub fn get_ref(&self) -> Option<&B> {
         match &self.inner {
-            Inner::Live { body } => Some(body.get_ref()),
+            Inner::Live { body } => Some(body),
             Inner::Gone => None,
         }
     }
@@ -252,10 +253,14 @@ where
         if let Some((phase, limit)) = this.expired.take() {
             return give_up(this, phase, limit);
         }
-        let InnerProj::Live { body } = this.inner.as_mut().project() else {
+        let InnerProj::Live { mut body } = this.inner.as_mut().project() else {
             return Poll::Ready(None);
         };
-        match body.poll_frame(cx) {
+        let polled = body.as_mut().poll_frame(cx);
+        if let Poll::Ready(frame) = &polled {
+            observe(this.feeder, frame, || body.is_end_stream());
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.idle_at = None;
                 // A body that is always ready never waits for the timer:
