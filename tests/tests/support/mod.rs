@@ -181,6 +181,26 @@ impl Stack {
         (retry, breaker, retries)
     }
 
+    fn boxed<S, B>(
+        svc: S,
+        breaker: CircuitBreakerHandle,
+        retries: Arc<Mutex<Vec<RetryEvent>>>,
+    ) -> Stack
+    where
+        S: tower::Service<Request<String>, Response = Response<B>, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        Stack {
+            svc: BoxCloneService::new(ServiceExt::<Request<String>>::map_response(svc, boxed)),
+            breaker,
+            retries,
+        }
+    }
+
     /// The recommended stack, outermost first:
     /// `Prepare → Timeout(total) → Retry → CircuitBreaker →
     /// Timeout(attempt, first token, idle) → Meter → client`.
@@ -201,11 +221,7 @@ impl Stack {
             .layer(TimeoutLayer::new(limits.per_attempt()).expect("valid limits"))
             .layer(MeterLayer::new())
             .service(client);
-        Stack {
-            svc: BoxCloneService::new(ServiceExt::<Request<String>>::map_response(svc, boxed)),
-            breaker: handle,
-            retries,
-        }
+        Stack::boxed(svc, handle, retries)
     }
 
     /// A documented reordering: the breaker outside retry, so it sees one
@@ -224,11 +240,7 @@ impl Stack {
             .layer(TimeoutLayer::new(limits.per_attempt()).expect("valid limits"))
             .layer(MeterLayer::new())
             .service(client());
-        Stack {
-            svc: BoxCloneService::new(ServiceExt::<Request<String>>::map_response(svc, boxed)),
-            breaker: handle,
-            retries,
-        }
+        Stack::boxed(svc, handle, retries)
     }
 
     /// The recommended stack without its meter: the layers must then read
@@ -244,11 +256,7 @@ impl Stack {
             .layer(breaker)
             .layer(TimeoutLayer::new(limits.per_attempt()).expect("valid limits"))
             .service(client());
-        Stack {
-            svc: BoxCloneService::new(ServiceExt::<Request<String>>::map_response(svc, boxed)),
-            breaker: handle,
-            retries,
-        }
+        Stack::boxed(svc, handle, retries)
     }
 
     /// The state of the breaker of `model` (closed if it has none yet).

@@ -209,17 +209,14 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
 /// auth error, a bad request, a context-length error or a content-policy
 /// refusal.
 fn is_transient(class: FailureClass) -> bool {
-    matches!(
-        class,
-        FailureClass::RateLimited
-            | FailureClass::Overloaded
-            | FailureClass::ServerError
-            | FailureClass::Timeout
-            | FailureClass::Connect
-            | FailureClass::StreamError
-            | FailureClass::TruncatedStream
-            | FailureClass::Other
-    )
+    match class {
+        // The provider cannot know what the answer's checks will say.
+        FailureClass::InvalidContent => false,
+        // Unknown to the classifier: the provider's word decides.
+        FailureClass::Other => true,
+        // Otherwise exactly the classes retried by default.
+        c => c.is_retryable(),
+    }
 }
 
 /// The class of a response with this status and (optional) error body.
