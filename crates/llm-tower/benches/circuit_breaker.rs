@@ -19,10 +19,7 @@ use support::{block, drain};
 use tower::{Layer, Service, service_fn};
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let _guard = rt.enter();
     let meta = RequestMeta::new(Some(Endpoint {
         provider: Provider::OpenAi,

@@ -49,10 +49,7 @@ fn request(stream: bool) -> Request<Bytes> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let _guard = rt.enter();
     let json = Bytes::from(vec![b'x'; 1024]);
     let events: Vec<Bytes> = std::iter::once(Bytes::from_static(

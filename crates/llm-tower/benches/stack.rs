@@ -74,10 +74,7 @@ fn openai_events() -> Vec<Bytes> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let _guard = rt.enter();
     let limits = TimeoutConfig::new()
         .attempt(Duration::from_secs(60))

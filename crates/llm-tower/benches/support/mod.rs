@@ -57,6 +57,15 @@ impl Body for Chunks {
     }
 }
 
+/// A runtime with a timer, for layers that arm one: enter it, then poll
+/// with [`block`].
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+}
+
 /// Polls `fut` to its end with a no-op waker.
 pub fn block<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);
