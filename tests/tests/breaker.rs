@@ -92,10 +92,10 @@ async fn a_listener_may_steer_the_breaker_from_a_transition() {
             log.lock().unwrap().push((t.from, t.to));
             // An operator's hook that closes the breaker again at once:
             // called after the breaker's lock, it must not deadlock.
-            if t.to == BreakerState::Open {
-                if let Some(h) = slot.lock().unwrap().as_ref() {
-                    h.reset(&t.key);
-                }
+            if t.to == BreakerState::Open
+                && let Some(h) = slot.lock().unwrap().as_ref()
+            {
+                h.reset(&t.key);
             }
         });
     *layer_slot.lock().unwrap() = Some(breaker.handle());

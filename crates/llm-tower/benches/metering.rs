@@ -46,10 +46,10 @@ fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
     let mut cx = Context::from_waker(Waker::noop());
     let mut n = 0;
     while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
-        if let Ok(frame) = frame {
-            if let Some(d) = frame.data_ref() {
-                n += d.len();
-            }
+        if let Ok(frame) = frame
+            && let Some(d) = frame.data_ref()
+        {
+            n += d.len();
         }
     }
     n

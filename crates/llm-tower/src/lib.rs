@@ -71,15 +71,19 @@
 //! |---|---|
 //! | `timeout` | [`TimeoutLayer`](timeout::TimeoutLayer): total, attempt, first byte, first token, idle and stream limits |
 //! | `retry` | [`RetryLayer`](retry::RetryLayer): classified retries, server-directed delays, backoff with jitter, a shared budget, streams held until their first token |
-//! | `rate-limit` | `RateLimitLayer` |
+//! | `rate-limit` | planned: `RateLimitLayer` (enables nothing yet) |
 //! | `circuit-breaker` | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): per provider and model, consecutive, rate and slow-call trips, limited half-open probes |
-//! | `fallback` | `FallbackLayer` |
-//! | `budget` | `BudgetLayer` |
+//! | `fallback` | planned: `FallbackLayer` (enables nothing yet) |
+//! | `budget` | planned: `BudgetLayer` (enables nothing yet) |
 //! | `full` | all of the above |
 //! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
+//! | `hyper` (default) | the classifier recognises hyper's and hyper-util's client errors; without it neither is compiled, and their I/O causes are still found through the source chain |
+//! | `tower-timeout` (default) | the classifier recognises `tower::timeout`'s `Elapsed` |
 //!
-//! The layers land one by one; the features exist from the start so that a
-//! dependency declaration written today keeps working.
+//! The layers land one by one; the planned features exist from the start so
+//! that a dependency declaration written today keeps working. The layers are
+//! off by default (`full` turns them all on); docs.rs documents every
+//! feature.
 //!
 //! See `docs/architecture.md` in the repository for the path of one request
 //! and its response through the stack.
@@ -94,7 +98,7 @@
     rust_2018_idioms
 )]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;

@@ -319,7 +319,7 @@ impl Workload {
             .map(|index| {
                 let r = mix(self.seed ^ mix(index as u64));
                 let format = formats[(r % formats.len().max(1) as u64) as usize];
-                let stream = self.all_stream || (r >> 8) % 2 == 0;
+                let stream = self.all_stream || (r >> 8).is_multiple_of(2);
                 let topic = TOPICS[((r >> 16) % TOPICS.len() as u64) as usize];
                 CallSpec {
                     index,

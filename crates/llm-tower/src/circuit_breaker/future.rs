@@ -290,10 +290,10 @@ where
         observe(this.feeder, &frame, || this.inner.is_end_stream());
         match frame {
             None => {
-                if let Some(mut t) = this.ticket.take() {
-                    if !t.record_progress_failure() {
-                        t.record(Outcome::Success);
-                    }
+                if let Some(mut t) = this.ticket.take()
+                    && !t.record_progress_failure()
+                {
+                    t.record(Outcome::Success);
                 }
                 Poll::Ready(None)
             }
@@ -313,12 +313,11 @@ where
                     Some(p) => p.has_failed() || p.is_ended(),
                     None => this.inner.is_end_stream(),
                 });
-                if over {
-                    if let Some(mut t) = this.ticket.take() {
-                        if !t.record_progress_failure() {
-                            t.record(Outcome::Success);
-                        }
-                    }
+                if over
+                    && let Some(mut t) = this.ticket.take()
+                    && !t.record_progress_failure()
+                {
+                    t.record(Outcome::Success);
                 }
                 Poll::Ready(Some(Ok(f)))
             }

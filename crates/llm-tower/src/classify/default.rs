@@ -132,7 +132,11 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
     if e.is::<BodyTooLarge>() {
         return Some(Failure::new(FailureClass::BadRequest).with_fallback(false));
     }
-    if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+    if e.is::<tokio::time::error::Elapsed>() {
+        return Some(Failure::new(FailureClass::Timeout));
+    }
+    #[cfg(feature = "tower-timeout")]
+    if e.is::<tower::timeout::error::Elapsed>() {
         return Some(Failure::new(FailureClass::Timeout));
     }
     #[cfg(feature = "circuit-breaker")]
@@ -175,21 +179,9 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
             _ => failure,
         });
     }
-    if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-        if e.is_connect() {
-            return Some(Failure::new(FailureClass::Connect));
-        }
-        // Otherwise its source says more.
-        return None;
-    }
-    if let Some(e) = e.downcast_ref::<hyper::Error>() {
-        if e.is_timeout() {
-            return Some(Failure::new(FailureClass::Timeout));
-        }
-        if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
-            return Some(Failure::new(FailureClass::Connect));
-        }
-        return None;
+    #[cfg(feature = "hyper")]
+    if let Some(f) = classify_hyper(e) {
+        return f;
     }
     if let Some(e) = e.downcast_ref::<std::io::Error>() {
         use std::io::ErrorKind::*;
@@ -202,6 +194,25 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
         };
     }
     None
+}
+
+/// hyper's and hyper-util's errors (feature `hyper`): `Some(verdict)` when
+/// `e` is one of them (`Some(None)`: its source says more), `None` when it
+/// is not.
+#[cfg(feature = "hyper")]
+fn classify_hyper(e: &(dyn StdError + 'static)) -> Option<Option<Failure>> {
+    if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+        // A refused connection; otherwise its source says more.
+        return Some(e.is_connect().then(|| Failure::new(FailureClass::Connect)));
+    }
+    let e = e.downcast_ref::<hyper::Error>()?;
+    Some(if e.is_timeout() {
+        Some(Failure::new(FailureClass::Timeout))
+    } else if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
+        Some(Failure::new(FailureClass::Connect))
+    } else {
+        None
+    })
 }
 
 /// Whether a failure of `class` can pass by itself, so that the provider's

@@ -59,9 +59,11 @@ fn classify_any<C: Classifier>(inner: &C, error: &(dyn Any + 'static)) -> Failur
     if let Some(e) = error.downcast_ref::<std::io::Error>() {
         return inner.classify_error(e);
     }
+    #[cfg(feature = "hyper")]
     if let Some(e) = error.downcast_ref::<hyper::Error>() {
         return inner.classify_error(e);
     }
+    #[cfg(feature = "hyper")]
     if let Some(e) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
         return inner.classify_error(e);
     }

@@ -358,17 +358,16 @@ impl<D: AsRef<[u8]> + Clone> Metering<D> {
             overflow,
             ..
         } = &mut self.mode
+            && !*overflow
         {
-            if !*overflow {
-                if self.bytes > JSON_RETAIN_LIMIT as u64 {
-                    *overflow = true;
-                    *first = None;
-                    *rest = Vec::new();
-                } else if !bytes.is_empty() {
-                    match first {
-                        None => *first = Some(data.clone()),
-                        Some(_) => rest.push(data.clone()),
-                    }
+            if self.bytes > JSON_RETAIN_LIMIT as u64 {
+                *overflow = true;
+                *first = None;
+                *rest = Vec::new();
+            } else if !bytes.is_empty() {
+                match first {
+                    None => *first = Some(data.clone()),
+                    Some(_) => rest.push(data.clone()),
                 }
             }
         }

@@ -87,7 +87,7 @@ impl fmt::Display for Cost {
         let dollars = self.0 / NANOS_PER_USD;
         let mut frac = self.0 % NANOS_PER_USD;
         let mut digits = 9;
-        while digits > 2 && frac % 10 == 0 {
+        while digits > 2 && frac.is_multiple_of(10) {
             frac /= 10;
             digits -= 1;
         }

@@ -10,10 +10,10 @@
 pub(super) fn normalize(model: &str) -> &str {
     let mut s = model;
     // Gemini and Vertex resource names: `models/x`, `…/publishers/google/models/x`.
-    if let Some(i) = s.rfind("models/") {
-        if i == 0 || s.as_bytes()[i - 1] == b'/' {
-            s = &s[i + "models/".len()..];
-        }
+    if let Some(i) = s.rfind("models/")
+        && (i == 0 || s.as_bytes()[i - 1] == b'/')
+    {
+        s = &s[i + "models/".len()..];
     }
     // Vertex AI: `claude-sonnet-4-5@20250929`.
     if let Some((name, _)) = s.split_once('@') {

@@ -311,13 +311,11 @@ impl StreamUsage {
                         }
                     }
                 }
-                if last {
-                    if let Some(pos) = STOP_REASON.non_null_value(data) {
-                        self.set_finish(data, pos);
-                        // The stop reason is the answer's end; only the
-                        // closing `message_stop` may still be missing.
-                        self.complete = true;
-                    }
+                if last && let Some(pos) = STOP_REASON.non_null_value(data) {
+                    self.set_finish(data, pos);
+                    // The stop reason is the answer's end; only the
+                    // closing `message_stop` may still be missing.
+                    self.complete = true;
                 }
             }
             "message_stop" => self.complete = true,

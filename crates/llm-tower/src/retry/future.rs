@@ -139,10 +139,10 @@ fn decide<C, ReqB>(
             false,
         ),
     };
-    if let Some(deadline) = Deadline::get(request) {
-        if deadline.cannot_fit(Instant::now(), delay) {
-            return give_up(GiveUp::DeadlineTooClose(delay));
-        }
+    if let Some(deadline) = Deadline::get(request)
+        && deadline.cannot_fit(Instant::now(), delay)
+    {
+        return give_up(GiveUp::DeadlineTooClose(delay));
     }
     // Only a retry that is made is paid for, and only by an outage: a
     // refusal of the breaker reached nobody, and a rate limit that says
@@ -350,10 +350,10 @@ where
         stream_handed_over: bool,
         feeder: Option<Feeder>,
     ) -> Poll<Result<Response<RetryBody<B>>, BoxError>> {
-        if res.status().is_success() {
-            if let Some(b) = &self.shared.budget {
-                b.on_success();
-            }
+        if res.status().is_success()
+            && let Some(b) = &self.shared.budget
+        {
+            b.on_success();
         }
         self.state.set(State::Done);
         let stream = stream_handed_over

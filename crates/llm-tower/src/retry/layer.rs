@@ -172,15 +172,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        if let Some(name) = &self.shared.idempotency_header {
-            if !req.headers().contains_key(name) {
-                // One key for the call, the same on every attempt.
-                let key = format!("{:032x}", rand::random::<u128>());
-                req.headers_mut().insert(
-                    name.clone(),
-                    HeaderValue::try_from(key).expect("hex is a valid header value"),
-                );
-            }
+        if let Some(name) = &self.shared.idempotency_header
+            && !req.headers().contains_key(name)
+        {
+            // One key for the call, the same on every attempt.
+            let key = format!("{:032x}", rand::random::<u128>());
+            req.headers_mut().insert(
+                name.clone(),
+                HeaderValue::try_from(key).expect("hex is a valid header value"),
+            );
         }
         // The ready service goes with the call; a fresh clone stays.
         let clone = self.inner.clone();

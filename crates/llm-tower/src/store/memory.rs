@@ -166,7 +166,8 @@ impl<C: Clock> MemoryStore<C> {
     fn inserted(&self) {
         let inner = &*self.inner;
         let n = inner.inserts.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % SWEEP_EVERY != 0 || self.len() <= inner.sweep_above.load(Ordering::Relaxed) {
+        if !n.is_multiple_of(SWEEP_EVERY) || self.len() <= inner.sweep_above.load(Ordering::Relaxed)
+        {
             return;
         }
         // One sweeper at a time; the others carry on.

@@ -268,15 +268,15 @@ where
                 // frame has told whether the first token came. A limit
                 // passed fails the body after this frame.
                 *this.ready_run = this.ready_run.wrapping_add(1);
-                if *this.ready_run % READY_CHECK_EVERY == 0 {
+                if (*this.ready_run).is_multiple_of(READY_CHECK_EVERY) {
                     let token_seen = this
                         .progress
                         .as_ref()
                         .is_some_and(StreamProgress::has_output);
-                    if let Some((at, phase, limit)) = this.phases.body_deadline(token_seen, None) {
-                        if Instant::now() >= at {
-                            *this.expired = Some((phase, limit));
-                        }
+                    if let Some((at, phase, limit)) = this.phases.body_deadline(token_seen, None)
+                        && Instant::now() >= at
+                    {
+                        *this.expired = Some((phase, limit));
                     }
                 }
                 return Poll::Ready(Some(Ok(frame)));

@@ -104,10 +104,10 @@ where
         if Deadline::get(&req).is_some_and(|d| d.is_expired(start)) {
             return ResponseFuture::expired(start);
         }
-        if let Some((_, d)) = limits.call() {
-            if let Some(at) = start.checked_add(d) {
-                Deadline::shrink(&mut req, at);
-            }
+        if let Some((_, d)) = limits.call()
+            && let Some(at) = start.checked_add(d)
+        {
+            Deadline::shrink(&mut req, at);
         }
         ResponseFuture::new(self.inner.call(req), start, limits, stream)
     }
