@@ -1012,3 +1012,59 @@ async fn quota_exhausted_and_context_length_are_tried_once_against_the_mock() {
         assert!(out.starts_with("429 ") || out.starts_with("400 "), "{out}");
     }
 }
+
+/// A body that is not `Unpin`: an `async` state machine behind it.
+fn not_unpin_sse(
+    chunks: Vec<&'static str>,
+) -> impl http_body::Body<Data = Bytes, Error = Infallible> {
+    let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
+        let chunk = it.next()?;
+        tokio::task::yield_now().await;
+        Some((
+            Ok(http_body::Frame::data(Bytes::from_static(chunk.as_bytes()))),
+            it,
+        ))
+    });
+    http_body_util::StreamBody::new(stream)
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_that_are_not_unpin_are_held_and_retried() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = service_fn(move |_req: Request<String>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let chunks = if n == 0 {
+            vec![
+                "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            ]
+        } else {
+            vec![
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n",
+            ]
+        };
+        let res = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(not_unpin_sse(chunks))
+            .unwrap();
+        async move { Ok::<_, Infallible>(res) }
+    });
+    let svc = RetryLayer::new(quick()).unwrap().layer(svc);
+    let mut req = Request::new(String::new());
+    req.extensions_mut().insert(
+        RequestMeta::new(Some(llm_tower::provider::Endpoint {
+            provider: llm_tower::provider::Provider::Anthropic,
+            format: llm_tower::provider::WireFormat::AnthropicMessages,
+        }))
+        .with_stream(true),
+    );
+    let res = svc.oneshot(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"event: content_block_delta"), "{body:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the error event was retried"
+    );
+}

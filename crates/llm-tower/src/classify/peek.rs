@@ -20,11 +20,11 @@ pub const DEFAULT_ERROR_BODY_LIMIT: usize = 64 << 10;
 /// It never fails: an error of the body while peeking is kept and yielded
 /// by the [`PeekedBody`] in its place, after the bytes read before it.
 ///
-/// The body must be [`Unpin`] (hyper's `Incoming`, `reqwest::Body` and
-/// `http_body_util::Full` are); pin any other body with `Box::pin` first.
+/// Any body will do, [`Unpin`] or not: the body is pinned on the heap for
+/// the peek (one allocation, on this path only).
 pub struct PeekBody<B> {
     parts: Option<http::response::Parts>,
-    body: Option<B>,
+    body: Option<Pin<Box<B>>>,
     buf: BytesMut,
     limit: usize,
     trailers: Option<HeaderMap>,
@@ -38,7 +38,7 @@ impl<B> PeekBody<B> {
         let (parts, body) = response.into_parts();
         PeekBody {
             parts: Some(parts),
-            body: Some(body),
+            body: Some(Box::pin(body)),
             buf: BytesMut::new(),
             limit,
             trailers: None,
@@ -50,7 +50,7 @@ impl<B> PeekBody<B> {
 
 impl<B> Future for PeekBody<B>
 where
-    B: Body + Unpin,
+    B: Body,
     B::Error: Into<crate::BoxError>,
 {
     type Output = Response<PeekedBody<B>>;
@@ -59,7 +59,7 @@ where
         let this = self.get_mut();
         let body = this.body.as_mut().expect("polled after completion");
         while !this.done && this.buf.len() < this.limit && this.error.is_none() {
-            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            match ready!(body.as_mut().poll_frame(cx)) {
                 None => this.done = true,
                 Some(Err(e)) => this.error = Some(e.into()),
                 Some(Ok(frame)) => match frame.into_data() {
@@ -89,7 +89,7 @@ where
                 error: this.error.take(),
                 trailers: this.trailers.take(),
                 inner_done: this.done,
-                inner,
+                inner: Inner::Boxed { body: inner },
             },
         ))
     }
@@ -105,7 +105,38 @@ pin_project! {
         trailers: Option<HeaderMap>,
         inner_done: bool,
         #[pin]
-        inner: B,
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    /// The body behind the peeked bytes: as it came, or pinned on the heap
+    /// when it was read from (so that it need not be [`Unpin`]).
+    #[project = InnerProj]
+    enum Inner<B> {
+        Direct { #[pin] body: B },
+        Boxed { body: Pin<Box<B>> },
+    }
+}
+
+impl<B: Body> Inner<B> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        match self.project() {
+            InnerProj::Direct { body } => body.poll_frame(cx),
+            InnerProj::Boxed { body } => body.as_mut().poll_frame(cx),
+        }
+    }
+}
+
+impl<B> Inner<B> {
+    fn get_ref(&self) -> &B {
+        match self {
+            Inner::Direct { body } => body,
+            Inner::Boxed { body } => body,
+        }
     }
 }
 
@@ -117,7 +148,7 @@ impl<B> PeekedBody<B> {
             error: None,
             trailers: None,
             inner_done: false,
-            inner,
+            inner: Inner::Direct { body: inner },
         }
     }
 
@@ -128,14 +159,14 @@ impl<B> PeekedBody<B> {
         prefix: Bytes,
         error: Option<crate::BoxError>,
         inner_done: bool,
-        inner: B,
+        inner: Pin<Box<B>>,
     ) -> Self {
         PeekedBody {
             prefix,
             error,
             trailers: None,
             inner_done,
-            inner,
+            inner: Inner::Boxed { body: inner },
         }
     }
 
@@ -166,7 +197,7 @@ impl<B> PeekedBody<B> {
 
     /// The inner body.
     pub fn get_ref(&self) -> &B {
-        &self.inner
+        self.inner.get_ref()
     }
 }
 
@@ -212,7 +243,7 @@ where
         self.prefix.is_empty()
             && self.error.is_none()
             && self.trailers.is_none()
-            && (self.inner_done || self.inner.is_end_stream())
+            && (self.inner_done || self.inner.get_ref().is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -220,7 +251,7 @@ where
         if self.inner_done {
             return SizeHint::with_exact(prefix);
         }
-        let inner = self.inner.size_hint();
+        let inner = self.inner.get_ref().size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + prefix);
         if let Some(upper) = inner.upper() {

@@ -38,7 +38,8 @@ pub(crate) enum Held {
 /// knows a first token from a ping.
 pub(crate) struct Hold<B> {
     parts: Option<http::response::Parts>,
-    body: Option<B>,
+    /// Pinned on the heap: any body can be held, `Unpin` or not.
+    body: Option<Pin<Box<B>>>,
     /// Set when no layer further in follows the stream: the hold does,
     /// then the caller's [`RetryBody`].
     feeder: Option<Feeder>,
@@ -57,7 +58,7 @@ impl<B> Hold<B> {
         let (parts, body) = res.into_parts();
         Hold {
             parts: Some(parts),
-            body: Some(body),
+            body: Some(Box::pin(body)),
             feeder,
             progress,
             frames: Vec::new(),
@@ -78,7 +79,7 @@ impl<B> fmt::Debug for Hold<B> {
 
 impl<B> Future for Hold<B>
 where
-    B: Body + Unpin,
+    B: Body,
     B::Error: Into<BoxError>,
 {
     type Output = (Held, Response<PeekedBody<B>>, Option<Feeder>);
@@ -91,7 +92,7 @@ where
             if this.held >= this.limit {
                 break Held::Handover;
             }
-            let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+            let frame = ready!(body.as_mut().poll_frame(cx));
             observe(&mut this.feeder, &frame, || body.is_end_stream());
             match frame {
                 None => {

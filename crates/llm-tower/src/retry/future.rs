@@ -205,7 +205,7 @@ where
     S: Service<Request<ReqB>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     ReqB: Clone,
-    B: Body + Unpin,
+    B: Body,
     B::Error: Into<BoxError>,
     C: Classifier,
 {

@@ -102,9 +102,22 @@
 //! # Requirements
 //!
 //! The request body must be `Clone` (use [`ReplayBody`](crate::request::ReplayBody),
-//! which [`PrepareLayer`](crate::request::PrepareLayer) makes), the inner
-//! service `Clone`, and the response body `Unpin` (hyper's `Incoming` and
-//! llm-tower's bodies over it are; `Box::pin` any other).
+//! which [`PrepareLayer`](crate::request::PrepareLayer) makes) and the
+//! inner service `Clone`. The response body may be any body, `Unpin` or
+//! not: a body that is read before it is handed over (an error body to
+//! classify, a stream held until its first token) is pinned on the heap
+//! for it.
+//!
+//! # The body the caller gets
+//!
+//! Through the recommended per-target stack over hyper-util's client, a
+//! response body is
+//! `RetryBody<BreakerBody<TimeoutBody<MeteredBody<Incoming>>, DefaultClassifier>>`:
+//! every layer's body wraps the one inside, without boxing. To name one
+//! type for every stack (a `BoxCloneService`, say), box it:
+//! `res.map(|b| http_body_util::BodyExt::boxed_unsync(b))` (or `boxed`
+//! when `Sync` is needed), whose type is
+//! `UnsyncBoxBody<Bytes, BoxError>`.
 //!
 //! # Clone
 //!
