@@ -119,11 +119,11 @@ pin_project! {
     }
 }
 
+/// What polling a body for a frame gives.
+type Polled<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
 impl<B: Body> Inner<B> {
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled<B> {
         match self.project() {
             InnerProj::Direct { body } => body.poll_frame(cx),
             InnerProj::Boxed { body } => body.as_mut().poll_frame(cx),
