@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::{
     CircuitOpen,
     layer::Shared,
-    state::{Admission, Breaker, Outcome},
+    state::{Admission, Breaker, Outcome, Policy},
 };
 use crate::{
     BoxError,
@@ -27,22 +27,58 @@ use crate::{
 
 /// A call let through: records its outcome once, or a neutral one if it is
 /// dropped first (which frees a half-open probe's place).
-pub(crate) struct Ticket<C> {
-    shared: Arc<Shared<C>>,
+///
+/// The layer's classifier is reached through [`Judge`], so the future and
+/// body of the breaker do not carry its type.
+pub(crate) struct Ticket {
+    shared: Arc<dyn Judge>,
     breaker: Arc<Breaker>,
     admission: Admission,
     start: Option<Instant>,
     /// Where the answer's body stands, once a response came.
     progress: Option<StreamProgress>,
-    /// What an error means for the breaker (the classifier, reachable from
-    /// `Drop`).
-    judge: fn(&Shared<C>, &(dyn std::error::Error + 'static)) -> Outcome,
     done: bool,
 }
 
-impl<C: Classifier> Ticket<C> {
+/// What a ticket needs of its layer: the policy, and what an outcome means.
+pub(crate) trait Judge: Send + Sync + 'static {
+    /// The breakers' policy.
+    fn policy(&self) -> &Policy;
+    /// What an error means for the breaker.
+    fn judge_error(&self, e: &(dyn std::error::Error + 'static)) -> Outcome;
+    /// What a response means for the breaker, judged on its head: `None`
+    /// for a success (judged again at the end of its body).
+    fn judge_response(&self, view: &ResponseView<'_>) -> Option<Outcome>;
+}
+
+impl<C: Classifier> Judge for Shared<C> {
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn judge_error(&self, e: &(dyn std::error::Error + 'static)) -> Outcome {
+        self.outcome(&self.classifier.classify_error(e))
+    }
+
+    fn judge_response(&self, view: &ResponseView<'_>) -> Option<Outcome> {
+        let failure = self.classifier.classify_response(view).into_failure()?;
+        Some(self.outcome(&failure))
+    }
+}
+
+impl<C> Shared<C> {
+    fn outcome(&self, failure: &crate::classify::Failure) -> Outcome {
+        if self.counts(failure) {
+            Outcome::Failure
+        } else {
+            Outcome::Neutral
+        }
+    }
+}
+
+impl Ticket {
     pub(crate) fn new(
-        shared: Arc<Shared<C>>,
+        shared: Arc<dyn Judge>,
         breaker: Arc<Breaker>,
         admission: Admission,
         start: Option<Instant>,
@@ -53,24 +89,17 @@ impl<C: Classifier> Ticket<C> {
             admission,
             start,
             progress: None,
-            judge: |shared, e| {
-                if shared.counts(&shared.classifier.classify_error(e)) {
-                    Outcome::Failure
-                } else {
-                    Outcome::Neutral
-                }
-            },
             done: false,
         }
     }
 }
 
-impl<C> Ticket<C> {
+impl Ticket {
     fn record(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let policy = &self.shared.policy;
+        let policy = self.shared.policy();
         let (slow, now) = match (self.start, policy.config.slow_calls) {
             (Some(start), Some(s)) => {
                 let now = Instant::now();
@@ -93,14 +122,14 @@ impl<C> Ticket<C> {
     }
 }
 
-impl<C> Ticket<C> {
+impl Ticket {
     fn record_error(&mut self, e: &(dyn std::error::Error + 'static)) {
-        let outcome = (self.judge)(&self.shared, e);
+        let outcome = self.shared.judge_error(e);
         self.record(outcome);
     }
 }
 
-impl<C> Ticket<C> {
+impl Ticket {
     /// Records the failure the body's progress holds, if any: whichever
     /// layer noticed it (an error event seen by the meter, a timeout of a
     /// layer further out), the breaker counts it for what it was.
@@ -118,7 +147,7 @@ impl<C> Ticket<C> {
     }
 }
 
-impl<C> Drop for Ticket<C> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -128,14 +157,14 @@ impl<C> Drop for Ticket<C> {
         // timeout further out giving the body up) still counts; otherwise
         // the caller let go, which says nothing about the provider.
         let outcome = match self.progress.as_ref().and_then(|p| p.failure()) {
-            Some(e) => (self.judge)(&self.shared, e),
+            Some(e) => self.shared.judge_error(e),
             None => Outcome::Neutral,
         };
         self.record(outcome);
     }
 }
 
-impl<C> fmt::Debug for Ticket<C> {
+impl fmt::Debug for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ticket")
             .field("breaker", &self.breaker)
@@ -146,16 +175,16 @@ impl<C> fmt::Debug for Ticket<C> {
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
-        ticket: Option<Ticket<C>>,
+        ticket: Option<Ticket>,
         rejected: Option<CircuitOpen>,
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn new(inner: F, ticket: Ticket<C>) -> Self {
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, ticket: Ticket) -> Self {
         ResponseFuture {
             inner: Some(inner),
             ticket: Some(ticket),
@@ -172,7 +201,7 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("rejected", &self.rejected)
@@ -180,14 +209,13 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     }
 }
 
-impl<F, B, E, C> Future for ResponseFuture<F, C>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: Body,
-    C: Classifier,
 {
-    type Output = Result<Response<BreakerBody<B, C>>, BoxError>;
+    type Output = Result<Response<BreakerBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -206,18 +234,8 @@ where
             Ok(res) => {
                 // Judged on status and headers: the body is the caller's.
                 let view = ResponseView::new(res.status(), res.headers());
-                match ticket
-                    .shared
-                    .classifier
-                    .classify_response(&view)
-                    .into_failure()
-                {
-                    Some(failure) => {
-                        let outcome = if ticket.shared.counts(&failure) {
-                            Outcome::Failure
-                        } else {
-                            Outcome::Neutral
-                        };
+                match ticket.shared.judge_response(&view) {
+                    Some(outcome) => {
                         ticket.record(outcome);
                         Poll::Ready(Ok(res.map(|b| BreakerBody::new(b, None, None))))
                     }
@@ -245,17 +263,17 @@ pin_project! {
     /// A response body that tells the breaker how the call ended: a success
     /// at its end, a failure if it breaks in a way that counts (an error
     /// event, a cut stream, a timeout), nothing if it is dropped early.
-    pub struct BreakerBody<B, C> {
+    pub struct BreakerBody<B> {
         #[pin]
         inner: B,
         // Set when no layer further in follows the stream: this body does.
         feeder: Option<Feeder>,
-        ticket: Option<Ticket<C>>,
+        ticket: Option<Ticket>,
     }
 }
 
-impl<B, C> BreakerBody<B, C> {
-    fn new(inner: B, feeder: Option<Feeder>, ticket: Option<Ticket<C>>) -> Self {
+impl<B> BreakerBody<B> {
+    fn new(inner: B, feeder: Option<Feeder>, ticket: Option<Ticket>) -> Self {
         BreakerBody {
             inner,
             feeder,
@@ -264,7 +282,7 @@ impl<B, C> BreakerBody<B, C> {
     }
 }
 
-impl<B, C> fmt::Debug for BreakerBody<B, C> {
+impl<B> fmt::Debug for BreakerBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerBody")
             .field("pending_outcome", &self.ticket.is_some())
@@ -272,11 +290,10 @@ impl<B, C> fmt::Debug for BreakerBody<B, C> {
     }
 }
 
-impl<B, C> Body for BreakerBody<B, C>
+impl<B> Body for BreakerBody<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
-    C: Classifier,
 {
     type Data = B::Data;
     type Error = BoxError;

@@ -303,9 +303,9 @@ where
     B::Error: Into<BoxError>,
     C: Classifier,
 {
-    type Response = Response<BreakerBody<B, C>>;
+    type Response = Response<BreakerBody<B>>;
     type Error = BoxError;
-    type Future = ResponseFuture<Admitted<S, Request<ReqB>>, C>;
+    type Future = ResponseFuture<Admitted<S, Request<ReqB>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if !self.inner_ready {
@@ -336,7 +336,7 @@ impl<S, C> CircuitBreaker<S, C>
 where
     C: Classifier,
 {
-    fn call_keyed<Req>(&mut self, key: BreakerKey, req: Req) -> ResponseFuture<Admitted<S, Req>, C>
+    fn call_keyed<Req>(&mut self, key: BreakerKey, req: Req) -> ResponseFuture<Admitted<S, Req>>
     where
         S: Service<Req> + Clone,
     {

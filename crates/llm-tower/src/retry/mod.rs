@@ -112,7 +112,7 @@
 //!
 //! Through the recommended per-target stack over hyper-util's client, a
 //! response body is
-//! `RetryBody<BreakerBody<TimeoutBody<MeteredBody<Incoming>>, DefaultClassifier>>`:
+//! `RetryBody<BreakerBody<TimeoutBody<MeteredBody<Incoming>>>>`:
 //! every layer's body wraps the one inside, without boxing. To name one
 //! type for every stack (a `BoxCloneService`, say), box it:
 //! `res.map(|b| http_body_util::BodyExt::boxed_unsync(b))` (or `boxed`
