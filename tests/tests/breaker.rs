@@ -86,7 +86,7 @@ async fn a_listener_may_steer_the_breaker_from_a_transition() {
     let slot = layer_slot.clone();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    let breaker = CircuitBreakerLayer::new(tuning.breaker.clone())
+    let breaker = CircuitBreakerLayer::try_from(tuning.breaker.clone())
         .unwrap()
         .on_transition(move |t| {
             log.lock().unwrap().push((t.from, t.to));
@@ -101,7 +101,7 @@ async fn a_listener_may_steer_the_breaker_from_a_transition() {
     *layer_slot.lock().unwrap() = Some(breaker.handle());
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
-        .layer(RetryLayer::new(tuning.retry.clone()).unwrap())
+        .layer(RetryLayer::try_from(tuning.retry.clone()).unwrap())
         .layer(breaker)
         .layer(MeterLayer::new())
         .service(client());
@@ -132,7 +132,7 @@ async fn an_open_breaker_fails_fast_in_front_of_a_saturated_service() {
     ])
     .await;
     let tuning = Tuning::new();
-    let breaker = CircuitBreakerLayer::new(tuning.breaker.clone()).unwrap();
+    let breaker = CircuitBreakerLayer::try_from(tuning.breaker.clone()).unwrap();
     let handle = breaker.handle();
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())

@@ -122,7 +122,7 @@ async fn a_timeout_alone_knows_the_first_token_and_passes_the_stream_as_it_came(
 fn retry_alone() -> Svc {
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
-        .layer(RetryLayer::new(RetryConfig::new().max_attempts(2).budget(None)).unwrap())
+        .layer(RetryLayer::try_from(RetryConfig::new().max_attempts(2).budget(None)).unwrap())
         .service(client());
     BoxCloneService::new(ServiceExt::<Request<String>>::map_response(svc, |r| {
         r.map(|b| b.boxed_unsync())

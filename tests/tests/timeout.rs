@@ -22,16 +22,17 @@ const MAX_FRAMES: u32 = 100_000;
 /// 1 ms per frame. Returns the phase that elapsed (`None`: the body was
 /// still going after [`MAX_FRAMES`]) and the frames read before it.
 async fn read_always_ready(config: TimeoutConfig) -> (Option<Phase>, u32) {
-    let svc = TimeoutLayer::new(config)
-        .unwrap()
-        .layer(service_fn(|_req: Request<String>| async {
-            let frames = stream::repeat_with(|| {
-                Ok::<_, Infallible>(Frame::data(Bytes::from_static(
-                    b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
-                )))
-            });
-            Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
-        }));
+    let svc =
+        TimeoutLayer::try_from(config)
+            .unwrap()
+            .layer(service_fn(|_req: Request<String>| async {
+                let frames = stream::repeat_with(|| {
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+                        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+                    )))
+                });
+                Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
+            }));
     let req = Request::post("http://llm.test/v1/chat/completions")
         .body(r#"{"model":"gpt-4o","stream":true,"messages":[]}"#.to_owned())
         .unwrap();

@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
             std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(body.clone()))))
         })
     };
-    let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
+    let layer = CircuitBreakerLayer::try_from(CircuitBreakerConfig::new()).unwrap();
 
     let mut g = c.benchmark_group("circuit_breaker");
     let mut bare = make();
@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     // The same key, with 10 000 others in the map (its default capacity).
-    let crowded = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
+    let crowded = CircuitBreakerLayer::try_from(CircuitBreakerConfig::new()).unwrap();
     let mut filler = crowded.layer(make());
     for i in 0..10_000 {
         let mut req = Request::new(());

@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
             std::future::ready(Ok::<_, Infallible>(resp))
         })
     };
-    let layer = RetryLayer::new(RetryConfig::new()).unwrap();
+    let layer = RetryLayer::try_from(RetryConfig::new()).unwrap();
 
     let mut g = c.benchmark_group("retry");
     let mut bare = make(vec![json.clone()], false);

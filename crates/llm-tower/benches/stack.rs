@@ -80,9 +80,9 @@ fn bench(c: &mut Criterion) {
         .attempt(Duration::from_secs(60))
         .first_token(Duration::from_secs(10))
         .idle(Duration::from_secs(20));
-    let retry = RetryLayer::new(RetryConfig::new()).unwrap();
-    let breaker = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
-    let timeout = TimeoutLayer::new(limits).unwrap();
+    let retry = RetryLayer::try_from(RetryConfig::new()).unwrap();
+    let breaker = CircuitBreakerLayer::try_from(CircuitBreakerConfig::new()).unwrap();
+    let timeout = TimeoutLayer::try_from(limits).unwrap();
 
     for (name, provider, format, events) in [
         (

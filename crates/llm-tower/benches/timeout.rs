@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
             "o3*",
             TimeoutConfig::new().first_token(Duration::from_secs(50)),
         );
-    let layer = TimeoutLayer::new(limits).unwrap();
+    let layer = TimeoutLayer::try_from(limits).unwrap();
 
     let mut g = c.benchmark_group("timeout");
     let mut bare = make(vec![json.clone()], false);

@@ -15,6 +15,7 @@
 //! | [`pricing`] | prices per model, embedded and overridable, to turn usage into cost |
 //! | [`clock`] and [`store`] | injectable time and the shared-state store behind limits, budgets and breakers |
 //! | [`deadline`] | the deadline of a call, carried in the request so every layer knows the time left |
+//! | [`config`] | [`Valid`](config::Valid): a configuration checked once, what a layer's infallible constructor takes |
 //!
 //! # Example
 //!
@@ -104,6 +105,7 @@
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+pub mod config;
 pub mod deadline;
 pub mod metering;
 pub mod pricing;

@@ -113,7 +113,7 @@ type Log = Arc<
 fn layer(config: CircuitBreakerConfig) -> (CircuitBreakerLayer, Log) {
     let log: Log = Arc::default();
     let sink = log.clone();
-    let layer = CircuitBreakerLayer::new(config)
+    let layer = CircuitBreakerLayer::try_from(config)
         .unwrap()
         .on_transition(move |t: &Transition| {
             sink.lock()
@@ -538,7 +538,7 @@ async fn an_open_breaker_ends_retries_at_once() {
     let (breaker, _) = layer(config());
     let svc = ServiceBuilder::new()
         .layer(
-            RetryLayer::new(RetryConfig::new().max_attempts(10).backoff(Backoff {
+            RetryLayer::try_from(RetryConfig::new().max_attempts(10).backoff(Backoff {
                 base: 10 * MS,
                 factor: 1.0,
                 cap: 10 * MS,
@@ -568,7 +568,7 @@ async fn without_a_fallback_retry_can_wait_for_the_breakers_probe() {
     let trip_layer = breaker.clone();
     let svc = ServiceBuilder::new()
         .layer(
-            RetryLayer::new(
+            RetryLayer::try_from(
                 RetryConfig::new()
                     .max_attempts(5)
                     .wait_for_breaker(true)
@@ -646,7 +646,9 @@ fn bad_configuration_is_refused_with_a_reason() {
         ),
     ];
     for (config, message) in cases {
-        let err = CircuitBreakerLayer::new(config).unwrap_err().to_string();
+        let err = CircuitBreakerLayer::try_from(config)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(message), "{err}");
     }
     let c: CircuitBreakerConfig = serde_json::from_str(
@@ -697,7 +699,7 @@ proptest! {
             cfg.open.base = 20 * MS;
             cfg.open.cap = 20 * MS;
             cfg.half_open = HalfOpen { probes, successes: probes };
-            let layer = CircuitBreakerLayer::new(cfg).unwrap();
+            let layer = CircuitBreakerLayer::try_from(cfg).unwrap();
             let svc = layer.layer(inner);
             for _ in 0..3 {
                 svc.clone().oneshot(request("m")).await.unwrap();
@@ -840,7 +842,7 @@ fn distinct_keys_time_and_memory() {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::new()).unwrap();
+    let layer = CircuitBreakerLayer::try_from(CircuitBreakerConfig::new()).unwrap();
     let handle = layer.handle();
     let mut svc = layer.layer(service_fn(|_req: Request<String>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(
@@ -889,7 +891,7 @@ fn request_at(provider: Provider, model: &str) -> Request<String> {
 
 #[tokio::test(start_paused = true)]
 async fn many_distinct_keys_keep_the_map_bounded() {
-    let layer = CircuitBreakerLayer::new(config().max_keys(100)).unwrap();
+    let layer = CircuitBreakerLayer::try_from(config().max_keys(100)).unwrap();
     let handle = layer.handle();
     let p = Provider503::default();
     let mut svc = layer.layer(p.service());
@@ -903,7 +905,7 @@ async fn many_distinct_keys_keep_the_map_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_closed_breakers_are_dropped_and_open_ones_kept() {
-    let layer = CircuitBreakerLayer::new(config().idle_timeout(60 * SEC)).unwrap();
+    let layer = CircuitBreakerLayer::try_from(config().idle_timeout(60 * SEC)).unwrap();
     let handle = layer.handle();
     let p = Provider503::default();
     let mut svc = layer.layer(p.service());
@@ -934,7 +936,7 @@ async fn idle_closed_breakers_are_dropped_and_open_ones_kept() {
 
 #[tokio::test(start_paused = true)]
 async fn at_the_cap_open_breakers_stay_and_new_keys_share_the_overflow() {
-    let layer = CircuitBreakerLayer::new(config().max_keys(2)).unwrap();
+    let layer = CircuitBreakerLayer::try_from(config().max_keys(2)).unwrap();
     let handle = layer.handle();
     let p = Provider503::default();
     let mut svc = layer.layer(p.service());
@@ -1029,7 +1031,7 @@ fn a_listener_may_reset_the_breaker_without_deadlock() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let layer = CircuitBreakerLayer::new(config()).unwrap();
+            let layer = CircuitBreakerLayer::try_from(config()).unwrap();
             let handle = layer.handle();
             let steer = handle.clone();
             let seen: Log = Arc::default();
@@ -1063,7 +1065,7 @@ fn a_listener_may_reset_the_breaker_without_deadlock() {
 
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_fails_fast_even_when_the_inner_service_is_not_ready() {
-    let layer = CircuitBreakerLayer::new(config()).unwrap();
+    let layer = CircuitBreakerLayer::try_from(config()).unwrap();
     let handle = layer.handle();
     let (mock, mut upstream) = tower_test::mock::pair::<Request<String>, Response<Full<Bytes>>>();
     upstream.allow(0);
@@ -1089,7 +1091,7 @@ async fn an_open_breaker_fails_fast_even_when_the_inner_service_is_not_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn builder_calls_never_orphan_a_handle() {
-    let layer = CircuitBreakerLayer::new(config()).unwrap();
+    let layer = CircuitBreakerLayer::try_from(config()).unwrap();
     let early = layer.handle();
     let log: Log = Arc::default();
     let sink = log.clone();

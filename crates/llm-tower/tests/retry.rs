@@ -136,7 +136,7 @@ async fn retry_after_seconds_and_milliseconds_are_honoured_to_the_millisecond() 
         ),
         json(200, &[], OK),
     ]);
-    let layer = RetryLayer::new(
+    let layer = RetryLayer::try_from(
         RetryConfig::new()
             .max_attempts(3)
             .backoff(fixed(SEC))
@@ -158,7 +158,7 @@ async fn a_zero_server_delay_waits_the_floor_plus_jitter() {
     let config = RetryConfig::new();
     let (floor, jitter) = (config.server_delay_floor, config.server_delay_jitter);
     assert!(floor >= 50 * MS && !jitter.is_zero(), "on by default");
-    let layer = RetryLayer::new(config).unwrap();
+    let layer = RetryLayer::try_from(config).unwrap();
     let past = "Sun, 06 Nov 1994 08:49:37 GMT";
     let mut gaps = Vec::new();
     for i in 0..20 {
@@ -195,7 +195,7 @@ async fn jitter_never_shortens_a_server_delay() {
             json(429, &[("retry-after-ms", "1500")], RATE_LIMITED),
             json(200, &[], OK),
         ]);
-        RetryLayer::new(RetryConfig::new())
+        RetryLayer::try_from(RetryConfig::new())
             .unwrap()
             .layer(script.service())
             .oneshot(request(false))
@@ -215,7 +215,7 @@ async fn a_server_delay_beyond_the_deadline_returns_at_once() {
     )]);
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    let layer = RetryLayer::new(RetryConfig::new().server_delay_jitter(Duration::ZERO))
+    let layer = RetryLayer::try_from(RetryConfig::new().server_delay_jitter(Duration::ZERO))
         .unwrap()
         .on_event(move |e| sink.lock().unwrap().push(e.clone()));
     let mut req = request(false);
@@ -239,7 +239,7 @@ async fn a_server_delay_beyond_the_deadline_returns_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_server_delay_beyond_the_maximum_is_not_shortened() {
     let script = Script::new(vec![json(429, &[("retry-after", "120")], RATE_LIMITED)]);
-    let layer = RetryLayer::new(RetryConfig::new().max_server_delay(60 * SEC)).unwrap();
+    let layer = RetryLayer::try_from(RetryConfig::new().max_server_delay(60 * SEC)).unwrap();
     let start = Instant::now();
     let res = layer
         .layer(script.service())
@@ -291,7 +291,7 @@ async fn non_retryable_failures_are_tried_exactly_once_and_returned_intact() {
     ];
     for &(status, body) in cases {
         let script = Script::new(vec![json(status, &[("x-request-id", "req_x")], body)]);
-        let layer = RetryLayer::new(RetryConfig::new().max_attempts(5)).unwrap();
+        let layer = RetryLayer::try_from(RetryConfig::new().max_attempts(5)).unwrap();
         let res = layer
             .layer(script.service())
             .oneshot(request(false))
@@ -324,7 +324,7 @@ async fn exhausted_attempts_return_the_last_response() {
         ),
     ]);
     let layer =
-        RetryLayer::new(RetryConfig::new().max_attempts(3).backoff(fixed(100 * MS))).unwrap();
+        RetryLayer::try_from(RetryConfig::new().max_attempts(3).backoff(fixed(100 * MS))).unwrap();
     let res = layer
         .layer(script.service())
         .oneshot(request(false))
@@ -357,7 +357,7 @@ async fn transport_errors_are_retried_and_the_last_one_returned() {
         }
     });
     let layer =
-        RetryLayer::new(RetryConfig::new().max_attempts(4).backoff(fixed(10 * MS))).unwrap();
+        RetryLayer::try_from(RetryConfig::new().max_attempts(4).backoff(fixed(10 * MS))).unwrap();
     let err = layer.layer(svc).oneshot(request(false)).await.unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     assert!(err.downcast_ref::<std::io::Error>().is_some(), "{err}");
@@ -382,7 +382,7 @@ async fn a_sustained_outage_across_many_calls_stays_within_the_budget() {
         max_tokens: 20,
         token_ratio: 0.2,
     };
-    let layer = RetryLayer::new(
+    let layer = RetryLayer::try_from(
         RetryConfig::new()
             .max_attempts(5)
             .budget(Some(budget))
@@ -407,7 +407,7 @@ async fn a_sustained_outage_across_many_calls_stays_within_the_budget() {
     // The same storm without a budget retries every call to the end.
     let attempts = Arc::new(AtomicUsize::new(0));
     let counter = attempts.clone();
-    let svc = RetryLayer::new(RetryConfig::new().max_attempts(5).budget(None))
+    let svc = RetryLayer::try_from(RetryConfig::new().max_attempts(5).budget(None))
         .unwrap()
         .layer(service_fn(move |_req: Request<String>| {
             counter.fetch_add(1, Ordering::SeqCst);
@@ -428,7 +428,7 @@ async fn content_checks_retry_an_empty_or_non_json_answer() {
         json(200, &[], PROSE),
         json(200, &[], JSON),
     ]);
-    let layer = RetryLayer::new(
+    let layer = RetryLayer::try_from(
         RetryConfig::new()
             .max_attempts(4)
             .backoff(fixed(MS))
@@ -446,7 +446,7 @@ async fn content_checks_retry_an_empty_or_non_json_answer() {
     assert_eq!(body_text(res).await.unwrap(), JSON);
     // Off by default: the empty answer is returned as it came.
     let script = Script::new(vec![json(200, &[], EMPTY)]);
-    let res = RetryLayer::new(RetryConfig::new())
+    let res = RetryLayer::try_from(RetryConfig::new())
         .unwrap()
         .layer(script.service())
         .oneshot(request(false))
@@ -474,7 +474,7 @@ async fn a_truncated_answer_is_not_resent_at_the_same_cap() {
     // The default checks: a cut answer is neither checked nor resent, even
     // though its JSON is half written.
     let script = Script::new(vec![json(200, &[], CUT), json(200, &[], OK)]);
-    let res = RetryLayer::new(
+    let res = RetryLayer::try_from(
         RetryConfig::new()
             .backoff(fixed(MS))
             .content(ContentChecks::default()),
@@ -492,7 +492,7 @@ async fn a_truncated_answer_is_not_resent_at_the_same_cap() {
     let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
     let sink = events.clone();
     let script = Script::new(vec![json(200, &[], CUT), json(200, &[], OK)]);
-    let res = RetryLayer::new(
+    let res = RetryLayer::try_from(
         RetryConfig::new()
             .backoff(fixed(MS))
             .content(ContentChecks {
@@ -529,7 +529,7 @@ async fn the_hook_sees_every_decision() {
     ]);
     let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
     let sink = events.clone();
-    let layer = RetryLayer::new(
+    let layer = RetryLayer::try_from(
         RetryConfig::new()
             .max_attempts(5)
             .backoff(fixed(300 * MS))
@@ -585,7 +585,7 @@ async fn on_event_keeps_the_budget_shared_with_earlier_clones() {
             std::future::ready(Ok::<_, Infallible>(json(503, &[], "{}")))
         })
     };
-    let layer = RetryLayer::new(
+    let layer = RetryLayer::try_from(
         RetryConfig::new()
             .max_attempts(5)
             .backoff(fixed(MS))
@@ -651,7 +651,7 @@ fn bad_configuration_is_refused_with_a_reason() {
             "is not a header name",
         ),
     ] {
-        let err = RetryLayer::new(config).unwrap_err().to_string();
+        let err = RetryLayer::try_from(config).unwrap_err().to_string();
         assert!(err.contains(message), "{err}");
     }
     let err = serde_json::from_str::<RetryConfig>(r#"{"max_atempts": 3}"#).unwrap_err();
@@ -739,7 +739,7 @@ async fn a_60_rpm_quota_does_not_drain_the_default_budget() {
     // The default budget; attempts enough for a call to wait its turn among
     // eight, one request a second; no server-delay jitter (it is random,
     // and this test must not be).
-    let retry = RetryLayer::new(
+    let retry = RetryLayer::try_from(
         RetryConfig::new()
             .max_attempts(30)
             .server_delay_jitter(Duration::ZERO),
@@ -794,8 +794,8 @@ async fn call(
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
-        .layer(RetryLayer::new(retry).unwrap())
-        .layer(TimeoutLayer::new(timeouts).unwrap())
+        .layer(RetryLayer::try_from(retry).unwrap())
+        .layer(TimeoutLayer::try_from(timeouts).unwrap())
         .layer(MeterLayer::new())
         .service(client);
     let res = svc.oneshot(req).await?;
@@ -1050,7 +1050,7 @@ async fn bodies_that_are_not_unpin_are_held_and_retried() {
             .unwrap();
         async move { Ok::<_, Infallible>(res) }
     });
-    let svc = RetryLayer::new(quick()).unwrap().layer(svc);
+    let svc = RetryLayer::try_from(quick()).unwrap().layer(svc);
     let mut req = Request::new(String::new());
     req.extensions_mut().insert(
         RequestMeta::new(Some(llm_tower::provider::Endpoint {

@@ -66,7 +66,7 @@ type Svc = llm_tower::timeout::Timeout<mock::Mock<Request<String>, Response<Chan
 
 fn stack(config: TimeoutConfig) -> (Svc, mock::Handle<Request<String>, Response<ChanBody>>) {
     let (svc, handle) = mock::pair();
-    (TimeoutLayer::new(config).unwrap().layer(svc), handle)
+    (TimeoutLayer::try_from(config).unwrap().layer(svc), handle)
 }
 
 fn elapsed(err: BoxError) -> Elapsed {
@@ -306,15 +306,15 @@ async fn a_deadline_set_outside_is_visible_inside_and_shrinks() {
             }
         })
     };
-    let outer = TimeoutLayer::new(TimeoutConfig::new().total(10 * SEC)).unwrap();
+    let outer = TimeoutLayer::try_from(TimeoutConfig::new().total(10 * SEC)).unwrap();
     let svc = ServiceBuilder::new()
         .layer(outer.clone())
-        .layer(TimeoutLayer::new(TimeoutConfig::new().attempt(3 * SEC)).unwrap())
+        .layer(TimeoutLayer::try_from(TimeoutConfig::new().attempt(3 * SEC)).unwrap())
         .service(inner.clone());
     svc.oneshot(request("m", false)).await.unwrap();
     let svc = ServiceBuilder::new()
         .layer(outer.clone())
-        .layer(TimeoutLayer::new(TimeoutConfig::new().attempt(30 * SEC)).unwrap())
+        .layer(TimeoutLayer::try_from(TimeoutConfig::new().attempt(30 * SEC)).unwrap())
         .service(inner.clone());
     svc.oneshot(request("m", false)).await.unwrap();
     // Time spent before an inner layer is gone from what it sees.
@@ -378,7 +378,7 @@ async fn a_timeout_drops_the_inner_call_at_once() {
             }
         })
     };
-    let svc = TimeoutLayer::new(TimeoutConfig::new().first_byte(SEC))
+    let svc = TimeoutLayer::try_from(TimeoutConfig::new().first_byte(SEC))
         .unwrap()
         .layer(inner);
     let mut fut = task::spawn(svc.oneshot(request("m", false)));
@@ -453,7 +453,7 @@ fn config_reads_human_durations_and_refuses_nonsense() {
         let c: TimeoutConfig = serde_json::from_str(json).unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains(message), "{json}: {err}");
-        assert!(TimeoutLayer::new(c).is_err());
+        assert!(TimeoutLayer::try_from(c).is_err());
     }
     let unknown = serde_json::from_str::<TimeoutConfig>(r#"{"first_tokn":"1s"}"#).unwrap_err();
     assert!(unknown.to_string().contains("unknown field `first_tokn`"));
@@ -486,7 +486,7 @@ fn whole_call_and_per_attempt_split_one_config() {
 
 #[tokio::test(start_paused = true)]
 async fn elapsed_is_a_retryable_timeout_named_by_its_phase() {
-    let svc = TimeoutLayer::new(TimeoutConfig::new().first_token(SEC))
+    let svc = TimeoutLayer::try_from(TimeoutConfig::new().first_token(SEC))
         .unwrap()
         .layer(tower::service_fn(|_r: Request<String>| {
             std::future::pending::<Result<Response<http_body_util::Full<Bytes>>, Infallible>>()
@@ -519,7 +519,7 @@ async fn through_mock_as(
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
-        .layer(TimeoutLayer::new(config).unwrap())
+        .layer(TimeoutLayer::try_from(config).unwrap())
         .service(client);
     let (path, body) = if openai {
         let body = serde_json::json!({

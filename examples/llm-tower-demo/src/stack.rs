@@ -433,15 +433,15 @@ pub fn bare(stats: Arc<SideStats>) -> DemoService {
 pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService, BoxError> {
     let limits = tuning.timeouts();
     let hook = stats.clone();
-    let retry = RetryLayer::new(tuning.retry.clone())?
+    let retry = RetryLayer::try_from(tuning.retry.clone())?
         .on_event(move |event| hook.record_retry_event(event));
     let hook = stats.clone();
-    let breaker = CircuitBreakerLayer::new(tuning.breaker.clone())?
+    let breaker = CircuitBreakerLayer::try_from(tuning.breaker.clone())?
         .on_transition(move |t| hook.record_transition(t));
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
         // Outside retry: the caller's deadline for the whole call.
-        .layer(TimeoutLayer::new(limits.whole_call())?)
+        .layer(TimeoutLayer::try_from(limits.whole_call())?)
         .layer(retry)
         // Inside retry: every attempt is recorded, and an open breaker fails
         // the attempt at once, sparing the provider.
@@ -450,7 +450,7 @@ pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService
         })
         .layer(breaker)
         // Inside retry: each attempt, its first token and its stream.
-        .layer(TimeoutLayer::new(limits.per_attempt())?)
+        .layer(TimeoutLayer::try_from(limits.per_attempt())?)
         .layer(MeterLayer::new())
         .layer(CountLayer::new(stats))
         .service(http_client());

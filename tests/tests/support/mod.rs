@@ -174,10 +174,11 @@ impl Stack {
     fn layers(t: &Tuning) -> (RetryLayer, CircuitBreakerLayer, Arc<Mutex<Vec<RetryEvent>>>) {
         let retries: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
         let log = retries.clone();
-        let retry = RetryLayer::new(t.retry.clone())
+        let retry = RetryLayer::try_from(t.retry.clone())
             .expect("a valid retry config")
             .on_event(move |e| log.lock().unwrap().push(e.clone()));
-        let breaker = CircuitBreakerLayer::new(t.breaker.clone()).expect("a valid breaker config");
+        let breaker =
+            CircuitBreakerLayer::try_from(t.breaker.clone()).expect("a valid breaker config");
         (retry, breaker, retries)
     }
 
@@ -215,10 +216,10 @@ impl Stack {
         let handle = breaker.handle();
         let svc = ServiceBuilder::new()
             .layer(PrepareLayer::new())
-            .layer(TimeoutLayer::new(limits.whole_call()).expect("valid limits"))
+            .layer(TimeoutLayer::try_from(limits.whole_call()).expect("valid limits"))
             .layer(retry)
             .layer(breaker)
-            .layer(TimeoutLayer::new(limits.per_attempt()).expect("valid limits"))
+            .layer(TimeoutLayer::try_from(limits.per_attempt()).expect("valid limits"))
             .layer(MeterLayer::new())
             .service(client);
         Stack::boxed(svc, handle, retries)
@@ -234,10 +235,10 @@ impl Stack {
         let handle = breaker.handle();
         let svc = ServiceBuilder::new()
             .layer(PrepareLayer::new())
-            .layer(TimeoutLayer::new(limits.whole_call()).expect("valid limits"))
+            .layer(TimeoutLayer::try_from(limits.whole_call()).expect("valid limits"))
             .layer(breaker)
             .layer(retry)
-            .layer(TimeoutLayer::new(limits.per_attempt()).expect("valid limits"))
+            .layer(TimeoutLayer::try_from(limits.per_attempt()).expect("valid limits"))
             .layer(MeterLayer::new())
             .service(client());
         Stack::boxed(svc, handle, retries)
@@ -251,10 +252,10 @@ impl Stack {
         let handle = breaker.handle();
         let svc = ServiceBuilder::new()
             .layer(PrepareLayer::new())
-            .layer(TimeoutLayer::new(limits.whole_call()).expect("valid limits"))
+            .layer(TimeoutLayer::try_from(limits.whole_call()).expect("valid limits"))
             .layer(retry)
             .layer(breaker)
-            .layer(TimeoutLayer::new(limits.per_attempt()).expect("valid limits"))
+            .layer(TimeoutLayer::try_from(limits.per_attempt()).expect("valid limits"))
             .service(client());
         Stack::boxed(svc, handle, retries)
     }
@@ -289,7 +290,7 @@ impl Stack {
 pub(crate) fn timeout_only(config: TimeoutConfig) -> Svc {
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
-        .layer(TimeoutLayer::new(config).expect("valid limits"))
+        .layer(TimeoutLayer::try_from(config).expect("valid limits"))
         .layer(MeterLayer::new())
         .service(client());
     BoxCloneService::new(ServiceExt::<Request<String>>::map_response(svc, boxed))

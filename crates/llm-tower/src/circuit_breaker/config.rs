@@ -388,3 +388,19 @@ impl CircuitBreakerConfig {
         Ok(())
     }
 }
+
+impl crate::config::Validate for CircuitBreakerConfig {
+    type Error = ConfigError;
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// Checks the configuration once, for a layer's infallible
+    /// constructor: `…Layer::new(config.build()?)`.
+    pub fn build(self) -> Result<crate::config::Valid<Self>, ConfigError> {
+        crate::config::Valid::new(self)
+    }
+}

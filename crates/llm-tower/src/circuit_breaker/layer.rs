@@ -24,6 +24,7 @@ use super::{
 use crate::{
     BoxError,
     classify::{Classifier, DefaultClassifier, Failure, FailureClass},
+    config::Valid,
 };
 
 type KeyFn = Arc<dyn Fn(&http::request::Parts) -> BreakerKey + Send + Sync>;
@@ -84,27 +85,41 @@ impl<C> fmt::Debug for CircuitBreakerLayer<C> {
 }
 
 impl CircuitBreakerLayer {
-    /// A layer with `config` and the [`DefaultClassifier`], keyed by
-    /// provider and model.
-    pub fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
+    /// A layer with a checked `config` ([`CircuitBreakerConfig::build`])
+    /// and the [`DefaultClassifier`], keyed by provider and model. It cannot
+    /// fail.
+    pub fn new(config: Valid<CircuitBreakerConfig>) -> Self {
         Self::with_classifier(config, DefaultClassifier::new())
     }
 }
 
+/// The default configuration.
+impl Default for CircuitBreakerLayer {
+    fn default() -> Self {
+        CircuitBreakerLayer::new(Valid::default())
+    }
+}
+
+/// Checks `config`, then makes the layer.
+impl TryFrom<CircuitBreakerConfig> for CircuitBreakerLayer {
+    type Error = ConfigError;
+
+    fn try_from(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
+        Ok(CircuitBreakerLayer::new(config.build()?))
+    }
+}
+
 impl<C: Classifier> CircuitBreakerLayer<C> {
-    /// A layer with `config` and `classifier`.
-    pub fn with_classifier(
-        config: CircuitBreakerConfig,
-        classifier: C,
-    ) -> Result<Self, ConfigError> {
-        config.validate()?;
+    /// A layer with a checked `config` and `classifier`.
+    pub fn with_classifier(config: Valid<CircuitBreakerConfig>, classifier: C) -> Self {
+        let config = config.into_inner();
         let counted = config.counted_classes().expect("validated");
         let policy = Policy {
             config,
             origin: Instant::now(),
             listener: ArcSwapOption::empty(),
         };
-        Ok(CircuitBreakerLayer {
+        CircuitBreakerLayer {
             shared: Arc::new(Shared {
                 breakers: Breakers::new(&policy),
                 policy,
@@ -112,7 +127,7 @@ impl<C: Classifier> CircuitBreakerLayer<C> {
                 counted,
             }),
             key_fn: None,
-        })
+        }
     }
 
     /// A handle to read the breakers' states, isolate and reset them. It

@@ -62,14 +62,15 @@
 //! let breaker = CircuitBreakerLayer::new(
 //!     CircuitBreakerConfig::new()
 //!         .consecutive_failures(Some(5))
-//!         .open(OpenDuration { base: Duration::from_secs(10), ..OpenDuration::default() }),
-//! )?
+//!         .open(OpenDuration { base: Duration::from_secs(10), ..OpenDuration::default() })
+//!         .build()?,
+//! )
 //! .on_transition(|t| eprintln!("{}: {} -> {} ({})", t.key, t.from, t.to, t.reason));
 //! let handle = breaker.handle();
 //!
 //! let svc = ServiceBuilder::new()
 //!     .layer(PrepareLayer::new())
-//!     .layer(RetryLayer::new(RetryConfig::new())?)
+//!     .layer(RetryLayer::new(RetryConfig::new().build()?))
 //!     .layer(breaker)
 //!     .service(client());
 //!

@@ -229,3 +229,19 @@ impl RetryConfig {
         Ok(())
     }
 }
+
+impl crate::config::Validate for RetryConfig {
+    type Error = ConfigError;
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
+impl RetryConfig {
+    /// Checks the configuration once, for a layer's infallible
+    /// constructor: `…Layer::new(config.build()?)`.
+    pub fn build(self) -> Result<crate::config::Valid<Self>, ConfigError> {
+        crate::config::Valid::new(self)
+    }
+}

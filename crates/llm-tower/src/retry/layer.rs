@@ -18,6 +18,7 @@ use super::{
 use crate::{
     BoxError,
     classify::{Classifier, DefaultClassifier},
+    config::Valid,
 };
 
 /// What every clone of a layer and its services shares: the policy and the
@@ -61,22 +62,38 @@ impl<C> Clone for RetryLayer<C> {
 }
 
 impl RetryLayer {
-    /// A layer with `config` and the [`DefaultClassifier`], once the
-    /// configuration is [validated](RetryConfig::validate).
-    pub fn new(config: RetryConfig) -> Result<Self, ConfigError> {
+    /// A layer with a checked `config` ([`RetryConfig::build`]) and the
+    /// [`DefaultClassifier`]. It cannot fail.
+    pub fn new(config: Valid<RetryConfig>) -> Self {
         RetryLayer::with_classifier(config, DefaultClassifier::new())
     }
 }
 
+/// The default configuration.
+impl Default for RetryLayer {
+    fn default() -> Self {
+        RetryLayer::new(Valid::default())
+    }
+}
+
+/// Checks `config`, then makes the layer.
+impl TryFrom<RetryConfig> for RetryLayer {
+    type Error = ConfigError;
+
+    fn try_from(config: RetryConfig) -> Result<Self, ConfigError> {
+        Ok(RetryLayer::new(config.build()?))
+    }
+}
+
 impl<C: Classifier> RetryLayer<C> {
-    /// A layer with `config` and `classifier`.
-    pub fn with_classifier(config: RetryConfig, classifier: C) -> Result<Self, ConfigError> {
-        config.validate()?;
+    /// A layer with a checked `config` and `classifier`.
+    pub fn with_classifier(config: Valid<RetryConfig>, classifier: C) -> Self {
+        let config = config.into_inner();
         let idempotency_header = config
             .idempotency_header
             .as_deref()
             .map(|h| HeaderName::try_from(h).expect("validated header name"));
-        Ok(RetryLayer {
+        RetryLayer {
             shared: Arc::new(Shared {
                 budget: config.budget.map(|b| Arc::new(Budget::new(b))),
                 config,
@@ -84,7 +101,7 @@ impl<C: Classifier> RetryLayer<C> {
                 hook: None,
                 idempotency_header,
             }),
-        })
+        }
     }
 }
 

@@ -73,14 +73,14 @@
 //!     .total(Duration::from_secs(60))
 //!     .attempt(Duration::from_secs(20))
 //!     .first_token(Duration::from_secs(8));
-//! let retry = RetryLayer::new(RetryConfig::new().max_attempts(4).idempotency_header("idempotency-key"))?
+//! let retry = RetryLayer::new(RetryConfig::new().max_attempts(4).idempotency_header("idempotency-key").build()?)
 //!     .on_event(|e| eprintln!("attempt {} failed ({}): {:?}", e.attempt, e.class, e.decision));
 //!
 //! let svc = ServiceBuilder::new()
 //!     .layer(PrepareLayer::new())
-//!     .layer(TimeoutLayer::new(timeouts.whole_call())?) // the caller's deadline
+//!     .layer(TimeoutLayer::new(timeouts.whole_call().build()?)) // the caller's deadline
 //!     .layer(retry)                                     // waits never pass it
-//!     .layer(TimeoutLayer::new(timeouts.per_attempt())?) // a hung attempt is cut and retried
+//!     .layer(TimeoutLayer::new(timeouts.per_attempt().build()?)) // a hung attempt is cut and retried
 //!     .service(client());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

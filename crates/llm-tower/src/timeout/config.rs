@@ -348,3 +348,19 @@ impl Compiled {
             .map_or(self.base, |(_, l)| *l)
     }
 }
+
+impl crate::config::Validate for TimeoutConfig {
+    type Error = ConfigError;
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
+impl TimeoutConfig {
+    /// Checks the configuration once, for a layer's infallible
+    /// constructor: `…Layer::new(config.build()?)`.
+    pub fn build(self) -> Result<crate::config::Valid<Self>, ConfigError> {
+        crate::config::Valid::new(self)
+    }
+}

@@ -16,7 +16,7 @@ use super::{
     config::{Compiled, Limits},
     future::ResponseFuture,
 };
-use crate::{BoxError, deadline::Deadline, request::RequestMeta};
+use crate::{BoxError, config::Valid, deadline::Deadline, request::RequestMeta};
 
 /// Applies a [`TimeoutConfig`] to every call. See the [module docs](super).
 #[derive(Clone, Debug)]
@@ -25,12 +25,21 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
-    /// A layer enforcing `config`, once it is [validated](TimeoutConfig::validate).
-    pub fn new(config: TimeoutConfig) -> Result<Self, ConfigError> {
-        config.validate()?;
-        Ok(TimeoutLayer {
+    /// A layer enforcing a checked `config` ([`TimeoutConfig::build`]). It
+    /// cannot fail.
+    pub fn new(config: Valid<TimeoutConfig>) -> Self {
+        TimeoutLayer {
             config: Arc::new(config.compile()),
-        })
+        }
+    }
+}
+
+/// Checks `config`, then makes the layer.
+impl TryFrom<TimeoutConfig> for TimeoutLayer {
+    type Error = ConfigError;
+
+    fn try_from(config: TimeoutConfig) -> Result<Self, ConfigError> {
+        Ok(TimeoutLayer::new(config.build()?))
     }
 }
 
@@ -54,9 +63,9 @@ pub struct Timeout<S> {
 }
 
 impl<S> Timeout<S> {
-    /// Wraps `inner` with `config`, once it is validated.
-    pub fn new(inner: S, config: TimeoutConfig) -> Result<Self, ConfigError> {
-        Ok(TimeoutLayer::new(config)?.layer(inner))
+    /// Wraps `inner` with a checked `config`.
+    pub fn new(inner: S, config: Valid<TimeoutConfig>) -> Self {
+        TimeoutLayer::new(config).layer(inner)
     }
 
     /// The inner service.

@@ -43,10 +43,10 @@
 //! let svc = ServiceBuilder::new()
 //!     .layer(PrepareLayer::new())
 //!     // Outside retry: the whole call, every attempt and backoff included.
-//!     .layer(TimeoutLayer::new(limits.whole_call())?)
+//!     .layer(TimeoutLayer::new(limits.whole_call().build()?))
 //!     // … RetryLayer, CircuitBreakerLayer, RateLimitLayer …
 //!     // Inside retry: each attempt, and its stream.
-//!     .layer(TimeoutLayer::new(limits.per_attempt())?)
+//!     .layer(TimeoutLayer::new(limits.per_attempt().build()?))
 //!     .service(client());
 //! # Ok::<(), llm_tower::timeout::ConfigError>(())
 //! ```
