@@ -77,6 +77,7 @@
 //! | `budget` | `BudgetLayer` |
 //! | `full` | all of the above |
 //! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
+//! | `reqwest` | [`client::ReqwestService`]: a `reqwest::Client` under the layers, its errors classified |
 //!
 //! The layers land one by one; the features exist from the start so that a
 //! dependency declaration written today keeps working.
@@ -99,6 +100,8 @@
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "reqwest")]
+pub mod client;
 pub mod clock;
 pub mod deadline;
 pub mod metering;
