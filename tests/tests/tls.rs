@@ -70,12 +70,10 @@ async fn tls_front(mock: &MockServer, config: ServerConfig) -> SocketAddr {
     addr
 }
 
-/// A rustls client config (ring) trusting `roots` only.
-fn client_config(roots: &[CertificateDer<'static>]) -> ClientConfig {
+/// A rustls client config (ring) trusting `root` only.
+fn client_config(root: &CertificateDer<'static>) -> ClientConfig {
     let mut store = RootCertStore::empty();
-    for cert in roots {
-        store.add(cert.clone()).expect("a valid root");
-    }
+    store.add(root.clone()).expect("a valid root");
     ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring's protocol versions")
@@ -165,7 +163,7 @@ async fn a_call_over_https_succeeds_and_is_metered() {
     let (cert, server) = certificate();
     let mock = mock(vec![]).await;
     let addr = tls_front(&mock, server).await;
-    let stack = https_client(client_config(&[cert]));
+    let stack = https_client(client_config(&cert));
     healthy_calls_are_metered("hyper-rustls", &mock, addr, &stack).await;
 }
 
@@ -174,7 +172,7 @@ async fn a_call_over_https_through_reqwest_succeeds_and_is_metered() {
     let (cert, server) = certificate();
     let mock = mock(vec![]).await;
     let addr = tls_front(&mock, server).await;
-    let stack = reqwest_https(client_config(&[cert]));
+    let stack = reqwest_https(client_config(&cert));
     healthy_calls_are_metered("reqwest", &mock, addr, &stack).await;
 }
 
@@ -186,11 +184,8 @@ async fn an_untrusted_certificate_is_refused_and_nothing_is_sent() {
     let mock = mock(vec![]).await;
     let addr = tls_front(&mock, server).await;
     for (name, stack) in [
-        (
-            "hyper-rustls",
-            https_client(client_config(&[other.clone()])),
-        ),
-        ("reqwest", reqwest_https(client_config(&[other.clone()]))),
+        ("hyper-rustls", https_client(client_config(&other))),
+        ("reqwest", reqwest_https(client_config(&other))),
     ] {
         let req = over_tls(chat(&mock, Provider::OpenAi, false, "hi"), &mock, addr);
         let answer = stack.call(req).await;
