@@ -172,3 +172,19 @@ async fn a_refused_connection_is_a_connect_failure() {
         "a refused connection is retried"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_url_reqwest_cannot_take_is_an_error_not_a_panic() {
+    let mut svc = reqwest_client();
+    let req = http::Request::post("/no/host")
+        .body(llm_tower::request::ReplayBody::empty())
+        .unwrap();
+    let err = tower::Service::call(&mut svc, req).await.unwrap_err();
+    assert!(
+        err.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_builder),
+        "{err}"
+    );
+    let f = DefaultClassifier::new().classify_error(&*err);
+    assert!(!f.is_retryable(), "it fails again however often it is sent");
+}
