@@ -80,6 +80,7 @@
 //! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
 //! | `hyper` (default) | the classifier recognises hyper's and hyper-util's client errors; without it neither is compiled, and their I/O causes are still found through the source chain |
 //! | `tower-timeout` (default) | the classifier recognises `tower::timeout`'s `Elapsed` |
+//! | `reqwest` | [`client::ReqwestService`]: a `reqwest::Client` under the layers, its errors classified |
 //!
 //! The layers land one by one; the planned features exist from the start so
 //! that a dependency declaration written today keeps working. The layers are
@@ -104,6 +105,8 @@
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "reqwest")]
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deadline;

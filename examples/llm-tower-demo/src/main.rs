@@ -49,8 +49,9 @@ struct Args {
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
     /// Call this endpoint instead of the embedded mock, its base URL as the
-    /// provider's SDK takes it: http://HOST/v1 for OpenAI, http://HOST for
-    /// Anthropic. Needs --provider, --model and --api-key. Plain HTTP only.
+    /// provider's SDK takes it: https://HOST/v1 for OpenAI, https://HOST for
+    /// Anthropic; https:// (rustls, the platform's roots or SSL_CERT_FILE's)
+    /// or http://. Needs --provider, --model and --api-key.
     #[arg(long, value_name = "URL")]
     base_url: Option<String>,
     /// The API key of --base-url (sent as `authorization: Bearer` or

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -14,8 +14,9 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::Client,
+    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
 use llm_tower::{
@@ -396,11 +397,49 @@ where
     }
 }
 
-fn http_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, ReplayBody> {
+/// The TLS configuration of every connection to an `https://` base URL:
+/// rustls with the ring provider, trusting the platform's root
+/// certificates, or those of `SSL_CERT_FILE` / `SSL_CERT_DIR` when set (as
+/// curl and OpenSSL do). Loaded once.
+pub fn tls_config() -> &'static rustls::ClientConfig {
+    &tls().0
+}
+
+/// Whether [`tls_config`] trusts any root certificate, so that `https://`
+/// can work at all.
+pub fn has_tls_roots() -> bool {
+    tls().1
+}
+
+fn tls() -> &'static (rustls::ClientConfig, bool) {
+    static TLS: OnceLock<(rustls::ClientConfig, bool)> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable or unparsable certificates are skipped, as curl does.
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let any = !roots.is_empty();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls's default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        (config, any)
+    })
+}
+
+/// hyper-util's client, speaking `http://` and `https://`.
+fn http_client() -> Client<HttpsConnector<HttpConnector>, ReplayBody> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config().clone())
+        .https_or_http()
+        .enable_http1()
+        .build();
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .build_http::<ReplayBody>()
+        .build(connector)
 }
 
 fn boxed<B>(res: Response<B>) -> Response<DemoBody>

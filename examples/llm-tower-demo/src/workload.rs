@@ -124,7 +124,8 @@ impl Endpoint {
 
     /// A real or compatible endpoint, its base URL as the provider's
     /// official SDK takes it (`http://host/v1` for OpenAI, `http://host` for
-    /// Anthropic). Only plain `http` is supported: the demo has no TLS.
+    /// Anthropic). `https://` is spoken with rustls, trusting the platform's
+    /// root certificates or those of `SSL_CERT_FILE`.
     pub fn remote(
         base_url: &str,
         format: ApiFormat,
@@ -136,15 +137,16 @@ impl Endpoint {
             .map_err(|e| format!("--base-url `{base_url}` is not a URL: {e}"))?;
         match uri.scheme_str() {
             Some("http") => {}
-            Some("https") => {
+            Some("https") if !crate::stack::has_tls_roots() => {
                 return Err(format!(
-                    "--base-url `{base_url}`: https is not supported (this demo's client speaks plain HTTP); \
-                     use an http:// endpoint, such as a local OpenAI-compatible server or proxy"
+                    "--base-url `{base_url}`: no trusted root certificate found for https \
+                     (install the system's CA certificates, or point SSL_CERT_FILE at a PEM bundle)"
                 ));
             }
+            Some("https") => {}
             _ => {
                 return Err(format!(
-                    "--base-url `{base_url}` is not an http:// URL (e.g. http://localhost:8000/v1)"
+                    "--base-url `{base_url}` is not an http:// or https:// URL (e.g. https://api.openai.com/v1)"
                 ));
             }
         }

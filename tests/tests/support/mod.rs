@@ -209,8 +209,18 @@ impl Stack {
         Stack::recommended_over(t, client())
     }
 
-    /// The recommended stack over `client`.
-    pub(crate) fn recommended_over(t: &Tuning, client: HttpClient) -> Stack {
+    /// The recommended stack over `client`: hyper-util's, reqwest's, or
+    /// one that wraps them.
+    pub(crate) fn recommended_over<C, B>(t: &Tuning, client: C) -> Stack
+    where
+        C: tower::Service<Request<ReplayBody>, Response = Response<B>, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        C::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let limits = t.timeouts();
         let (retry, breaker, retries) = Stack::layers(t);
         let handle = breaker.handle();

@@ -132,6 +132,10 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
     if e.is::<BodyTooLarge>() {
         return Some(Failure::new(FailureClass::BadRequest).with_fallback(false));
     }
+    #[cfg(feature = "reqwest")]
+    if let Some(f) = crate::client::classify_reqwest(e) {
+        return Some(f);
+    }
     if e.is::<tokio::time::error::Elapsed>() {
         return Some(Failure::new(FailureClass::Timeout));
     }
