@@ -20,7 +20,8 @@ pub struct Entry {
     pub at: Duration,
     /// The HTTP method.
     pub method: String,
-    /// The path and query.
+    /// The path and query, a `key` parameter's value (a Gemini API key)
+    /// replaced by `REDACTED`.
     pub path: String,
     /// The wire format, when the path is a known endpoint.
     pub provider: Option<Provider>,

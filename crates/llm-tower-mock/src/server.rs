@@ -380,10 +380,13 @@ impl Record {
 
 async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let at = shared.elapsed();
-    let path = req
+    let raw_path = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    // Everything the mock records, matches or echoes sees the path with a
+    // Gemini `?key=` redacted; only the key check reads the raw one.
+    let path = wire::redact_key(&raw_path).into_owned();
     if path.starts_with(admin::PREFIX) {
         return admin::handle(shared, req, &path).await;
     }
@@ -449,7 +452,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
             ErrorKind::Status(StatusCode::METHOD_NOT_ALLOWED),
             Some("Only POST is accepted here."),
         ))
-    } else if !authorized(shared, provider, &parts.headers, &path) {
+    } else if !authorized(shared, provider, &parts.headers, &raw_path) {
         Err(wire::error(
             provider,
             ErrorKind::Status(StatusCode::UNAUTHORIZED),

@@ -209,3 +209,46 @@ async fn the_same_seed_and_script_give_the_same_run_whatever_the_arrival_order()
     let faults = a.journal().count(|e| !e.faults.is_empty());
     assert!(faults > 10 && faults < 70, "{faults} faulty attempts of 80");
 }
+
+#[tokio::test]
+async fn a_gemini_key_in_the_query_is_never_recorded_or_echoed() {
+    let m = MockServer::builder()
+        .api_key("secret123")
+        .start()
+        .await
+        .unwrap();
+    let c = client();
+    let path = format!("{}&key=secret123", gemini_path("gemini-2.0-flash", true));
+    let ok = post(&c, &m.url(), &path, &gemini("hi")).await;
+    assert_eq!(ok.status, 200, "the key is still checked: {}", ok.text());
+    let not_found = post(&c, &m.url(), "/v1/nowhere?key=secret123", &gemini("hi")).await;
+    assert_eq!(not_found.status, 404);
+    assert!(
+        !not_found.text().contains("secret123"),
+        "{}",
+        not_found.text()
+    );
+    assert!(
+        not_found.text().contains("key=REDACTED"),
+        "{}",
+        not_found.text()
+    );
+    let admin = get(&c, &format!("{}/__mock/nowhere?key=secret123", m.url())).await;
+    assert_eq!(admin.status, 404);
+    assert!(!admin.text().contains("secret123"), "{}", admin.text());
+
+    let entries = m.journal().entries();
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries[0].path.ends_with("?alt=sse&key=REDACTED"),
+        "{:?}",
+        entries[0]
+    );
+    assert!(entries[0].stream);
+    for e in &entries {
+        assert!(!format!("{e:?}").contains("secret123"), "{e:?}");
+    }
+    let remote = get(&c, &format!("{}/__mock/journal", m.url())).await;
+    assert!(remote.text().contains("key=REDACTED"), "{}", remote.text());
+    assert!(!remote.text().contains("secret123"), "{}", remote.text());
+}

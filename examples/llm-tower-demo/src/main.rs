@@ -13,13 +13,18 @@
 //! prints the report as one JSON object, `--plot FILE.svg` charts latency
 //! over time, and `--base-url` runs the same workload against a real or
 //! compatible endpoint instead.
+//!
+//! `RUST_LOG` turns on logs on stderr as in any Rust CLI (`RUST_LOG=debug`
+//! shows every call and attempt through tower-http's `TraceLayer`); the
+//! report on stdout is the same either way. API keys never appear in them.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{fmt, net::IpAddr, path::PathBuf, process::ExitCode, str::FromStr, time::Duration};
 
 use clap::Parser;
 use llm_tower_demo::{
     ApiFormat, Chaos, Endpoint, Options, Side, Target, Tuning, Workload, plot, run,
 };
+use tracing_subscriber::EnvFilter;
 
 /// Runs the same workload of LLM calls through a bare client and through
 /// llm-tower's recommended stack, against a chaotic mock provider on
@@ -50,20 +55,84 @@ struct Args {
     plot: Option<PathBuf>,
     /// Call this endpoint instead of the embedded mock, its base URL as the
     /// provider's SDK takes it: https://HOST/v1 for OpenAI, https://HOST for
-    /// Anthropic; https:// (rustls, the platform's roots or SSL_CERT_FILE's)
-    /// or http://. Needs --provider, --model and --api-key.
+    /// Anthropic; https:// (rustls, the platform's roots or SSL_CERT_FILE's),
+    /// or http:// to a loopback host (anywhere else only with
+    /// --allow-insecure-http). Needs --provider, --model and --api-key.
     #[arg(long, value_name = "URL")]
     base_url: Option<String>,
     /// The API key of --base-url (sent as `authorization: Bearer` or
-    /// `x-api-key`).
+    /// `x-api-key`). Never printed.
     #[arg(long, value_name = "KEY")]
-    api_key: Option<String>,
+    api_key: Option<Secret>,
+    /// Send --api-key in clear text (plain http://) to a host that is not
+    /// loopback.
+    #[arg(long)]
+    allow_insecure_http: bool,
     /// The wire format of --base-url.
     #[arg(long, value_enum)]
     provider: Option<ApiFormat>,
     /// The model to ask --base-url for.
     #[arg(long, value_name = "M")]
     model: Option<String>,
+}
+
+/// A credential from the command line: `Debug` and `Display` print `***`,
+/// so printing [`Args`] never shows it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl Secret {
+    /// The credential itself, to send.
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Refuses to send a key in clear text to a host other than loopback
+/// (`localhost`, `127.0.0.0/8`, `::1`) unless `allow` (the user passed
+/// `--allow-insecure-http`). A URL that does not parse is left to
+/// [`Endpoint::remote`], which says why.
+fn check_clear_text(base_url: &str, allow: bool) -> Result<(), String> {
+    let Ok(uri) = base_url.parse::<http::Uri>() else {
+        return Ok(());
+    };
+    if allow || uri.scheme_str() != Some("http") {
+        return Ok(());
+    }
+    let Some(host) = uri.host() else {
+        return Ok(());
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Ok(());
+    }
+    Err(format!(
+        "--base-url `{base_url}` would send --api-key in clear text (plain http) to `{host}`, \
+         which is not loopback; use https://, or pass --allow-insecure-http if this network \
+         is trusted"
+    ))
 }
 
 /// Checks the flags clap cannot, and builds the run's options.
@@ -77,8 +146,15 @@ fn options(args: &Args) -> Result<Options, String> {
     };
     let (target, tuning) = match &args.base_url {
         None => {
-            if args.provider.is_some() || args.model.is_some() || args.api_key.is_some() {
-                return Err("--provider, --model and --api-key go with --base-url".to_owned());
+            if args.provider.is_some()
+                || args.model.is_some()
+                || args.api_key.is_some()
+                || args.allow_insecure_http
+            {
+                return Err(
+                    "--provider, --model, --api-key and --allow-insecure-http go with --base-url"
+                        .to_owned(),
+                );
             }
             let chaos = Chaos::new(args.seed);
             workload.pace = chaos.pace(workload.concurrency);
@@ -100,8 +176,9 @@ fn options(args: &Args) -> Result<Options, String> {
                 url,
                 args.provider.expect("checked"),
                 args.model.as_deref().expect("checked"),
-                args.api_key.as_deref().expect("checked"),
+                args.api_key.as_ref().expect("checked").expose(),
             )?;
+            check_clear_text(url, args.allow_insecure_http)?;
             (Target::Remote(endpoint), Tuning::for_remote())
         }
     };
@@ -117,16 +194,33 @@ fn options(args: &Args) -> Result<Options, String> {
     })
 }
 
+/// Logs to stderr as `RUST_LOG` says, as Rust CLI tools do; nothing at all
+/// when it is unset. Returns whether logging is on.
+fn init_logs() -> bool {
+    if std::env::var_os(EnvFilter::DEFAULT_ENV).is_none() {
+        return false;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    true
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let options = match options(&args) {
+    let logging = init_logs();
+    let mut options = match options(&args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    // Logs and a progress bar would garble each other on stderr.
+    options.progress &= !logging;
     let report = match run(&options).await {
         Ok(r) => r,
         Err(e) => {
@@ -149,4 +243,77 @@ async fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("llm-tower-demo").chain(flags.iter().copied()))
+            .expect("valid flags")
+    }
+
+    fn remote(url: &str, extra: &[&str]) -> Result<Options, String> {
+        let mut flags = vec![
+            "--base-url",
+            url,
+            "--provider",
+            "openai",
+            "--model",
+            "m",
+            "--api-key",
+            "sk-very-secret",
+        ];
+        flags.extend_from_slice(extra);
+        options(&args(&flags))
+    }
+
+    #[test]
+    fn the_api_key_is_never_printed() {
+        let a = args(&[
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key",
+            "sk-very-secret",
+        ]);
+        let printed = format!("{a:?}");
+        assert!(!printed.contains("sk-very-secret"), "{printed}");
+        assert!(printed.contains("***"), "{printed}");
+        assert_eq!(a.api_key.as_ref().unwrap().to_string(), "***");
+        assert_eq!(a.api_key.as_ref().unwrap().expose(), "sk-very-secret");
+        let options = remote("http://127.0.0.1:9/v1", &[]).unwrap();
+        assert!(!format!("{options:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn the_key_goes_in_clear_text_only_to_loopback_or_when_allowed() {
+        for url in [
+            "http://127.0.0.1:8000/v1",
+            "http://127.1.2.3/v1",
+            "http://localhost:8000/v1",
+            "http://LOCALHOST/v1",
+            "http://[::1]:8000/v1",
+        ] {
+            assert!(remote(url, &[]).is_ok(), "{url}");
+        }
+        for url in [
+            "http://10.0.0.5:8000/v1",
+            "http://api.example.com/v1",
+            "http://[2001:db8::1]/v1",
+            "http://localhost.example.com/v1",
+        ] {
+            let err = remote(url, &[]).unwrap_err();
+            assert!(err.contains("clear text"), "{url}: {err}");
+            assert!(err.contains("--allow-insecure-http"), "{url}: {err}");
+            assert!(!err.contains("sk-very-secret"), "{url}: {err}");
+            assert!(remote(url, &["--allow-insecure-http"]).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn allow_insecure_http_goes_with_base_url() {
+        let err = options(&args(&["--allow-insecure-http"])).unwrap_err();
+        assert!(err.contains("--allow-insecure-http"), "{err}");
+    }
 }

@@ -30,6 +30,10 @@ use llm_tower::{
     timeout::{TimeoutConfig, TimeoutLayer},
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, util::BoxCloneService};
+use tower_http::{
+    classify::{ServerErrorsAsFailures, SharedClassifier},
+    trace::TraceLayer,
+};
 
 /// The response body every side hands back: boxed, so both sides have one type.
 pub type DemoBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -462,13 +466,36 @@ pub fn bare(stats: Arc<SideStats>) -> DemoService {
     BoxCloneService::new(svc)
 }
 
+/// tower-http's `TraceLayer` with a DEBUG span: `call` carries the method,
+/// the URI and the headers (credentials print as `Sensitive`, because
+/// [`PrepareLayer`] above it marked them so), `attempt` the URI only, as it
+/// nests in its call's span.
+fn trace_layer(
+    attempt: bool,
+) -> TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    impl Fn(&Request<ReplayBody>) -> tracing::Span + Clone,
+> {
+    TraceLayer::new_for_http().make_span_with(move |req: &Request<ReplayBody>| {
+        let (method, uri, headers) = (req.method(), req.uri(), req.headers());
+        if attempt {
+            tracing::debug_span!("attempt", %uri)
+        } else {
+            tracing::debug_span!("call", %method, %uri, ?headers)
+        }
+    })
+}
+
 /// The recommended stack of the layers that exist today, outermost first:
 ///
-/// `PrepareLayer → TimeoutLayer(total) → RetryLayer → CircuitBreakerLayer
-/// → TimeoutLayer(attempt, first token, idle) → MeterLayer → client`
+/// `PrepareLayer → TraceLayer(call) → TimeoutLayer(total) → RetryLayer →
+/// CircuitBreakerLayer → TimeoutLayer(attempt, first token, idle) →
+/// MeterLayer → TraceLayer(attempt) → client`
 ///
-/// (with the attempt counter between the meter and the client). Every
-/// retry decision and breaker transition goes to `stats`.
+/// (with the attempt counter between the meter and the attempt's trace).
+/// Every retry decision and breaker transition goes to `stats`; with
+/// `RUST_LOG=debug`, tower-http's `TraceLayer` logs every call and every
+/// attempt, headers included (credentials masked).
 pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService, BoxError> {
     let limits = tuning.timeouts();
     let hook = stats.clone();
@@ -479,6 +506,8 @@ pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService
         .on_transition(move |t| hook.record_transition(t));
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
+        // Below Prepare, which marks credential headers sensitive.
+        .layer(trace_layer(false))
         // Outside retry: the caller's deadline for the whole call.
         .layer(TimeoutLayer::try_from(limits.whole_call())?)
         .layer(retry)
@@ -492,6 +521,7 @@ pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService
         .layer(TimeoutLayer::try_from(limits.per_attempt())?)
         .layer(MeterLayer::new())
         .layer(CountLayer::new(stats))
+        .layer(trace_layer(true))
         .service(http_client());
     let svc = ServiceExt::<Request<String>>::map_response(svc, boxed);
     Ok(BoxCloneService::new(svc))

@@ -309,6 +309,17 @@ fn bad_flags_exit_non_zero_with_a_message() {
             "--api-key",
             "k",
         ],
+        &[
+            "--base-url",
+            "http://api.example.com/v1",
+            "--provider",
+            "openai",
+            "--model",
+            "m",
+            "--api-key",
+            "sk-very-secret",
+        ],
+        &["--allow-insecure-http"],
         &["--provider", "anthropic"],
         &["--provider", "gemini", "--base-url", "http://127.0.0.1:9"],
         &["--no-such-flag"],
@@ -319,6 +330,7 @@ fn bad_flags_exit_non_zero_with_a_message() {
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("sk-very-secret"), "{args:?}: {stderr}");
     }
     let out = demo(&[
         "--base-url",

@@ -6,6 +6,7 @@ pub(crate) mod gemini;
 pub(crate) mod openai;
 
 use std::{
+    borrow::Cow,
     fmt,
     str::FromStr,
     time::{Duration, SystemTime},
@@ -71,6 +72,34 @@ pub(crate) struct Route {
     pub(crate) provider: Provider,
     pub(crate) path_model: Option<String>,
     pub(crate) path_stream: bool,
+}
+
+/// What the mock records and echoes in place of a `key` query parameter's
+/// value.
+pub(crate) const REDACTED: &str = "REDACTED";
+
+/// `path_and_query` with the value of every `key` query parameter (Gemini's
+/// API key) replaced by [`REDACTED`], so a key never lands in the journal,
+/// the admin endpoint or an error message.
+pub(crate) fn redact_key(path_and_query: &str) -> Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Cow::Borrowed(path_and_query);
+    };
+    if !query.split('&').any(|p| p.starts_with("key=")) {
+        return Cow::Borrowed(path_and_query);
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    for (i, param) in query.split('&').enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        if param.starts_with("key=") {
+            out.push_str("key=");
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(param);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Recognises the endpoint of a request path (query string included).
@@ -453,5 +482,24 @@ pub(crate) fn retry_after_headers(provider: Provider, delay: Duration, headers: 
                 headers.insert("retry-after-ms", HeaderValue::from(ms));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_key_hides_every_key_parameter_and_keeps_the_rest() {
+        assert_eq!(
+            redact_key("/v1beta/models/m:streamGenerateContent?alt=sse&key=secret123"),
+            "/v1beta/models/m:streamGenerateContent?alt=sse&key=REDACTED"
+        );
+        assert_eq!(
+            redact_key("/x?key=secret123&monkey=1&key=other"),
+            "/x?key=REDACTED&monkey=1&key=REDACTED"
+        );
+        assert!(matches!(redact_key("/v1/messages"), Cow::Borrowed(_)));
+        assert!(matches!(redact_key("/x?monkey=1"), Cow::Borrowed(_)));
     }
 }

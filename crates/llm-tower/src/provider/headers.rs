@@ -122,14 +122,25 @@ pub mod names {
     /// servers. A secret.
     pub const AUTHORIZATION: HeaderName = http::header::AUTHORIZATION;
 
-    /// Whether a header carries a credential and must never be logged:
+    /// The request headers that carry a credential and must never be logged:
     /// `authorization`, `proxy-authorization`, `x-api-key`, `api-key`,
     /// `x-goog-api-key`.
+    ///
+    /// [`PrepareLayer`](crate::request::PrepareLayer) marks their values
+    /// sensitive, so tower-http's `TraceLayer` and `Debug` print
+    /// `Sensitive` instead.
+    pub const SECRETS: [HeaderName; 5] = [
+        AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        X_API_KEY,
+        API_KEY,
+        X_GOOG_API_KEY,
+    ];
+
+    /// Whether a header carries a credential and must never be logged: one
+    /// of [`SECRETS`].
     pub fn is_secret(name: &HeaderName) -> bool {
-        matches!(
-            name.as_str(),
-            "authorization" | "proxy-authorization" | "x-api-key" | "api-key" | "x-goog-api-key"
-        )
+        SECRETS.iter().any(|s| s == name)
     }
 }
 
@@ -812,6 +823,7 @@ mod tests {
             assert!(names::is_secret(name), "{name}");
         }
         assert!(names::is_secret(&http::header::PROXY_AUTHORIZATION));
+        assert!(names::is_secret(&HeaderName::from_static("x-goog-api-key")));
         for name in [
             &X_REQUEST_ID,
             &ANTHROPIC_VERSION,

@@ -15,7 +15,10 @@ use crate::BoxError;
 ///
 /// Each clone yields the whole body from its start, so a retry or a fallback
 /// resends exactly what the first attempt sent.
-#[derive(Clone, Debug, Default)]
+///
+/// Its `Debug` prints the body's length, never its bytes: a prompt does not
+/// belong in logs.
+#[derive(Clone, Default)]
 pub struct ReplayBody {
     bytes: Bytes,
     sent: bool,
@@ -57,6 +60,15 @@ impl ReplayBody {
             Err(e) if e.is::<LengthLimitError>() => Err(BodyTooLarge { limit }.into()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl fmt::Debug for ReplayBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayBody")
+            .field("len", &self.bytes.len())
+            .field("sent", &self.sent)
+            .finish()
     }
 }
 
@@ -151,6 +163,14 @@ mod tests {
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         assert_eq!(copy.clone().collect().await.unwrap().to_bytes(), "hello");
         assert_eq!(copy.bytes(), "hello");
+    }
+
+    #[test]
+    fn debug_prints_the_size_not_the_prompt() {
+        let body = ReplayBody::from(r#"{"messages":[{"content":"my secret prompt"}]}"#);
+        let printed = format!("{body:?}");
+        assert!(!printed.contains("secret"), "{printed}");
+        assert_eq!(printed, "ReplayBody { len: 45, sent: false }");
     }
 
     #[tokio::test]

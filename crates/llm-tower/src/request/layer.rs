@@ -14,7 +14,10 @@ use super::{
     estimate::{CharEstimator, TokenEstimator},
     future::ResponseFuture,
 };
-use crate::{BoxError, provider::ProviderRegistry};
+use crate::{
+    BoxError,
+    provider::{ProviderRegistry, headers::names},
+};
 
 /// The default request body limit: 4 MiB, enough for long prompts and a
 /// few inline images.
@@ -22,6 +25,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
 
 /// Buffers request bodies into a [`ReplayBody`] and inserts the
 /// [`RequestMeta`] parsed from them, for every layer below.
+///
+/// It also marks the values of credential headers
+/// ([`names::SECRETS`]) sensitive, so `Debug` and tower-http's `TraceLayer`
+/// never print an API key.
 ///
 /// Place it outermost. A body over the limit fails the call with
 /// [`BodyTooLarge`](super::BodyTooLarge) before anything is sent.
@@ -83,10 +90,17 @@ impl PrepareLayer {
     /// Turns buffered request parts into a prepared request.
     pub(crate) fn finish(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: ReplayBody,
     ) -> Request<ReplayBody> {
         let c = &*self.config;
+        // Credentials print as `Sensitive` in `Debug` and in tower-http's
+        // `TraceLayer`, whoever logs the request below.
+        for (name, value) in parts.headers.iter_mut() {
+            if names::is_secret(name) {
+                value.set_sensitive(true);
+            }
+        }
         let endpoint = c.registry.detect_parts(&parts.uri, &parts.headers);
         let meta = RequestMeta::parse(endpoint, parts.uri.path(), body.bytes(), &*c.estimator);
         let mut req = Request::from_parts(parts, body);
@@ -223,6 +237,52 @@ mod tests {
         assert!(req.body().bytes().starts_with(b"{\"model\""));
         send.send_response("ok");
         assert_eq!(call.await.unwrap().unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn credential_headers_are_marked_sensitive() {
+        let (svc, mut handle) = mock::pair::<Request<ReplayBody>, &'static str>();
+        let svc = PrepareLayer::new().layer(svc);
+        let call = tokio::spawn(
+            svc.oneshot(
+                Request::post("https://api.openai.com/v1/chat/completions")
+                    .header("authorization", "Bearer sk-secret-1")
+                    .header("x-api-key", "sk-secret-2")
+                    .header("api-key", "sk-secret-3")
+                    .header("x-goog-api-key", "sk-secret-4")
+                    .header("x-api-key", "sk-secret-5")
+                    .header("x-request-id", "req_visible")
+                    .body(String::from(r#"{"model":"gpt-4o-mini","messages":[]}"#))
+                    .unwrap(),
+            ),
+        );
+        let (req, send) = handle.next_request().await.unwrap();
+        for name in &names::SECRETS {
+            for value in req.headers().get_all(name) {
+                assert!(value.is_sensitive(), "{name}");
+            }
+        }
+        assert_eq!(req.headers().get_all("x-api-key").iter().count(), 2);
+        assert!(!req.headers()["x-request-id"].is_sensitive());
+        let printed = format!("{req:?}");
+        assert!(!printed.contains("sk-secret"), "{printed}");
+        assert!(printed.contains("req_visible"), "{printed}");
+        send.send_response("ok");
+        call.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn prepare_marks_credential_headers_sensitive() {
+        let req = prepare(
+            Request::post("https://api.anthropic.com/v1/messages")
+                .header("x-api-key", "sk-secret")
+                .body(String::new())
+                .unwrap(),
+            &PrepareLayer::new(),
+        )
+        .await
+        .unwrap();
+        assert!(req.headers()["x-api-key"].is_sensitive());
     }
 
     #[tokio::test]

@@ -530,6 +530,19 @@ mod tests {
     }
 
     #[test]
+    fn debug_prints_the_model_not_the_prompt() {
+        let meta = parse(
+            ep(Provider::OpenAi, WireFormat::OpenAiChat),
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"hidden system"},{"role":"user","content":"my secret prompt"}]}"#,
+        );
+        let printed = format!("{meta:?}");
+        assert!(printed.contains("gpt-4o-mini"), "{printed}");
+        assert!(!printed.contains("secret"), "{printed}");
+        assert!(!printed.contains("hidden"), "{printed}");
+    }
+
+    #[test]
     fn openai_chat() {
         let m = parse(
             ep(Provider::OpenAi, WireFormat::OpenAiChat),
