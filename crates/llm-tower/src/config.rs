@@ -25,9 +25,71 @@
 //! # fn main() {}
 //! ```
 
-use std::{fmt, ops::Deref};
+use std::{borrow::Cow, fmt, ops::Deref};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A configuration that cannot work: which layer, which field, and the
+/// rule it breaks.
+///
+/// ```
+/// # #[cfg(feature = "retry")] {
+/// use llm_tower::retry::RetryConfig;
+///
+/// let e = RetryConfig::new().max_attempts(0).build().unwrap_err();
+/// assert_eq!((e.layer(), e.field()), ("retry", "max_attempts"));
+/// assert_eq!(e.to_string(), "retry: max_attempts is 0: at least the first attempt must be allowed");
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    layer: &'static str,
+    field: Cow<'static, str>,
+    message: String,
+}
+
+impl ConfigError {
+    #[cfg_attr(
+        not(any(feature = "retry", feature = "timeout", feature = "circuit-breaker")),
+        allow(dead_code)
+    )]
+    pub(crate) fn new(
+        layer: &'static str,
+        field: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            layer,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The layer whose configuration it is: `retry`, `timeout`,
+    /// `circuit breaker`.
+    pub fn layer(&self) -> &'static str {
+        self.layer
+    }
+
+    /// The field at fault, as a path in the configuration
+    /// (`max_attempts`, `backoff.cap`, `profiles.o3*.first_token`).
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The rule broken, in words, naming the field.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.layer, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// A configuration that can check itself.
 pub trait Validate: Sized {
@@ -136,6 +198,70 @@ mod tests {
             serde_json::from_str(r#"{"total": "60s", "attempt": "20s"}"#).unwrap();
         assert_eq!(ok.get().total, Some(Duration::from_secs(60)));
         let _ = TimeoutLayer::new(ok);
+    }
+
+    #[test]
+    fn errors_name_the_layer_and_the_field() {
+        let cases: [(ConfigError, &str, &str); 6] = [
+            (
+                RetryConfig::new().max_attempts(0).build().unwrap_err(),
+                "retry",
+                "max_attempts",
+            ),
+            (
+                RetryConfig::new()
+                    .backoff(crate::retry::Backoff {
+                        base: Duration::from_secs(2),
+                        cap: Duration::from_secs(1),
+                        ..Default::default()
+                    })
+                    .build()
+                    .unwrap_err(),
+                "retry",
+                "backoff.cap",
+            ),
+            (
+                TimeoutConfig::new()
+                    .total(Duration::from_secs(1))
+                    .first_token(Duration::from_secs(5))
+                    .build()
+                    .unwrap_err(),
+                "timeout",
+                "first_token",
+            ),
+            (
+                TimeoutConfig::new()
+                    .profile("o3*", TimeoutConfig::new().idle(Duration::ZERO))
+                    .build()
+                    .unwrap_err(),
+                "timeout",
+                "profiles.o3*.idle",
+            ),
+            (
+                CircuitBreakerConfig::new().max_keys(0).build().unwrap_err(),
+                "circuit breaker",
+                "max_keys",
+            ),
+            (
+                CircuitBreakerConfig::new()
+                    .half_open(crate::circuit_breaker::HalfOpen {
+                        probes: 0,
+                        ..Default::default()
+                    })
+                    .build()
+                    .unwrap_err(),
+                "circuit breaker",
+                "half_open.probes",
+            ),
+        ];
+        for (e, layer, field) in cases {
+            assert_eq!((e.layer(), e.field()), (layer, field), "{e}");
+            assert!(e.to_string().starts_with(layer), "{e}");
+            assert!(
+                e.message().contains(field.rsplit('.').next().unwrap()),
+                "{e}"
+            );
+        }
     }
 
     #[test]

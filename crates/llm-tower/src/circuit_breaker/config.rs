@@ -1,7 +1,7 @@
 //! [`CircuitBreakerConfig`]: when a breaker trips, how long it stays open,
 //! how it probes.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -194,19 +194,8 @@ impl Default for HalfOpen {
     }
 }
 
-/// A breaker configuration that cannot work, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit breaker: {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// A breaker configuration that cannot work: the field and the rule.
+pub use crate::config::ConfigError;
 
 pub(crate) const MAX_WINDOW_CALLS: u32 = 1024;
 
@@ -284,16 +273,19 @@ impl CircuitBreakerConfig {
 
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |message: String| ConfigError { message };
+        let err = |field: &str, message: String| {
+            ConfigError::new("circuit breaker", field.to_owned(), message)
+        };
         let rate = |what: &str, r: f64| {
             if r > 0.0 && r <= 1.0 {
                 Ok(())
             } else {
-                Err(err(format!("{what} {r} is not in (0, 1]")))
+                Err(err(what, format!("{what} {r} is not in (0, 1]")))
             }
         };
         if self.consecutive_failures == Some(0) {
             return Err(err(
+                "consecutive_failures",
                 "consecutive_failures is 0: every call would open the breaker".into(),
             ));
         }
@@ -302,6 +294,7 @@ impl CircuitBreakerConfig {
             && self.slow_calls.is_none()
         {
             return Err(err(
+                "consecutive_failures",
                 "no trip is set: give consecutive_failures, failure_rate or slow_calls".into(),
             ));
         }
@@ -309,27 +302,35 @@ impl CircuitBreakerConfig {
             rate("failure_rate.threshold", r.threshold)?;
             if r.min_calls == 0 {
                 return Err(err(
+                    "failure_rate.min_calls",
                     "failure_rate.min_calls is 0: one failure would be a 100% rate".into(),
                 ));
             }
             match r.window {
                 SlidingWindow::Calls { calls } => {
                     if calls == 0 || calls > MAX_WINDOW_CALLS {
-                        return Err(err(format!(
-                            "failure_rate.window.calls {calls} is not between 1 and {MAX_WINDOW_CALLS}"
-                        )));
+                        return Err(err(
+                            "failure_rate.window.calls",
+                            format!(
+                                "failure_rate.window.calls {calls} is not between 1 and {MAX_WINDOW_CALLS}"
+                            ),
+                        ));
                     }
                     if r.min_calls > calls {
-                        return Err(err(format!(
-                            "failure_rate.min_calls ({}) is more than the window holds ({calls})",
-                            r.min_calls
-                        )));
+                        return Err(err(
+                            "failure_rate.min_calls",
+                            format!(
+                                "failure_rate.min_calls ({}) is more than the window holds ({calls})",
+                                r.min_calls
+                            ),
+                        ));
                     }
                 }
                 SlidingWindow::Time { duration } => {
                     if duration < Duration::from_millis(10) {
                         return Err(err(
-                            "failure_rate.window.duration is shorter than 10ms".into()
+                            "failure_rate.window.duration",
+                            "failure_rate.window.duration is shorter than 10ms".into(),
                         ));
                     }
                 }
@@ -339,52 +340,66 @@ impl CircuitBreakerConfig {
             rate("slow_calls.threshold", s.threshold)?;
             if s.duration.is_zero() {
                 return Err(err(
-                    "slow_calls.duration is 0s: every call would be slow".into()
+                    "slow_calls.duration",
+                    "slow_calls.duration is 0s: every call would be slow".into(),
                 ));
             }
         }
         let o = &self.open;
         if o.base.is_zero() {
             return Err(err(
-                "open.base is 0s: the breaker would never stay open".into()
+                "open.base",
+                "open.base is 0s: the breaker would never stay open".into(),
             ));
         }
         if !(o.factor >= 1.0 && o.factor.is_finite()) {
-            return Err(err(format!(
-                "open.factor {} is not a number of at least 1",
-                o.factor
-            )));
+            return Err(err(
+                "open.factor",
+                format!("open.factor {} is not a number of at least 1", o.factor),
+            ));
         }
         if o.cap < o.base {
-            return Err(err("open.cap is shorter than open.base".into()));
+            return Err(err("open.cap", "open.cap is shorter than open.base".into()));
         }
         if !(0.0..=1.0).contains(&o.jitter) {
-            return Err(err(format!("open.jitter {} is not in [0, 1]", o.jitter)));
+            return Err(err(
+                "open.jitter",
+                format!("open.jitter {} is not in [0, 1]", o.jitter),
+            ));
         }
         if self.half_open.probes == 0 {
             return Err(err(
-                "half_open.probes is 0: the breaker could never close".into()
+                "half_open.probes",
+                "half_open.probes is 0: the breaker could never close".into(),
             ));
         }
         if self.half_open.successes == 0 {
-            return Err(err("half_open.successes is 0".into()));
+            return Err(err(
+                "half_open.successes",
+                "half_open.successes is 0".into(),
+            ));
         }
         if self.half_open.successes > u32::from(u16::MAX)
             || self.half_open.probes > u32::from(u16::MAX)
         {
             return Err(err(
+                "half_open.probes",
                 "half_open.probes and half_open.successes must be at most 65535".into(),
             ));
         }
         if self.max_keys == 0 {
-            return Err(err("max_keys is 0: no breaker could be kept".into()));
+            return Err(err(
+                "max_keys",
+                "max_keys is 0: no breaker could be kept".into(),
+            ));
         }
         if self.idle_timeout.is_zero() {
             return Err(err(
+                "idle_timeout",
                 "idle_timeout is 0s: every breaker would be dropped at once".into(),
             ));
         }
-        self.counted_classes().map_err(err)?;
+        self.counted_classes().map_err(|e| err("count", e))?;
         Ok(())
     }
 }

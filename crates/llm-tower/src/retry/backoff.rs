@@ -84,21 +84,31 @@ impl Backoff {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks the values: the field at fault and the rule, in words.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.base.is_zero() {
-            return Err("backoff.base is 0s: retries would hammer the provider".into());
+            return Err((
+                "backoff.base",
+                "backoff.base is 0s: retries would hammer the provider".into(),
+            ));
         }
         if !(self.factor >= 1.0 && self.factor.is_finite()) {
-            return Err(format!(
-                "backoff.factor {} is not a number of at least 1",
-                self.factor
+            return Err((
+                "backoff.factor",
+                format!(
+                    "backoff.factor {} is not a number of at least 1",
+                    self.factor
+                ),
             ));
         }
         if self.cap < self.base {
-            return Err(format!(
-                "backoff.cap ({}) is shorter than backoff.base ({})",
-                humantime::format_duration(self.cap),
-                humantime::format_duration(self.base)
+            return Err((
+                "backoff.cap",
+                format!(
+                    "backoff.cap ({}) is shorter than backoff.base ({})",
+                    humantime::format_duration(self.cap),
+                    humantime::format_duration(self.base)
+                ),
             ));
         }
         Ok(())

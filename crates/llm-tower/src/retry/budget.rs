@@ -43,14 +43,18 @@ impl Default for BudgetConfig {
 }
 
 impl BudgetConfig {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks the values: the field at fault and the rule, in words.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.max_tokens < 2 {
-            return Err("budget.max_tokens must be at least 2".into());
+            return Err((
+                "budget.max_tokens",
+                "budget.max_tokens must be at least 2".into(),
+            ));
         }
         if !(self.token_ratio > 0.0 && self.token_ratio <= 1.0) {
-            return Err(format!(
-                "budget.token_ratio {} is not in (0, 1]",
-                self.token_ratio
+            return Err((
+                "budget.token_ratio",
+                format!("budget.token_ratio {} is not in (0, 1]", self.token_ratio),
             ));
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! [`RetryConfig`]: the retry policy, as data.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -130,19 +130,8 @@ impl Default for ContentChecks {
     }
 }
 
-/// A retry configuration that cannot work, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "retry: {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// A retry configuration that cannot work: the field and the rule.
+pub use crate::config::ConfigError;
 
 impl RetryConfig {
     /// The defaults: 3 attempts, 500 ms doubling to 8 s with full jitter,
@@ -207,24 +196,31 @@ impl RetryConfig {
 
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |message: String| ConfigError { message };
+        let err =
+            |(field, message): (&'static str, String)| ConfigError::new("retry", field, message);
         if self.max_attempts == 0 {
-            return Err(err(
+            return Err(err((
+                "max_attempts",
                 "max_attempts is 0: at least the first attempt must be allowed".into(),
-            ));
+            )));
         }
         self.backoff.validate().map_err(err)?;
         if let Some(b) = &self.budget {
             b.validate().map_err(err)?;
         }
         if let Some(h) = &self.idempotency_header {
-            http::HeaderName::try_from(h.as_str())
-                .map_err(|_| err(format!("idempotency_header `{h}` is not a header name")))?;
+            http::HeaderName::try_from(h.as_str()).map_err(|_| {
+                err((
+                    "idempotency_header",
+                    format!("idempotency_header `{h}` is not a header name"),
+                ))
+            })?;
         }
         if self.error_body_limit == 0 {
-            return Err(err(
-                "error_body_limit is 0: errors could not be classified".into()
-            ));
+            return Err(err((
+                "error_body_limit",
+                "error_body_limit is 0: errors could not be classified".into(),
+            )));
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The limits of [`TimeoutLayer`](super::TimeoutLayer), as data.
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -125,23 +125,30 @@ impl Limits {
         ]
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the limits: the field at fault and the rule, in words.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
         for (name, d) in self.named() {
             if d == Some(Duration::ZERO) {
-                return Err(format!(
-                    "{name} is 0s, which would fail every call: leave it out to disable it"
+                return Err((
+                    name,
+                    format!(
+                        "{name} is 0s, which would fail every call: leave it out to disable it"
+                    ),
                 ));
             }
         }
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         let outer = [("total", self.total), ("attempt", self.attempt)];
-        let longer = |(inner, di): (&str, Option<Duration>),
+        let longer = |(inner, di): (&'static str, Option<Duration>),
                       (o, dout): (&str, Option<Duration>)| {
             match (di, dout) {
-                (Some(i), Some(out)) if i > out => Err(format!(
-                    "{inner} ({}) is longer than {o} ({}): it could never be used in full",
-                    fmt(i),
-                    fmt(out)
+                (Some(i), Some(out)) if i > out => Err((
+                    inner,
+                    format!(
+                        "{inner} ({}) is longer than {o} ({}): it could never be used in full",
+                        fmt(i),
+                        fmt(out)
+                    ),
                 )),
                 _ => Ok(()),
             }
@@ -161,19 +168,8 @@ impl Limits {
     }
 }
 
-/// A configuration that cannot work, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "timeout: {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// A timeout configuration that cannot work: the field and the rule.
+pub use crate::config::ConfigError;
 
 impl TimeoutConfig {
     /// No limits.
@@ -289,21 +285,34 @@ impl TimeoutConfig {
     /// Checks every limit: none is zero, `attempt` fits in `total`, and each
     /// phase fits in both; the same for every profile once merged.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |message: String| ConfigError { message };
-        self.limits().validate().map_err(err)?;
+        let err = |field: String, message: String| ConfigError::new("timeout", field, message);
+        self.limits()
+            .validate()
+            .map_err(|(field, message)| err(field.into(), message))?;
         for (name, p) in &self.profiles {
             if !p.profiles.is_empty() {
-                return Err(err(format!("profile `{name}` has profiles of its own")));
+                return Err(err(
+                    format!("profiles.{name}.profiles"),
+                    format!("profile `{name}` has profiles of its own"),
+                ));
             }
             if name.is_empty() || name == "*" {
-                return Err(err(format!(
-                    "profile `{name}` matches every model: set the limits at the top level"
-                )));
+                return Err(err(
+                    format!("profiles.{name}"),
+                    format!(
+                        "profile `{name}` matches every model: set the limits at the top level"
+                    ),
+                ));
             }
             p.limits()
                 .over(self.limits())
                 .validate()
-                .map_err(|e| err(format!("profile `{name}`: {e}")))?;
+                .map_err(|(field, e)| {
+                    err(
+                        format!("profiles.{name}.{field}"),
+                        format!("profile `{name}`: {e}"),
+                    )
+                })?;
         }
         Ok(())
     }
