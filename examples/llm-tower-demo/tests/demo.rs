@@ -371,3 +371,97 @@ fn json_mode_prints_one_json_object_and_nothing_else() {
     assert_eq!(json["stack"]["calls"], 5);
     assert_eq!(json["stream"], "all");
 }
+
+/// The demo's remote mode over HTTPS, as a user runs it: the binary, a
+/// `https://` base URL, and the server's certificate trusted through
+/// `SSL_CERT_FILE` as curl and OpenSSL do. The server is the mock behind a
+/// TLS front on 127.0.0.1 with a certificate made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_mode_speaks_https_trusting_ssl_cert_file() {
+    use std::sync::Arc;
+
+    use rustls::{
+        ServerConfig,
+        crypto::ring,
+        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+    };
+    use tokio::net::{TcpListener, TcpStream};
+
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![made.cert.der().clone()], key)
+        .unwrap();
+    let cert_file = std::env::temp_dir().join(format!("llm-tower-demo-{}.pem", std::process::id()));
+    std::fs::write(&cert_file, made.cert.pem()).unwrap();
+
+    let mock = MockServer::builder()
+        .api_key("sk-tls")
+        .start()
+        .await
+        .unwrap();
+    let backend = mock.addr();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+
+    let base = format!("https://{front}/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_llm-tower-demo"))
+            .args([
+                "--base-url",
+                &base,
+                "--provider",
+                "openai",
+                "--model",
+                "gpt-4o-mini",
+                "--api-key",
+                "sk-tls",
+                "--requests",
+                "6",
+                "--concurrency",
+                "2",
+                "--json",
+            ])
+            .env("SSL_CERT_FILE", &cert_file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("llm-tower-demo-{}.pem", std::process::id())),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for side in ["bare", "stack"] {
+        assert_eq!(report[side]["succeeded"], 6, "{side}: {stdout}");
+    }
+    assert_eq!(
+        mock.journal().len(),
+        12,
+        "every call went through the TLS front"
+    );
+}
