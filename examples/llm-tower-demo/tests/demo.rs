@@ -423,6 +423,7 @@ async fn remote_mode_speaks_https_trusting_ssl_cert_file() {
     });
 
     let base = format!("https://{front}/v1");
+    let trusted = cert_file.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_llm-tower-demo"))
             .args([
@@ -440,15 +441,13 @@ async fn remote_mode_speaks_https_trusting_ssl_cert_file() {
                 "2",
                 "--json",
             ])
-            .env("SSL_CERT_FILE", &cert_file)
+            .env("SSL_CERT_FILE", &trusted)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    let _ = std::fs::remove_file(
-        std::env::temp_dir().join(format!("llm-tower-demo-{}.pem", std::process::id())),
-    );
+    let _ = std::fs::remove_file(&cert_file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
