@@ -22,55 +22,22 @@ use llm_tower::{
     metering::{Outcome, UsageSource},
     request::ReplayBody,
 };
+use llm_tower_mock::tls::{Certificate, front};
 use llm_tower_mock::{MockServer, Provider};
-use rustls::{
-    ClientConfig, RootCertStore, ServerConfig,
-    crypto::ring,
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
-};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, crypto::ring, pki_types::CertificateDer};
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-/// A self-signed certificate for 127.0.0.1, and the server's config for it.
+/// A certificate made here, and the server's config for it.
 fn certificate() -> (CertificateDer<'static>, ServerConfig) {
-    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
-        .expect("a self-signed certificate");
-    let cert = made.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
-    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring's protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .expect("a valid key");
-    (cert, config)
+    let cert = Certificate::for_localhost();
+    (cert.der().clone(), cert.server_config())
 }
 
 /// A TLS front for `mock` on 127.0.0.1: each connection is decrypted and
 /// relayed to the mock, so the mock's answers, faults and journal hold.
 async fn tls_front(mock: &MockServer, config: ServerConfig) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let backend = mock.addr();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A refused handshake is the client's business.
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut up) = TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    addr
+    front(mock.addr(), config).await.expect("a TLS front")
 }
 
 /// A rustls client config (ring) trusting `root` only.

@@ -79,6 +79,8 @@ mod fault;
 mod journal;
 mod quota;
 mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod wire;
 
 pub use admin::PREFIX as ADMIN_PREFIX;

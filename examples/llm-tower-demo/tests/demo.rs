@@ -378,49 +378,17 @@ fn json_mode_prints_one_json_object_and_nothing_else() {
 /// TLS front on 127.0.0.1 with a certificate made here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_mode_speaks_https_trusting_ssl_cert_file() {
-    use std::sync::Arc;
+    use llm_tower_mock::tls::{Certificate, front};
 
-    use rustls::{
-        ServerConfig,
-        crypto::ring,
-        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
-    };
-    use tokio::net::{TcpListener, TcpStream};
-
-    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
-    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![made.cert.der().clone()], key)
-        .unwrap();
+    let cert = Certificate::for_localhost();
     let cert_file = std::env::temp_dir().join(format!("llm-tower-demo-{}.pem", std::process::id()));
-    std::fs::write(&cert_file, made.cert.pem()).unwrap();
-
+    std::fs::write(&cert_file, cert.pem()).unwrap();
     let mock = MockServer::builder()
         .api_key("sk-tls")
         .start()
         .await
         .unwrap();
-    let backend = mock.addr();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut up) = TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
+    let front = front(mock.addr(), cert.server_config()).await.unwrap();
 
     let base = format!("https://{front}/v1");
     let trusted = cert_file.clone();
