@@ -1,4 +1,6 @@
-//! Typed errors a metered body yields.
+//! How a stream failed: recorded in its
+//! [`StreamProgress`](super::StreamProgress), and yielded to the caller by
+//! retry's body once the first token has passed.
 
 use std::fmt;
 
