@@ -113,6 +113,8 @@ pub mod deadline;
 pub mod metering;
 pub mod pricing;
 pub mod provider;
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
 pub mod request;
 #[cfg(feature = "retry")]
 pub mod retry;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::{Balance, Quota, Reservation, Reserve, Store, StoreError, Take};
+use super::{Acquire, Balance, Cell, Quota, Reservation, Reserve, Store, StoreError, Take};
 use crate::clock::{Clock, TokioClock};
 
 /// How many new keys are inserted between two checks for a sweep.
@@ -29,10 +29,11 @@ const MIN_SWEEP_LEN: usize = 4_096;
 /// State lives in sharded concurrent maps ([`dashmap`]), one per family,
 /// looked up by `&str` without allocating; a key is allocated once, when it is
 /// first inserted. A rate-limit cell is one `AtomicU64` (the GCRA theoretical
-/// arrival time) updated with a compare-and-swap loop under a shard read
-/// guard: concurrent takes on one key never block each other. A budget bucket
-/// is a per-key `Mutex` around three numbers, held for a few instructions. No
-/// lock is global.
+/// arrival time) behind its own `Mutex`, held for a few instructions: an
+/// [`acquire`](Store::acquire) over several cells locks them in the order
+/// of their keys, so that it is all-or-nothing and never deadlocks. A budget
+/// bucket is a per-key `Mutex` around three numbers. No lock is global, and
+/// none is held across an `.await` (there is none).
 ///
 /// Every method returns a [`std::future::Ready`]: the operation runs when the
 /// method is called, and awaiting it never suspends nor allocates.
@@ -59,7 +60,7 @@ struct Inner<C> {
     clock: C,
     /// Time zero for the nanosecond timestamps kept in the maps.
     origin: Instant,
-    cells: DashMap<Box<str>, AtomicU64>,
+    cells: DashMap<Box<str>, Arc<Mutex<u64>>>,
     buckets: DashMap<Arc<str>, Mutex<Bucket>>,
     /// Flag expiry, in nanoseconds since `origin`.
     flags: DashMap<Box<str>, AtomicU64>,
@@ -148,7 +149,7 @@ impl<C: Clock> MemoryStore<C> {
         let now = inner.now_ns();
         inner
             .cells
-            .retain(|_, tat| tat.load(Ordering::Acquire) > now);
+            .retain(|_, tat| *lock(tat) > now);
         inner.buckets.retain(|_, b| lock(b).expires > now);
         inner
             .flags
@@ -188,7 +189,7 @@ impl<C: Clock> MemoryStore<C> {
         let inner = &*self.inner;
         let now = inner.now_ns();
         if let Some(cell) = inner.cells.get(key) {
-            return gcra_take(&cell, now, amount, quota);
+            return gcra_take(&mut lock(&cell), now, amount, quota);
         }
         if amount == 0 {
             // A missing cell is a full one; nothing to record.
@@ -197,14 +198,21 @@ impl<C: Clock> MemoryStore<C> {
             };
         }
         let take = {
-            let cell = inner
-                .cells
-                .entry(Box::from(key))
-                .or_insert_with(|| AtomicU64::new(0));
-            gcra_take(&cell, now, amount, quota)
+            let cell = inner.cells.entry(Box::from(key)).or_default();
+            gcra_take(&mut lock(&cell), now, amount, quota)
         };
         self.inserted();
         take
+    }
+
+    /// The cell `key`, made if missing (full: `TAT = 0`).
+    fn cell(&self, key: &str) -> Arc<Mutex<u64>> {
+        if let Some(cell) = self.inner.cells.get(key) {
+            return Arc::clone(&cell);
+        }
+        let cell = Arc::clone(&self.inner.cells.entry(Box::from(key)).or_default());
+        self.inserted();
+        cell
     }
 
     fn refund_now(&self, key: &str, amount: u64, quota: Quota) {
@@ -215,17 +223,76 @@ impl<C: Clock> MemoryStore<C> {
             return;
         };
         let back = amount.saturating_mul(quota.interval_ns());
-        let mut tat = cell.load(Ordering::Acquire);
-        loop {
-            let refunded = tat.saturating_sub(back).max(now);
-            if refunded >= tat {
-                return;
-            }
-            match cell.compare_exchange_weak(tat, refunded, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => tat = actual,
-            }
+        let mut tat = lock(&cell);
+        *tat = tat.saturating_sub(back).max(now).min(*tat);
+    }
+
+    fn charge_now(&self, key: &str, amount: u64, quota: Quota) {
+        if amount == 0 {
+            return;
         }
+        let now = self.inner.now_ns();
+        let cell = self.cell(key);
+        let mut tat = lock(&cell);
+        *tat = (*tat)
+            .max(now)
+            .saturating_add(amount.saturating_mul(quota.interval_ns()))
+            .min(MAX_TAT);
+    }
+
+    fn hold_now(&self, key: &str, at_least: Duration) {
+        if at_least.is_zero() {
+            return;
+        }
+        let now = self.inner.now_ns();
+        let cell = self.cell(key);
+        let mut tat = lock(&cell);
+        *tat = (*tat).max(now.saturating_add(nanos(at_least)).min(MAX_TAT));
+    }
+
+    fn acquire_now(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> Result<Acquire, StoreError> {
+        if let Some(index) = cells.iter().position(|c| c.amount > c.quota.limit()) {
+            return Ok(Acquire::Never { index });
+        }
+        // Lock in the order of the keys: two acquires never deadlock.
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        order.sort_unstable_by_key(|&i| cells[i].key);
+        if order.windows(2).any(|w| cells[w[0]].key == cells[w[1]].key) {
+            return Err(StoreError::new("acquire: two cells share a key"));
+        }
+        let arcs: Vec<Arc<Mutex<u64>>> = order.iter().map(|&i| self.cell(cells[i].key)).collect();
+        let mut guards: Vec<MutexGuard<'_, u64>> = arcs.iter().map(|c| lock(c)).collect();
+        let now = self.inner.now_ns();
+        let paused = pause.and_then(|k| self.flag_now(k)).map_or(0, nanos);
+        // The earliest start at which every cell conforms.
+        let mut start = now.saturating_add(paused);
+        for (guard, &i) in guards.iter().zip(&order) {
+            let c = &cells[i];
+            let keep = c.keep.min(c.quota.limit() - c.amount);
+            let ready = (**guard)
+                .max(now)
+                .saturating_add((c.amount + keep) * c.quota.interval_ns())
+                .saturating_sub(c.quota.tolerance_ns());
+            start = start.max(ready);
+        }
+        let wait = start - now;
+        if wait > nanos(horizon) {
+            return Ok(Acquire::Denied {
+                retry_after: Duration::from_nanos(wait),
+            });
+        }
+        for (guard, &i) in guards.iter_mut().zip(&order) {
+            let c = &cells[i];
+            **guard = (**guard).max(start) + c.amount * c.quota.interval_ns();
+        }
+        Ok(Acquire::Granted {
+            wait: Duration::from_nanos(wait),
+        })
     }
 
     fn reserve_now(&self, key: &str, amount: u64, limit: u64, ttl: Duration) -> Reserve {
@@ -299,29 +366,21 @@ impl<C: Clock> Inner<C> {
 }
 
 /// The GCRA step on one cell: see the module documentation of [`super`].
-fn gcra_take(cell: &AtomicU64, now: u64, amount: u64, quota: Quota) -> Take {
+fn gcra_take(tat: &mut u64, now: u64, amount: u64, quota: Quota) -> Take {
     let interval = quota.interval_ns();
     let tolerance = quota.tolerance_ns();
     // `amount ≤ limit`, so `cost ≤ tolerance`.
     let cost = amount * interval;
-    let mut tat = cell.load(Ordering::Acquire);
-    loop {
-        let new_tat = tat.max(now) + cost;
-        let ahead = new_tat - now;
-        if ahead > tolerance {
-            return Take::Denied {
-                retry_after: Duration::from_nanos(ahead - tolerance),
-            };
-        }
-        let remaining = (tolerance - ahead) / interval;
-        if new_tat == tat {
-            // Nothing taken (amount 0 on a busy cell): no write.
-            return Take::Allowed { remaining };
-        }
-        match cell.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Take::Allowed { remaining },
-            Err(actual) => tat = actual,
-        }
+    let new_tat = (*tat).max(now) + cost;
+    let ahead = new_tat - now;
+    if ahead > tolerance {
+        return Take::Denied {
+            retry_after: Duration::from_nanos(ahead - tolerance),
+        };
+    }
+    *tat = new_tat;
+    Take::Allowed {
+        remaining: (tolerance - ahead) / interval,
     }
 }
 
@@ -351,11 +410,15 @@ fn reserve_in(
 
 /// Locks a bucket. Nothing can panic while a bucket is locked, so a poisoned
 /// lock still holds consistent numbers.
-fn lock(bucket: &Mutex<Bucket>) -> MutexGuard<'_, Bucket> {
+fn lock<T>(bucket: &Mutex<T>) -> MutexGuard<'_, T> {
     bucket
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The furthest a theoretical arrival time goes (about 146 years from the
+/// store's origin), so that adding a window to it never overflows.
+const MAX_TAT: u64 = u64::MAX / 4;
 
 /// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
 fn nanos(d: Duration) -> u64 {
@@ -397,6 +460,35 @@ impl<C: Clock> Store for MemoryStore<C> {
         quota: Quota,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.refund_now(key, amount, quota);
+        ready(Ok(()))
+    }
+
+    fn acquire(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> impl Future<Output = Result<Acquire, StoreError>> + Send {
+        ready(self.acquire_now(cells, pause, horizon))
+    }
+
+    fn charge(
+        &self,
+        key: &str,
+        amount: u64,
+        quota: Quota,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.charge_now(key, amount, quota);
+        ready(Ok(()))
+    }
+
+    fn hold(
+        &self,
+        key: &str,
+        _quota: Quota,
+        at_least: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.hold_now(key, at_least);
         ready(Ok(()))
     }
 

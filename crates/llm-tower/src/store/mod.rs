@@ -19,13 +19,13 @@
 //! is read, decided in the caller and written back, so concurrent callers,
 //! threads or processes can never all pass a check only one should pass. For
 //! Redis each method is one Lua script on the server, with the server's
-//! `TIME`; for [`MemoryStore`] it is a compare-and-swap or a short per-key lock.
+//! `TIME`; for [`MemoryStore`] it is a short per-key lock.
 //!
 //! The operations come in three families:
 //!
 //! | family | methods | used by |
 //! |---|---|---|
-//! | weighted rate limit (GCRA) | [`take`](Store::take), [`refund`](Store::refund) | requests/min, tokens/min |
+//! | weighted rate limit (GCRA) | [`take`](Store::take), [`acquire`](Store::acquire), [`refund`](Store::refund), [`charge`](Store::charge), [`hold`](Store::hold) | requests/min, tokens/min |
 //! | budget bucket | [`reserve`](Store::reserve), [`settle`](Store::settle), [`balance`](Store::balance) | cost and token budgets |
 //! | flag with expiry | [`set_flag`](Store::set_flag), [`flag`](Store::flag), [`clear_flag`](Store::clear_flag) | breaker open, provider cooldowns |
 //!
@@ -55,7 +55,35 @@
 //! answered [`Take::Never`] instead of a wait.
 //!
 //! [`refund`](Store::refund) gives units back (`TAT −= n·T`, never below now)
-//! when the actual usage came in under the estimate taken before the call.
+//! when the actual usage came in under the estimate taken before the call;
+//! [`charge`](Store::charge) takes more without asking (`TAT = max(TAT,
+//! now) + n·T`) when it came in over: what was used is used.
+//! [`hold`](Store::hold) raises `TAT` to at least `now + d`, which is how a
+//! provider's own view (its `remaining` headers, a 429's `retry-after`) is
+//! written into a cell.
+//!
+//! ## Acquire: several cells, all or nothing, with a place in the queue
+//!
+//! [`acquire`](Store::acquire) takes from several cells at once (requests,
+//! input tokens and output tokens of one key, plus a global limit, say) and
+//! **schedules** the call instead of only answering yes or no: it finds the
+//! earliest start `s ≥ now` at which every cell conforms,
+//!
+//! ```text
+//! s = max(now, pause, maxᵢ(max(TATᵢ, now) + nᵢ·Tᵢ − limitᵢ·Tᵢ))
+//! ```
+//!
+//! and, if `s − now` is within the caller's horizon, updates every cell as
+//! if the call arrived at `s` (`TATᵢ = max(TATᵢ, s) + nᵢ·Tᵢ`) and answers
+//! the wait `s − now`. Otherwise nothing changes and the answer is that wait,
+//! as `retry_after`. A caller that waits its turn and then goes is therefore
+//! in a FIFO queue that lives in the cells themselves: it costs no
+//! bookkeeping, holds across processes sharing a store, and every waiter
+//! knows its exact wait the moment it arrives. A waiter that gives up
+//! [refunds](Store::refund) what it took.
+//!
+//! An optional pause flag (see [flags](#flags)) is read in the same step:
+//! while it is set, nothing starts before it ends.
 //!
 //! # Budgets: reserve, then settle
 //!
@@ -153,6 +181,40 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         amount: u64,
         quota: Quota,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes from every cell of `cells` at the earliest start at which all
+    /// of them conform and the `pause` flag (when given) has ended, if that
+    /// start is at most `horizon` away; otherwise takes nothing. See
+    /// [Acquire](self#acquire-several-cells-all-or-nothing-with-a-place-in-the-queue).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store fails, or when two cells share a key.
+    fn acquire(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> impl Future<Output = Result<Acquire, StoreError>> + Send;
+
+    /// Takes `amount` more units from the cell `key` whatever it holds
+    /// (`TAT = max(TAT, now) + amount·T`): a call used more than it took.
+    fn charge(
+        &self,
+        key: &str,
+        amount: u64,
+        quota: Quota,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Raises the cell `key`'s theoretical arrival time to at least `now +
+    /// at_least`, never lowering it: the cell then holds at most
+    /// `(limit·T − at_least) / T` units now.
+    fn hold(
+        &self,
+        key: &str,
+        quota: Quota,
+        at_least: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Reserves `amount` in the budget bucket `key` if `spent + reserved +
@@ -340,6 +402,63 @@ impl Take {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Take::Allowed { .. })
     }
+}
+
+/// One rate-limit cell of a [`Store::acquire`]: `amount` units from `key`
+/// under `quota`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cell<'a> {
+    /// The cell's key.
+    pub key: &'a str,
+    /// Units to take.
+    pub amount: u64,
+    /// The cell's quota.
+    pub quota: Quota,
+    /// Units the take must leave in the cell for others (calls of a higher
+    /// priority): the take conforms only if `keep` more units would still
+    /// fit after it. Zero by default; at most `limit − amount` counts.
+    pub keep: u64,
+}
+
+impl<'a> Cell<'a> {
+    /// `amount` units of `key` under `quota`.
+    pub fn new(key: &'a str, amount: u64, quota: Quota) -> Self {
+        Cell {
+            key,
+            amount,
+            quota,
+            keep: 0,
+        }
+    }
+
+    /// Leaves `keep` units in the cell for others.
+    pub fn keep(mut self, keep: u64) -> Self {
+        self.keep = keep;
+        self
+    }
+}
+
+/// The answer to [`Store::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquire {
+    /// Every cell was taken from; the call may start after `wait` (zero:
+    /// now).
+    Granted {
+        /// The wait before the call's turn.
+        wait: Duration,
+    },
+    /// The call's turn is further away than the horizon; nothing was taken.
+    Denied {
+        /// The wait the call would have had: after it, the same acquire is
+        /// granted at once if nothing else takes from the cells.
+        retry_after: Duration,
+    },
+    /// `cells[index]` asks for more than its quota's limit: it can never
+    /// be granted. Nothing was taken.
+    Never {
+        /// The index of the cell in the request.
+        index: usize,
+    },
 }
 
 /// The answer to [`Store::reserve`].

@@ -1,0 +1,133 @@
+//! Keys and priorities: which calls share a limit, and who goes first.
+
+use std::{fmt, sync::Arc};
+
+use http::HeaderMap;
+
+use crate::provider::headers::names;
+use crate::request::RequestMeta;
+
+/// The rate-limit key of a call, set in the request's extensions (a tenant,
+/// a user, a deployment): calls with the same key share the limits of
+/// [`Scope::Key`](super::Scope::Key). Without one, the key is the provider,
+/// the model and a hash of the API key.
+///
+/// ```
+/// use llm_tower::rate_limit::RateLimitKey;
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(RateLimitKey::new("tenant-a"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RateLimitKey(Arc<str>);
+
+impl RateLimitKey {
+    /// A key.
+    pub fn new(key: impl Into<Arc<str>>) -> Self {
+        RateLimitKey(key.into())
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn into_arc(self) -> Arc<str> {
+        self.0
+    }
+}
+
+impl fmt::Debug for RateLimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RateLimitKey").field(&&*self.0).finish()
+    }
+}
+
+impl fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How urgent a call is, set in the request's extensions; interactive by
+/// default.
+///
+/// When calls wait, interactive ones go first: a batch call may only use
+/// [`batch_share`](super::RateLimitConfig::batch_share) of each limit, so
+/// the rest is always there for interactive calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// A user is waiting.
+    #[default]
+    Interactive,
+    /// Background work that can wait.
+    Batch,
+}
+
+/// FNV-1a, 64 bits: stable across processes, builds and Rust versions, so
+/// that processes sharing a store derive the same keys.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A hash of the request's API key (from `authorization`, `x-api-key`,
+/// `api-key`, `x-goog-api-key` or Gemini's `?key=`), `-` when there is
+/// none. The key itself is never kept.
+pub(crate) fn api_key_hash(headers: &HeaderMap, query: Option<&str>) -> String {
+    let secret = [
+        &http::header::AUTHORIZATION,
+        &names::X_API_KEY,
+        &names::API_KEY,
+        &names::X_GOOG_API_KEY,
+    ]
+    .into_iter()
+    .find_map(|name| headers.get(name).map(|v| v.as_bytes()))
+    .or_else(|| {
+        query?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("key="))
+            .map(str::as_bytes)
+    });
+    match secret {
+        Some(s) => format!("{:016x}", fnv1a(s)),
+        None => "-".into(),
+    }
+}
+
+/// The provider's name, `-` when unknown.
+pub(crate) fn provider_name(meta: Option<&RequestMeta>) -> &str {
+    meta.and_then(RequestMeta::provider)
+        .map_or("-", |p| p.name())
+}
+
+/// The default key: provider, model and API key hash.
+pub(crate) fn default_key(meta: Option<&RequestMeta>, api_key: &str) -> Arc<str> {
+    let model = meta.and_then(RequestMeta::model).unwrap_or("-");
+    format!("{}:{model}:{api_key}", provider_name(meta)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_hashed_never_kept() {
+        let mut h = HeaderMap::new();
+        assert_eq!(api_key_hash(&h, None), "-");
+        h.insert("authorization", "Bearer sk-secret".parse().unwrap());
+        let a = api_key_hash(&h, None);
+        assert_eq!(a.len(), 16);
+        assert!(!a.contains("secret"));
+        h.insert("authorization", "Bearer sk-other".parse().unwrap());
+        assert_ne!(api_key_hash(&h, None), a);
+        let g = api_key_hash(&HeaderMap::new(), Some("alt=sse&key=AIza123"));
+        assert_ne!(g, "-");
+        // Stable across runs and builds.
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,635 @@
+//! What every clone of a rate-limit layer shares: the store, the learned
+//! limits, the queue, the counters; and how one call is planned, admitted
+//! and settled.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    task::{Context, Poll, Waker},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use http::{HeaderMap, StatusCode};
+use tokio::sync::Semaphore;
+
+use super::{
+    Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope,
+    SettleOutput,
+    config::MAX_CELLS,
+    key::{api_key_hash, default_key, provider_name},
+};
+use crate::{
+    metering::{StreamProgress, UsageObserver, UsageReport},
+    provider::{
+        Provider,
+        headers::{RateLimitInfo, server_delay},
+    },
+    request::RequestMeta,
+    store::{Cell, Quota, Store},
+    usage::Usage,
+};
+
+/// The most keys whose learned limits are kept; beyond, idle ones go.
+const MAX_KEYS: usize = 10_000;
+
+pub(crate) type Listener = Box<dyn Fn(&RateLimitEvent) + Send + Sync>;
+
+/// A dimension of a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Dim {
+    Requests,
+    Tokens,
+    Input,
+    Output,
+}
+
+impl Dim {
+    pub(crate) const ALL: [Dim; 4] = [Dim::Requests, Dim::Tokens, Dim::Input, Dim::Output];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Dim::Requests => "requests",
+            Dim::Tokens => "tokens",
+            Dim::Input => "input_tokens",
+            Dim::Output => "output_tokens",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn of(self, limit: &Limit) -> Option<u64> {
+        match self {
+            Dim::Requests => limit.requests,
+            Dim::Tokens => limit.tokens,
+            Dim::Input => limit.input_tokens,
+            Dim::Output => limit.output_tokens,
+        }
+    }
+
+    fn reported(self, info: &RateLimitInfo) -> Option<crate::provider::headers::Limit> {
+        match self {
+            Dim::Requests => info.requests,
+            Dim::Tokens => info.tokens,
+            Dim::Input => info.input_tokens,
+            Dim::Output => info.output_tokens,
+        }
+    }
+}
+
+/// Limits learned from one key's responses: `0` is unknown.
+#[derive(Default)]
+pub(crate) struct Learned {
+    limits: [AtomicU64; 4],
+    /// Seconds since the layer's start, when last used.
+    used: AtomicU64,
+}
+
+/// Counters, read by [`RateLimitHandle::stats`](super::RateLimitHandle::stats).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) admitted: AtomicU64,
+    pub(crate) queued: AtomicU64,
+    pub(crate) waited_ns: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) provider_429: AtomicU64,
+    pub(crate) settled: AtomicU64,
+    pub(crate) adapted: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+pub(crate) struct Shared<St> {
+    pub(crate) config: RateLimitConfig,
+    pub(crate) store: St,
+    pub(crate) learned: DashMap<Arc<str>, Learned>,
+    pub(crate) semaphores: DashMap<Box<str>, Arc<Semaphore>>,
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) counters: Counters,
+    pub(crate) listener: ArcSwapOption<Listener>,
+    pub(crate) origin: tokio::time::Instant,
+}
+
+/// One cell a call takes from, owned.
+#[derive(Clone, Debug)]
+pub(crate) struct PlanCell {
+    pub(crate) key: Box<str>,
+    pub(crate) amount: u64,
+    pub(crate) quota: Quota,
+    pub(crate) keep: u64,
+    pub(crate) dim: Dim,
+    pub(crate) scope: Scope,
+}
+
+/// Everything a call needs from the layer, worked out in `call`.
+pub(crate) struct Plan {
+    pub(crate) key: Arc<str>,
+    pub(crate) cells: Vec<PlanCell>,
+    pub(crate) pause: Box<str>,
+    pub(crate) semaphores: Vec<Arc<Semaphore>>,
+    pub(crate) input: u64,
+    pub(crate) output: u64,
+    pub(crate) refund_output: bool,
+    pub(crate) uncached_input: bool,
+}
+
+impl Plan {
+    pub(crate) fn cells(&self) -> Vec<Cell<'_>> {
+        self.cells
+            .iter()
+            .map(|c| Cell::new(&c.key, c.amount, c.quota).keep(c.keep))
+            .collect()
+    }
+
+    /// The cell that can never hold the call.
+    pub(crate) fn too_large(&self, index: usize) -> RequestTooLarge {
+        let c = &self.cells[index];
+        RequestTooLarge {
+            key: self.key.clone(),
+            dimension: c.dim.as_str(),
+            amount: c.amount,
+            limit: c.quota.limit(),
+        }
+    }
+}
+
+impl<St: Store> Shared<St> {
+    pub(crate) fn new(config: RateLimitConfig, store: St) -> Self {
+        Shared {
+            config,
+            store,
+            learned: DashMap::new(),
+            semaphores: DashMap::new(),
+            waiting: AtomicUsize::new(0),
+            counters: Counters::default(),
+            listener: ArcSwapOption::empty(),
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn emit(&self, event: RateLimitEvent) {
+        event.trace();
+        if let Some(listener) = &*self.listener.load() {
+            listener(&event);
+        }
+    }
+
+    fn cell_key(&self, scope_id: &str, dim: Dim, window: Duration) -> Box<str> {
+        format!(
+            "{}:{scope_id}:{}:{}",
+            self.config.prefix,
+            dim.as_str(),
+            window.as_millis()
+        )
+        .into()
+    }
+
+    /// Works out the key, the cells and the amounts of one call.
+    pub(crate) fn plan(
+        &self,
+        parts_key: Option<Arc<str>>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        meta: Option<&RequestMeta>,
+        priority: Priority,
+    ) -> Plan {
+        let config = &self.config;
+        let api_key = api_key_hash(headers, query);
+        let key = parts_key.unwrap_or_else(|| default_key(meta, &api_key));
+        let provider_id = format!("p:{}:{api_key}", provider_name(meta));
+        let key_id = format!("k:{key}");
+        let input = meta.map_or(0, RequestMeta::estimated_input_tokens);
+        let capped = meta.and_then(RequestMeta::max_output_tokens);
+        let model = meta.and_then(RequestMeta::model);
+        let learned = if config.adaptive {
+            self.learned.get(&key).map(|l| {
+                l.used.store(self.now_secs(), Relaxed);
+                [0, 1, 2, 3].map(|i| l.limits[i].load(Relaxed))
+            })
+        } else {
+            None
+        };
+
+        // The limits in force: (scope id, dim, limit, window).
+        let mut limits: Vec<(&str, Scope, Dim, u64, Duration)> = Vec::with_capacity(8);
+        let mut semaphores = Vec::new();
+        for limit in &config.limits {
+            let window = limit.window.unwrap_or(MINUTE);
+            let id = match limit.scope {
+                Scope::Key => key_id.as_str(),
+                Scope::Provider => provider_id.as_str(),
+                Scope::Global => "g",
+            };
+            for dim in Dim::ALL {
+                if let Some(n) = dim.of(limit) {
+                    limits.push((id, limit.scope, dim, n, window));
+                }
+            }
+            if let Some(n) = limit.concurrency {
+                semaphores.push(self.semaphore(id, n));
+            }
+        }
+        if let Some(learned) = learned {
+            for dim in Dim::ALL {
+                let n = learned[dim.index()];
+                if n == 0 {
+                    continue;
+                }
+                // Never above the configured limit; replaces it when lower.
+                match limits
+                    .iter_mut()
+                    .find(|l| l.1 == Scope::Key && l.2 == dim && l.4 == MINUTE)
+                {
+                    Some(l) => l.3 = l.3.min(n),
+                    None => limits.push((key_id.as_str(), Scope::Key, dim, n, MINUTE)),
+                }
+            }
+        }
+        limits.truncate(MAX_CELLS);
+
+        let mut quotas: Vec<(Quota, &(&str, Scope, Dim, u64, Duration))> = limits
+            .iter()
+            .filter_map(|l| Some((config.quota(l.3, l.4)?, l)))
+            .collect();
+        // Output reserved: the cap, else the model's default cut to what
+        // the limits hold, so that a missing cap never refuses a call.
+        let output = match capped {
+            Some(cap) => cap,
+            None => {
+                let mut out = config.default_output_for(model);
+                for (q, l) in &quotas {
+                    match l.2 {
+                        Dim::Tokens => out = out.min(q.limit().saturating_sub(input)),
+                        Dim::Output => out = out.min(q.limit()),
+                        _ => {}
+                    }
+                }
+                out
+            }
+        };
+        let cells = quotas
+            .drain(..)
+            .map(|(quota, &(id, scope, dim, _, window))| {
+                let amount = match dim {
+                    Dim::Requests => 1,
+                    Dim::Tokens => input.saturating_add(output),
+                    Dim::Input => input,
+                    Dim::Output => output,
+                };
+                let keep = match priority {
+                    Priority::Interactive => 0,
+                    Priority::Batch => {
+                        let share = (quota.limit() as f64 * config.batch_share).floor() as u64;
+                        quota.limit() - share.clamp(1, quota.limit())
+                    }
+                };
+                PlanCell {
+                    key: self.cell_key(id, dim, window),
+                    amount,
+                    quota,
+                    keep,
+                    dim,
+                    scope,
+                }
+            })
+            .collect();
+        let provider = meta.and_then(RequestMeta::provider);
+        let refund_output = match config.settle_output {
+            SettleOutput::Actual => true,
+            SettleOutput::Cap => false,
+            SettleOutput::Auto => !matches!(
+                provider,
+                Some(Provider::OpenAi) | Some(Provider::AzureOpenAi)
+            ),
+        };
+        Plan {
+            pause: format!("{}:{key_id}:pause", config.prefix).into(),
+            key,
+            cells,
+            semaphores,
+            input,
+            output,
+            refund_output,
+            uncached_input: matches!(provider, Some(Provider::Anthropic)),
+        }
+    }
+
+    fn semaphore(&self, id: &str, permits: u32) -> Arc<Semaphore> {
+        let name = format!("{id}:{permits}");
+        if let Some(s) = self.semaphores.get(name.as_str()) {
+            return s.clone();
+        }
+        if self.semaphores.len() >= MAX_KEYS {
+            // Idle semaphores: every permit back, nobody else holding one.
+            // Idle: only the map holds it (every waiter and every permit
+            // out holds an `Arc`).
+            self.semaphores.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        self.semaphores
+            .entry(name.into())
+            .or_insert_with(|| Arc::new(Semaphore::new(permits as usize)))
+            .clone()
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.origin.elapsed().as_secs()
+    }
+
+    /// Reads a response's rate-limit headers into the call's key: learned
+    /// limits, the provider's view of what remains, and a 429's pause.
+    pub(crate) async fn observe(&self, plan: &Plan, status: StatusCode, headers: &HeaderMap) {
+        if !self.config.adaptive {
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.counters.provider_429.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+        let now = SystemTime::now();
+        let info = RateLimitInfo::from_headers(headers, now);
+        if !info.is_empty() {
+            self.learn(plan, &info);
+            for cell in plan.cells.iter().filter(|c| c.scope == Scope::Key) {
+                let Some(reported) = cell.dim.reported(&info) else {
+                    continue;
+                };
+                let (Some(limit), Some(remaining)) = (reported.limit, reported.remaining) else {
+                    continue;
+                };
+                // Used at the provider; our cell keeps the headroom margin.
+                let used = limit.saturating_sub(remaining);
+                let margin = ((limit as f64) * self.config.headroom).floor() as u64;
+                let ours = cell.quota.limit();
+                let held = used.saturating_sub(margin.saturating_sub(ours));
+                if held == 0 {
+                    continue;
+                }
+                let at_least = cell.quota.emission_interval().saturating_mul(held.min(u32::MAX as u64) as u32);
+                if let Err(e) = self.store.hold(&cell.key, cell.quota, at_least).await {
+                    self.store_error(&e);
+                }
+            }
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.counters.provider_429.fetch_add(1, Relaxed);
+            if let Some(delay) = server_delay(headers, now).filter(|d| !d.is_zero()) {
+                self.pause(plan, delay).await;
+            }
+        }
+    }
+
+    /// Pauses the call's key for `delay`: nothing starts before it ends,
+    /// and the key's cells are empty then, so calls resume at the pace of
+    /// the limit rather than in a burst.
+    pub(crate) async fn pause(&self, plan: &Plan, delay: Duration) {
+        if let Err(e) = self.store.set_flag(&plan.pause, delay).await {
+            self.store_error(&e);
+        }
+        for cell in plan.cells.iter().filter(|c| c.scope == Scope::Key) {
+            let at_least = delay + cell.quota.tolerance() - cell.quota.emission_interval();
+            if let Err(e) = self.store.hold(&cell.key, cell.quota, at_least).await {
+                self.store_error(&e);
+            }
+        }
+        self.emit(RateLimitEvent::Paused {
+            key: plan.key.clone(),
+            delay,
+        });
+    }
+
+    fn learn(&self, plan: &Plan, info: &RateLimitInfo) {
+        let learned = match self.learned.get(&plan.key) {
+            Some(l) => l,
+            None => {
+                if self.learned.len() >= MAX_KEYS {
+                    let now = self.now_secs();
+                    self.learned
+                        .retain(|_, l| now.saturating_sub(l.used.load(Relaxed)) < 600);
+                    if self.learned.len() >= MAX_KEYS {
+                        self.learned.clear();
+                    }
+                }
+                self.learned
+                    .entry(plan.key.clone())
+                    .or_default()
+                    .downgrade()
+            }
+        };
+        learned.used.store(self.now_secs(), Relaxed);
+        for dim in Dim::ALL {
+            let Some(limit) = dim.reported(info).and_then(|l| l.limit).filter(|&n| n > 0) else {
+                continue;
+            };
+            let old = learned.limits[dim.index()].swap(limit, Relaxed);
+            if old != limit {
+                self.counters.adapted.fetch_add(1, Relaxed);
+                self.emit(RateLimitEvent::Adapted {
+                    key: plan.key.clone(),
+                    dimension: dim.as_str(),
+                    limit,
+                    remaining: dim.reported(info).and_then(|l| l.remaining),
+                });
+            }
+        }
+    }
+
+    pub(crate) fn store_error(&self, e: &crate::store::StoreError) {
+        self.counters.store_errors.fetch_add(1, Relaxed);
+        tracing::warn!(target: "llm_tower::rate_limit", error = %e, "rate-limit store failed");
+    }
+}
+
+/// What a call took, given back or completed exactly once: by the meter's
+/// report when there is a meter inside, else when the last holder lets go.
+pub(crate) struct Settlement<St: Store + Clone> {
+    pending: Mutex<Option<Pending<St>>>,
+    /// The response's progress, for a settlement without a meter.
+    pub(crate) progress: std::sync::OnceLock<StreamProgress>,
+}
+
+struct Pending<St: Store + Clone> {
+    shared: Arc<Shared<St>>,
+    key: Arc<str>,
+    cells: Vec<PlanCell>,
+    refund_output: bool,
+    uncached_input: bool,
+    input: u64,
+    output: u64,
+    _permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<St: Store + Clone> Settlement<St> {
+    pub(crate) fn new(
+        shared: Arc<Shared<St>>,
+        plan: &Plan,
+        permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Self {
+        Settlement {
+            pending: Mutex::new(Some(Pending {
+                shared,
+                key: plan.key.clone(),
+                cells: plan.cells.clone(),
+                refund_output: plan.refund_output,
+                uncached_input: plan.uncached_input,
+                input: plan.input,
+                output: plan.output,
+                _permits: permits,
+            })),
+            progress: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Settles with `usage`, or with what was reserved when unknown.
+    pub(crate) fn settle(&self, usage: Option<Usage>) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(p) = pending {
+            p.settle(usage);
+        }
+    }
+}
+
+impl<St: Store + Clone> Pending<St> {
+    fn settle(self, usage: Option<Usage>) {
+        let shared = self.shared.clone();
+        shared.counters.settled.fetch_add(1, Relaxed);
+        let Some(usage) = usage else {
+            shared.emit(RateLimitEvent::Settled {
+                key: self.key.clone(),
+                reserved: self.input + self.output,
+                used: None,
+            });
+            return;
+        };
+        let input = if self.uncached_input {
+            usage.input_tokens.saturating_sub(usage.cached_input_tokens)
+        } else {
+            usage.input_tokens
+        };
+        let output = if self.refund_output {
+            usage.output_tokens
+        } else {
+            usage.output_tokens.max(self.output)
+        };
+        let mut changes: Vec<(Box<str>, Quota, i128)> = Vec::new();
+        for c in self.cells {
+            let actual = match c.dim {
+                Dim::Requests => continue,
+                Dim::Tokens => input.saturating_add(output),
+                Dim::Input => input,
+                Dim::Output => output,
+            };
+            let delta = i128::from(actual) - i128::from(c.amount);
+            if delta != 0 {
+                changes.push((c.key, c.quota, delta));
+            }
+        }
+        shared.emit(RateLimitEvent::Settled {
+            key: self.key.clone(),
+            reserved: self.input + self.output,
+            used: Some(input + output),
+        });
+        if changes.is_empty() {
+            return;
+        }
+        let store = shared.store.clone();
+        let work = async move {
+            for (key, quota, delta) in changes {
+                let n = delta.unsigned_abs().min(u128::from(u64::MAX)) as u64;
+                let r = if delta < 0 {
+                    store.refund(&key, n, quota).await
+                } else {
+                    store.charge(&key, n, quota).await
+                };
+                if let Err(e) = r {
+                    shared.store_error(&e);
+                }
+            }
+        };
+        run_now_or_spawn(work);
+    }
+}
+
+impl<St: Store + Clone> Drop for Settlement<St> {
+    fn drop(&mut self) {
+        let usage = self.progress.get().and_then(StreamProgress::usage);
+        self.settle(usage);
+    }
+}
+
+impl<St: Store + Clone> UsageObserver for Settlement<St> {
+    fn on_usage(&self, report: &UsageReport) {
+        self.settle(Some(report.usage));
+    }
+}
+
+/// Gives back what a call took when it gives up before it is sent (a
+/// waiter cancelled, a pause met after the wait), unless kept.
+pub(crate) struct Taken<St: Store + Clone> {
+    shared: Arc<Shared<St>>,
+    cells: Option<Vec<(Box<str>, u64, Quota)>>,
+}
+
+impl<St: Store + Clone> Taken<St> {
+    pub(crate) fn new(shared: Arc<Shared<St>>, plan: &Plan) -> Self {
+        Taken {
+            shared,
+            cells: Some(
+                plan.cells
+                    .iter()
+                    .map(|c| (c.key.clone(), c.amount, c.quota))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The call goes: what it took stays taken, to be settled.
+    pub(crate) fn keep(mut self) {
+        self.cells = None;
+    }
+}
+
+impl<St: Store + Clone> Drop for Taken<St> {
+    fn drop(&mut self) {
+        let Some(cells) = self.cells.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        run_now_or_spawn(async move {
+            for (key, n, quota) in cells {
+                if let Err(e) = shared.store.refund(&key, n, quota).await {
+                    shared.store_error(&e);
+                }
+            }
+        });
+    }
+}
+
+/// Runs `work` now if it completes at once (the in-memory store always
+/// does), else on the tokio runtime; dropped, with a warning, when there is
+/// none.
+fn run_now_or_spawn(work: impl Future<Output = ()> + Send + 'static) {
+    let mut work: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(work);
+    let mut cx = Context::from_waker(Waker::noop());
+    if work.as_mut().poll(&mut cx) == Poll::Ready(()) {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(work);
+        }
+        Err(_) => tracing::warn!(
+            target: "llm_tower::rate_limit",
+            "no tokio runtime to settle a rate-limit reservation on; it expires with its window"
+        ),
+    }
+}
