@@ -81,6 +81,7 @@
 //! | `hyper` (default) | the classifier recognises hyper's and hyper-util's client errors; without it neither is compiled, and their I/O causes are still found through the source chain |
 //! | `tower-timeout` (default) | the classifier recognises `tower::timeout`'s `Elapsed` |
 //! | `reqwest` | [`client::ReqwestService`]: a `reqwest::Client` under the layers, its errors classified |
+//! | `tiktoken` | [`request::TiktokenEstimator`]: exact input-token counts for OpenAI chat bodies with OpenAI's tokenizer (tiktoken-rs), for rate limits and budgets |
 //!
 //! The layers land one by one; the planned features exist from the start so
 //! that a dependency declaration written today keeps working. The layers are

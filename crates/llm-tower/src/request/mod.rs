@@ -33,6 +33,8 @@ mod body;
 mod estimate;
 mod layer;
 mod meta;
+#[cfg(feature = "tiktoken")]
+mod tiktoken;
 
 pub mod future;
 
@@ -40,3 +42,5 @@ pub use self::body::{BodyTooLarge, ReplayBody};
 pub use self::estimate::{CharEstimator, EstimateInput, PromptStats, TokenEstimator};
 pub use self::layer::{DEFAULT_BODY_LIMIT, Prepare, PrepareLayer, prepare};
 pub use self::meta::RequestMeta;
+#[cfg(feature = "tiktoken")]
+pub use self::tiktoken::TiktokenEstimator;
