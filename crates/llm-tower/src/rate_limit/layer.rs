@@ -340,7 +340,11 @@ where
         }
     }
 
-    // Requests and tokens: a place in the queue kept in the cells.
+    // Requests and tokens: a place in the queue kept in the cells. A batch
+    // call takes no place ahead: it goes when its share is there now, and
+    // waits out of the line until then, so that interactive calls arriving
+    // later still go first.
+    let batch = plan.priority == Priority::Batch;
     let mut waited = Duration::ZERO;
     let mut queued_once = false;
     let taken = loop {
@@ -350,9 +354,10 @@ where
             (wait_max, reason) = (Duration::ZERO, RefusalReason::QueueFull);
         }
         let cells = plan.cells();
-        let answer = shared.store.acquire(&cells, Some(&plan.pause), wait_max).await;
+        let turn = if batch { Duration::ZERO } else { wait_max };
+        let answer = shared.store.acquire(&cells, Some(&plan.pause), turn).await;
         drop(cells);
-        match answer {
+        let wait = match answer {
             Err(e) => {
                 shared.store_error(&e);
                 return Err(Box::new(e));
@@ -362,6 +367,10 @@ where
                 let e = plan.too_large(index);
                 shared.emit(RateLimitEvent::TooLarge { error: e.clone() });
                 return Err(Box::new(e));
+            }
+            Ok(Acquire::Denied { retry_after }) if batch && retry_after <= wait_max => {
+                // Out of the line: nothing taken; look again then.
+                Some(retry_after)
             }
             Ok(Acquire::Denied { retry_after }) => {
                 return Err(refuse(Some(retry_after), reason));
@@ -396,7 +405,22 @@ where
                     }
                 }
             }
+        };
+        // A batch call waiting out of the line.
+        let Some(wait) = wait else { continue };
+        if !queue.enter(config.max_queued) {
+            return Err(refuse(Some(wait), RefusalReason::QueueFull));
         }
+        if !queued_once {
+            queued_once = true;
+            shared.counters.queued.fetch_add(1, Relaxed);
+            shared.emit(RateLimitEvent::Queued {
+                key: plan.key.clone(),
+                wait,
+            });
+        }
+        tokio::time::sleep(wait).await;
+        waited += wait;
     };
     taken.keep();
     drop(queue);

@@ -19,8 +19,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::Semaphore;
 
 use super::{
-    Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope,
-    SettleOutput,
+    Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope, SettleOutput,
     config::MAX_CELLS,
     key::{api_key_hash, default_key, provider_name},
 };
@@ -131,6 +130,7 @@ pub(crate) struct PlanCell {
 /// Everything a call needs from the layer, worked out in `call`.
 pub(crate) struct Plan {
     pub(crate) key: Arc<str>,
+    pub(crate) priority: Priority,
     pub(crate) cells: Vec<PlanCell>,
     pub(crate) pause: Box<str>,
     pub(crate) semaphores: Vec<Arc<Semaphore>>,
@@ -312,6 +312,7 @@ impl<St: Store> Shared<St> {
         Plan {
             pause: format!("{}:{key_id}:pause", config.prefix).into(),
             key,
+            priority,
             cells,
             semaphores,
             input,
@@ -355,10 +356,37 @@ impl<St: Store> Shared<St> {
         let info = RateLimitInfo::from_headers(headers, now);
         if !info.is_empty() {
             self.learn(plan, &info);
-            for cell in plan.cells.iter().filter(|c| c.scope == Scope::Key) {
-                let Some(reported) = cell.dim.reported(&info) else {
+            for dim in Dim::ALL {
+                let Some(reported) = dim.reported(&info) else {
                     continue;
                 };
+                // The key's per-minute cell for this dimension: the call's,
+                // or the one just learned.
+                let learned;
+                let cell =
+                    match plan.cells.iter().find(|c| {
+                        c.scope == Scope::Key && c.dim == dim && c.quota.window() == MINUTE
+                    }) {
+                        Some(c) => c,
+                        None => {
+                            let Some(quota) = reported
+                                .limit
+                                .filter(|&n| n > 0)
+                                .and_then(|n| self.config.quota(n, MINUTE))
+                            else {
+                                continue;
+                            };
+                            learned = PlanCell {
+                                key: self.cell_key(&format!("k:{}", plan.key), dim, MINUTE),
+                                amount: 0,
+                                quota,
+                                keep: 0,
+                                dim,
+                                scope: Scope::Key,
+                            };
+                            &learned
+                        }
+                    };
                 let (Some(limit), Some(remaining)) = (reported.limit, reported.remaining) else {
                     continue;
                 };
@@ -370,7 +398,10 @@ impl<St: Store> Shared<St> {
                 if held == 0 {
                     continue;
                 }
-                let at_least = cell.quota.emission_interval().saturating_mul(held.min(u32::MAX as u64) as u32);
+                let at_least = cell
+                    .quota
+                    .emission_interval()
+                    .saturating_mul(held.min(u32::MAX as u64) as u32);
                 if let Err(e) = self.store.hold(&cell.key, cell.quota, at_least).await {
                     self.store_error(&e);
                 }

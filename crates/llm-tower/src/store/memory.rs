@@ -147,9 +147,7 @@ impl<C: Clock> MemoryStore<C> {
         let inner = &*self.inner;
         let before = self.len();
         let now = inner.now_ns();
-        inner
-            .cells
-            .retain(|_, tat| *lock(tat) > now);
+        inner.cells.retain(|_, tat| *lock(tat) > now);
         inner.buckets.retain(|_, b| lock(b).expires > now);
         inner
             .flags
