@@ -616,3 +616,31 @@ async fn a_tenant_key_from_the_request_extensions() {
     let state = layer.handle().key_state("a").await.unwrap();
     assert_eq!(state.limits[0].available, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn refusals_are_classified_not_retried_not_a_provider_failure() {
+    use llm_tower::classify::{Classifier, DefaultClassifier, FailureClass};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer(rpm(1).max_wait(Duration::ZERO));
+    let mut svc = layer.layer(ok_service(calls));
+    svc.ready().await.unwrap().call(plain()).await.unwrap();
+    let e = svc.ready().await.unwrap().call(plain()).await.unwrap_err();
+    let f = DefaultClassifier::new().classify_error(&*e);
+    assert_eq!(f.class(), FailureClass::RateLimited);
+    assert_eq!(f.code(), Some("local_rate_limit"));
+    assert!(!f.is_retryable() && !f.counts_against_health() && f.should_fall_back());
+    assert_eq!(f.retry_after(), Some(60 * SEC));
+    let layer = self::layer(RateLimitConfig::new().limit(Limit::per_minute().tokens(100)));
+    let mut svc = layer.layer(ok_service(Arc::new(AtomicUsize::new(0))));
+    let e = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request(meta("big", 1, Some(1_000))))
+        .await
+        .unwrap_err();
+    let f = DefaultClassifier::new().classify_error(&*e);
+    assert_eq!(f.class(), FailureClass::BadRequest);
+    assert_eq!(f.code(), Some("request_too_large"));
+    assert!(!f.is_retryable() && f.should_fall_back());
+}

@@ -32,6 +32,8 @@ use crate::{
 /// | stream cut before its terminal event | `TruncatedStream` | yes | yes | yes |
 /// | [`InvalidContent`] (empty, malformed JSON, refusal) | `InvalidContent` | yes | no | yes |
 /// | [`InvalidContent`] truncated (`finish_reason: length`) | `InvalidContent`, code `truncated` | no | no | yes |
+/// | the rate limiter's `RateLimited` (its turn too far away) | `RateLimited`, code `local_rate_limit` | no | no | yes |
+/// | the rate limiter's `RequestTooLarge` | `BadRequest`, code `request_too_large` | no | no | yes |
 ///
 /// A server delay comes from `retry-after-ms` or `retry-after`, or else
 /// from the reset of an exhausted `x-ratelimit-*` / `anthropic-ratelimit-*`
@@ -50,6 +52,13 @@ pub struct DefaultClassifier {
 
 /// The [`Failure::code`] of a call refused by an open circuit breaker.
 pub const CIRCUIT_OPEN: &str = "circuit_open";
+
+/// The [`Failure::code`] of a call the rate limiter refused because its
+/// turn was further away than it may wait.
+pub const LOCAL_RATE_LIMIT: &str = "local_rate_limit";
+
+/// The [`Failure::code`] of a call larger than its rate limit can hold.
+pub const REQUEST_TOO_LARGE: &str = "request_too_large";
 
 impl DefaultClassifier {
     /// The default classifier.
@@ -153,6 +162,29 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
                 .with_code(CIRCUIT_OPEN)
                 .with_retryable(false)
                 .with_retry_after(open.retry_after())
+                .with_counts_against_health(false)
+                .with_fallback(true),
+        );
+    }
+    #[cfg(feature = "rate-limit")]
+    if let Some(limited) = e.downcast_ref::<crate::rate_limit::RateLimited>() {
+        // Nothing was sent, and the wait was already longer than the call
+        // may wait: retrying only waits again. Another target may go now.
+        return Some(
+            Failure::new(FailureClass::RateLimited)
+                .with_code(LOCAL_RATE_LIMIT)
+                .with_retryable(false)
+                .with_retry_after(limited.retry_after())
+                .with_counts_against_health(false)
+                .with_fallback(true),
+        );
+    }
+    #[cfg(feature = "rate-limit")]
+    if e.is::<crate::rate_limit::RequestTooLarge>() {
+        return Some(
+            Failure::new(FailureClass::BadRequest)
+                .with_code(REQUEST_TOO_LARGE)
+                .with_retryable(false)
                 .with_counts_against_health(false)
                 .with_fallback(true),
         );
