@@ -72,7 +72,7 @@
 //! |---|---|
 //! | `timeout` | [`TimeoutLayer`](timeout::TimeoutLayer): total, attempt, first byte, first token, idle and stream limits |
 //! | `retry` | [`RetryLayer`](retry::RetryLayer): classified retries, server-directed delays, backoff with jitter, a shared budget, streams held until their first token |
-//! | `rate-limit` | planned: `RateLimitLayer` (enables nothing yet) |
+//! | `rate-limit` | [`RateLimitLayer`](rate_limit::RateLimitLayer): requests, tokens and concurrency per key, provider or globally; a FIFO queue with a bounded wait; reserved from the estimate and settled with the metered usage; adaptive to the provider's rate-limit headers |
 //! | `circuit-breaker` | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): per provider and model, consecutive, rate and slow-call trips, limited half-open probes |
 //! | `fallback` | planned: `FallbackLayer` (enables nothing yet) |
 //! | `budget` | planned: `BudgetLayer` (enables nothing yet) |

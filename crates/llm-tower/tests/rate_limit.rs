@@ -644,3 +644,64 @@ async fn refusals_are_classified_not_retried_not_a_provider_failure() {
     assert_eq!(f.code(), Some("request_too_large"));
     assert!(!f.is_retryable() && f.should_fall_back());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_callers_never_overshoot() {
+    // An hour's window: nothing refills while the test runs.
+    let hour = Duration::from_secs(3600);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer(
+        RateLimitConfig::new()
+            .headroom(1.0)
+            .max_wait(Duration::ZERO)
+            .limit(Limit::per_minute().window(hour).requests(100).tokens(5_000))
+            .limit(Limit::at(Scope::Global).window(hour).requests(150)),
+    );
+    let tokens_in = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..1_000u64)
+        .map(|i| {
+            let svc = layer.layer(ok_service(calls.clone()));
+            let tokens_in = tokens_in.clone();
+            // Two keys: each may pass 100 requests and 5,000 tokens, both
+            // together 150 requests.
+            let model = if i % 2 == 0 { "a" } else { "b" };
+            let input = 10 + i % 41;
+            tokio::spawn(async move {
+                let res = svc.oneshot(request(meta(model, input, Some(10)))).await;
+                if res.is_ok() {
+                    tokens_in.fetch_add((input + 10) as usize, Ordering::SeqCst);
+                }
+                res.is_ok()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, calls.load(Ordering::SeqCst));
+    assert!(admitted <= 150, "{admitted}");
+    // Each key's tokens stayed under its limit: at most 2 × 5,000 in all.
+    assert!(tokens_in.load(Ordering::SeqCst) <= 10_000);
+    // Every refusal took nothing: what the cells hold adds up exactly.
+    let stats = layer.handle().stats();
+    assert_eq!(stats.admitted as usize, admitted);
+    assert_eq!(stats.refused as usize, 1_000 - admitted);
+    let mut used_requests = 0;
+    for model in ["a", "b"] {
+        let state = layer
+            .handle()
+            .key_state(&state_key(&format!("openai:{model}:")))
+            .await
+            .unwrap();
+        let req = state
+            .limits
+            .iter()
+            .find(|l| l.dimension == "requests")
+            .unwrap();
+        used_requests += req.limit - req.available;
+    }
+    assert_eq!(used_requests as usize, admitted);
+    // The global limit filled up exactly, or one key's tokens did.
+    assert!(admitted == 150 || tokens_in.load(Ordering::SeqCst) > 5_000);
+}

@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use llm_tower::store::{Balance, Quota, Reservation, Reserve, Store, StoreError, Take};
+use llm_tower::store::{
+    Acquire, Balance, Cell, Quota, Reservation, Reserve, Store, StoreError, Take,
+};
 use tokio::time::Instant;
 
 #[derive(Default)]
@@ -83,6 +85,59 @@ impl Store for LockedStore {
             let back = amount * nanos(quota.emission_interval());
             *tat = tat.saturating_sub(back).max(now);
         }
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> Result<Acquire, StoreError> {
+        if let Some(index) = cells.iter().position(|c| c.amount > c.quota.limit()) {
+            return Ok(Acquire::Never { index });
+        }
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let paused = pause.and_then(|k| s.flags.get(k)).map_or(0, |until| {
+            nanos(until.saturating_duration_since(Instant::now()))
+        });
+        // One lock over the whole map: all or nothing by construction.
+        let mut start = now + paused;
+        for c in cells {
+            let t = nanos(c.quota.emission_interval());
+            let keep = c.keep.min(c.quota.limit() - c.amount);
+            let tat = s.cells.get(c.key).copied().unwrap_or(0).max(now);
+            start =
+                start.max((tat + (c.amount + keep) * t).saturating_sub(nanos(c.quota.tolerance())));
+        }
+        if start - now > nanos(horizon) {
+            return Ok(Acquire::Denied {
+                retry_after: Duration::from_nanos(start - now),
+            });
+        }
+        for c in cells {
+            let tat = s.cells.entry(c.key.to_owned()).or_insert(0);
+            *tat = (*tat).max(start) + c.amount * nanos(c.quota.emission_interval());
+        }
+        Ok(Acquire::Granted {
+            wait: Duration::from_nanos(start - now),
+        })
+    }
+
+    async fn charge(&self, key: &str, amount: u64, quota: Quota) -> Result<(), StoreError> {
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let tat = s.cells.entry(key.to_owned()).or_insert(0);
+        *tat = (*tat).max(now) + amount * nanos(quota.emission_interval());
+        Ok(())
+    }
+
+    async fn hold(&self, key: &str, _quota: Quota, at_least: Duration) -> Result<(), StoreError> {
+        let floor = self.now_ns() + nanos(at_least);
+        let mut s = self.lock()?;
+        let tat = s.cells.entry(key.to_owned()).or_insert(0);
+        *tat = (*tat).max(floor);
         Ok(())
     }
 
@@ -195,6 +250,55 @@ async fn exercise<S: Store>(store: Arc<S>) {
     assert!(store.take("rpm", 1, rpm).await.unwrap().is_allowed());
     tokio::time::advance(sec).await;
     assert!(store.take("rpm", 1, rpm).await.unwrap().is_allowed());
+
+    // Acquire: several cells at once, a place in the queue, all or nothing.
+    let a = Quota::new(2, 2 * sec).unwrap();
+    let b = Quota::new(10, 10 * sec).unwrap();
+    let both = [Cell::new("a", 1, a), Cell::new("b", 1, b)];
+    for wait in [0, 0, 1, 2] {
+        assert_eq!(
+            store.acquire(&both, None, 5 * sec).await.unwrap(),
+            Acquire::Granted { wait: wait * sec }
+        );
+    }
+    assert_eq!(
+        store.acquire(&both, None, sec).await.unwrap(),
+        Acquire::Denied {
+            retry_after: 3 * sec
+        }
+    );
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("b", 1, b), Cell::new("a", 3, a)], None, sec)
+            .await
+            .unwrap(),
+        Acquire::Never { index: 1 }
+    );
+    // `b` gave nothing to the refused calls: 6 of 10 left.
+    assert_eq!(
+        store.take("b", 0, b).await.unwrap(),
+        Take::Allowed { remaining: 6 }
+    );
+    store.charge("b", 6, b).await.unwrap();
+    assert_eq!(
+        store.take("b", 0, b).await.unwrap(),
+        Take::Allowed { remaining: 0 }
+    );
+    store.hold("c", b, 4 * sec).await.unwrap();
+    store.hold("c", b, sec).await.unwrap();
+    assert_eq!(
+        store.take("c", 0, b).await.unwrap(),
+        Take::Allowed { remaining: 6 }
+    );
+    store.set_flag("pause", 7 * sec).await.unwrap();
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("d", 1, b)], Some("pause"), 10 * sec)
+            .await
+            .unwrap(),
+        Acquire::Granted { wait: 7 * sec }
+    );
+    store.clear_flag("pause").await.unwrap();
 
     // Budgets: reserve, deny past the limit, settle.
     let day = 24 * 3600 * sec;

@@ -17,6 +17,7 @@ use llm_tower::{
     BoxError,
     circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer},
     metering::MeterLayer,
+    rate_limit::RateLimitLayer,
     request::{PrepareLayer, ReplayBody},
     retry::{RetryConfig, RetryLayer},
     timeout::{TimeoutConfig, TimeoutLayer},
@@ -52,7 +53,7 @@ async fn main() -> Result<(), BoxError> {
         .layer(CircuitBreakerLayer::new(
             CircuitBreakerConfig::new().build()?,
         )) // per provider and model
-        // RateLimitLayer goes here when it lands
+        .layer(RateLimitLayer::default()) // paced by the provider's rate-limit headers; a 429 pauses the key
         .layer(TimeoutLayer::new(limits.per_attempt().build()?)) // inside retry: each attempt and its stream
         .layer(MeterLayer::new()) // usage, finish reason, stream errors
         .service(client);

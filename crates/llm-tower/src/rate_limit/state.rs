@@ -116,6 +116,9 @@ pub(crate) struct Shared<St> {
     pub(crate) origin: tokio::time::Instant,
 }
 
+/// A limit in force for a call: scope id, scope, dimension, limit, window.
+type InForce<'a> = (&'a str, Scope, Dim, u64, Duration);
+
 /// One cell a call takes from, owned.
 #[derive(Clone, Debug)]
 pub(crate) struct PlanCell {
@@ -218,7 +221,7 @@ impl<St: Store> Shared<St> {
         };
 
         // The limits in force: (scope id, dim, limit, window).
-        let mut limits: Vec<(&str, Scope, Dim, u64, Duration)> = Vec::with_capacity(8);
+        let mut limits: Vec<InForce<'_>> = Vec::with_capacity(8);
         let mut semaphores = Vec::new();
         for limit in &config.limits {
             let window = limit.window.unwrap_or(MINUTE);
@@ -254,7 +257,7 @@ impl<St: Store> Shared<St> {
         }
         limits.truncate(MAX_CELLS);
 
-        let mut quotas: Vec<(Quota, &(&str, Scope, Dim, u64, Duration))> = limits
+        let mut quotas: Vec<(Quota, &InForce<'_>)> = limits
             .iter()
             .filter_map(|l| Some((config.quota(l.3, l.4)?, l)))
             .collect();
