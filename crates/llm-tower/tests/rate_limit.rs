@@ -705,3 +705,44 @@ async fn a_thousand_concurrent_callers_never_overshoot() {
     // The global limit filled up exactly, or one key's tokens did.
     assert!(admitted == 150 || tokens_in.load(Ordering::SeqCst) > 5_000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_input_and_output_limits_are_learned_apart() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer(RateLimitConfig::new().headroom(1.0));
+    let mut svc = layer.layer(headers_service(
+        StatusCode::OK,
+        &[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "49"),
+            ("anthropic-ratelimit-input-tokens-limit", "30000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "29000"),
+            ("anthropic-ratelimit-output-tokens-limit", "8000"),
+            ("anthropic-ratelimit-output-tokens-remaining", "8000"),
+            // The most restrictive of the two: not a limit on their sum.
+            ("anthropic-ratelimit-tokens-limit", "8000"),
+            ("anthropic-ratelimit-tokens-remaining", "8000"),
+        ],
+        calls,
+    ));
+    svc.ready().await.unwrap().call(plain()).await.unwrap();
+    let state = layer
+        .handle()
+        .key_state(&state_key("openai:gpt-4o:"))
+        .await
+        .unwrap();
+    let mut got: Vec<_> = state
+        .limits
+        .iter()
+        .map(|l| (l.dimension, l.limit, l.available))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("input_tokens", 30_000, 29_000),
+            ("output_tokens", 8_000, 8_000),
+            ("requests", 50, 49),
+        ]
+    );
+}

@@ -356,7 +356,12 @@ impl<St: Store> Shared<St> {
             return;
         }
         let now = SystemTime::now();
-        let info = RateLimitInfo::from_headers(headers, now);
+        let mut info = RateLimitInfo::from_headers(headers, now);
+        if info.input_tokens.is_some() || info.output_tokens.is_some() {
+            // Anthropic's `tokens` is then the most restrictive of its input
+            // and output limits, not a limit on their sum.
+            info.tokens = None;
+        }
         if !info.is_empty() {
             self.learn(plan, &info);
             for dim in Dim::ALL {
