@@ -739,3 +739,78 @@ async fn the_total_deadline_bounds_the_wait_for_a_turn() {
         assert_eq!((stats.refused, stats.queued), (1, 0), "{what}: {stats:?}");
     }
 }
+
+// ---------------------------------------------------------------- more
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_waiting_gives_its_turn_back() {
+    for (provider, streaming) in SHAPES {
+        let what = format!("{provider} stream={streaming}");
+        let mock = mock(vec![]).await;
+        let tuning = Tuning {
+            rate_limit: one_a_minute(),
+            ..Tuning::new()
+        };
+        let stack = Stack::recommended(&tuning);
+        let first = stack.call(chat(&mock, provider, streaming, "one")).await;
+        assert!(first.is_clean(), "{what}: {}", first.describe());
+        // The second call's turn is at 60 s; its caller leaves after 1 s.
+        let t0 = Instant::now();
+        let gave_up =
+            tokio::time::timeout(SEC, stack.call(chat(&mock, provider, streaming, "two"))).await;
+        assert!(gave_up.is_err(), "{what}");
+        assert_eq!(stack.rate_limit().stats().waiting, 0, "{what}");
+        // The third takes the turn the second gave back: at 60 s, not 120 s.
+        let third = stack.call(chat(&mock, provider, streaming, "three")).await;
+        assert!(third.is_clean(), "{what}: {}", third.describe());
+        assert_eq!(t0.elapsed(), 60 * SEC, "{what}");
+        assert_eq!(mock.journal().len(), 2, "{what}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_mode_after_another_client_drained_the_quota() {
+    // Another client of the same key has spent the whole minute (60 of 60
+    // requests) just before: the stack knows nothing of it. Its first 8
+    // calls go at once and meet 429s (`retry-after: 1`); the first pauses
+    // the key, the headers teach it the quota and that none remains, so
+    // the retries and the 12 other calls then go at the learned pace
+    // (54 a minute, under the mock's 60) and meet no other 429. The layer
+    // keeps the headroom free at the provider: with 60 of 60 used it first
+    // waits until only 54 are (6 · 60/54 s, longer than the 1 s pause),
+    // then takes one every 60/54 s: the 20th goes (6 + 20) · 60/54 s ≈
+    // 28.9 s after the drain.
+    for (provider, streaming) in SHAPES {
+        let what = format!("{provider} stream={streaming}");
+        let mock = mock_with_quota(Quota::per_minute().requests(60), vec![]).await;
+        let other = client();
+        for i in 0..60 {
+            let req = chat(&mock, provider, false, &format!("other {i}"));
+            let (parts, body) = req.into_parts();
+            let req = Request::from_parts(parts, llm_tower::request::ReplayBody::from(body));
+            let res = tower::ServiceExt::oneshot(other.clone(), req)
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{what}");
+        }
+        let stack = Stack::recommended(&Tuning::new());
+        let reqs = (0..20)
+            .map(|i| chat(&mock, provider, streaming, &format!("call {i}")))
+            .collect();
+        let (answers, elapsed) = run_all(&stack, reqs, CONCURRENCY).await;
+        let failed = failures(&answers);
+        assert!(failed.is_empty(), "{what}: {failed:?}");
+        let n429 = count_429(&mock);
+        // Documented: 8, the calls sent before the first answer; none after.
+        assert_eq!(n429, CONCURRENCY, "{what}: in {elapsed:?}");
+        let stats = stack.rate_limit().stats();
+        assert_eq!(stats.provider_429, CONCURRENCY as u64, "{what}: {stats:?}");
+        let j = mock.journal().entries();
+        let last = j.iter().map(|e| e.at).max().unwrap() - j[59].at;
+        let paced = Duration::from_secs(60 * 26).div_f64(54.0);
+        assert!(
+            last.abs_diff(paced) <= 10 * MS,
+            "{what}: the 20th went {last:?} after the drain (paced: {paced:?})"
+        );
+    }
+}
