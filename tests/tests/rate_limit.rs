@@ -814,3 +814,52 @@ async fn adaptive_mode_after_another_client_drained_the_quota() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_its_idle_timeout_mid_stream_is_settled_once() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let what = format!("{provider}");
+        // The stream goes quiet after 3 tokens for 30 s: the idle timeout
+        // (10 s, inside the rate limiter) cuts it, and it is not retried
+        // once tokens reached the caller. It is settled once, with the
+        // meter's report of what it used (input, and 5 tokens out).
+        let mock = mock(vec![
+            Rule::new(Fault::Stall {
+                after: 3,
+                duration: 30 * SEC,
+            })
+            .times(1),
+        ])
+        .await;
+        let tuning = Tuning {
+            rate_limit: slow_tokens(SettleOutput::Actual),
+            ..Tuning::new()
+        };
+        let stack = Stack::recommended(&tuning);
+        let mut req = chat_capped(&mock, provider, true, "tell me a long story", 500);
+        let reports = observe(&mut req);
+        let answer = stack.call(req).await;
+        let reports = reports.all();
+        let attempts = mock.journal().len();
+        assert!(answer.error.is_some(), "{what}: cut, not clean");
+        assert_eq!(reports.len(), attempts, "{what}: {reports:?}");
+        let used: u64 = reports
+            .iter()
+            .map(|r| r.usage.input_tokens + r.usage.output_tokens)
+            .sum();
+        let state = stack.rate_limit().key_state(&key(&stack)).await.unwrap();
+        assert_eq!(
+            tokens_available(&state),
+            100_000 - used,
+            "{what}: {} / {reports:?}",
+            answer.describe()
+        );
+        let stats = stack.rate_limit().stats();
+        assert_eq!(
+            (stats.admitted, stats.settled),
+            (attempts as u64, attempts as u64),
+            "{what}: {stats:?}"
+        );
+        assert_eq!(settled_events(&stack), attempts, "{what}");
+    }
+}

@@ -1,9 +1,11 @@
 //! What every cross-layer test needs: the mock provider in-process on
 //! 127.0.0.1, hyper-util's legacy client, the recommended stack built as
-//! the demo builds it (`examples/llm-tower-demo/src/stack.rs`) and its
-//! documented reorderings, requests in both wire formats, and readers of
-//! what comes back (the body, its error's source chain, usage reports,
-//! retry decisions, breaker states).
+//! the demo builds it (`examples/llm-tower-demo/src/stack.rs`), with the
+//! rate limiter between the breaker and the attempt timeout (the demo has
+//! none yet), and its documented reorderings (without a rate limiter),
+//! requests in both wire formats, and readers of what comes back (the
+//! body, its error's source chain, usage reports, retry decisions, breaker
+//! states, rate-limit events).
 //!
 //! Each test file uses part of it.
 #![allow(dead_code)]
