@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
 use http::StatusCode;
-use llm_tower::retry::RetryConfig;
+use llm_tower::{rate_limit::RateLimitConfig, retry::RetryConfig};
 use llm_tower_mock::{Fault, MockServer, Provider, Quota, Rule};
 use support::*;
 
@@ -43,7 +43,10 @@ async fn a_requests_per_minute_quota_is_worked_through_with_the_default_policy()
     // and 30 attempts — with 8 callers sharing one request a second, and
     // every waiter waking at the quota's reset (plus a little jitter), a
     // caller may lose its turn many times, each wait server-directed. (A
-    // rate limiter in front, not retries, is what paces such a workload.)
+    // rate limiter in front, not retries, is what paces such a workload:
+    // the stack's own, adaptive by default, would learn the quota from the
+    // first answers' headers and meet no 429 at all — see rate_limit.rs —
+    // so it is told to ignore them here: this test is about retry.)
     // The server-delay jitter is off: it is random, and this test must
     // not be.
     let tuning = Tuning {
@@ -51,6 +54,7 @@ async fn a_requests_per_minute_quota_is_worked_through_with_the_default_policy()
         retry: RetryConfig::default()
             .max_attempts(30)
             .server_delay_jitter(Duration::ZERO),
+        rate_limit: RateLimitConfig::new().adaptive(false),
         ..Tuning::new()
     };
     let stack = Stack::recommended(&tuning);
@@ -77,6 +81,10 @@ async fn a_requests_per_minute_quota_is_worked_through_with_the_default_policy()
     );
     let ok = mock.journal().entries();
     assert_eq!(ok.iter().filter(|e| e.status == 200).count(), 90);
+    assert!(
+        ok.iter().any(|e| e.status == 429),
+        "the quota was worked through by retry, so it must have answered 429s"
+    );
 }
 
 #[tokio::test(start_paused = true)]

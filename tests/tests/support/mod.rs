@@ -1,9 +1,11 @@
 //! What every cross-layer test needs: the mock provider in-process on
 //! 127.0.0.1, hyper-util's legacy client, the recommended stack built as
-//! the demo builds it (`examples/llm-tower-demo/src/stack.rs`) and its
-//! documented reorderings, requests in both wire formats, and readers of
-//! what comes back (the body, its error's source chain, usage reports,
-//! retry decisions, breaker states).
+//! the demo builds it (`examples/llm-tower-demo/src/stack.rs`), with the
+//! rate limiter between the breaker and the attempt timeout (the demo has
+//! none yet), and its documented reorderings (without a rate limiter),
+//! requests in both wire formats, and readers of what comes back (the
+//! body, its error's source chain, usage reports, retry decisions, breaker
+//! states, rate-limit events).
 //!
 //! Each test file uses part of it.
 #![allow(dead_code)]
@@ -28,6 +30,7 @@ use llm_tower::{
         BreakerState, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, OpenDuration,
     },
     metering::{MeterLayer, UsageObservers, UsageReport},
+    rate_limit::{RateLimitConfig, RateLimitEvent, RateLimitHandle, RateLimitLayer},
     request::{PrepareLayer, ReplayBody},
     retry::{Backoff, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
     timeout::{TimeoutConfig, TimeoutLayer},
@@ -101,6 +104,9 @@ pub(crate) struct Tuning {
     pub(crate) retry: RetryConfig,
     /// The breaker, one per provider and model.
     pub(crate) breaker: CircuitBreakerConfig,
+    /// The rate limiter (recommended stack only): by default adaptive to
+    /// the provider's headers, no limit of its own.
+    pub(crate) rate_limit: RateLimitConfig,
 }
 
 impl Tuning {
@@ -128,6 +134,7 @@ impl Tuning {
                     cap: 60 * SEC,
                     jitter: 0.0,
                 }),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 
@@ -161,6 +168,10 @@ pub(crate) struct Stack {
     pub(crate) breaker: CircuitBreakerHandle,
     /// Every decision of its retry layer, in order.
     pub(crate) retries: Arc<Mutex<Vec<RetryEvent>>>,
+    /// Its rate limiter, when it has one (the recommended stack).
+    pub(crate) rate_limit: Option<RateLimitHandle>,
+    /// Every event of its rate limiter, in order.
+    pub(crate) rate_events: Arc<Mutex<Vec<RateLimitEvent>>>,
 }
 
 fn boxed<B>(res: Response<B>) -> Response<Body>
@@ -199,11 +210,23 @@ impl Stack {
             svc: BoxCloneService::new(ServiceExt::<Request<String>>::map_response(svc, boxed)),
             breaker,
             retries,
+            rate_limit: None,
+            rate_events: Arc::default(),
         }
     }
 
+    /// The rate limiter of `t`, with a log of its events.
+    fn rate_limit_layer(t: &Tuning) -> (RateLimitLayer, Arc<Mutex<Vec<RateLimitEvent>>>) {
+        let events: Arc<Mutex<Vec<RateLimitEvent>>> = Arc::default();
+        let log = events.clone();
+        let layer = RateLimitLayer::try_from(t.rate_limit.clone())
+            .expect("a valid rate-limit config")
+            .on_event(move |e| log.lock().unwrap().push(e.clone()));
+        (layer, events)
+    }
+
     /// The recommended stack, outermost first:
-    /// `Prepare → Timeout(total) → Retry → CircuitBreaker →
+    /// `Prepare → Timeout(total) → Retry → CircuitBreaker → RateLimit →
     /// Timeout(attempt, first token, idle) → Meter → client`.
     pub(crate) fn recommended(t: &Tuning) -> Stack {
         Stack::recommended_over(t, client())
@@ -223,16 +246,35 @@ impl Stack {
     {
         let limits = t.timeouts();
         let (retry, breaker, retries) = Stack::layers(t);
+        let (rate_limit, rate_events) = Stack::rate_limit_layer(t);
         let handle = breaker.handle();
+        let rate_handle = rate_limit.handle();
         let svc = ServiceBuilder::new()
             .layer(PrepareLayer::new())
             .layer(TimeoutLayer::try_from(limits.whole_call()).expect("valid limits"))
             .layer(retry)
             .layer(breaker)
+            .layer(rate_limit)
             .layer(TimeoutLayer::try_from(limits.per_attempt()).expect("valid limits"))
             .layer(MeterLayer::new())
             .service(client);
-        Stack::boxed(svc, handle, retries)
+        Stack {
+            rate_limit: Some(rate_handle),
+            rate_events,
+            ..Stack::boxed(svc, handle, retries)
+        }
+    }
+
+    /// The handle of the stack's rate limiter; panics if it has none.
+    pub(crate) fn rate_limit(&self) -> &RateLimitHandle {
+        self.rate_limit
+            .as_ref()
+            .expect("this stack has a rate limiter (the recommended one)")
+    }
+
+    /// The events of its rate limiter so far.
+    pub(crate) fn rate_events(&self) -> Vec<RateLimitEvent> {
+        self.rate_events.lock().unwrap().clone()
     }
 
     /// A documented reordering: the breaker outside retry, so it sees one
