@@ -281,23 +281,23 @@ async fn a_tokens_per_minute_quota_is_kept_under() {
     // - configured, headers ignored, the cap kept as the mock keeps it:
     //   the estimate + max_tokens alone keep the layer under the quota: 0;
     // - the same, adaptive too, and learned from the headers alone: 0;
-    // - with `Auto`, which refunds unused output here (Anthropic, and the
-    //   OpenAI format on loopback is a compatible provider, not OpenAI)
-    //   while the mock keeps the cap counted as OpenAI does: the layer
-    //   believes up to 8 calls × 60–90 unused tokens more are free than
-    //   the mock does — about the headroom's 600 — until the next
-    //   response's `remaining` corrects it: each refund (at the body's end)
-    //   lands after the hold that the call's own headers set. Streams,
-    //   whose end comes a few polls after their headers while other calls
-    //   are planned, meet a few: 3 (OpenAI format) and 2 (Anthropic),
-    //   measured, deterministic; JSON answers none.
+    // - with `Auto`, which keeps the cap for the OpenAI format (a
+    //   compatible server may count as OpenAI does) but refunds unused
+    //   output for Anthropic, as Anthropic does — while the mock keeps the
+    //   cap counted for both formats: for Anthropic the layer believes up
+    //   to 8 calls × 60–90 unused tokens more are free than the mock does
+    //   — about the headroom's 600 — until the next response's `remaining`
+    //   corrects it: each refund (at the body's end) lands after the hold
+    //   that the call's own headers set. Anthropic streams, whose end comes
+    //   a few polls after their headers while other calls are planned,
+    //   meet a few (2, measured, deterministic); the rest none.
     // - the control: no limit, headers ignored: the burst meets 429s.
     let setups: [(bool, bool, SettleOutput, usize); 6] = [
         (true, false, SettleOutput::Cap, 0),
         (true, true, SettleOutput::Cap, 0),
         (false, true, SettleOutput::Cap, 0),
-        (true, true, SettleOutput::Auto, 3),
-        (false, true, SettleOutput::Auto, 3),
+        (true, true, SettleOutput::Auto, 2),
+        (false, true, SettleOutput::Auto, 2),
         (false, false, SettleOutput::Auto, usize::MAX),
     ];
     let mut results = Vec::new();
@@ -410,13 +410,13 @@ async fn a_call_is_settled_once_with_the_usage_the_mock_reported() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn settle_output_cap_keeps_the_cap_and_auto_refunds_for_a_compatible_provider() {
+async fn settle_output_cap_keeps_the_cap_and_auto_follows_the_provider() {
     // `Cap` keeps the whole output reservation (as OpenAI counts it);
     // `Auto` follows the provider: the mock on 127.0.0.1 is Anthropic for
-    // the messages format (recognised by its path), but for the OpenAI
-    // format an OpenAI-*compatible* server known by its address, not
-    // OpenAI: `Auto` refunds for both, as `Actual` does. (Against
-    // api.openai.com, `Auto` would keep the cap.)
+    // the messages format (recognised by its path): unused output is given
+    // back, as Anthropic does; for the OpenAI format it is an
+    // OpenAI-compatible server known by its address, which may count as
+    // OpenAI does: the cap is kept.
     for settle in [SettleOutput::Cap, SettleOutput::Auto] {
         for (provider, streaming) in SHAPES {
             let what = format!("{provider} stream={streaming} {settle:?}");
@@ -432,9 +432,9 @@ async fn settle_output_cap_keeps_the_cap_and_auto_refunds_for_a_compatible_provi
             assert!(answer.is_clean(), "{what}: {}", answer.describe());
             let usage = reports.last().usage;
             assert!(usage.output_tokens < 500, "{what}: {usage:?}");
-            let output = match settle {
-                SettleOutput::Cap => 500,
-                _ => usage.output_tokens,
+            let output = match (settle, provider) {
+                (SettleOutput::Auto, Provider::Anthropic) => usage.output_tokens,
+                _ => 500,
             };
             let key = key(&stack);
             let expected = match provider {

@@ -150,11 +150,12 @@ impl Scope {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SettleOutput {
-    /// As the provider counts them: OpenAI and Azure count a call's
+    /// As the provider counts them: Anthropic estimates output from
+    /// `max_tokens` and corrects it with the actual output
+    /// ([`Actual`](Self::Actual)); OpenAI and Azure count a call's
     /// `max_tokens` against the tokens per minute when it arrives and keep
-    /// it ([`Cap`](Self::Cap)); Anthropic estimates output from `max_tokens`
-    /// and corrects it with the actual output, as do the others
-    /// ([`Actual`](Self::Actual)).
+    /// it, and so may the OpenAI-compatible servers and proxies, so every
+    /// other provider keeps the cap ([`Cap`](Self::Cap)), the safe side.
     #[default]
     Auto,
     /// Unused output is given back.

@@ -307,10 +307,10 @@ impl<St: Store> Shared<St> {
         let refund_output = match config.settle_output {
             SettleOutput::Actual => true,
             SettleOutput::Cap => false,
-            SettleOutput::Auto => !matches!(
-                provider,
-                Some(Provider::OpenAi) | Some(Provider::AzureOpenAi)
-            ),
+            // Only Anthropic is known to give unused output back; OpenAI,
+            // Azure and the servers and proxies speaking their format count
+            // the cap, and the cap is the safe side for the rest.
+            SettleOutput::Auto => matches!(provider, Some(Provider::Anthropic)),
         };
         Plan {
             pause: format!("{}:{key_id}:pause", config.prefix).into(),
