@@ -445,7 +445,7 @@ where
         Ok(res) => res,
         Err(e) => return Err(e.into()),
     };
-    shared.observe(&plan, res.status(), res.headers()).await;
+    shared.observe(&plan, res.status(), res.headers());
     if let Some(p) = StreamProgress::get(&res) {
         let _ = settlement.progress.set(p.clone());
     }

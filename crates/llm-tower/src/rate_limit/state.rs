@@ -348,11 +348,18 @@ impl<St: Store> Shared<St> {
 
     /// Reads a response's rate-limit headers into the call's key: learned
     /// limits, the provider's view of what remains, and a 429's pause.
-    pub(crate) async fn observe(&self, plan: &Plan, status: StatusCode, headers: &HeaderMap) {
+    ///
+    /// What it writes to the store runs at once on the in-memory store, and
+    /// on a task for a remote one: the response is not held back by it.
+    pub(crate) fn observe(self: &Arc<Self>, plan: &Plan, status: StatusCode, headers: &HeaderMap)
+    where
+        St: Clone,
+    {
+        let limited = status == StatusCode::TOO_MANY_REQUESTS;
+        if limited {
+            self.counters.provider_429.fetch_add(1, Relaxed);
+        }
         if !self.config.adaptive {
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                self.counters.provider_429.fetch_add(1, Relaxed);
-            }
             return;
         }
         let now = SystemTime::now();
@@ -362,83 +369,93 @@ impl<St: Store> Shared<St> {
             // and output limits, not a limit on their sum.
             info.tokens = None;
         }
-        if !info.is_empty() {
-            self.learn(plan, &info);
-            for dim in Dim::ALL {
-                let Some(reported) = dim.reported(&info) else {
-                    continue;
-                };
-                // The key's per-minute cell for this dimension: the call's,
-                // or the one just learned.
-                let learned;
-                let cell =
-                    match plan.cells.iter().find(|c| {
-                        c.scope == Scope::Key && c.dim == dim && c.quota.window() == MINUTE
-                    }) {
-                        Some(c) => c,
-                        None => {
-                            let Some(quota) = reported
-                                .limit
-                                .filter(|&n| n > 0)
-                                .and_then(|n| self.config.quota(n, MINUTE))
-                            else {
-                                continue;
-                            };
-                            learned = PlanCell {
-                                key: self.cell_key(&format!("k:{}", plan.key), dim, MINUTE),
-                                amount: 0,
-                                quota,
-                                keep: 0,
-                                dim,
-                                scope: Scope::Key,
-                            };
-                            &learned
-                        }
-                    };
-                let (Some(limit), Some(remaining)) = (reported.limit, reported.remaining) else {
-                    continue;
-                };
-                // Used at the provider; our cell keeps the headroom margin.
-                let used = limit.saturating_sub(remaining);
-                let margin = ((limit as f64) * self.config.headroom).floor() as u64;
-                let ours = cell.quota.limit();
-                let held = used.saturating_sub(margin.saturating_sub(ours));
-                if held == 0 {
-                    continue;
+        let pause = if limited {
+            server_delay(headers, now).filter(|d| !d.is_zero())
+        } else {
+            None
+        };
+        if info.is_empty() && pause.is_none() {
+            return;
+        }
+        self.learn(plan, &info);
+        // The key's per-minute cells: the call's, and those just learned.
+        let mut cells: Vec<(Box<str>, Quota, Option<crate::provider::headers::Limit>)> = plan
+            .cells
+            .iter()
+            .filter(|c| c.scope == Scope::Key)
+            .map(|c| {
+                let reported = (c.quota.window() == MINUTE)
+                    .then(|| c.dim.reported(&info))
+                    .flatten();
+                (c.key.clone(), c.quota, reported)
+            })
+            .collect();
+        for dim in Dim::ALL {
+            let Some(reported) = dim.reported(&info) else {
+                continue;
+            };
+            let known = plan
+                .cells
+                .iter()
+                .any(|c| c.scope == Scope::Key && c.dim == dim && c.quota.window() == MINUTE);
+            if known {
+                continue;
+            }
+            if let Some(quota) = reported
+                .limit
+                .filter(|&n| n > 0)
+                .and_then(|n| self.config.quota(n, MINUTE))
+            {
+                let key = self.cell_key(&format!("k:{}", plan.key), dim, MINUTE);
+                cells.push((key, quota, Some(reported)));
+            }
+        }
+        let mut holds: Vec<(Box<str>, Quota, Duration)> = Vec::new();
+        for (key, quota, reported) in cells {
+            // Used at the provider; our cell keeps the headroom margin.
+            let used = reported
+                .and_then(|r| Some(r.limit?.saturating_sub(r.remaining?)))
+                .map_or(Duration::ZERO, |used| {
+                    let limit = reported.and_then(|r| r.limit).unwrap_or(0);
+                    let margin = ((limit as f64) * self.config.headroom).floor() as u64;
+                    let held = used.saturating_sub(margin.saturating_sub(quota.limit()));
+                    quota
+                        .emission_interval()
+                        .saturating_mul(held.min(u64::from(u32::MAX)) as u32)
+                });
+            // Empty when a pause ends: calls resume at the limit's pace
+            // rather than in a burst.
+            let paused = pause.map_or(Duration::ZERO, |delay| {
+                delay + quota.tolerance() - quota.emission_interval()
+            });
+            let at_least = used.max(paused);
+            if at_least.is_zero() {
+                continue;
+            }
+            holds.push((key, quota, at_least));
+        }
+        if let Some(delay) = pause {
+            self.emit(RateLimitEvent::Paused {
+                key: plan.key.clone(),
+                delay,
+            });
+        }
+        if holds.is_empty() && pause.is_none() {
+            return;
+        }
+        let shared = self.clone();
+        let flag = pause.map(|d| (plan.pause.clone(), d));
+        run_now_or_spawn(async move {
+            if let Some((flag, delay)) = flag
+                && let Err(e) = shared.store.set_flag(&flag, delay).await
+            {
+                shared.store_error(&e);
+            }
+            for (key, quota, at_least) in holds {
+                if let Err(e) = shared.store.hold(&key, quota, at_least).await {
+                    shared.store_error(&e);
                 }
-                let at_least = cell
-                    .quota
-                    .emission_interval()
-                    .saturating_mul(held.min(u32::MAX as u64) as u32);
-                if let Err(e) = self.store.hold(&cell.key, cell.quota, at_least).await {
-                    self.store_error(&e);
-                }
             }
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            self.counters.provider_429.fetch_add(1, Relaxed);
-            if let Some(delay) = server_delay(headers, now).filter(|d| !d.is_zero()) {
-                self.pause(plan, delay).await;
-            }
-        }
-    }
-
-    /// Pauses the call's key for `delay`: nothing starts before it ends,
-    /// and the key's cells are empty then, so calls resume at the pace of
-    /// the limit rather than in a burst.
-    pub(crate) async fn pause(&self, plan: &Plan, delay: Duration) {
-        if let Err(e) = self.store.set_flag(&plan.pause, delay).await {
-            self.store_error(&e);
-        }
-        for cell in plan.cells.iter().filter(|c| c.scope == Scope::Key) {
-            let at_least = delay + cell.quota.tolerance() - cell.quota.emission_interval();
-            if let Err(e) = self.store.hold(&cell.key, cell.quota, at_least).await {
-                self.store_error(&e);
-            }
-        }
-        self.emit(RateLimitEvent::Paused {
-            key: plan.key.clone(),
-            delay,
         });
     }
 
