@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use llm_tower::store::{Balance, Quota, Reservation, Reserve, Store, StoreError, Take};
+use llm_tower::store::{
+    Acquire, Balance, Cell, Quota, Reservation, Reserve, Store, StoreError, Take,
+};
 use tokio::time::Instant;
 
 #[derive(Default)]
@@ -83,6 +85,64 @@ impl Store for LockedStore {
             let back = amount * nanos(quota.emission_interval());
             *tat = tat.saturating_sub(back).max(now);
         }
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> Result<Acquire, StoreError> {
+        if let Some(index) = cells.iter().position(|c| c.amount > c.quota.limit()) {
+            return Ok(Acquire::Never { index });
+        }
+        for (i, c) in cells.iter().enumerate() {
+            if cells[..i].iter().any(|o| o.key == c.key) {
+                return Err(StoreError::new("acquire: two cells share a key"));
+            }
+        }
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let paused = pause.and_then(|k| s.flags.get(k)).map_or(0, |until| {
+            nanos(until.saturating_duration_since(Instant::now()))
+        });
+        let mut start = now + paused;
+        for c in cells {
+            let t = nanos(c.quota.emission_interval());
+            let keep = c.keep.min(c.quota.limit() - c.amount);
+            let tat = s.cells.get(c.key).copied().unwrap_or(0).max(now);
+            let ready = (tat + (c.amount + keep) * t).saturating_sub(nanos(c.quota.tolerance()));
+            start = start.max(ready);
+        }
+        if start - now > nanos(horizon) {
+            return Ok(Acquire::Denied {
+                retry_after: Duration::from_nanos(start - now),
+            });
+        }
+        for c in cells {
+            let t = nanos(c.quota.emission_interval());
+            let tat = s.cells.entry(c.key.to_owned()).or_insert(0);
+            *tat = (*tat).max(start) + c.amount * t;
+        }
+        Ok(Acquire::Granted {
+            wait: Duration::from_nanos(start - now),
+        })
+    }
+
+    async fn charge(&self, key: &str, amount: u64, quota: Quota) -> Result<(), StoreError> {
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let tat = s.cells.entry(key.to_owned()).or_insert(0);
+        *tat = (*tat).max(now) + amount * nanos(quota.emission_interval());
+        Ok(())
+    }
+
+    async fn hold(&self, key: &str, _quota: Quota, at_least: Duration) -> Result<(), StoreError> {
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let tat = s.cells.entry(key.to_owned()).or_insert(0);
+        *tat = (*tat).max(now + nanos(at_least));
         Ok(())
     }
 
@@ -195,6 +255,76 @@ async fn exercise<S: Store>(store: Arc<S>) {
     assert!(store.take("rpm", 1, rpm).await.unwrap().is_allowed());
     tokio::time::advance(sec).await;
     assert!(store.take("rpm", 1, rpm).await.unwrap().is_allowed());
+
+    // Acquire: all or nothing, scheduled; charge and hold.
+    let ten = Quota::new(10, sec).unwrap(); // T = 100 ms
+    let two = Quota::new(2, sec).unwrap(); // T = 500 ms
+    let ms = Duration::from_millis(1);
+    assert_eq!(
+        store.take("b", 2, two).await.unwrap(),
+        Take::Allowed { remaining: 0 }
+    );
+    let cells = [Cell::new("a", 1, ten), Cell::new("b", 1, two)];
+    assert_eq!(
+        store.acquire(&cells, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied {
+            retry_after: 500 * ms
+        }
+    );
+    assert_eq!(
+        store.take("a", 0, ten).await.unwrap(),
+        Take::Allowed { remaining: 10 }
+    );
+    assert_eq!(
+        store.acquire(&cells, None, sec).await.unwrap(),
+        Acquire::Granted { wait: 500 * ms }
+    );
+    assert_eq!(
+        store.take("a", 0, ten).await.unwrap(),
+        Take::Allowed { remaining: 4 }
+    );
+    let too_big = [Cell::new("a", 1, ten), Cell::new("c", 3, two)];
+    assert_eq!(
+        store.acquire(&too_big, None, sec).await.unwrap(),
+        Acquire::Never { index: 1 }
+    );
+    let twice = [Cell::new("a", 1, ten), Cell::new("a", 1, ten)];
+    assert!(store.acquire(&twice, None, sec).await.is_err());
+    let keeper = [Cell::new("k", 1, ten).keep(5)];
+    for _ in 0..5 {
+        assert_eq!(
+            store.acquire(&keeper, None, Duration::ZERO).await.unwrap(),
+            Acquire::Granted {
+                wait: Duration::ZERO
+            }
+        );
+    }
+    assert_eq!(
+        store.acquire(&keeper, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied {
+            retry_after: 100 * ms
+        }
+    );
+    store.set_flag("pause", 2 * sec).await.unwrap();
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("p", 1, ten)], Some("pause"), 3 * sec)
+            .await
+            .unwrap(),
+        Acquire::Granted { wait: 2 * sec }
+    );
+    store.clear_flag("pause").await.unwrap();
+    store.charge("c", 3, ten).await.unwrap();
+    assert_eq!(
+        store.take("c", 0, ten).await.unwrap(),
+        Take::Allowed { remaining: 7 }
+    );
+    store.hold("h", ten, 600 * ms).await.unwrap();
+    store.hold("h", ten, 200 * ms).await.unwrap();
+    assert_eq!(
+        store.take("h", 0, ten).await.unwrap(),
+        Take::Allowed { remaining: 4 }
+    );
 
     // Budgets: reserve, deny past the limit, settle.
     let day = 24 * 3600 * sec;

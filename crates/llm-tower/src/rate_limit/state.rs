@@ -19,8 +19,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::Semaphore;
 
 use super::{
-    Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope,
-    SettleOutput,
+    Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope, SettleOutput,
     config::MAX_CELLS,
     key::{api_key_hash, default_key, provider_name},
 };
@@ -34,6 +33,9 @@ use crate::{
     store::{Cell, Quota, Store},
     usage::Usage,
 };
+
+/// One limit in force for a call: (scope id, scope, dim, limit, window).
+type InForce<'a> = (&'a str, Scope, Dim, u64, Duration);
 
 /// The most keys whose learned limits are kept; beyond, idle ones go.
 const MAX_KEYS: usize = 10_000;
@@ -218,7 +220,7 @@ impl<St: Store> Shared<St> {
         };
 
         // The limits in force: (scope id, dim, limit, window).
-        let mut limits: Vec<(&str, Scope, Dim, u64, Duration)> = Vec::with_capacity(8);
+        let mut limits: Vec<InForce<'_>> = Vec::with_capacity(8);
         let mut semaphores = Vec::new();
         for limit in &config.limits {
             let window = limit.window.unwrap_or(MINUTE);
@@ -254,7 +256,7 @@ impl<St: Store> Shared<St> {
         }
         limits.truncate(MAX_CELLS);
 
-        let mut quotas: Vec<(Quota, &(&str, Scope, Dim, u64, Duration))> = limits
+        let mut quotas: Vec<(Quota, &InForce<'_>)> = limits
             .iter()
             .filter_map(|l| Some((config.quota(l.3, l.4)?, l)))
             .collect();
@@ -370,7 +372,10 @@ impl<St: Store> Shared<St> {
                 if held == 0 {
                     continue;
                 }
-                let at_least = cell.quota.emission_interval().saturating_mul(held.min(u32::MAX as u64) as u32);
+                let at_least = cell
+                    .quota
+                    .emission_interval()
+                    .saturating_mul(held.min(u32::MAX as u64) as u32);
                 if let Err(e) = self.store.hold(&cell.key, cell.quota, at_least).await {
                     self.store_error(&e);
                 }
