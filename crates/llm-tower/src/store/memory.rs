@@ -147,7 +147,14 @@ impl<C: Clock> MemoryStore<C> {
         let inner = &*self.inner;
         let before = self.len();
         let now = inner.now_ns();
-        inner.cells.retain(|_, tat| *lock(tat) > now);
+        // A cell whose `Arc` is held elsewhere is in use: an `acquire`,
+        // `charge` or `hold` looked it up and is about to lock and update it.
+        // Removing it would lose that update to a detached cell (and a later
+        // caller would find a fresh, full one). No new clone can be made while
+        // `retain` holds the shard, so a count of one means no user.
+        inner
+            .cells
+            .retain(|_, tat| Arc::strong_count(tat) > 1 || *lock(tat) > now);
         inner.buckets.retain(|_, b| lock(b).expires > now);
         inner
             .flags

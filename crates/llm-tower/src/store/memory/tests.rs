@@ -634,3 +634,886 @@ async fn concurrent_takes_pass_exactly_the_burst() {
     }
     assert_eq!(total, 1_000);
 }
+
+// ---------------------------------------------------------------------------
+// acquire, charge, hold
+// ---------------------------------------------------------------------------
+
+/// A horizon longer than any wait in these tests.
+const FOREVER: Duration = Duration::from_secs(1_000_000);
+
+/// The wait of a granted acquire.
+fn wait_of(a: Acquire) -> Duration {
+    match a {
+        Acquire::Granted { wait } => wait,
+        other => panic!("not granted: {other:?}"),
+    }
+}
+
+/// The units left in the cell `key` now, read with a take of zero; zero
+/// when the cell is overdrawn (a take of zero is then denied, as documented:
+/// `TAT − now > limit·T`).
+fn remaining<C: Clock>(store: &MemoryStore<C>, key: &str, q: Quota) -> u64 {
+    match now(store.take(key, 0, q)) {
+        Take::Allowed { remaining } => remaining,
+        Take::Denied { .. } => 0,
+        Take::Never => panic!("a take of zero is never `Never`"),
+    }
+}
+
+fn granted_now() -> Acquire {
+    Acquire::Granted {
+        wait: Duration::ZERO,
+    }
+}
+
+/// An idle key grants its burst at once, then one unit per `T`, each waiter
+/// told its exact turn: the queue is first in, first out by construction.
+#[tokio::test(start_paused = true)]
+async fn acquire_burst_then_one_per_interval() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let t = q.emission_interval();
+    let one = [Cell::new("k", 1, q)];
+
+    for _ in 0..10 {
+        assert_eq!(
+            store.acquire(&one, None, Duration::ZERO).await.unwrap(),
+            granted_now()
+        );
+    }
+    assert_eq!(remaining(&store, "k", q), 0);
+    for i in 1..=5u32 {
+        assert_eq!(
+            store.acquire(&one, None, FOREVER).await.unwrap(),
+            Acquire::Granted { wait: i * t }
+        );
+    }
+    // The queue lives in the cell: a plain take sees it.
+    assert_eq!(
+        store.take("k", 1, q).await.unwrap(),
+        Take::Denied { retry_after: 6 * t }
+    );
+    // A horizon of exactly the wait is enough; one nanosecond less is not.
+    assert_eq!(
+        store.acquire(&one, None, 6 * t - NS).await.unwrap(),
+        Acquire::Denied { retry_after: 6 * t }
+    );
+    assert_eq!(
+        store.acquire(&one, None, 6 * t).await.unwrap(),
+        Acquire::Granted { wait: 6 * t }
+    );
+    // Time passing shortens every turn by as much.
+    advance(2 * t + 30 * MS).await;
+    assert_eq!(
+        store.acquire(&one, None, FOREVER).await.unwrap(),
+        Acquire::Granted {
+            wait: 5 * t - 30 * MS
+        }
+    );
+    // Once the queue has drained and a window gone by, the burst is back.
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(remaining(&store, "k", q), 10);
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("k", 10, q)], None, Duration::ZERO)
+            .await
+            .unwrap(),
+        granted_now()
+    );
+}
+
+/// A denied acquire answers the exact wait and takes nothing.
+#[tokio::test(start_paused = true)]
+async fn acquire_denied_takes_nothing() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let t = q.emission_interval();
+
+    store.take("k", 7, q).await.unwrap();
+    assert_eq!(remaining(&store, "k", q), 3);
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("k", 5, q)], None, 2 * t - NS)
+            .await
+            .unwrap(),
+        Acquire::Denied { retry_after: 2 * t }
+    );
+    assert_eq!(remaining(&store, "k", q), 3);
+
+    store.take("k", 3, q).await.unwrap();
+    let one = [Cell::new("k", 1, q)];
+    for _ in 0..3 {
+        assert_eq!(
+            store.acquire(&one, None, Duration::ZERO).await.unwrap(),
+            Acquire::Denied { retry_after: t }
+        );
+    }
+    // Nothing was queued by the denials: the next waiter is first in line.
+    advance(t / 2).await;
+    assert_eq!(
+        store.acquire(&one, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied { retry_after: t / 2 }
+    );
+    assert_eq!(
+        store.acquire(&one, None, t / 2).await.unwrap(),
+        Acquire::Granted { wait: t / 2 }
+    );
+    // `retry_after` is exact: after it, the same acquire passes at once.
+    let Acquire::Denied { retry_after } = store.acquire(&one, None, Duration::ZERO).await.unwrap()
+    else {
+        panic!("the cell is empty");
+    };
+    // The grant above went at `T` (the cell's TAT was `10 T`, now `11 T`):
+    // the next one at `2 T`, that is 1.5 T from now.
+    assert_eq!(retry_after, t + t / 2);
+    advance(retry_after - NS).await;
+    assert!(matches!(
+        store.acquire(&one, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied { retry_after } if retry_after == NS
+    ));
+    advance(NS).await;
+    assert_eq!(
+        store.acquire(&one, None, Duration::ZERO).await.unwrap(),
+        granted_now()
+    );
+}
+
+/// A cell asking for more than its limit is named, whatever its place, and
+/// nothing is taken from the others.
+#[tokio::test(start_paused = true)]
+async fn acquire_never_names_the_cell() {
+    let store = MemoryStore::new();
+    let small = quota(10, Duration::from_secs(1));
+    let big = quota(100, Duration::from_secs(1));
+
+    let cells = [
+        Cell::new("a", 5, small),
+        Cell::new("b", 100, big),
+        Cell::new("c", 11, small),
+    ];
+    assert_eq!(
+        store.acquire(&cells, None, FOREVER).await.unwrap(),
+        Acquire::Never { index: 2 }
+    );
+    let cells = [
+        Cell::new("a", 10, small),
+        Cell::new("b", 101, big),
+        Cell::new("c", 1, small),
+    ];
+    assert_eq!(
+        store.acquire(&cells, None, FOREVER).await.unwrap(),
+        Acquire::Never { index: 1 }
+    );
+    assert_eq!(remaining(&store, "a", small), 10);
+    assert_eq!(remaining(&store, "b", big), 100);
+    assert_eq!(remaining(&store, "c", small), 10);
+    // Also when the other cells are busy already.
+    store.take("a", 4, small).await.unwrap();
+    let cells = [Cell::new("a", 1, small), Cell::new("c", 20, small)];
+    assert_eq!(
+        store.acquire(&cells, None, FOREVER).await.unwrap(),
+        Acquire::Never { index: 1 }
+    );
+    assert_eq!(remaining(&store, "a", small), 6);
+    assert_eq!(remaining(&store, "c", small), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_rejects_a_key_twice() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let cells = [
+        Cell::new("a", 1, q),
+        Cell::new("b", 2, q),
+        Cell::new("a", 3, q),
+    ];
+    let err = store.acquire(&cells, None, FOREVER).await.unwrap_err();
+    assert!(err.to_string().contains("share a key"), "{err}");
+    assert_eq!(remaining(&store, "a", q), 10);
+    assert_eq!(remaining(&store, "b", q), 10);
+}
+
+/// Several cells: all or nothing, at the turn of the slowest.
+#[tokio::test(start_paused = true)]
+async fn acquire_is_all_or_nothing() {
+    let store = MemoryStore::new();
+    let qa = quota(10, Duration::from_secs(1)); // T = 100 ms
+    let qb = quota(2, Duration::from_secs(1)); // T = 500 ms
+    store.take("b", 2, qb).await.unwrap();
+
+    let cells = [Cell::new("a", 1, qa), Cell::new("b", 1, qb)];
+    assert_eq!(
+        store.acquire(&cells, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied {
+            retry_after: 500 * MS
+        }
+    );
+    assert_eq!(remaining(&store, "a", qa), 10, "A untouched by the denial");
+    assert_eq!(remaining(&store, "b", qb), 0);
+    // Order of the cells does not matter.
+    let reversed = [cells[1], cells[0]];
+    assert_eq!(
+        store.acquire(&reversed, None, 499 * MS).await.unwrap(),
+        Acquire::Denied {
+            retry_after: 500 * MS
+        }
+    );
+    assert_eq!(remaining(&store, "a", qa), 10);
+
+    // Within the horizon both are taken, as if the call arrived at its turn
+    // (`TAT_a = 500 ms + 100 ms`): A keeps 4 units now, 5 from 500 ms on.
+    assert_eq!(
+        store.acquire(&cells, None, 500 * MS).await.unwrap(),
+        Acquire::Granted { wait: 500 * MS }
+    );
+    assert_eq!(remaining(&store, "a", qa), 4);
+    assert_eq!(
+        store.take("b", 1, qb).await.unwrap(),
+        Take::Denied {
+            retry_after: Duration::from_secs(1)
+        }
+    );
+    advance(500 * MS).await;
+    assert_eq!(remaining(&store, "a", qa), 9);
+}
+
+/// The pause flag holds every start back until it ends; it is a floor, not
+/// added to the cells' own wait.
+#[tokio::test(start_paused = true)]
+async fn acquire_waits_for_the_pause() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let five = Duration::from_secs(5);
+    let one = [Cell::new("k", 1, q)];
+    store.set_flag("pause", five).await.unwrap();
+
+    assert_eq!(
+        store
+            .acquire(&one, Some("pause"), Duration::from_secs(4))
+            .await
+            .unwrap(),
+        Acquire::Denied { retry_after: five }
+    );
+    assert_eq!(remaining(&store, "k", q), 10);
+    let wait = wait_of(store.acquire(&one, Some("pause"), FOREVER).await.unwrap());
+    assert!(wait >= five, "{wait:?}");
+    assert_eq!(wait, five);
+    // No cells at all: the pause alone.
+    assert_eq!(
+        store.acquire(&[], Some("pause"), FOREVER).await.unwrap(),
+        Acquire::Granted { wait: five }
+    );
+    // Without the flag, or with another one, no pause.
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("j", 1, q)], None, Duration::ZERO)
+            .await
+            .unwrap(),
+        granted_now()
+    );
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("j", 1, q)], Some("unset"), Duration::ZERO)
+            .await
+            .unwrap(),
+        granted_now()
+    );
+
+    // A cell's wait longer than the pause wins; they do not add up.
+    let slow = quota(1, Duration::from_secs(7));
+    store.take("slow", 1, slow).await.unwrap();
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("slow", 1, slow)], Some("pause"), FOREVER)
+            .await
+            .unwrap(),
+        Acquire::Granted {
+            wait: Duration::from_secs(7)
+        }
+    );
+
+    // The pause ends on time, and a cleared one at once.
+    advance(five - MS).await;
+    assert_eq!(
+        wait_of(
+            store
+                .acquire(&[Cell::new("j", 1, q)], Some("pause"), FOREVER)
+                .await
+                .unwrap()
+        ),
+        MS
+    );
+    store.clear_flag("pause").await.unwrap();
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("j", 1, q)], Some("pause"), Duration::ZERO)
+            .await
+            .unwrap(),
+        granted_now()
+    );
+}
+
+/// `keep` leaves units for others: a keeper stops where a non-keeper goes on.
+#[tokio::test(start_paused = true)]
+async fn acquire_keeps_units_for_others() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let t = q.emission_interval();
+    let keeper = [Cell::new("k", 1, q).keep(5)];
+    let other = [Cell::new("k", 1, q)];
+
+    for _ in 0..5 {
+        assert_eq!(
+            store.acquire(&keeper, None, Duration::ZERO).await.unwrap(),
+            granted_now()
+        );
+    }
+    assert_eq!(
+        store.acquire(&keeper, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied { retry_after: t }
+    );
+    assert_eq!(remaining(&store, "k", q), 5);
+    for _ in 0..5 {
+        assert_eq!(
+            store.acquire(&other, None, Duration::ZERO).await.unwrap(),
+            granted_now()
+        );
+    }
+    assert_eq!(
+        store.acquire(&other, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied { retry_after: t }
+    );
+    // On an empty cell the keeper waits until 1 + 5 units are back.
+    assert_eq!(
+        store.acquire(&keeper, None, FOREVER).await.unwrap(),
+        Acquire::Granted { wait: 6 * t }
+    );
+    // A keeper of 3 units at once on a full cell gets them only if 5 stay.
+    let wide = [Cell::new("w", 3, q).keep(5)];
+    assert_eq!(
+        store.acquire(&wide, None, Duration::ZERO).await.unwrap(),
+        granted_now()
+    );
+    assert_eq!(
+        store.acquire(&wide, None, Duration::ZERO).await.unwrap(),
+        Acquire::Denied { retry_after: t }
+    );
+    // `keep` counts only up to `limit − amount`: a full burst still passes.
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("full", 10, q).keep(5)], None, Duration::ZERO)
+            .await
+            .unwrap(),
+        granted_now()
+    );
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("more", 7, q).keep(100)], None, Duration::ZERO)
+            .await
+            .unwrap(),
+        granted_now()
+    );
+    assert_eq!(remaining(&store, "more", q), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn charge_takes_without_asking() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let t = q.emission_interval();
+
+    store.take("k", 3, q).await.unwrap();
+    store.charge("k", 4, q).await.unwrap();
+    assert_eq!(remaining(&store, "k", q), 3);
+    // Past empty: what was used is used, and the wait says so.
+    store.charge("k", 10, q).await.unwrap();
+    assert_eq!(remaining(&store, "k", q), 0);
+    assert_eq!(
+        store.take("k", 1, q).await.unwrap(),
+        Take::Denied { retry_after: 8 * t }
+    );
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("k", 1, q)], None, FOREVER)
+            .await
+            .unwrap(),
+        Acquire::Granted { wait: 8 * t }
+    );
+    // A fresh key, and a charge of zero.
+    store.charge("new", 2, q).await.unwrap();
+    assert_eq!(remaining(&store, "new", q), 8);
+    store.charge("new", 0, q).await.unwrap();
+    store.charge("zero", 0, q).await.unwrap();
+    assert_eq!(remaining(&store, "new", q), 8);
+    assert_eq!(remaining(&store, "zero", q), 10);
+    // A charge on an idle cell counts from now, not from a stale TAT.
+    advance(Duration::from_secs(10)).await;
+    store.charge("k", 1, q).await.unwrap();
+    assert_eq!(remaining(&store, "k", q), 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_raises_and_never_lowers() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let t = q.emission_interval();
+
+    store.hold("k", q, 5 * t).await.unwrap();
+    assert_eq!(remaining(&store, "k", q), 5);
+    store.hold("k", q, 2 * t).await.unwrap();
+    assert_eq!(
+        remaining(&store, "k", q),
+        5,
+        "a shorter hold changes nothing"
+    );
+    store.hold("k", q, Duration::ZERO).await.unwrap();
+    assert_eq!(remaining(&store, "k", q), 5);
+
+    // Holding for the whole tolerance empties the cell.
+    store.hold("k", q, q.tolerance()).await.unwrap();
+    assert_eq!(remaining(&store, "k", q), 0);
+    assert_eq!(
+        store.take("k", 1, q).await.unwrap(),
+        Take::Denied { retry_after: t }
+    );
+    assert_eq!(
+        store
+            .acquire(&[Cell::new("k", 1, q)], None, FOREVER)
+            .await
+            .unwrap(),
+        Acquire::Granted { wait: t }
+    );
+
+    // The hold counts from now: after 3 T, a hold of 5 T is below the TAT.
+    let r = remaining(&store, "j", q);
+    assert_eq!(r, 10);
+    store.hold("j", q, q.tolerance()).await.unwrap();
+    advance(3 * t).await;
+    assert_eq!(remaining(&store, "j", q), 3);
+    store.hold("j", q, 5 * t).await.unwrap();
+    assert_eq!(remaining(&store, "j", q), 3);
+    store.hold("j", q, 8 * t).await.unwrap();
+    assert_eq!(remaining(&store, "j", q), 2);
+    // A hold on a cell busy from takes keeps the takes.
+    store.take("h", 6, q).await.unwrap();
+    store.hold("h", q, 2 * t).await.unwrap();
+    assert_eq!(remaining(&store, "h", q), 4);
+}
+
+/// A waiter that gives up and refunds leaves the cells as they were: the
+/// next waiter gets the turn the first one had.
+#[tokio::test(start_paused = true)]
+async fn refunded_acquire_leaves_no_trace() {
+    let store = MemoryStore::new();
+    let q = quota(10, Duration::from_secs(1));
+    let t = q.emission_interval();
+
+    store.take("k", 10, q).await.unwrap();
+    let three = [Cell::new("k", 3, q)];
+    assert_eq!(
+        store.acquire(&three, None, FOREVER).await.unwrap(),
+        Acquire::Granted { wait: 3 * t }
+    );
+    store.refund("k", 3, q).await.unwrap();
+    assert_eq!(
+        store.acquire(&three, None, FOREVER).await.unwrap(),
+        Acquire::Granted { wait: 3 * t }
+    );
+    store.refund("k", 3, q).await.unwrap();
+    assert_eq!(
+        store.take("k", 1, q).await.unwrap(),
+        Take::Denied { retry_after: t }
+    );
+
+    // Three waiters in line; the second leaves; the next arrival takes the
+    // last place, not a place after the one that left.
+    let one = [Cell::new("k", 1, q)];
+    let waits: Vec<_> = (0..3)
+        .map(|_| wait_of(now(store.acquire(&one, None, FOREVER))))
+        .collect();
+    assert_eq!(waits, [t, 2 * t, 3 * t]);
+    store.refund("k", 1, q).await.unwrap();
+    assert_eq!(
+        store.acquire(&one, None, FOREVER).await.unwrap(),
+        Acquire::Granted { wait: 3 * t }
+    );
+    // Everyone leaves: the cell is as the burst left it.
+    store.refund("k", 3, q).await.unwrap();
+    assert_eq!(
+        store.take("k", 1, q).await.unwrap(),
+        Take::Denied { retry_after: t }
+    );
+
+    // Several cells: the slow one is restored, the next waiter on the same
+    // cells gets the same turn.
+    let qa = quota(10, Duration::from_secs(1));
+    let qb = quota(2, Duration::from_secs(1));
+    store.take("b", 2, qb).await.unwrap();
+    let cells = [Cell::new("a", 1, qa), Cell::new("b", 1, qb)];
+    assert_eq!(
+        store.acquire(&cells, None, FOREVER).await.unwrap(),
+        Acquire::Granted { wait: 500 * MS }
+    );
+    store.refund("a", 1, qa).await.unwrap();
+    store.refund("b", 1, qb).await.unwrap();
+    assert_eq!(
+        store.take("b", 1, qb).await.unwrap(),
+        Take::Denied {
+            retry_after: 500 * MS
+        }
+    );
+    assert_eq!(
+        store.acquire(&cells, None, FOREVER).await.unwrap(),
+        Acquire::Granted { wait: 500 * MS }
+    );
+}
+
+/// One arrival of the acquire property test: the time since the previous
+/// one, the amounts of the two cells (the second cell optional), the first
+/// cell's `keep` and the horizon.
+#[derive(Debug, Clone)]
+struct Arrival {
+    advance_ns: u64,
+    amounts: (u64, Option<u64>),
+    keep: u64,
+    horizon_ns: u64,
+}
+
+fn quotas_and_arrivals() -> impl Strategy<Value = ([Quota; 2], Vec<Arrival>)> {
+    let quota_strategy =
+        (1..=50u64, 1..=10u64).prop_map(|(limit, secs)| quota(limit, Duration::from_secs(secs)));
+    (quota_strategy.clone(), quota_strategy).prop_flat_map(|(q0, q1)| {
+        let window_ns = q0.window().max(q1.window()).as_nanos() as u64;
+        let t_ns = q0.interval_ns().min(q1.interval_ns());
+        let arrival = (
+            prop_oneof![Just(0), 0..=t_ns, 0..=2 * window_ns],
+            0..=q0.limit(),
+            proptest::option::of(0..=q1.limit()),
+            prop_oneof![3 => Just(0), 1 => 0..=q0.limit()],
+            prop_oneof![Just(0), 0..=2 * window_ns],
+        )
+            .prop_map(|(advance_ns, a0, a1, keep, horizon_ns)| Arrival {
+                advance_ns,
+                amounts: (a0, a1),
+                keep,
+                horizon_ns,
+            });
+        (Just([q0, q1]), proptest::collection::vec(arrival, 1..100))
+    })
+}
+
+/// Plays the arrivals on paused time against a model of the documented
+/// schedule; returns the grants of each cell as (start, amount), in ns.
+async fn run_acquire(qs: [Quota; 2], arrivals: Vec<Arrival>) -> [Vec<(u64, u64)>; 2] {
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    let keys = ["c0", "c1"];
+    // The model: each cell's TAT, in ns since `start` (0: full).
+    let mut tat = [0u64; 2];
+    let mut grants: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
+    for a in arrivals {
+        advance(Duration::from_nanos(a.advance_ns)).await;
+        let t_now = (Instant::now() - start).as_nanos() as u64;
+        let mut cells = vec![Cell::new(keys[0], a.amounts.0, qs[0]).keep(a.keep)];
+        let mut asked = vec![(0, a.amounts.0, a.keep)];
+        if let Some(n1) = a.amounts.1 {
+            cells.push(Cell::new(keys[1], n1, qs[1]));
+            asked.push((1, n1, 0));
+        }
+        // The earliest start at which every cell conforms: GCRA at `s`,
+        // `max(TAT, s) + (n + keep)·T − s ≤ limit·T`.
+        let mut s = t_now;
+        for &(i, n, keep) in &asked {
+            let q = qs[i];
+            let keep = keep.min(q.limit() - n);
+            let ready = i128::from(tat[i].max(t_now)) + i128::from((n + keep) * q.interval_ns())
+                - i128::from(q.tolerance_ns());
+            s = s.max(u64::try_from(ready).unwrap_or(0));
+        }
+        let wait = s - t_now;
+        let got = now(store.acquire(&cells, None, Duration::from_nanos(a.horizon_ns)));
+        if wait > a.horizon_ns {
+            assert_eq!(
+                got,
+                Acquire::Denied {
+                    retry_after: Duration::from_nanos(wait)
+                },
+                "{a:?} at {t_now}"
+            );
+        } else {
+            // Never denied when the turn is within the horizon.
+            assert_eq!(
+                got,
+                Acquire::Granted {
+                    wait: Duration::from_nanos(wait)
+                },
+                "{a:?} at {t_now}"
+            );
+            for &(i, n, _) in &asked {
+                tat[i] = tat[i].max(s) + n * qs[i].interval_ns();
+                grants[i].push((s, n));
+            }
+        }
+    }
+    // The model and the store agree on what is left, or on the debt.
+    let t_now = (Instant::now() - start).as_nanos() as u64;
+    for ((key, q), tat) in keys.into_iter().zip(qs).zip(tat) {
+        let ahead = tat.saturating_sub(t_now);
+        let expected = match ahead.checked_sub(q.tolerance_ns()) {
+            Some(debt) if debt > 0 => Take::Denied {
+                retry_after: Duration::from_nanos(debt),
+            },
+            _ => Take::Allowed {
+                remaining: (q.tolerance_ns() - ahead) / q.interval_ns(),
+            },
+        };
+        assert_eq!(now(store.take(key, 0, q)), expected, "{key}");
+    }
+    grants
+}
+
+/// Whether the units started in every interval [a, b] between two starts
+/// stay within `limit + ⌊(b − a) / T⌋`.
+fn check_gcra_bound(q: Quota, grants: &[(u64, u64)]) -> Result<(), TestCaseError> {
+    let mut starts = grants.to_vec();
+    starts.sort_unstable();
+    let t = q.interval_ns();
+    for i in 0..starts.len() {
+        let mut sum = 0;
+        for (j, &(b, n)) in starts.iter().enumerate().skip(i) {
+            sum += n;
+            let bound = q.limit() + (b - starts[i].0) / t;
+            prop_assert!(
+                sum <= bound,
+                "{sum} > {bound} started over starts[{i}..={j}]: {starts:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    /// Acquire grants exactly the documented schedule: granted with the
+    /// model's wait when it is within the horizon, denied with that wait as
+    /// `retry_after` only when it is not; and the starts of every cell stay
+    /// within the GCRA bound, a burst of `limit` then one unit per `T`.
+    #[test]
+    fn acquire_is_accurate((qs, arrivals) in quotas_and_arrivals()) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let grants = rt.block_on(run_acquire(qs, arrivals));
+        check_gcra_bound(qs[0], &grants[0])?;
+        check_gcra_bound(qs[1], &grants[1])?;
+    }
+
+    /// Back-to-back single units with a long horizon are scheduled at
+    /// exactly the GCRA times: `limit` at once, then one per `T`.
+    #[test]
+    fn acquire_uses_the_whole_rate(limit in 1..=50u64, secs in 1..=10u64, extra in 0..=100u64) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let q = quota(limit, Duration::from_secs(secs));
+        let t = q.emission_interval();
+        rt.block_on(async {
+            let store = MemoryStore::new();
+            let one = [Cell::new("k", 1, q)];
+            for i in 0..limit + extra {
+                let wait = wait_of(now(store.acquire(&one, None, FOREVER)));
+                let expected = if i < limit { Duration::ZERO } else { t * (i - limit + 1) as u32 };
+                assert_eq!(wait, expected, "grant {i} of {q:?}");
+            }
+        });
+    }
+}
+
+/// 1,000 concurrent tasks each acquire one unit of a global cell and of
+/// their group's cell, at once or not at all: the totals are exact, and a
+/// task refused by its group takes nothing from the global cell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acquires_grant_exactly_what_fits() {
+    // No refill during the test: one unit back per 36 s at the fastest.
+    let hours = Duration::from_secs(1_000 * 3_600);
+    let global = quota(100, hours);
+    let per_group = quota(30, hours);
+
+    async fn run(global: Quota, per_group: Quota, group_of: fn(usize) -> usize) -> [u64; 10] {
+        let store = MemoryStore::new();
+        let tasks: Vec<_> = (0..1_000usize)
+            .map(|i| {
+                // Spawn in a scattered order, so groups compete.
+                let i = i * 7 % 1_000;
+                let group = group_of(i);
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = format!("group-{group}");
+                    let g = Cell::new(&key, 1, per_group);
+                    let all = Cell::new("global", 1, global);
+                    let cells = if i % 2 == 0 { [all, g] } else { [g, all] };
+                    let got = store.acquire(&cells, None, Duration::ZERO).await.unwrap();
+                    assert!(!matches!(got, Acquire::Never { .. }));
+                    (group, got == granted_now())
+                })
+            })
+            .collect();
+        let mut granted = [0u64; 10];
+        let mut denied = [0u64; 10];
+        for t in tasks {
+            let (group, ok) = t.await.unwrap();
+            if ok {
+                granted[group] += 1;
+            } else {
+                denied[group] += 1;
+            }
+        }
+        let total: u64 = granted.iter().sum();
+        assert!(total <= 100, "{granted:?}");
+        assert_eq!(remaining(&store, "global", global), 100 - total);
+        for g in 0..10 {
+            assert!(granted[g] <= 30, "{granted:?}");
+            assert_eq!(
+                remaining(&store, &format!("group-{g}"), per_group),
+                30 - granted[g],
+                "group {g}: {granted:?}"
+            );
+            // A denial means a full cell.
+            if denied[g] > 0 {
+                assert!(granted[g] == 30 || total == 100, "{granted:?} {denied:?}");
+            }
+        }
+        granted
+    }
+
+    // Uneven groups: three crowded ones (400, 300, 200 tasks) and seven of
+    // about 14. More fits in the groups (190) than globally: exactly 100.
+    let granted = run(global, per_group, |i| match i {
+        0..400 => 0,
+        400..700 => 1,
+        700..900 => 2,
+        _ => 3 + i % 7,
+    })
+    .await;
+    assert_eq!(granted.iter().sum::<u64>(), 100, "{granted:?}");
+    // Every task tries once, ten groups of 100: min(100, 10·30) = 100.
+    let granted = run(global, per_group, |i| i % 10).await;
+    assert_eq!(granted.iter().sum::<u64>(), 100, "{granted:?}");
+    // Three groups only: they cap at 90, and the global cell keeps 10 — the
+    // 910 tasks refused by their group took nothing from it.
+    let granted = run(global, per_group, |i| i % 3).await;
+    assert_eq!(granted, [30, 30, 30, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+/// Threads acquiring and refunding at once, the clock standing still:
+/// every refund gives back exactly what was taken, so the cells end full.
+#[test]
+fn concurrent_acquire_and_refund_end_full() {
+    let store = MemoryStore::with_clock(ManualClock::new());
+    let global = quota(3, Duration::from_secs(1));
+    let group = quota(2, Duration::from_secs(1));
+    let solo = quota(2, Duration::from_secs(1));
+    let grants: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4usize)
+            .map(|thread| {
+                let store = store.clone();
+                s.spawn(move || {
+                    let key = format!("group-{}", thread % 2);
+                    let mut grants = 0;
+                    for i in 0..5_000usize {
+                        let g = Cell::new(&key, 1, group);
+                        let all = Cell::new("global", 1, global);
+                        let cells = if i % 2 == 0 { [all, g] } else { [g, all] };
+                        if now(store.acquire(&cells, None, Duration::ZERO)) == granted_now() {
+                            grants += 1;
+                            if i % 3 == 0 {
+                                now(store.refund("global", 1, global));
+                                now(store.refund(&key, 1, group));
+                            } else {
+                                now(store.refund(&key, 1, group));
+                                now(store.refund("global", 1, global));
+                            }
+                        }
+                        // One cell, a long horizon: a wait, given up.
+                        let got = now(store.acquire(&[Cell::new("solo", 1, solo)], None, FOREVER));
+                        assert!(matches!(got, Acquire::Granted { .. }), "{got:?}");
+                        now(store.refund("solo", 1, solo));
+                    }
+                    grants
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(grants > 0);
+    assert_eq!(remaining(&store, "global", global), 3);
+    assert_eq!(remaining(&store, "group-0", group), 2);
+    assert_eq!(remaining(&store, "group-1", group), 2);
+    assert_eq!(remaining(&store, "solo", solo), 2);
+}
+
+/// A sweep running while acquires, charges and holds make new cells: none
+/// of their updates is lost to a cell swept between lookup and lock (which
+/// would let a second caller find a fresh, full cell).
+#[test]
+fn sweep_never_loses_an_update() {
+    let clock = ManualClock::new();
+    let store = MemoryStore::with_clock(clock.clone());
+    let q = quota(1, Duration::from_secs(3_600));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the sweeper however the test ends, a failed assertion included.
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&done);
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                store.sweep();
+            }
+        });
+        for round in 0..40 {
+            let keys: Vec<String> = (0..500).map(|i| format!("{round}:{i}")).collect();
+            let grants: u64 = std::thread::scope(|s| {
+                let takers: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut grants = 0;
+                            for key in &keys {
+                                let cells = [Cell::new(key, 1, q)];
+                                if now(store.acquire(&cells, None, Duration::ZERO)) == granted_now()
+                                {
+                                    grants += 1;
+                                }
+                            }
+                            grants
+                        })
+                    })
+                    .collect();
+                for key in &keys {
+                    now(store.charge(&format!("c-{key}"), 1, q));
+                    now(store.hold(&format!("h-{key}"), q, q.tolerance()));
+                }
+                takers.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            // One unit per key, whoever got it; the charges and holds stuck.
+            assert_eq!(grants, 500, "round {round}");
+            for key in &keys {
+                assert_eq!(remaining(&store, key, q), 0, "{key}");
+                assert_eq!(remaining(&store, &format!("c-{key}"), q), 0, "c-{key}");
+                assert_eq!(remaining(&store, &format!("h-{key}"), q), 0, "h-{key}");
+            }
+            // Every cell idle again: the sweeper clears them for the next round.
+            clock
+                .offset_ns
+                .fetch_add(2 * 3_600 * 1_000_000_000, Ordering::Relaxed);
+        }
+    });
+}
