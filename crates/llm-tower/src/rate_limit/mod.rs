@@ -28,7 +28,12 @@
 //!    first served: the order lives in the store's cells, so it costs no
 //!    bookkeeping and holds across processes sharing a store. The queue is
 //!    bounded ([`max_queued`](RateLimitConfig::max_queued)); a waiter that
-//!    is dropped gives back what it took.
+//!    is dropped gives back what it took: the next caller of the same limits
+//!    gets the turn it had. (A limit that had room before that turn — a
+//!    global one, say, when the key's limit made the call wait — stays
+//!    marked up to the turn: the refund gives the units back but cannot
+//!    tell how much room there was before. The wait it costs is bounded by
+//!    the turn given up.)
 //! 3. **Call**, once its turn has come: a clone of the inner service is
 //!    driven to readiness then, so a wait holds no readiness below.
 //! 4. **Align** with the provider's headers (`x-ratelimit-*`,
