@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use llm_tower::store::{Balance, Quota, Reservation, Reserve, Store, StoreError, Take};
+use llm_tower::store::{
+    Acquire, Balance, Cell, Quota, Reservation, Reserve, Store, StoreError, Take,
+};
 use tokio::time::Instant;
 
 #[derive(Default)]
@@ -83,6 +85,66 @@ impl Store for LockedStore {
             let back = amount * nanos(quota.emission_interval());
             *tat = tat.saturating_sub(back).max(now);
         }
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> Result<Acquire, StoreError> {
+        if let Some(index) = cells.iter().position(|c| c.amount > c.quota.limit()) {
+            return Ok(Acquire::Never { index });
+        }
+        for (i, c) in cells.iter().enumerate() {
+            if cells[..i].iter().any(|d| d.key == c.key) {
+                return Err(StoreError::new("acquire: two cells share a key"));
+            }
+        }
+        let paused = match pause {
+            Some(key) => self.flag(key).await?.map_or(0, nanos),
+            None => 0,
+        };
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let tat = |s: &State, key: &str| s.cells.get(key).copied().unwrap_or(0);
+        let mut start = now + paused;
+        for c in cells {
+            let t = nanos(c.quota.emission_interval());
+            let keep = c.keep.min(c.quota.limit() - c.amount);
+            let ready = (tat(&s, c.key).max(now) + (c.amount + keep) * t)
+                .saturating_sub(nanos(c.quota.tolerance()));
+            start = start.max(ready);
+        }
+        let wait = start - now;
+        if wait > nanos(horizon) {
+            return Ok(Acquire::Denied {
+                retry_after: Duration::from_nanos(wait),
+            });
+        }
+        for c in cells {
+            let next = tat(&s, c.key).max(start) + c.amount * nanos(c.quota.emission_interval());
+            s.cells.insert(c.key.to_owned(), next);
+        }
+        Ok(Acquire::Granted {
+            wait: Duration::from_nanos(wait),
+        })
+    }
+
+    async fn charge(&self, key: &str, amount: u64, quota: Quota) -> Result<(), StoreError> {
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let tat = s.cells.entry(key.to_owned()).or_default();
+        *tat = (*tat).max(now) + amount * nanos(quota.emission_interval());
+        Ok(())
+    }
+
+    async fn hold(&self, key: &str, _quota: Quota, at_least: Duration) -> Result<(), StoreError> {
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let tat = s.cells.entry(key.to_owned()).or_default();
+        *tat = (*tat).max(now + nanos(at_least));
         Ok(())
     }
 

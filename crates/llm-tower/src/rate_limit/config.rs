@@ -264,7 +264,10 @@ impl Validate for RateLimitConfig {
         if !fraction(self.headroom) {
             return err(
                 "headroom".into(),
-                format!("headroom is {}: it must be above 0 and at most 1", self.headroom),
+                format!(
+                    "headroom is {}: it must be above 0 and at most 1",
+                    self.headroom
+                ),
             );
         }
         if !fraction(self.batch_share) {
@@ -307,7 +310,10 @@ impl Validate for RateLimitConfig {
                 if v == 0 {
                     return err(
                         field(name),
-                        format!("{} is 0: it would refuse every call; leave it out", field(name)),
+                        format!(
+                            "{} is 0: it would refuse every call; leave it out",
+                            field(name)
+                        ),
                     );
                 }
                 if let Err(e) = Quota::new(v, window) {
@@ -323,7 +329,9 @@ impl Validate for RateLimitConfig {
             if counts.iter().all(|(_, v)| v.is_none()) && limit.concurrency.is_none() {
                 return err(
                     format!("limits[{i}]"),
-                    format!("limits[{i}] sets no limit: give requests, tokens, input_tokens, output_tokens or concurrency"),
+                    format!(
+                        "limits[{i}] sets no limit: give requests, tokens, input_tokens, output_tokens or concurrency"
+                    ),
                 );
             }
             if let Some(j) = self.limits[..i]
@@ -472,7 +480,8 @@ mod tests {
                 "limits[1].scope",
             ),
             (
-                RateLimitConfig::new().limit(Limit::per_minute().window(Duration::ZERO).requests(1)),
+                RateLimitConfig::new()
+                    .limit(Limit::per_minute().window(Duration::ZERO).requests(1)),
                 "limits[0].window",
             ),
         ];

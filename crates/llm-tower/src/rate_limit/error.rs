@@ -58,7 +58,12 @@ impl RateLimited {
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rate limited ({}): key {}", self.reason.as_str(), self.key)?;
+        write!(
+            f,
+            "rate limited ({}): key {}",
+            self.reason.as_str(),
+            self.key
+        )?;
         if let Some(d) = self.retry_after {
             write!(f, ", retry after {d:?}")?;
         }

@@ -350,7 +350,10 @@ where
             (wait_max, reason) = (Duration::ZERO, RefusalReason::QueueFull);
         }
         let cells = plan.cells();
-        let answer = shared.store.acquire(&cells, Some(&plan.pause), wait_max).await;
+        let answer = shared
+            .store
+            .acquire(&cells, Some(&plan.pause), wait_max)
+            .await;
         drop(cells);
         match answer {
             Err(e) => {
