@@ -1,5 +1,6 @@
 //! Store cost on the hot path: a GCRA take on an existing key (allowed and
-//! denied), a reserve/settle pair, a flag read, and takes from two threads.
+//! denied), an acquire of three cells in one call (as the rate-limit layer
+//! does), a reserve/settle pair, a flag read, and takes from two threads.
 //!
 //! `cargo bench -p llm-tower --bench store -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use llm_tower::clock::Clock;
-use llm_tower::store::{MemoryStore, Quota, Reserve, Store, StoreError, Take};
+use llm_tower::store::{Acquire, Cell, MemoryStore, Quota, Reserve, Store, StoreError, Take};
 
 /// `std`'s monotonic clock, without tokio's test-clock indirection.
 #[derive(Clone)]
@@ -73,6 +74,26 @@ fn single_thread(c: &mut Criterion) {
             let take = ready(std_store.take(black_box("openai:gpt-4o:500"), black_box(1), q));
             debug_assert!(take.is_allowed());
             black_box(take)
+        })
+    });
+
+    // Three cells at once (requests and tokens of a key, requests of its
+    // provider), with the pause flag checked, as the rate-limit layer does.
+    let cells = [
+        Cell::new("openai:gpt-4o:500:requests", 1, q),
+        Cell::new("openai:gpt-4o:500:tokens", 1, q),
+        Cell::new("openai:provider:requests", 1, q),
+    ];
+    let horizon = Duration::from_secs(60);
+    g.bench_function("acquire/3 cells", |b| {
+        b.iter(|| {
+            let acquire = ready(store.acquire(
+                black_box(&cells),
+                black_box(Some("openai:gpt-4o:500:pause")),
+                horizon,
+            ));
+            debug_assert!(matches!(acquire, Acquire::Granted { .. }));
+            black_box(acquire)
         })
     });
 

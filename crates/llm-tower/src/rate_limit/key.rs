@@ -108,7 +108,17 @@ pub(crate) fn provider_name(meta: Option<&RequestMeta>) -> &str {
 /// The default key: provider, model and API key hash.
 pub(crate) fn default_key(meta: Option<&RequestMeta>, api_key: &str) -> Arc<str> {
     let model = meta.and_then(RequestMeta::model).unwrap_or("-");
-    format!("{}:{model}:{api_key}", provider_name(meta)).into()
+    concat(&[provider_name(meta), ":", model, ":", api_key]).into()
+}
+
+/// `parts` joined, allocated once at its length: the keys of every call
+/// are built this way, without `format!`'s growing buffer.
+pub(crate) fn concat(parts: &[&str]) -> Box<str> {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s.into_boxed_str()
 }
 
 #[cfg(test)]

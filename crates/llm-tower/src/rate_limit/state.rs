@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use super::{
     Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope, SettleOutput,
     config::MAX_CELLS,
-    key::{api_key_hash, default_key, provider_name},
+    key::{api_key_hash, concat, default_key, provider_name},
 };
 use crate::{
     metering::{StreamProgress, UsageObserver, UsageReport},
@@ -116,6 +116,20 @@ pub(crate) struct Shared<St> {
     pub(crate) origin: tokio::time::Instant,
 }
 
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
+}
+
 /// A limit in force for a call: scope id, scope, dimension, limit, window.
 type InForce<'a> = (&'a str, Scope, Dim, u64, Duration);
 
@@ -134,7 +148,8 @@ pub(crate) struct PlanCell {
 pub(crate) struct Plan {
     pub(crate) key: Arc<str>,
     pub(crate) priority: Priority,
-    pub(crate) cells: Vec<PlanCell>,
+    /// Shared with the call's [`Taken`] and [`Settlement`].
+    pub(crate) cells: Arc<[PlanCell]>,
     pub(crate) pause: Box<str>,
     pub(crate) semaphores: Vec<Arc<Semaphore>>,
     pub(crate) input: u64,
@@ -185,13 +200,18 @@ impl<St: Store> Shared<St> {
     }
 
     fn cell_key(&self, scope_id: &str, dim: Dim, window: Duration) -> Box<str> {
-        format!(
-            "{}:{scope_id}:{}:{}",
-            self.config.prefix,
+        let mut millis = [0; 20];
+        // A quota's window is at most about 146 years: its milliseconds fit.
+        let millis = decimal(window.as_millis() as u64, &mut millis);
+        concat(&[
+            &self.config.prefix,
+            ":",
+            scope_id,
+            ":",
             dim.as_str(),
-            window.as_millis()
-        )
-        .into()
+            ":",
+            millis,
+        ])
     }
 
     /// Works out the key, the cells and the amounts of one call.
@@ -206,8 +226,8 @@ impl<St: Store> Shared<St> {
         let config = &self.config;
         let api_key = api_key_hash(headers, query);
         let key = parts_key.unwrap_or_else(|| default_key(meta, &api_key));
-        let provider_id = format!("p:{}:{api_key}", provider_name(meta));
-        let key_id = format!("k:{key}");
+        let provider_id = concat(&["p:", provider_name(meta), ":", &api_key]);
+        let key_id = concat(&["k:", &key]);
         let input = meta.map_or(0, RequestMeta::estimated_input_tokens);
         let capped = meta.and_then(RequestMeta::max_output_tokens);
         let model = meta.and_then(RequestMeta::model);
@@ -226,8 +246,8 @@ impl<St: Store> Shared<St> {
         for limit in &config.limits {
             let window = limit.window.unwrap_or(MINUTE);
             let id = match limit.scope {
-                Scope::Key => key_id.as_str(),
-                Scope::Provider => provider_id.as_str(),
+                Scope::Key => &*key_id,
+                Scope::Provider => &*provider_id,
                 Scope::Global => "g",
             };
             for dim in Dim::ALL {
@@ -251,7 +271,7 @@ impl<St: Store> Shared<St> {
                     .find(|l| l.1 == Scope::Key && l.2 == dim && l.4 == MINUTE)
                 {
                     Some(l) => l.3 = l.3.min(n),
-                    None => limits.push((key_id.as_str(), Scope::Key, dim, n, MINUTE)),
+                    None => limits.push((&*key_id, Scope::Key, dim, n, MINUTE)),
                 }
             }
         }
@@ -313,7 +333,7 @@ impl<St: Store> Shared<St> {
             SettleOutput::Auto => matches!(provider, Some(Provider::Anthropic)),
         };
         Plan {
-            pause: format!("{}:{key_id}:pause", config.prefix).into(),
+            pause: concat(&[&config.prefix, ":", &key_id, ":pause"]),
             key,
             priority,
             cells,
@@ -512,7 +532,7 @@ pub(crate) struct Settlement<St: Store + Clone> {
 struct Pending<St: Store + Clone> {
     shared: Arc<Shared<St>>,
     key: Arc<str>,
-    cells: Vec<PlanCell>,
+    cells: Arc<[PlanCell]>,
     refund_output: bool,
     uncached_input: bool,
     input: u64,
@@ -577,7 +597,7 @@ impl<St: Store + Clone> Pending<St> {
             usage.output_tokens.max(self.output)
         };
         let mut changes: Vec<(Box<str>, Quota, i128)> = Vec::new();
-        for c in self.cells {
+        for c in self.cells.iter() {
             let actual = match c.dim {
                 Dim::Requests => continue,
                 Dim::Tokens => input.saturating_add(output),
@@ -586,7 +606,7 @@ impl<St: Store + Clone> Pending<St> {
             };
             let delta = i128::from(actual) - i128::from(c.amount);
             if delta != 0 {
-                changes.push((c.key, c.quota, delta));
+                changes.push((c.key.clone(), c.quota, delta));
             }
         }
         shared.emit(RateLimitEvent::Settled {
@@ -632,19 +652,14 @@ impl<St: Store + Clone> UsageObserver for Settlement<St> {
 /// waiter cancelled, a pause met after the wait), unless kept.
 pub(crate) struct Taken<St: Store + Clone> {
     shared: Arc<Shared<St>>,
-    cells: Option<Vec<(Box<str>, u64, Quota)>>,
+    cells: Option<Arc<[PlanCell]>>,
 }
 
 impl<St: Store + Clone> Taken<St> {
     pub(crate) fn new(shared: Arc<Shared<St>>, plan: &Plan) -> Self {
         Taken {
             shared,
-            cells: Some(
-                plan.cells
-                    .iter()
-                    .map(|c| (c.key.clone(), c.amount, c.quota))
-                    .collect(),
-            ),
+            cells: Some(plan.cells.clone()),
         }
     }
 
@@ -661,8 +676,8 @@ impl<St: Store + Clone> Drop for Taken<St> {
         };
         let shared = self.shared.clone();
         run_now_or_spawn(async move {
-            for (key, n, quota) in cells {
-                if let Err(e) = shared.store.refund(&key, n, quota).await {
+            for c in cells.iter() {
+                if let Err(e) = shared.store.refund(&c.key, c.amount, c.quota).await {
                     shared.store_error(&e);
                 }
             }

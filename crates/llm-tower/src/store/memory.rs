@@ -264,19 +264,60 @@ impl<C: Clock> MemoryStore<C> {
         if let Some(index) = cells.iter().position(|c| c.amount > c.quota.limit()) {
             return Ok(Acquire::Never { index });
         }
+        // Up to `INLINE_CELLS` cells (every acquire of the rate-limit
+        // layer), the bookkeeping lives on the stack.
+        if cells.len() <= INLINE_CELLS {
+            let mut order = [0; INLINE_CELLS];
+            let mut arcs: [Option<Arc<Mutex<u64>>>; INLINE_CELLS] = Default::default();
+            let mut guards: [Option<MutexGuard<'_, u64>>; INLINE_CELLS] = Default::default();
+            let n = cells.len();
+            self.acquire_locked(
+                cells,
+                pause,
+                horizon,
+                &mut order[..n],
+                &mut arcs[..n],
+                &mut guards[..n],
+            )
+        } else {
+            let mut order = vec![0; cells.len()];
+            let mut arcs = vec![None; cells.len()];
+            let mut guards: Vec<_> = (0..cells.len()).map(|_| None).collect();
+            self.acquire_locked(cells, pause, horizon, &mut order, &mut arcs, &mut guards)
+        }
+    }
+
+    /// [`acquire_now`](Self::acquire_now) with its bookkeeping, one slot
+    /// per cell in each slice.
+    fn acquire_locked<'a>(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+        order: &mut [usize],
+        arcs: &'a mut [Option<Arc<Mutex<u64>>>],
+        guards: &mut [Option<MutexGuard<'a, u64>>],
+    ) -> Result<Acquire, StoreError> {
         // Lock in the order of the keys: two acquires never deadlock.
-        let mut order: Vec<usize> = (0..cells.len()).collect();
+        for (i, o) in order.iter_mut().enumerate() {
+            *o = i;
+        }
         order.sort_unstable_by_key(|&i| cells[i].key);
         if order.windows(2).any(|w| cells[w[0]].key == cells[w[1]].key) {
             return Err(StoreError::new("acquire: two cells share a key"));
         }
-        let arcs: Vec<Arc<Mutex<u64>>> = order.iter().map(|&i| self.cell(cells[i].key)).collect();
-        let mut guards: Vec<MutexGuard<'_, u64>> = arcs.iter().map(|c| lock(c)).collect();
+        for (arc, &i) in arcs.iter_mut().zip(&*order) {
+            *arc = Some(self.cell(cells[i].key));
+        }
+        let arcs: &'a [Option<Arc<Mutex<u64>>>] = arcs;
+        for (guard, arc) in guards.iter_mut().zip(arcs.iter().flatten()) {
+            *guard = Some(lock(arc));
+        }
         let now = self.inner.now_ns();
         let paused = pause.and_then(|k| self.flag_now(k)).map_or(0, nanos);
         // The earliest start at which every cell conforms.
         let mut start = now.saturating_add(paused);
-        for (guard, &i) in guards.iter().zip(&order) {
+        for (guard, &i) in guards.iter().flatten().zip(&*order) {
             let c = &cells[i];
             let keep = c.keep.min(c.quota.limit() - c.amount);
             let ready = (**guard)
@@ -291,7 +332,7 @@ impl<C: Clock> MemoryStore<C> {
                 retry_after: Duration::from_nanos(wait),
             });
         }
-        for (guard, &i) in guards.iter_mut().zip(&order) {
+        for (guard, &i) in guards.iter_mut().flatten().zip(&*order) {
             let c = &cells[i];
             **guard = (**guard).max(start) + c.amount * c.quota.interval_ns();
         }
@@ -420,6 +461,10 @@ fn lock<T>(bucket: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The most cells an acquire takes without a heap allocation: as many as
+/// one call of the rate-limit layer has.
+const INLINE_CELLS: usize = 16;
 
 /// The furthest a theoretical arrival time goes (about 146 years from the
 /// store's origin), so that adding a window to it never overflows.

@@ -1517,3 +1517,46 @@ fn sweep_never_loses_an_update() {
         }
     });
 }
+
+/// An acquire of more cells than fit on the stack works as one of a few:
+/// all or nothing, at the earliest time every cell allows.
+#[tokio::test(start_paused = true)]
+async fn acquire_beyond_the_inline_cells() {
+    let store = MemoryStore::new();
+    let q = quota(2, Duration::from_secs(1));
+    let keys: Vec<String> = (0..INLINE_CELLS + 4).map(|i| format!("c{i}")).collect();
+    let cells: Vec<Cell<'_>> = keys.iter().map(|k| Cell::new(k, 1, q)).collect();
+    for n in [INLINE_CELLS, cells.len()] {
+        let store = MemoryStore::new();
+        for _ in 0..2 {
+            assert_eq!(
+                now(store.acquire(&cells[..n], None, Duration::ZERO)),
+                Acquire::Granted {
+                    wait: Duration::ZERO
+                }
+            );
+        }
+        assert_eq!(
+            now(store.acquire(&cells[..n], None, Duration::ZERO)),
+            Acquire::Denied {
+                retry_after: Duration::from_millis(500)
+            }
+        );
+    }
+    // One full cell among many delays them all.
+    now(store.take("c7", 2, q));
+    assert_eq!(
+        now(store.acquire(&cells, None, Duration::from_secs(1))),
+        Acquire::Granted {
+            wait: Duration::from_millis(500)
+        }
+    );
+    let twice = [cells[0], cells[1], cells[0]];
+    assert!(
+        store
+            .acquire(&twice, None, Duration::ZERO)
+            .now_or_never()
+            .unwrap()
+            .is_err()
+    );
+}
