@@ -320,7 +320,22 @@ fn bad_flags_exit_non_zero_with_a_message() {
             "sk-very-secret",
         ],
         &["--allow-insecure-http"],
-        &["--provider", "anthropic"],
+        &["--model", "m"],
+        &["--rpm", "0"],
+        &["--mock-rpm", "0"],
+        &["--mock-tpm", "-5"],
+        &[
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--provider",
+            "openai",
+            "--model",
+            "m",
+            "--api-key",
+            "k",
+            "--mock-rpm",
+            "60",
+        ],
         &["--provider", "gemini", "--base-url", "http://127.0.0.1:9"],
         &["--no-such-flag"],
     ];
@@ -430,5 +445,143 @@ async fn remote_mode_speaks_https_trusting_ssl_cert_file() {
         mock.journal().len(),
         12,
         "every call went through the TLS front"
+    );
+}
+
+/// A run against the mock with a quota of `mock_rpm` requests per minute
+/// (no faults, OpenAI calls only, so every call shares one model's quota),
+/// `requests` calls at concurrency 8, with the stack's rate limiter under
+/// `rpm` when given (else adaptive).
+async fn quota_run(mock_rpm: u32, requests: usize, rpm: Option<u64>) -> llm_tower_demo::Report {
+    let chaos = Chaos::fast(9)
+        .without_faults()
+        .with_quota(llm_tower_mock::Quota::per_minute().requests(mock_rpm))
+        .with_format(ApiFormat::OpenAi);
+    let options = Options {
+        workload: Workload {
+            requests,
+            concurrency: 8,
+            seed: 9,
+            all_stream: false,
+            pace: chaos.pace(8),
+        },
+        target: Target::Mock(chaos),
+        sides: vec![Side::Bare, Side::Stack],
+        tuning: Tuning::for_mock().with_limits(rpm, None),
+        progress: false,
+    };
+    run(&options).await.unwrap()
+}
+
+/// The experiment on the paused clock: a 60 requests/minute quota,
+/// 90 calls. The bare client meets the quota's 429s; the stack, paced at
+/// `--rpm 60`, completes every call with next to none, in about the time
+/// the quota allows (60 at once, then one a second).
+#[tokio::test(start_paused = true)]
+async fn under_a_quota_the_paced_stack_completes_every_call_and_the_bare_client_meets_429s() {
+    let report = quota_run(60, 90, Some(60)).await;
+    let (bare, stack) = (
+        report.bare.as_ref().unwrap(),
+        report.stack.as_ref().unwrap(),
+    );
+    let quota_faults = |s: &llm_tower_demo::SideReport| {
+        s.faults_injected
+            .as_ref()
+            .and_then(|f| f.get("quota").copied())
+            .unwrap_or(0)
+    };
+
+    // The bare side: one attempt per call, so its 429s are its failures.
+    assert!(bare.provider_429 >= 20, "bare: {} 429s", bare.provider_429);
+    assert_eq!(
+        bare.provider_429,
+        quota_faults(bare),
+        "bare: as the mock journaled"
+    );
+    assert_eq!(bare.failures.get("rate_limited"), Some(&bare.provider_429));
+    assert!(bare.rate_limit.is_none());
+
+    // The stack: every call, next to no 429s, none refused.
+    assert_eq!(stack.succeeded, 90, "stack: {:?}", stack.failures);
+    assert!(
+        stack.provider_429 <= 2,
+        "stack: {} 429s",
+        stack.provider_429
+    );
+    assert_eq!(
+        stack.provider_429,
+        quota_faults(stack),
+        "stack: as the mock journaled"
+    );
+    let rl = stack
+        .rate_limit
+        .as_ref()
+        .expect("the stack has a rate limiter");
+    assert_eq!(rl.refused, 0);
+    assert_eq!(rl.provider_429, stack.provider_429);
+    assert!(rl.queued >= 20, "{rl:?}");
+    assert!(rl.queue_wait_ms.p50 > 0.0, "{rl:?}");
+    assert!(rl.queue_wait_ms.p99 >= rl.queue_wait_ms.p50, "{rl:?}");
+    // 54 at once (90% of 60), then one every 1.11 s: about 40 s.
+    let wall = stack.elapsed_ms / 1000.0;
+    assert!((30.0..60.0).contains(&wall), "stack wall time {wall} s");
+
+    // The report carries it all.
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["bare"]["provider_429"], bare.provider_429);
+    assert!(json["bare"]["rate_limit"].is_null());
+    let r = &json["stack"]["rate_limit"];
+    for key in [
+        "queued",
+        "refused",
+        "too_large",
+        "provider_429",
+        "pauses",
+        "adapted",
+    ] {
+        assert!(r[key].is_u64(), "rate_limit.{key}: {r}");
+    }
+    for key in ["p50", "p99"] {
+        assert!(r["queue_wait_ms"][key].is_f64(), "queue_wait_ms.{key}: {r}");
+    }
+    assert!(
+        json["changed_settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["setting"].as_str().unwrap().contains("requests 60")),
+        "{}",
+        json["changed_settings"]
+    );
+    let table = report.to_table();
+    for row in [
+        "429s from the provider",
+        "attempts queued by rate limiter",
+        "queue wait p99",
+        "attempts refused by rate limiter",
+    ] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+    assert!(report.target.contains("60 requests"), "{}", report.target);
+}
+
+/// Without `--rpm`, the stack's rate limiter learns the quota from the
+/// mock's `x-ratelimit-*` headers and its 429s.
+#[tokio::test(start_paused = true)]
+async fn under_a_quota_the_adaptive_stack_completes_every_call() {
+    let report = quota_run(60, 90, None).await;
+    let (bare, stack) = (
+        report.bare.as_ref().unwrap(),
+        report.stack.as_ref().unwrap(),
+    );
+    assert!(bare.provider_429 >= 20, "bare: {} 429s", bare.provider_429);
+    assert_eq!(stack.succeeded, 90, "stack: {:?}", stack.failures);
+    let rl = stack.rate_limit.as_ref().unwrap();
+    assert!(rl.adapted > 0, "{rl:?}");
+    assert!(
+        stack.provider_429 < bare.provider_429,
+        "stack {} vs bare {}",
+        stack.provider_429,
+        bare.provider_429
     );
 }
