@@ -19,7 +19,9 @@
 //! tokens per minute per provider, model and key) when given. `--mock-rpm
 //! N` / `--mock-tpm N` give the embedded mock a quota per model, as a
 //! provider's tier, `--no-faults` turns its chaos off and `--provider`
-//! sends it one wire format only, so that every call shares one quota:
+//! sends it one wire format only, so that every call shares one quota
+//! (with any of these flags the stack's total timeout grows from 15 s to
+//! the rate limiter's `max_wait`, 60 s, since every attempt may queue):
 //!
 //! ```sh
 //! cargo run --release -p llm-tower-demo -- --no-faults --provider openai \
@@ -198,7 +200,13 @@ fn options(args: &Args) -> Result<Options, String> {
                 chaos = chaos.with_format(format);
             }
             workload.pace = chaos.pace(workload.concurrency);
-            (Target::Mock(chaos), Tuning::for_mock())
+            let mut tuning = Tuning::for_mock();
+            if [args.mock_rpm, args.mock_tpm].iter().any(Option::is_some)
+                || [args.rpm, args.tpm].iter().any(Option::is_some)
+            {
+                tuning = tuning.under_quota();
+            }
+            (Target::Mock(chaos), tuning)
         }
         Some(url) => {
             if args.mock_rpm.is_some() || args.mock_tpm.is_some() || args.no_faults {
@@ -394,7 +402,13 @@ mod tests {
             "{changed:?}"
         );
 
+        assert_eq!(
+            o.tuning.total,
+            Duration::from_secs(60),
+            "room for the queue"
+        );
         let plain = options(&args(&[])).unwrap();
+        assert_eq!(plain.tuning.total, Duration::from_secs(15));
         assert!(
             plain.tuning.rate_limit.limits.is_empty(),
             "adaptive by default"

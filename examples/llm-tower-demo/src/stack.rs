@@ -61,6 +61,9 @@ pub struct Tuning {
     /// library's default (adaptive to the provider's rate-limit headers, no
     /// limit of its own) unless `--rpm` / `--tpm` set a limit.
     pub rate_limit: RateLimitConfig,
+    /// Whether the target has a quota the calls queue for (see
+    /// [`under_quota`](Self::under_quota)).
+    pub queued: bool,
 }
 
 impl Tuning {
@@ -101,7 +104,23 @@ impl Tuning {
                     jitter: 0.1,
                 }),
             rate_limit: RateLimitConfig::new(),
+            queued: false,
         }
+    }
+
+    /// The same limits for a target with a quota that the calls will queue
+    /// for (`--rpm`, `--tpm`, or a quota on the mock): a total of at least
+    /// the rate limiter's `max_wait` (60 s), since every attempt may wait
+    /// for its turn — `concurrency ÷ rate` at the steady state, 8.9 s for 8
+    /// calls in flight under 60 requests a minute at 90% headroom — and a
+    /// retry after such a wait takes a new turn at the back of the queue.
+    /// With 15 s, such retries were refused by the rate limiter (the
+    /// call's deadline came first), and at `--concurrency 16` even first
+    /// attempts.
+    pub fn under_quota(mut self) -> Self {
+        self.total = self.total.max(self.rate_limit.max_wait);
+        self.queued = true;
+        self
     }
 
     /// Adds a per-minute limit at the default key scope (provider, model,
@@ -134,7 +153,12 @@ impl Tuning {
                 "timeouts: total {:?}, attempt {:?}, first_token {:?}, idle {:?}",
                 self.total, self.attempt, self.first_token, self.idle
             ),
-            "timeouts have no defaults; these fit the target's answer times",
+            if self.queued {
+                "timeouts have no defaults; these fit the target's answer times, the total \
+                 a queue for the quota before each attempt (the rate limiter's max_wait)"
+            } else {
+                "timeouts have no defaults; these fit the target's answer times"
+            },
         );
         let d = RetryConfig::default();
         let r = &self.retry;
@@ -237,6 +261,7 @@ impl Tuning {
             retry: RetryConfig::new().max_attempts(4),
             breaker: CircuitBreakerConfig::new(),
             rate_limit: RateLimitConfig::new(),
+            queued: false,
         }
     }
 

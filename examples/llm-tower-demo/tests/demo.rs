@@ -107,7 +107,9 @@ async fn attempts_counted_by_the_demo_are_the_attempts_the_mock_journaled() {
         assert_eq!(
             calls_seen.len(),
             N,
-            "seed {seed}: retries resend the same call"
+            "seed {seed}: retries resend the same call; failures {:?}, rate limiter {:?}",
+            stack.failures,
+            stack.rate_limit
         );
         assert!(
             stack.succeeded > bare.succeeded,
@@ -453,10 +455,30 @@ async fn remote_mode_speaks_https_trusting_ssl_cert_file() {
 /// `requests` calls at concurrency 8, with the stack's rate limiter under
 /// `rpm` when given (else adaptive).
 async fn quota_run(mock_rpm: u32, requests: usize, rpm: Option<u64>) -> llm_tower_demo::Report {
+    let quota = llm_tower_mock::Quota::per_minute().requests(mock_rpm);
+    quota_run_with(quota, ApiFormat::OpenAi, requests, (rpm, None)).await
+}
+
+/// [`quota_run`] with any quota, wire format and `(--rpm, --tpm)`.
+async fn quota_run_with(
+    quota: llm_tower_mock::Quota,
+    format: ApiFormat,
+    requests: usize,
+    (rpm, tpm): (Option<u64>, Option<u64>),
+) -> llm_tower_demo::Report {
     let chaos = Chaos::fast(9)
         .without_faults()
-        .with_quota(llm_tower_mock::Quota::per_minute().requests(mock_rpm))
-        .with_format(ApiFormat::OpenAi);
+        .with_quota(quota)
+        .with_format(format);
+    quota_run_on(chaos, requests, (rpm, tpm)).await
+}
+
+/// [`quota_run`] against the mock `chaos`.
+async fn quota_run_on(
+    chaos: Chaos,
+    requests: usize,
+    (rpm, tpm): (Option<u64>, Option<u64>),
+) -> llm_tower_demo::Report {
     let options = Options {
         workload: Workload {
             requests,
@@ -467,7 +489,7 @@ async fn quota_run(mock_rpm: u32, requests: usize, rpm: Option<u64>) -> llm_towe
         },
         target: Target::Mock(chaos),
         sides: vec![Side::Bare, Side::Stack],
-        tuning: Tuning::for_mock().with_limits(rpm, None),
+        tuning: Tuning::for_mock().with_limits(rpm, tpm).under_quota(),
         progress: false,
     };
     run(&options).await.unwrap()
@@ -583,5 +605,77 @@ async fn under_a_quota_the_adaptive_stack_completes_every_call() {
         "stack {} vs bare {}",
         stack.provider_429,
         bare.provider_429
+    );
+}
+
+/// `--tpm` against the mock's tokens-per-minute quota, which counts the
+/// prompt and `max_tokens` on arrival, in either wire format.
+#[tokio::test(start_paused = true)]
+async fn under_a_token_quota_the_paced_stack_completes_every_call() {
+    for format in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+        let quota = llm_tower_mock::Quota::per_minute().tokens(6000);
+        let report = quota_run_with(quota, format, 90, (None, Some(6000))).await;
+        let (bare, stack) = (
+            report.bare.as_ref().unwrap(),
+            report.stack.as_ref().unwrap(),
+        );
+        eprintln!("{format}\n{}", report.to_table());
+        assert!(
+            bare.provider_429 >= 20,
+            "{format} bare: {} 429s",
+            bare.provider_429
+        );
+        assert_eq!(stack.succeeded, 90, "{format} stack: {:?}", stack.failures);
+        assert!(
+            stack.provider_429 <= 2,
+            "{format} stack: {} 429s",
+            stack.provider_429
+        );
+    }
+}
+
+/// The chaotic mock with a quota: its injected 429s pause the key for every
+/// call, and calls whose attempt failed take a new turn at the back of the
+/// queue; the total timeout under a quota leaves room for that, so the
+/// rate limiter refuses nothing and the stack meets none of the quota's
+/// 429s.
+#[tokio::test(start_paused = true)]
+async fn under_a_quota_and_chaos_the_stack_queues_within_its_deadline() {
+    let chaos = Chaos::fast(7)
+        .with_quota(llm_tower_mock::Quota::per_minute().requests(60))
+        .with_format(ApiFormat::OpenAi);
+    let report = quota_run_on(chaos, 90, (Some(60), None)).await;
+    let (bare, stack) = (
+        report.bare.as_ref().unwrap(),
+        report.stack.as_ref().unwrap(),
+    );
+    let journaled = |s: &llm_tower_demo::SideReport, fault: &str| {
+        s.faults_injected
+            .as_ref()
+            .and_then(|f| f.get(fault).copied())
+            .unwrap_or(0)
+    };
+    for s in [bare, stack] {
+        // One 429 may carry both faults in the journal (the quota answers
+        // first, the chaos rule was drawn too).
+        let (quota, chaos) = (journaled(s, "quota"), journaled(s, "rate_limited"));
+        assert!(
+            (quota.max(chaos)..=quota + chaos).contains(&s.provider_429),
+            "{}: {} 429s counted, the mock journaled {quota} quota and {chaos} rate_limited",
+            s.side,
+            s.provider_429
+        );
+    }
+    assert!(journaled(bare, "quota") >= 20, "{:?}", bare.faults_injected);
+    assert_eq!(journaled(stack, "quota"), 0, "{:?}", stack.faults_injected);
+    let rl = stack.rate_limit.as_ref().unwrap();
+    assert_eq!(rl.refused, 0, "{rl:?}");
+    assert!(rl.pauses > 0, "the injected 429s paused the key: {rl:?}");
+    assert!(
+        stack.succeeded >= 85 && stack.succeeded > bare.succeeded,
+        "stack {} vs bare {}: {:?}",
+        stack.succeeded,
+        bare.succeeded,
+        stack.failures
     );
 }
