@@ -154,8 +154,8 @@ impl Tuning {
                 self.total, self.attempt, self.first_token, self.idle
             ),
             if self.queued {
-                "timeouts have no defaults; these fit the target's answer times, the total \
-                 a queue for the quota before each attempt (the rate limiter's max_wait)"
+                "timeouts have no defaults; these fit the target's answer times, and the total \
+                 leaves room to queue for the quota before each attempt (the rate limiter's max_wait)"
             } else {
                 "timeouts have no defaults; these fit the target's answer times"
             },
@@ -177,7 +177,7 @@ impl Tuning {
         if r.max_server_delay != d.max_server_delay {
             change(
                 format!("retry.max_server_delay = {:?}", r.max_server_delay),
-                "within the 15 s total: a longer server delay could not be honoured anyway",
+                "within the total timeout: a longer server delay could not be honoured anyway",
             );
         }
         if r.wait_for_breaker != d.wait_for_breaker {
