@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use llm_tower_mock::{Fault, MockServer, Rule, StartError};
+use llm_tower_mock::{Fault, MockServer, Quota, Rule, StartError};
+
+use crate::workload::ApiFormat;
 
 /// The mock's pace and faults.
 ///
@@ -23,6 +25,15 @@ pub struct Chaos {
     pub slow_first_token: Duration,
     /// How long the outage lasts.
     pub outage: Duration,
+    /// Whether the mock injects the faults and the outage; off, it answers
+    /// every call that its quota lets through (`--no-faults`).
+    pub faults: bool,
+    /// The mock's requests and tokens per minute, per model, as a
+    /// provider's tier (`--mock-rpm`, `--mock-tpm`): none by default.
+    pub quota: Quota,
+    /// Call the mock in this wire format only (`--provider`), so every call
+    /// shares one model's quota; both formats by default.
+    pub format: Option<ApiFormat>,
 }
 
 impl Chaos {
@@ -36,7 +47,55 @@ impl Chaos {
             jitter: Duration::from_millis(40),
             slow_first_token: Duration::from_secs(3),
             outage: Duration::from_millis(500),
+            faults: true,
+            quota: Quota::per_minute(),
+            format: None,
         }
+    }
+
+    /// No faults and no outage (`--no-faults`).
+    pub fn without_faults(mut self) -> Self {
+        self.faults = false;
+        self
+    }
+
+    /// The mock's quota, per model.
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Calls in `format` only.
+    pub fn with_format(mut self, format: ApiFormat) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// The mock as the report names it: `the embedded chaotic mock`, with
+    /// its quota when it has one.
+    pub fn describe(&self) -> String {
+        let mut out = if self.faults {
+            "the embedded chaotic mock".to_owned()
+        } else {
+            "the embedded mock (no faults)".to_owned()
+        };
+        let mut quota = Vec::new();
+        if let Some(n) = self.quota.requests_per_minute {
+            quota.push(format!("{n} requests"));
+        }
+        if let Some(n) = self.quota.tokens_per_minute {
+            quota.push(format!("{n} tokens"));
+        }
+        if !quota.is_empty() {
+            out.push_str(&format!(
+                ", quota {} per minute per model",
+                quota.join(" and ")
+            ));
+        }
+        if let Some(f) = self.format {
+            out.push_str(&format!(", {f} calls only"));
+        }
+        out
     }
 
     /// The same faults at a fast pace, for tests.
@@ -52,6 +111,12 @@ impl Chaos {
     /// The fault rules, tried in order (the first that fires decides, except
     /// latency, which adds to whatever follows).
     pub fn rules(&self) -> Vec<Rule> {
+        if !self.faults {
+            return vec![Rule::new(Fault::Latency {
+                delay: Duration::ZERO,
+                jitter: self.jitter,
+            })];
+        }
         vec![
             Rule::new(Fault::Latency {
                 delay: Duration::ZERO,
@@ -81,13 +146,14 @@ impl Chaos {
         Duration::from_millis(240) / concurrency.clamp(1, 240) as u32
     }
 
-    /// Starts a mock with this profile on `127.0.0.1`.
+    /// Starts a mock with this profile (and quota) on `127.0.0.1`.
     pub async fn start(&self) -> Result<MockServer, StartError> {
         self.rules()
             .into_iter()
             .fold(MockServer::builder().seed(self.seed), |b, r| b.rule(r))
             .first_byte(self.first_byte)
             .token_interval(self.token_interval)
+            .quota(self.quota)
             .start()
             .await
     }

@@ -61,7 +61,7 @@ pub async fn run(options: &Options) -> Result<Report, BoxError> {
     let w = &options.workload;
     let mut report = Report {
         target: match &options.target {
-            Target::Mock(_) => "the embedded chaotic mock".to_owned(),
+            Target::Mock(chaos) => chaos.describe(),
             Target::Remote(e) => e.describe(),
         },
         requests: w.requests,
@@ -92,8 +92,8 @@ pub async fn run(options: &Options) -> Result<Report, BoxError> {
 }
 
 /// Runs one side against a fresh mock with `chaos`, opening its outage when
-/// a third of the calls have started, and adds the mock's journal to the
-/// report.
+/// a third of the calls have started (unless its faults are off), and adds
+/// the mock's journal to the report.
 pub async fn run_mock_side(
     side: Side,
     workload: &Workload,
@@ -104,12 +104,18 @@ pub async fn run_mock_side(
     let mock = Arc::new(chaos.start().await?);
     let window: Arc<Mutex<Option<Range<Duration>>>> = Arc::default();
     let (m, win, length) = (mock.clone(), window.clone(), chaos.outage);
-    let endpoint = Endpoint::mock(&mock).with_trigger(workload.requests / 3, move || {
-        let now = m.elapsed();
-        if m.push_rule(Rule::outage(now..now + length)).is_ok() {
-            *win.lock().unwrap_or_else(|e| e.into_inner()) = Some(now..now + length);
-        }
-    });
+    let mut endpoint = Endpoint::mock(&mock);
+    if let Some(format) = chaos.format {
+        endpoint = endpoint.only(format);
+    }
+    if chaos.faults {
+        endpoint = endpoint.with_trigger(workload.requests / 3, move || {
+            let now = m.elapsed();
+            if m.push_rule(Rule::outage(now..now + length)).is_ok() {
+                *win.lock().unwrap_or_else(|e| e.into_inner()) = Some(now..now + length);
+            }
+        });
+    }
     let offset = mock.elapsed();
     let report = run_side(side, workload, &endpoint, tuning, progress).await?;
     drop(endpoint);

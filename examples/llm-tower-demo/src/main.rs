@@ -14,6 +14,20 @@
 //! over time, and `--base-url` runs the same workload against a real or
 //! compatible endpoint instead.
 //!
+//! The stack paces its calls with a rate limiter: on the provider's
+//! rate-limit headers by default, under `--rpm N` / `--tpm N` (requests and
+//! tokens per minute per provider, model and key) when given. `--mock-rpm
+//! N` / `--mock-tpm N` give the embedded mock a quota per model, as a
+//! provider's tier, `--no-faults` turns its chaos off and `--provider`
+//! sends it one wire format only, so that every call shares one quota
+//! (with any of these flags the stack's total timeout grows from 15 s to
+//! the rate limiter's `max_wait`, 60 s, since every attempt may queue):
+//!
+//! ```sh
+//! cargo run --release -p llm-tower-demo -- --no-faults --provider openai \
+//!     --mock-rpm 60 --requests 90 --concurrency 8 --rpm 60
+//! ```
+//!
 //! `RUST_LOG` turns on logs on stderr as in any Rust CLI (`RUST_LOG=debug`
 //! shows every call and attempt through tower-http's `TraceLayer`); the
 //! report on stdout is the same either way. API keys never appear in them.
@@ -68,12 +82,35 @@ struct Args {
     /// loopback.
     #[arg(long)]
     allow_insecure_http: bool,
-    /// The wire format of --base-url.
+    /// The wire format of --base-url; with the embedded mock, send every
+    /// call in this format (default: a mix of both), so that they share
+    /// one model's quota.
     #[arg(long, value_enum)]
     provider: Option<ApiFormat>,
     /// The model to ask --base-url for.
     #[arg(long, value_name = "M")]
     model: Option<String>,
+    /// The stack's rate limiter: at most N requests per minute per
+    /// provider, model and API key (default: no limit of its own, paced by
+    /// the provider's rate-limit headers).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rpm: Option<u64>,
+    /// The stack's rate limiter: at most N tokens (input and output cap)
+    /// per minute per provider, model and API key.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    tpm: Option<u64>,
+    /// Give the embedded mock a quota of N requests per minute per model,
+    /// answered with 429 and the exact wait, as a provider's tier.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    mock_rpm: Option<u32>,
+    /// Give the embedded mock a quota of N tokens per minute per model
+    /// (prompt plus max_tokens, counted on arrival as OpenAI does).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    mock_tpm: Option<u32>,
+    /// The embedded mock injects no faults and no outage: only its quota
+    /// (--mock-rpm, --mock-tpm), if any, refuses calls.
+    #[arg(long)]
+    no_faults: bool,
 }
 
 /// A credential from the command line: `Debug` and `Display` print `***`,
@@ -146,21 +183,38 @@ fn options(args: &Args) -> Result<Options, String> {
     };
     let (target, tuning) = match &args.base_url {
         None => {
-            if args.provider.is_some()
-                || args.model.is_some()
-                || args.api_key.is_some()
-                || args.allow_insecure_http
-            {
+            if args.model.is_some() || args.api_key.is_some() || args.allow_insecure_http {
                 return Err(
-                    "--provider, --model, --api-key and --allow-insecure-http go with --base-url"
+                    "--model, --api-key and --allow-insecure-http go with --base-url".to_owned(),
+                );
+            }
+            let mut chaos = Chaos::new(args.seed);
+            let mut quota = llm_tower_mock::Quota::per_minute();
+            quota.requests_per_minute = args.mock_rpm;
+            quota.tokens_per_minute = args.mock_tpm;
+            chaos = chaos.with_quota(quota);
+            if args.no_faults {
+                chaos = chaos.without_faults();
+            }
+            if let Some(format) = args.provider {
+                chaos = chaos.with_format(format);
+            }
+            workload.pace = chaos.pace(workload.concurrency);
+            let mut tuning = Tuning::for_mock();
+            if [args.mock_rpm, args.mock_tpm].iter().any(Option::is_some)
+                || [args.rpm, args.tpm].iter().any(Option::is_some)
+            {
+                tuning = tuning.under_quota();
+            }
+            (Target::Mock(chaos), tuning)
+        }
+        Some(url) => {
+            if args.mock_rpm.is_some() || args.mock_tpm.is_some() || args.no_faults {
+                return Err(
+                    "--mock-rpm, --mock-tpm and --no-faults go with the embedded mock, not --base-url"
                         .to_owned(),
                 );
             }
-            let chaos = Chaos::new(args.seed);
-            workload.pace = chaos.pace(workload.concurrency);
-            (Target::Mock(chaos), Tuning::for_mock())
-        }
-        Some(url) => {
             let missing: Vec<&str> = [
                 ("--provider", args.provider.is_none()),
                 ("--model", args.model.is_none()),
@@ -189,7 +243,7 @@ fn options(args: &Args) -> Result<Options, String> {
             Some(side) => vec![side],
             None => vec![Side::Bare, Side::Stack],
         },
-        tuning,
+        tuning: tuning.with_limits(args.rpm, args.tpm),
         progress: !args.json,
     })
 }
@@ -309,6 +363,68 @@ mod tests {
             assert!(!err.contains("sk-very-secret"), "{url}: {err}");
             assert!(remote(url, &["--allow-insecure-http"]).is_ok(), "{url}");
         }
+    }
+
+    #[test]
+    fn rate_limit_and_mock_quota_flags_configure_the_run() {
+        let o = options(&args(&[
+            "--rpm",
+            "60",
+            "--tpm",
+            "9000",
+            "--mock-rpm",
+            "60",
+            "--no-faults",
+            "--provider",
+            "openai",
+        ]))
+        .unwrap();
+        let limits = &o.tuning.rate_limit.limits;
+        assert_eq!(limits.len(), 1);
+        assert_eq!(
+            (limits[0].requests, limits[0].tokens),
+            (Some(60), Some(9000))
+        );
+        assert_eq!(limits[0].scope, llm_tower::rate_limit::Scope::Key);
+        assert_eq!(o.tuning.rate_limit.headroom, 0.9, "the layer's default");
+        let Target::Mock(chaos) = &o.target else {
+            panic!("the embedded mock")
+        };
+        assert_eq!(chaos.quota.requests_per_minute, Some(60));
+        assert_eq!(chaos.quota.tokens_per_minute, None);
+        assert!(!chaos.faults);
+        assert_eq!(chaos.format, Some(ApiFormat::OpenAi));
+        let changed = o.tuning.changed_settings();
+        assert!(
+            changed
+                .iter()
+                .any(|c| c.setting.contains("rate_limit") && c.setting.contains("requests 60")),
+            "{changed:?}"
+        );
+
+        assert_eq!(
+            o.tuning.total,
+            Duration::from_secs(60),
+            "room for the queue"
+        );
+        let plain = options(&args(&[])).unwrap();
+        assert_eq!(plain.tuning.total, Duration::from_secs(15));
+        assert!(
+            plain.tuning.rate_limit.limits.is_empty(),
+            "adaptive by default"
+        );
+        assert!(
+            !plain
+                .tuning
+                .changed_settings()
+                .iter()
+                .any(|c| c.setting.contains("rate_limit"))
+        );
+        // --rpm paces a remote endpoint too.
+        let o = remote("http://127.0.0.1:9/v1", &["--rpm", "500"]).unwrap();
+        assert_eq!(o.tuning.rate_limit.limits[0].requests, Some(500));
+        let err = remote("http://127.0.0.1:9/v1", &["--mock-rpm", "60"]).unwrap_err();
+        assert!(err.contains("--mock-rpm"), "{err}");
     }
 
     #[test]

@@ -93,6 +93,30 @@ pub struct Tokens {
     pub output: u64,
 }
 
+/// What the stack's rate limiter did (`RateLimitLayer`): every attempt of
+/// the retry layer takes its turn there.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RateLimitReport {
+    /// Attempts that waited for their turn.
+    pub queued: u64,
+    /// How long the queued attempts that went waited, in milliseconds
+    /// (zero when none waited).
+    pub queue_wait_ms: Latency,
+    /// Attempts refused because their turn was further away than the
+    /// layer's `max_wait` or the call's deadline, or the queue was full
+    /// (classified `local_rate_limit`; never sent).
+    pub refused: u64,
+    /// Attempts that could never fit the limits (`request_too_large`).
+    pub too_large: u64,
+    /// 429s the layer saw from the provider (it reads them inside the
+    /// breaker; they also count in the side's `provider_429`).
+    pub provider_429: u64,
+    /// Pauses of a key for every call after a 429 with a server delay.
+    pub pauses: u64,
+    /// Limits learned or changed from the provider's rate-limit headers.
+    pub adapted: u64,
+}
+
 /// What one side did with the workload.
 #[derive(Clone, Debug, Serialize)]
 pub struct SideReport {
@@ -122,6 +146,11 @@ pub struct SideReport {
     pub breaker_transitions: Option<u64>,
     /// Attempts the breaker refused (never sent); `null` without a breaker.
     pub breaker_refusals: Option<u64>,
+    /// Attempts the provider answered with a 429 (its quota or a rate
+    /// limit), counted from the responses the side got.
+    pub provider_429: u64,
+    /// The rate limiter's counters; `null` for a side without one.
+    pub rate_limit: Option<RateLimitReport>,
     /// Per logical call, body included, in milliseconds.
     pub latency_ms: Latency,
     /// Tokens metered (every attempt that reached the provider).
@@ -158,6 +187,18 @@ impl SideReport {
             *failures.entry(f.clone()).or_default() += 1;
         }
         let (input, output) = stats.tokens();
+        let rate_limit = stats.rate_limit().map(|h| {
+            let s = h.stats();
+            RateLimitReport {
+                queued: s.queued,
+                queue_wait_ms: Latency::of(stats.queue_waits()),
+                refused: s.refused,
+                too_large: s.too_large,
+                provider_429: s.provider_429,
+                pauses: stats.rate_limit_pauses(),
+                adapted: s.adapted,
+            }
+        });
         SideReport {
             side,
             calls,
@@ -176,6 +217,8 @@ impl SideReport {
             failures,
             breaker_transitions: None,
             breaker_refusals: None,
+            provider_429: stats.provider_429(),
+            rate_limit,
             latency_ms: Latency::of(records.iter().map(|r| r.latency)),
             tokens: Tokens { input, output },
             faults_injected: None,
@@ -303,6 +346,21 @@ impl Report {
             s.breaker_transitions
                 .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
         });
+        row("429s from the provider", &|s| s.provider_429.to_string());
+        row("attempts queued by rate limiter", &|s| {
+            rl(s, |r| r.queued.to_string())
+        });
+        row("  queue wait p50", &|s| rl(s, |r| ms(r.queue_wait_ms.p50)));
+        row("  queue wait p99", &|s| rl(s, |r| ms(r.queue_wait_ms.p99)));
+        row("attempts refused by rate limiter", &|s| {
+            rl(s, |r| {
+                if r.too_large == 0 {
+                    r.refused.to_string()
+                } else {
+                    format!("{} (+{} too large)", r.refused, r.too_large)
+                }
+            })
+        });
         row("latency p50", &|s| ms(s.latency_ms.p50));
         row("latency p95", &|s| ms(s.latency_ms.p95));
         row("latency p99", &|s| ms(s.latency_ms.p99));
@@ -395,6 +453,11 @@ fn keys<'a>(
     k.sort();
     k.dedup();
     k
+}
+
+/// `f` of the side's rate limiter, or `n/a` for a side without one.
+fn rl(s: &SideReport, f: impl Fn(&RateLimitReport) -> String) -> String {
+    s.rate_limit.as_ref().map_or_else(|| "n/a".to_owned(), f)
 }
 
 fn count(m: &BTreeMap<String, u64>, k: &str) -> String {

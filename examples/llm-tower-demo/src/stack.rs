@@ -25,6 +25,7 @@ use llm_tower::{
         CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, OpenDuration, Transition,
     },
     metering::{MeterLayer, StreamProgress, UsageReport},
+    rate_limit::{Limit, RateLimitConfig, RateLimitEvent, RateLimitHandle, RateLimitLayer},
     request::{PrepareLayer, ReplayBody},
     retry::{Backoff, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
     timeout::{TimeoutConfig, TimeoutLayer},
@@ -56,6 +57,13 @@ pub struct Tuning {
     pub retry: RetryConfig,
     /// The circuit breaker, one per provider and model.
     pub breaker: CircuitBreakerConfig,
+    /// The rate limiter, one queue per provider, model and API key: the
+    /// library's default (adaptive to the provider's rate-limit headers, no
+    /// limit of its own) unless `--rpm` / `--tpm` set a limit.
+    pub rate_limit: RateLimitConfig,
+    /// Whether the target has a quota the calls queue for (see
+    /// [`under_quota`](Self::under_quota)).
+    pub queued: bool,
 }
 
 impl Tuning {
@@ -95,7 +103,38 @@ impl Tuning {
                     cap: Duration::from_secs(4),
                     jitter: 0.1,
                 }),
+            rate_limit: RateLimitConfig::new(),
+            queued: false,
         }
+    }
+
+    /// The same limits for a target with a quota that the calls will queue
+    /// for (`--rpm`, `--tpm`, or a quota on the mock): a total of at least
+    /// the rate limiter's `max_wait` (60 s), since every attempt may wait
+    /// for its turn — `concurrency ÷ rate` at the steady state, 8.9 s for 8
+    /// calls in flight under 60 requests a minute at 90% headroom — and a
+    /// retry after such a wait takes a new turn at the back of the queue.
+    /// With 15 s, such retries were refused by the rate limiter (the
+    /// call's deadline came first), and at `--concurrency 16` even first
+    /// attempts.
+    pub fn under_quota(mut self) -> Self {
+        self.total = self.total.max(self.rate_limit.max_wait);
+        self.queued = true;
+        self
+    }
+
+    /// Adds a per-minute limit at the default key scope (provider, model,
+    /// API key) to the rate limiter: `requests` (`--rpm`) and `tokens`
+    /// (`--tpm`), either or both; nothing when both are `None`.
+    pub fn with_limits(mut self, requests: Option<u64>, tokens: Option<u64>) -> Self {
+        if requests.is_none() && tokens.is_none() {
+            return self;
+        }
+        let mut limit = Limit::per_minute();
+        limit.requests = requests;
+        limit.tokens = tokens;
+        self.rate_limit = self.rate_limit.limit(limit);
+        self
     }
 
     /// The settings that differ from the library's defaults, each with why:
@@ -114,7 +153,12 @@ impl Tuning {
                 "timeouts: total {:?}, attempt {:?}, first_token {:?}, idle {:?}",
                 self.total, self.attempt, self.first_token, self.idle
             ),
-            "timeouts have no defaults; these fit the target's answer times",
+            if self.queued {
+                "timeouts have no defaults; these fit the target's answer times, and the total \
+                 leaves room to queue for the quota before each attempt (the rate limiter's max_wait)"
+            } else {
+                "timeouts have no defaults; these fit the target's answer times"
+            },
         );
         let d = RetryConfig::default();
         let r = &self.retry;
@@ -133,7 +177,7 @@ impl Tuning {
         if r.max_server_delay != d.max_server_delay {
             change(
                 format!("retry.max_server_delay = {:?}", r.max_server_delay),
-                "within the 15 s total: a longer server delay could not be honoured anyway",
+                "within the total timeout: a longer server delay could not be honoured anyway",
             );
         }
         if r.wait_for_breaker != d.wait_for_breaker {
@@ -164,6 +208,46 @@ impl Tuning {
                 "about the length of the mock's outage, so the breaker finds it back soon",
             );
         }
+        let l = RateLimitConfig::default();
+        let rl = &self.rate_limit;
+        for limit in rl.limits.iter().filter(|x| !l.limits.contains(x)) {
+            let mut what = Vec::new();
+            if let Some(n) = limit.requests {
+                what.push(format!("requests {n}"));
+            }
+            if let Some(n) = limit.tokens {
+                what.push(format!("tokens {n}"));
+            }
+            change(
+                format!(
+                    "rate_limit.limits += per minute at scope {}: {}",
+                    serde_json::to_value(limit.scope)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    what.join(", ")
+                ),
+                "--rpm / --tpm: the target's quota, paced from the first call rather than learned from its headers",
+            );
+        }
+        if rl.headroom != l.headroom {
+            change(
+                format!("rate_limit.headroom = {}", rl.headroom),
+                "tuned for this workload",
+            );
+        }
+        if rl.max_wait != l.max_wait {
+            change(
+                format!("rate_limit.max_wait = {:?}", rl.max_wait),
+                "tuned for this workload",
+            );
+        }
+        if rl.adaptive != l.adaptive {
+            change(
+                format!("rate_limit.adaptive = {}", rl.adaptive),
+                "tuned for this workload",
+            );
+        }
         out
     }
 
@@ -176,6 +260,8 @@ impl Tuning {
             idle: Duration::from_secs(30),
             retry: RetryConfig::new().max_attempts(4),
             breaker: CircuitBreakerConfig::new(),
+            rate_limit: RateLimitConfig::new(),
+            queued: false,
         }
     }
 
@@ -199,6 +285,10 @@ pub struct SideStats {
     retries: Mutex<BTreeMap<String, u64>>,
     gave_up: Mutex<BTreeMap<String, u64>>,
     breaker: Mutex<Vec<(tokio::time::Instant, String)>>,
+    too_many_requests: AtomicU64,
+    queue_waits: Mutex<Vec<Duration>>,
+    pauses: AtomicU64,
+    rate_limit: OnceLock<RateLimitHandle>,
 }
 
 impl SideStats {
@@ -229,6 +319,41 @@ impl SideStats {
     /// Decisions to give up after a failed attempt, by reason.
     pub fn gave_up(&self) -> BTreeMap<String, u64> {
         lock(&self.gave_up).clone()
+    }
+
+    /// Attempts the provider answered with a 429 (rate limited), as the
+    /// responses that reached the HTTP client's caller say.
+    pub fn provider_429(&self) -> u64 {
+        self.too_many_requests.load(Ordering::Relaxed)
+    }
+
+    /// How long each attempt the rate limiter queued waited before it went.
+    pub fn queue_waits(&self) -> Vec<Duration> {
+        lock(&self.queue_waits).clone()
+    }
+
+    /// Pauses of a key for every call, after a 429 with a server delay.
+    pub fn rate_limit_pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
+    }
+
+    /// The rate limiter's handle, on a side that has one.
+    pub fn rate_limit(&self) -> Option<&RateLimitHandle> {
+        self.rate_limit.get()
+    }
+
+    /// Adds one event of the rate limiter (its `on_event` hook): the wait
+    /// of every attempt admitted after waiting, and every pause.
+    pub fn record_rate_limit_event(&self, event: &RateLimitEvent) {
+        match event {
+            RateLimitEvent::Admitted { waited, .. } if !waited.is_zero() => {
+                lock(&self.queue_waits).push(*waited);
+            }
+            RateLimitEvent::Paused { .. } => {
+                self.pauses.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 
     /// Adds one metered attempt's usage (a `UsageObserver`).
@@ -295,8 +420,9 @@ impl CallAttempts {
 }
 
 /// Counts every request that reaches the HTTP client, in [`SideStats`] and
-/// in the request's [`CallAttempts`]. Placed innermost, next to the client,
-/// so it counts exactly the attempts that went on the wire.
+/// in the request's [`CallAttempts`], and every 429 the provider answers.
+/// Placed innermost, next to the client, so it counts exactly the attempts
+/// that went on the wire and the responses they got.
 #[derive(Clone, Debug)]
 pub struct CountLayer {
     stats: Arc<SideStats>,
@@ -327,24 +453,37 @@ pub struct Count<S> {
     stats: Arc<SideStats>,
 }
 
-impl<S, B> Service<Request<B>> for Count<S>
+impl<S, B, RB> Service<Request<B>> for Count<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<RB>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> S::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         if let Some(call) = req.extensions().get::<CallAttempts>() {
             call.0.fetch_add(1, Ordering::Relaxed);
         }
-        self.inner.call(req)
+        let stats = self.stats.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            if let Ok(r) = &res
+                && r.status() == http::StatusCode::TOO_MANY_REQUESTS
+            {
+                stats.too_many_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            res
+        })
     }
 }
 
@@ -489,11 +628,12 @@ fn trace_layer(
 /// The recommended stack of the layers that exist today, outermost first:
 ///
 /// `PrepareLayer → TraceLayer(call) → TimeoutLayer(total) → RetryLayer →
-/// CircuitBreakerLayer → TimeoutLayer(attempt, first token, idle) →
-/// MeterLayer → TraceLayer(attempt) → client`
+/// CircuitBreakerLayer → RateLimitLayer → TimeoutLayer(attempt, first
+/// token, idle) → MeterLayer → TraceLayer(attempt) → client`
 ///
 /// (with the attempt counter between the meter and the attempt's trace).
-/// Every retry decision and breaker transition goes to `stats`; with
+/// Every retry decision, breaker transition and rate-limit wait goes to
+/// `stats`, and the rate limiter's handle with them; with
 /// `RUST_LOG=debug`, tower-http's `TraceLayer` logs every call and every
 /// attempt, headers included (credentials masked).
 pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService, BoxError> {
@@ -504,6 +644,10 @@ pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService
     let hook = stats.clone();
     let breaker = CircuitBreakerLayer::try_from(tuning.breaker.clone())?
         .on_transition(move |t| hook.record_transition(t));
+    let hook = stats.clone();
+    let rate_limit = RateLimitLayer::try_from(tuning.rate_limit.clone())?
+        .on_event(move |e| hook.record_rate_limit_event(e));
+    let _ = stats.rate_limit.set(rate_limit.handle());
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
         // Below Prepare, which marks credential headers sensitive.
@@ -517,6 +661,10 @@ pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService
             stats: stats.clone(),
         })
         .layer(breaker)
+        // Inside the breaker (a refusal is not the provider's failure),
+        // outside the attempt timeout (waiting for a turn does not eat
+        // it): every attempt takes its turn under the key's limits.
+        .layer(rate_limit)
         // Inside retry: each attempt, its first token and its stream.
         .layer(TimeoutLayer::try_from(limits.per_attempt())?)
         .layer(MeterLayer::new())

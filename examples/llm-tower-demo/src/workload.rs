@@ -170,6 +170,17 @@ impl Endpoint {
         })
     }
 
+    /// Calls in `format` only (when the endpoint speaks it; otherwise
+    /// unchanged).
+    pub fn only(mut self, format: ApiFormat) -> Self {
+        match format {
+            ApiFormat::OpenAi if self.openai_base.is_some() => self.anthropic_base = None,
+            ApiFormat::Anthropic if self.anthropic_base.is_some() => self.openai_base = None,
+            _ => {}
+        }
+        self
+    }
+
     /// Runs `action` once, just before call number `at_call` starts.
     pub fn with_trigger(
         mut self,
