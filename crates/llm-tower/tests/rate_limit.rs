@@ -437,25 +437,8 @@ async fn headers_that_say_fewer_remain_slow_the_layer_down_and_limits_are_learne
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_429_pauses_the_key_for_every_call() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let layer = layer(rpm(600));
-    let mut limited = layer.layer(headers_service(
-        StatusCode::TOO_MANY_REQUESTS,
-        &[("retry-after", "5")],
-        calls.clone(),
-    ));
-    let res = limited.ready().await.unwrap().call(plain()).await.unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(layer.handle().stats().provider_429, 1);
-    let key = state_key("openai:gpt-4o:");
-    assert_eq!(
-        layer.handle().key_state(&key).await.unwrap().paused_for,
-        Some(5 * SEC)
-    );
-    // Another caller of the same key waits for the pause, then the calls
-    // resume one per interval, not in a burst.
+/// Three calls of the key made after a 429; their start times.
+async fn starts_after_429(layer: &RateLimitLayer, calls: &Arc<AtomicUsize>) -> Vec<Duration> {
     let t0 = Instant::now();
     let starts = Arc::new(Mutex::new(Vec::new()));
     let tasks: Vec<_> = (0..3)
@@ -473,8 +456,38 @@ async fn a_429_pauses_the_key_for_every_call() {
     }
     let mut starts = starts.lock().unwrap().clone();
     starts.sort();
+    starts
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_pauses_the_key_for_every_call() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer(rpm(600));
+    // A 429 that says which limit is spent.
+    let mut limited = layer.layer(headers_service(
+        StatusCode::TOO_MANY_REQUESTS,
+        &[
+            ("retry-after", "5"),
+            ("x-ratelimit-limit-requests", "600"),
+            ("x-ratelimit-remaining-requests", "0"),
+        ],
+        calls.clone(),
+    ));
+    let res = limited.ready().await.unwrap().call(plain()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(layer.handle().stats().provider_429, 1);
+    let key = state_key("openai:gpt-4o:");
+    assert_eq!(
+        layer.handle().key_state(&key).await.unwrap().paused_for,
+        Some(5 * SEC)
+    );
+    // Other callers of the same key wait for the pause, then resume one
+    // per interval of the spent limit, not in a burst.
     let t = Duration::from_millis(100);
-    assert_eq!(starts, vec![5 * SEC, 5 * SEC + t, 5 * SEC + 2 * t]);
+    assert_eq!(
+        starts_after_429(&layer, &calls).await,
+        vec![5 * SEC, 5 * SEC + t, 5 * SEC + 2 * t]
+    );
     // Another key is not paused.
     let mut other = layer.layer(ok_service(calls.clone()));
     let t1 = Instant::now();
@@ -486,6 +499,25 @@ async fn a_429_pauses_the_key_for_every_call() {
         .await
         .unwrap();
     assert_eq!(t1.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_that_names_no_spent_limit_pauses_but_empties_nothing() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer(rpm(600));
+    let mut limited = layer.layer(headers_service(
+        StatusCode::TOO_MANY_REQUESTS,
+        &[
+            ("retry-after", "5"),
+            // The requests limit has room: the 429 was about something else.
+            ("x-ratelimit-limit-requests", "600"),
+            ("x-ratelimit-remaining-requests", "599"),
+        ],
+        calls.clone(),
+    ));
+    limited.ready().await.unwrap().call(plain()).await.unwrap();
+    // Everyone waits for the pause; then the burst the limit holds is there.
+    assert_eq!(starts_after_429(&layer, &calls).await, vec![5 * SEC; 3]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -40,8 +40,8 @@
 //!    `anthropic-ratelimit-*`): fewer remaining than the layer thought
 //!    slows it down; a lower limit than configured replaces it; a limit not
 //!    configured is learned. A 429 with a server delay pauses the key for
-//!    **every** call until then, and leaves its limits empty then, so calls
-//!    resume at the limit's pace rather than in a burst.
+//!    **every** call until then; a limit its headers say is spent is empty
+//!    then, so calls resume at that limit's pace rather than in a burst.
 //! 5. **Settle**, exactly once, with the usage the
 //!    [meter](crate::metering::MeterLayer) reports: tokens reserved and not
 //!    used are given back, tokens used beyond the estimate are taken. A call

@@ -443,11 +443,15 @@ impl<St: Store> Shared<St> {
                         .emission_interval()
                         .saturating_mul(held.min(u64::from(u32::MAX)) as u32)
                 });
-            // Empty when a pause ends: calls resume at the limit's pace
-            // rather than in a burst.
-            let paused = pause.map_or(Duration::ZERO, |delay| {
-                delay + quota.tolerance() - quota.emission_interval()
-            });
+            // A limit the 429's headers say is spent is empty when the
+            // pause ends: calls resume at its pace rather than in a burst.
+            // The others keep what the headers say they hold; a 429 that
+            // says nothing pauses the key (the flag) and empties nothing.
+            let exhausted = reported.is_some_and(|r| r.remaining == Some(0));
+            let paused = match pause {
+                Some(delay) if exhausted => delay + quota.tolerance() - quota.emission_interval(),
+                _ => Duration::ZERO,
+            };
             let at_least = used.max(paused);
             if at_least.is_zero() {
                 continue;
