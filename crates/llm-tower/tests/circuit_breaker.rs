@@ -602,6 +602,87 @@ async fn without_a_fallback_retry_can_wait_for_the_breakers_probe() {
     assert_eq!(handle.state(&key("m")), BreakerState::Closed);
 }
 
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_slow_probe_costs_no_attempt() {
+    // The probe may be slow — a long answer, or a wait in a rate limiter
+    // inside the breaker. Meanwhile the breaker refuses other calls
+    // (half-open, its probe taken); a call waiting for it keeps its
+    // attempts, since none of those refusals reached the provider.
+    let p = Provider503::default();
+    let (breaker, _) = layer(config());
+    let handle = breaker.handle();
+    let mut tripper = breaker.layer(p.service());
+    p.set(503);
+    for _ in 0..3 {
+        call(&mut tripper, "m").await.unwrap();
+    }
+    assert_eq!(handle.state(&key("m")), BreakerState::Open);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let sent = sent.clone();
+        service_fn(move |_req: Request<String>| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(5 * SEC).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+            }
+        })
+    };
+    let retry = RetryLayer::try_from(
+        RetryConfig::new()
+            .max_attempts(2)
+            .wait_for_breaker(true)
+            .backoff(Backoff {
+                base: 200 * MS,
+                factor: 1.0,
+                cap: 200 * MS,
+                jitter: Jitter::None,
+            }),
+    )
+    .unwrap();
+    advance(10 * SEC).await;
+    // The probe: through the breaker, 5 s long.
+    let probe = tokio::spawn(
+        ServiceBuilder::new()
+            .layer(retry.clone())
+            .layer(breaker.clone())
+            .service(slow.clone())
+            .oneshot(request("m")),
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(handle.state(&key("m")), BreakerState::HalfOpen);
+    let start = Instant::now();
+    let waiter = ServiceBuilder::new()
+        .layer(retry)
+        .layer(breaker)
+        .service(slow)
+        .oneshot(request("m"));
+    let (probe, waiter) = tokio::join!(
+        async {
+            probe
+                .await
+                .unwrap()
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+        },
+        waiter
+    );
+    drop(probe);
+    let res = waiter.expect("refusals while the probe ran are not attempts");
+    assert_eq!(res.status(), 200);
+    // About 25 refusals at 200 ms, then one attempt of 5 s.
+    assert!(start.elapsed() >= 10 * SEC, "{:?}", start.elapsed());
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        2,
+        "the probe and the waiter's one attempt"
+    );
+    assert_eq!(handle.state(&key("m")), BreakerState::Closed);
+}
+
 #[test]
 fn bad_configuration_is_refused_with_a_reason() {
     let cases: Vec<(CircuitBreakerConfig, &str)> = vec![

@@ -104,21 +104,12 @@ async fn attempts_counted_by_the_demo_are_the_attempts_the_mock_journaled() {
         assert!(stack.retries_total() > 0, "seed {seed}");
         let calls_seen: std::collections::HashSet<_> =
             stack_journal.iter().map(|e| &e.fingerprint).collect();
-        // A call may never go out: its attempts all refused by a breaker
-        // whose half-open probe is still in flight — which, with the rate
-        // limiter inside the breaker, can wait out a pause of the key
-        // there. Such a call fails `overloaded` (circuit open), unsent.
-        let unsent: Vec<_> = stack.records.iter().filter(|r| r.attempts == 0).collect();
-        assert!(
-            unsent
-                .iter()
-                .all(|r| r.failure.as_deref() == Some("overloaded")),
-            "seed {seed}: {unsent:?}"
-        );
-        assert!(unsent.len() <= N / 6, "seed {seed}: {unsent:?}");
+        // Every call went out at least once: a call waiting for a breaker's
+        // probe (which may itself wait in the rate limiter) keeps its
+        // attempts, since refusals are not attempts.
         assert_eq!(
             calls_seen.len(),
-            N - unsent.len(),
+            N,
             "seed {seed}: retries resend the same call"
         );
         assert!(

@@ -68,7 +68,9 @@ pub struct RetryConfig {
     /// deadline and `max_server_delay`. Off by default: with a fallback
     /// layer outside, moving to another target at once is better. Without
     /// one, waiting for the breaker can save the call. Such a retry draws
-    /// nothing from the budget: nothing reached the provider.
+    /// nothing from the budget and a refusal is not one of the
+    /// `max_attempts` (nothing reached the provider); at most 64 refusals
+    /// are waited out.
     pub wait_for_breaker: bool,
     /// The most of an error body read to classify it.
     pub error_body_limit: usize,

@@ -68,6 +68,8 @@ pin_project! {
         service: S,
         request: Request<ReqB>,
         attempt: u32,
+        // Attempts an open breaker further in refused: nothing was sent.
+        refusals: u32,
         previous_delay: Duration,
         span: tracing::Span,
         #[pin]
@@ -91,6 +93,7 @@ where
             service,
             request,
             attempt: 1,
+            refusals: 0,
             previous_delay: Duration::ZERO,
             span,
             state: State::Calling { fut },
@@ -103,11 +106,17 @@ fn attempt_span<B>(req: &Request<B>, attempt: u32) -> tracing::Span {
     tracing::info_span!("llm.attempt", attempt, gen_ai.request.model = model)
 }
 
-/// What to do after a failed attempt.
+/// The most refusals of an open breaker a call waits out, however they
+/// fit its deadline: a bound for calls with no deadline.
+const MAX_BREAKER_WAITS: u32 = 64;
+
+/// What to do after a failed attempt; `refusals` of the `attempt`s made so
+/// far were refused by a breaker further in (this one included).
 fn decide<C, ReqB>(
     shared: &Shared<C>,
     request: &Request<ReqB>,
     attempt: u32,
+    refusals: u32,
     previous_delay: Duration,
     failure: &Failure,
 ) -> Decision {
@@ -122,7 +131,10 @@ fn decide<C, ReqB>(
     if !retryable {
         return give_up(GiveUp::NotRetryable);
     }
-    if attempt >= config.max_attempts {
+    // Attempts that reached the provider; a refusal of the breaker reached
+    // nobody and is not one of them, so that a call waiting for a breaker's
+    // probe (which may itself wait in a rate limiter) keeps its attempts.
+    if attempt - refusals >= config.max_attempts || refusals > MAX_BREAKER_WAITS {
         return give_up(GiveUp::AttemptsExhausted);
     }
     let mut rng = rand::rng();
@@ -308,12 +320,16 @@ where
                 }
                 StateProj::Done => panic!("retry future polled after completion"),
             };
+            if failure.code() == Some(CIRCUIT_OPEN) {
+                *this.refusals += 1;
+            }
             let decision = {
                 let _enter = this.span.enter();
                 let d = decide(
                     shared,
                     this.request,
                     *this.attempt,
+                    *this.refusals,
                     *this.previous_delay,
                     &failure,
                 );
