@@ -57,7 +57,7 @@ const WORDS: &[&str] = &[
 
 /// The fewest and most tokens an answer has before any output cap.
 const MIN_TOKENS: u32 = 8;
-const MAX_TOKENS: u32 = 40;
+pub(crate) const MAX_TOKENS: u32 = 40;
 
 /// A generated answer: its pieces (one token each) and how it finished.
 #[derive(Debug, Clone, PartialEq, Eq)]

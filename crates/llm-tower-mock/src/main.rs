@@ -48,9 +48,17 @@ struct Args {
     /// Requests per minute, per model.
     #[arg(long)]
     rpm: Option<u32>,
-    /// Tokens per minute, per model.
+    /// Tokens per minute, per model: prompt and max_tokens, counted on
+    /// arrival and kept (OpenAI's TPM).
     #[arg(long)]
     tpm: Option<u32>,
+    /// Input tokens per minute, per model (Anthropic's ITPM).
+    #[arg(long)]
+    itpm: Option<u32>,
+    /// Output tokens per minute, per model (Anthropic's OTPM): max_tokens
+    /// on arrival, the unused part given back when the answer ends.
+    #[arg(long)]
+    otpm: Option<u32>,
     /// Time before the headers of every answer (e.g. 50ms).
     #[arg(long, value_parser = humantime::parse_duration)]
     first_byte: Option<Duration>,
@@ -96,6 +104,12 @@ fn config(args: &Args) -> Result<MockConfig, String> {
     }
     if let Some(n) = args.tpm {
         config.quota.tokens_per_minute = Some(n);
+    }
+    if let Some(n) = args.itpm {
+        config.quota.input_tokens_per_minute = Some(n);
+    }
+    if let Some(n) = args.otpm {
+        config.quota.output_tokens_per_minute = Some(n);
     }
     if let Some(d) = args.first_byte {
         config.timing.first_byte = d;
@@ -173,5 +187,33 @@ mod tests {
         assert!(Args::try_parse_from(["llm-tower-mock", "-f", "explode"]).is_err());
         let args = Args::parse_from(["llm-tower-mock", "--rpm", "0"]);
         assert!(config(&args).unwrap_err().contains("refuses everything"));
+        for flag in ["--itpm", "--otpm"] {
+            let args = Args::parse_from(["llm-tower-mock", flag, "0"]);
+            assert!(
+                config(&args).unwrap_err().contains("refuses everything"),
+                "{flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn input_and_output_token_flags_set_the_quota() {
+        let args = Args::parse_from([
+            "llm-tower-mock",
+            "--rpm",
+            "50",
+            "--itpm",
+            "30000",
+            "--otpm",
+            "8000",
+        ]);
+        let c = config(&args).unwrap();
+        assert_eq!(
+            c.quota,
+            llm_tower_mock::Quota::per_minute()
+                .requests(50)
+                .input_tokens(30_000)
+                .output_tokens(8_000)
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     config::Timing,
     content,
     fault::{RequestFacts, Script, Shape},
-    quota::{Quotas, Refusal},
+    quota::{Cost, Quotas, Refusal},
     wire::{self, Chat, ErrorKind, Event, Provider, Success},
 };
 
@@ -500,18 +500,26 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
             }
         },
     };
-    let (decision, admitted, limits) = {
+    let (decision, admitted, limits, mut refund) = {
         let mut state = shared.state();
         let decision = state.script.decide(shared.seed, &facts, forced.as_ref());
-        let tokens = chat
-            .input_tokens
-            .saturating_add(chat.max_tokens.unwrap_or(0));
+        let cost = Cost {
+            input: chat.input_tokens,
+            max_tokens: chat.max_tokens,
+        };
         let (admitted, limits) = if state.quotas.is_limited() {
-            state.quotas.admit(&chat.model, tokens, Instant::now())
+            state.quotas.admit(&chat.model, cost, Instant::now())
         } else {
             (Ok(()), Default::default())
         };
-        (decision, admitted, limits)
+        // What the output limit took, given back less the output used when
+        // the answer ends.
+        let refund = (admitted.is_ok() && state.quotas.limits_output()).then(|| OutputRefund {
+            shared: shared.clone(),
+            model: chat.model.clone(),
+            unused: cost.output(),
+        });
+        (decision, admitted, limits, refund)
     };
     wire::rate_limit_headers(provider, &limits, shared.wall_now(), &mut headers);
     record.faults = decision.names.clone();
@@ -566,7 +574,11 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
     });
     if let Some(answer) = refused {
         record.finish(shared, answer.status, request_id.clone());
-        return error_response(answer, headers, delay).await;
+        // An error answer used no output: all of it goes back (`refund`
+        // is dropped when the answer is sent).
+        let response = error_response(answer, headers, delay).await;
+        drop(refund);
+        return response;
     }
 
     let answer = content::answer(shared.seed, fingerprint, chat.input_tokens, chat.max_tokens);
@@ -605,12 +617,20 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
                 _ => 0,
             })
             .sum();
+        if let Some(r) = refund.as_mut() {
+            r.unused = r.unused.saturating_sub(tokens);
+        }
+        // The stream owns the refund: given back at its end (or when the
+        // client leaves).
         (
             "text/event-stream; charset=utf-8",
-            stream_body(steps),
+            stream_body(steps, refund.take()),
             tokens,
         )
     } else {
+        if let Some(r) = refund.as_mut() {
+            r.unused = r.unused.saturating_sub(answer.output_tokens());
+        }
         (
             "application/json",
             full(wire::json_answer(&success)),
@@ -620,6 +640,8 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
     record.output_tokens = Some(output_tokens);
     record.finish(shared, StatusCode::OK, request_id);
     sleep(first_byte).await;
+    // A JSON answer is whole when it is sent: its unused output goes back.
+    drop(refund);
     let mut resp = Response::new(body);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if chat.stream {
@@ -808,13 +830,31 @@ fn wait(delay: Duration, keepalive: Option<Duration>, bytes: &Bytes) -> Vec<Step
     steps
 }
 
-fn stream_body(steps: VecDeque<Step>) -> Body {
-    let frames = futures_util::stream::unfold(steps, |mut steps| async move {
+/// Output tokens an admitted request was charged and did not use, given
+/// back to its model's output limit when dropped: when the answer ends.
+#[derive(Debug)]
+struct OutputRefund {
+    shared: Arc<Shared>,
+    model: String,
+    unused: u32,
+}
+
+impl Drop for OutputRefund {
+    fn drop(&mut self) {
+        self.shared
+            .state()
+            .quotas
+            .refund_output(&self.model, self.unused, Instant::now());
+    }
+}
+
+fn stream_body(steps: VecDeque<Step>, refund: Option<OutputRefund>) -> Body {
+    let frames = futures_util::stream::unfold((steps, refund), |(mut steps, refund)| async move {
         let mut flushed = false;
         loop {
             match steps.pop_front()? {
                 Step::Sleep(d) => sleep(d).await,
-                Step::Send(bytes, _) => return Some((Ok(Frame::data(bytes)), steps)),
+                Step::Send(bytes, _) => return Some((Ok(Frame::data(bytes)), (steps, refund))),
                 Step::Fail => {
                     // Let the connection flush what was sent, so the drop
                     // falls after those bytes on the wire, not before them.
@@ -829,7 +869,7 @@ fn stream_body(steps: VecDeque<Step>) -> Body {
                             io::ErrorKind::ConnectionAborted,
                             "the mock provider dropped the connection",
                         )),
-                        steps,
+                        (steps, refund),
                     ));
                 }
             }

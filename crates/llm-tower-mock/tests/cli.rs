@@ -60,6 +60,30 @@ async fn flags_script_the_faults_and_the_journal_is_served() {
 }
 
 #[tokio::test]
+async fn input_and_output_token_flags_are_served_as_anthropic_headers() {
+    let (_server, url) = start(&["--itpm", "30000", "--otpm", "8000"]);
+    let c = client();
+    let r = post(
+        &c,
+        &url,
+        ANTHROPIC,
+        &anthropic("claude-haiku-4-5", false, "x"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("anthropic-ratelimit-input-tokens-limit"),
+        Some("30000")
+    );
+    assert_eq!(
+        r.header("anthropic-ratelimit-output-tokens-limit"),
+        Some("8000")
+    );
+    // The output limit is the more restrictive one.
+    assert_eq!(r.header("anthropic-ratelimit-tokens-limit"), Some("8000"));
+}
+
+#[tokio::test]
 async fn a_config_file_is_read() {
     let path = std::env::temp_dir().join(format!("llm-tower-mock-{}.toml", std::process::id()));
     std::fs::write(
@@ -87,6 +111,9 @@ fn bad_flags_exit_non_zero_with_a_reason() {
     for (args, needle) in [
         (&["-f", "explode"][..], "unknown fault `explode`"),
         (&["--rpm", "0"], "refuses everything"),
+        (&["--itpm", "0"], "refuses everything"),
+        (&["--otpm", "0"], "refuses everything"),
+        (&["--otpm", "lots"], "invalid value"),
         (&["--host", "0.0.0.0"], "not a loopback address"),
         (&["--config", "/nonexistent/mock.toml"], "cannot read"),
         (&["--token-interval", "fast"], "invalid value"),

@@ -17,7 +17,10 @@ use http::{HeaderMap, HeaderValue, StatusCode, header::HeaderName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{content::Answer, quota::Limits};
+use crate::{
+    content::Answer,
+    quota::{Limit, Limits},
+};
 
 /// The wire format of a request, recognised from its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -433,20 +436,47 @@ pub(crate) fn common_headers(provider: Provider, headers: &mut HeaderMap, proces
     }
 }
 
-/// The provider's rate-limit headers for the limits as they stand: OpenAI
-/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` with resets as
-/// Go durations, Anthropic `anthropic-ratelimit-{requests,tokens}-…` with
-/// resets as RFC 3339 instants. Gemini sends none.
+/// The provider's rate-limit headers for the limits as they stand.
+///
+/// OpenAI: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, resets
+/// as Go durations. Input and output token limits are an Anthropic notion
+/// with no OpenAI header: enforced for OpenAI-format calls too, but not
+/// reported.
+///
+/// Anthropic: `anthropic-ratelimit-{requests,input-tokens,output-tokens,
+/// tokens}-{limit,remaining,reset}`, resets as RFC 3339 instants. With
+/// input or output limits, `anthropic-ratelimit-tokens-*` is the most
+/// restrictive token limit in effect (the lowest `remaining`), as Anthropic
+/// documents it; without them it is the tokens-per-minute limit.
+///
+/// Gemini sends none.
 pub(crate) fn rate_limit_headers(
     provider: Provider,
     limits: &Limits,
     now: SystemTime,
     headers: &mut HeaderMap,
 ) {
-    if provider == Provider::Gemini {
-        return;
-    }
-    for (kind, limit) in [("requests", limits.requests), ("tokens", limits.tokens)] {
+    let list: Vec<(&str, Option<Limit>)> = match provider {
+        Provider::Gemini => return,
+        Provider::OpenAi => vec![("requests", limits.requests), ("tokens", limits.tokens)],
+        Provider::Anthropic => {
+            let tokens = if limits.input_tokens.is_some() || limits.output_tokens.is_some() {
+                [limits.tokens, limits.input_tokens, limits.output_tokens]
+                    .into_iter()
+                    .flatten()
+                    .min_by_key(|l| l.remaining)
+            } else {
+                limits.tokens
+            };
+            vec![
+                ("requests", limits.requests),
+                ("input-tokens", limits.input_tokens),
+                ("output-tokens", limits.output_tokens),
+                ("tokens", tokens),
+            ]
+        }
+    };
+    for (kind, limit) in list {
         let Some(l) = limit else { continue };
         let reset = match provider {
             Provider::OpenAi => openai::go_duration(l.reset),
