@@ -14,8 +14,11 @@
 //!   model, provider, path or stream flag, or asked for by the request
 //!   itself in an [`x-mock-fault`](FAULT_HEADER) header) or by chance
 //!   ([`Rule::probability`]), or in a time window ([`Rule::outage`]).
-//! - **Real quotas** ([`Quota`]): requests and tokens per minute, refused
-//!   with `429` and an honest `retry-after`.
+//! - **Real quotas** ([`Quota`]): requests and tokens per minute (the
+//!   output cap counted on arrival and kept, as OpenAI counts), input and
+//!   output tokens per minute (unused output given back when the answer
+//!   ends, as Anthropic counts), refused with `429` and an honest
+//!   `retry-after`.
 //! - **A journal** ([`Journal`]) of every attempt, in-process and at
 //!   `GET /__mock/journal`.
 //! - **Reproducible**: chance is drawn from the seed, the request body and
