@@ -310,12 +310,12 @@ where
     let refuse = |retry_after: Option<Duration>, reason: RefusalReason| -> BoxError {
         shared.counters.refused.fetch_add(1, Relaxed);
         shared.emit(RateLimitEvent::Refused {
-            key: plan.key.clone(),
+            key: plan.key().clone(),
             reason,
             retry_after,
         });
         Box::new(RateLimited {
-            key: plan.key.clone(),
+            key: plan.key().clone(),
             retry_after,
             reason,
         })
@@ -323,8 +323,8 @@ where
     let mut queue = InQueue(&shared.waiting, false);
 
     // Calls in flight.
-    let mut permits = Vec::with_capacity(plan.semaphores.len());
-    for sem in &plan.semaphores {
+    let mut permits = Vec::with_capacity(plan.keyed.semaphores.len());
+    for sem in plan.keyed.semaphores.iter() {
         match sem.clone().try_acquire_owned() {
             Ok(p) => permits.push(p),
             Err(_) => {
@@ -353,10 +353,12 @@ where
             // A full queue: go now or not at all.
             (wait_max, reason) = (Duration::ZERO, RefusalReason::QueueFull);
         }
-        let cells = plan.cells();
         let turn = if batch { Duration::ZERO } else { wait_max };
-        let answer = shared.store.acquire(&cells, Some(&plan.pause), turn).await;
-        drop(cells);
+        let answer = {
+            // The cells live on the stack only for the acquire.
+            let cells = plan.cells();
+            shared.store.acquire(&cells, Some(plan.pause()), turn).await
+        };
         let wait = match answer {
             Err(e) => {
                 shared.store_error(&e);
@@ -376,7 +378,7 @@ where
                 return Err(refuse(Some(retry_after), reason));
             }
             Ok(Acquire::Granted { wait }) => {
-                let taken = Taken::new(shared.clone(), &plan);
+                let taken = Taken::new(&shared, &plan);
                 if wait.is_zero() {
                     break taken;
                 }
@@ -389,14 +391,14 @@ where
                     shared.counters.queued.fetch_add(1, Relaxed);
                 }
                 shared.emit(RateLimitEvent::Queued {
-                    key: plan.key.clone(),
+                    key: plan.key().clone(),
                     wait,
                 });
                 tokio::time::sleep(wait).await;
                 waited += wait;
                 // A 429 met while this call waited: its place was taken
                 // before the pause; take a new one after it.
-                match shared.store.flag(&plan.pause).await {
+                match shared.store.flag(plan.pause()).await {
                     Ok(Some(left)) if !left.is_zero() => continue,
                     Ok(_) => break taken,
                     Err(e) => {
@@ -415,7 +417,7 @@ where
             queued_once = true;
             shared.counters.queued.fetch_add(1, Relaxed);
             shared.emit(RateLimitEvent::Queued {
-                key: plan.key.clone(),
+                key: plan.key().clone(),
                 wait,
             });
         }
@@ -432,7 +434,7 @@ where
             .fetch_add(waited.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
     }
     shared.emit(RateLimitEvent::Admitted {
-        key: plan.key.clone(),
+        key: plan.key().clone(),
         waited,
     });
 
@@ -600,7 +602,12 @@ impl<St: Store + Clone> RateLimitHandle<St> {
             Priority::Interactive,
         );
         let mut limits = Vec::new();
-        for cell in plan.cells.iter().filter(|c| c.scope == super::Scope::Key) {
+        for cell in plan
+            .keyed
+            .cells
+            .iter()
+            .filter(|c| c.scope == super::Scope::Key)
+        {
             let available = match self.shared.store.take(&cell.key, 0, cell.quota).await? {
                 Take::Allowed { remaining } => remaining,
                 _ => 0,
@@ -614,7 +621,7 @@ impl<St: Store + Clone> RateLimitHandle<St> {
         }
         Ok(KeyState {
             limits,
-            paused_for: self.shared.store.flag(&plan.pause).await?,
+            paused_for: self.shared.store.flag(plan.pause()).await?,
         })
     }
 }

@@ -7,7 +7,10 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicU64, AtomicUsize,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
     task::{Context, Poll, Waker},
     time::{Duration, SystemTime},
@@ -21,7 +24,7 @@ use tokio::sync::Semaphore;
 use super::{
     Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope, SettleOutput,
     config::MAX_CELLS,
-    key::{api_key_hash, concat, default_key, provider_name},
+    key::{api_key_fnv, api_key_text, concat, default_key, model_name, provider_name},
 };
 use crate::{
     metering::{StreamProgress, UsageObserver, UsageReport},
@@ -108,7 +111,15 @@ pub(crate) struct Counters {
 pub(crate) struct Shared<St> {
     pub(crate) config: RateLimitConfig,
     pub(crate) store: St,
-    pub(crate) learned: DashMap<Arc<str>, Learned>,
+    pub(crate) learned: DashMap<Arc<str>, Arc<Learned>>,
+    /// Bumped whenever a learned limit changes, appears or goes: the
+    /// cached [`KeyPlan`]s built before are stale.
+    generation: AtomicU64,
+    /// The per-key part of recent plans, by a hash of their [`Ident`].
+    plans: DashMap<u64, Arc<KeyPlan>, std::hash::BuildHasherDefault<Prehashed>>,
+    /// Hashes an [`Ident`] for `plans`, with a random key (keys come from
+    /// users).
+    ident_hasher: std::hash::RandomState,
     pub(crate) semaphores: DashMap<Box<str>, Arc<Semaphore>>,
     pub(crate) waiting: AtomicUsize,
     pub(crate) counters: Counters,
@@ -130,51 +141,164 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
+/// Whether `headers` may hold a provider's rate-limit headers
+/// (`x-ratelimit-*`, `anthropic-ratelimit-*`): one look at the names
+/// spares most responses reading every one of them.
+fn has_rate_limit_headers(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
+    })
+}
+
 /// A limit in force for a call: scope id, scope, dimension, limit, window.
 type InForce<'a> = (&'a str, Scope, Dim, u64, Duration);
 
-/// One cell a call takes from, owned.
+/// One cell a call takes from: its store key, quota, dimension and scope.
 #[derive(Clone, Debug)]
 pub(crate) struct PlanCell {
     pub(crate) key: Box<str>,
-    pub(crate) amount: u64,
     pub(crate) quota: Quota,
-    pub(crate) keep: u64,
     pub(crate) dim: Dim,
     pub(crate) scope: Scope,
 }
 
-/// Everything a call needs from the layer, worked out in `call`.
-pub(crate) struct Plan {
+/// What identifies the per-key part of a plan: the explicit key, or the
+/// model (for the default key); the provider and the API key's hash (the
+/// provider scope, and the default key).
+#[derive(Hash)]
+struct Ident<'a> {
+    explicit: Option<&'a str>,
+    provider: &'a str,
+    model: Option<&'a str>,
+    api: Option<u64>,
+}
+
+/// An [`Ident`], owned.
+struct IdentBuf {
+    explicit: Option<Arc<str>>,
+    provider: Box<str>,
+    model: Option<Box<str>>,
+    api: Option<u64>,
+}
+
+impl IdentBuf {
+    fn matches(&self, id: &Ident<'_>) -> bool {
+        self.api == id.api
+            && self.explicit.as_deref() == id.explicit
+            && *self.provider == *id.provider
+            && self.model.as_deref() == id.model
+    }
+}
+
+/// The per-key part of a plan, the same for every call of a key: its
+/// store keys, quotas and semaphores. Built once and cached in
+/// [`Shared::plans`] until the learned limits change.
+pub(crate) struct KeyPlan {
+    ident: IdentBuf,
+    /// [`Shared::generation`] when built.
+    generation: u64,
     pub(crate) key: Arc<str>,
-    pub(crate) priority: Priority,
-    /// Shared with the call's [`Taken`] and [`Settlement`].
-    pub(crate) cells: Arc<[PlanCell]>,
+    pub(crate) cells: Box<[PlanCell]>,
     pub(crate) pause: Box<str>,
-    pub(crate) semaphores: Vec<Arc<Semaphore>>,
+    pub(crate) semaphores: Box<[Arc<Semaphore>]>,
+    /// The key's learned limits, when any were when built: touched by
+    /// every call, so that a key in use is never evicted.
+    learned: Option<Arc<Learned>>,
+}
+
+/// Everything a call needs from the layer, worked out in `call`: the
+/// key's cached part, and the call's own amounts.
+pub(crate) struct Plan {
+    /// Shared with the call's [`Settlement`].
+    pub(crate) keyed: Arc<KeyPlan>,
+    pub(crate) priority: Priority,
+    /// What the call takes from each cell of `keyed.cells`.
+    pub(crate) amounts: [u64; MAX_CELLS],
+    /// What the call leaves in each cell for calls of a higher priority.
+    pub(crate) keeps: [u64; MAX_CELLS],
     pub(crate) input: u64,
     pub(crate) output: u64,
     pub(crate) refund_output: bool,
     pub(crate) uncached_input: bool,
 }
 
+/// The cells of one acquire, on the stack.
+pub(crate) struct Cells<'a> {
+    cells: [Cell<'a>; MAX_CELLS],
+    len: usize,
+}
+
+impl<'a> std::ops::Deref for Cells<'a> {
+    type Target = [Cell<'a>];
+
+    fn deref(&self) -> &[Cell<'a>] {
+        &self.cells[..self.len]
+    }
+}
+
 impl Plan {
-    pub(crate) fn cells(&self) -> Vec<Cell<'_>> {
-        self.cells
-            .iter()
-            .map(|c| Cell::new(&c.key, c.amount, c.quota).keep(c.keep))
-            .collect()
+    pub(crate) fn key(&self) -> &Arc<str> {
+        &self.keyed.key
+    }
+
+    pub(crate) fn pause(&self) -> &str {
+        &self.keyed.pause
+    }
+
+    /// The cells to acquire.
+    pub(crate) fn cells(&self) -> Cells<'_> {
+        let plan = &self.keyed.cells;
+        let quota = match plan.first() {
+            Some(c) => c.quota,
+            None => {
+                return Cells {
+                    cells: [Cell::new("", 0, Quota::new(1, MINUTE).expect("a valid quota"));
+                        MAX_CELLS],
+                    len: 0,
+                };
+            }
+        };
+        let mut cells = [Cell::new("", 0, quota); MAX_CELLS];
+        for (i, c) in plan.iter().enumerate() {
+            cells[i] = Cell::new(&c.key, self.amounts[i], c.quota).keep(self.keeps[i]);
+        }
+        Cells {
+            cells,
+            len: plan.len(),
+        }
     }
 
     /// The cell that can never hold the call.
     pub(crate) fn too_large(&self, index: usize) -> RequestTooLarge {
-        let c = &self.cells[index];
+        let c = &self.keyed.cells[index];
         RequestTooLarge {
-            key: self.key.clone(),
+            key: self.key().clone(),
             dimension: c.dim.as_str(),
-            amount: c.amount,
+            amount: self.amounts[index],
             limit: c.quota.limit(),
         }
+    }
+}
+
+/// A hasher for keys that are hashes already ([`Shared::plans`]).
+#[derive(Default)]
+pub(crate) struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed; this is for completeness.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -184,6 +308,9 @@ impl<St: Store> Shared<St> {
             config,
             store,
             learned: DashMap::new(),
+            generation: AtomicU64::new(0),
+            plans: DashMap::default(),
+            ident_hasher: std::hash::RandomState::new(),
             semaphores: DashMap::new(),
             waiting: AtomicUsize::new(0),
             counters: Counters::default(),
@@ -224,18 +351,135 @@ impl<St: Store> Shared<St> {
         priority: Priority,
     ) -> Plan {
         let config = &self.config;
-        let api_key = api_key_hash(headers, query);
-        let key = parts_key.unwrap_or_else(|| default_key(meta, &api_key));
-        let provider_id = concat(&["p:", provider_name(meta), ":", &api_key]);
-        let key_id = concat(&["k:", &key]);
+        let keyed = self.key_plan(parts_key, headers, query, meta);
+        if let Some(l) = &keyed.learned {
+            l.used.store(self.now_secs(), Relaxed);
+        }
         let input = meta.map_or(0, RequestMeta::estimated_input_tokens);
         let capped = meta.and_then(RequestMeta::max_output_tokens);
         let model = meta.and_then(RequestMeta::model);
+        // Output reserved: the cap, else the model's default cut to what
+        // the limits hold, so that a missing cap never refuses a call.
+        let output = match capped {
+            Some(cap) => cap,
+            None => {
+                let mut out = config.default_output_for(model);
+                for c in keyed.cells.iter() {
+                    match c.dim {
+                        Dim::Tokens => out = out.min(c.quota.limit().saturating_sub(input)),
+                        Dim::Output => out = out.min(c.quota.limit()),
+                        _ => {}
+                    }
+                }
+                out
+            }
+        };
+        let mut amounts = [0; MAX_CELLS];
+        let mut keeps = [0; MAX_CELLS];
+        for (i, c) in keyed.cells.iter().enumerate() {
+            amounts[i] = match c.dim {
+                Dim::Requests => 1,
+                Dim::Tokens => input.saturating_add(output),
+                Dim::Input => input,
+                Dim::Output => output,
+            };
+            keeps[i] = match priority {
+                Priority::Interactive => 0,
+                Priority::Batch => {
+                    let limit = c.quota.limit();
+                    let share = (limit as f64 * config.batch_share).floor() as u64;
+                    limit - share.clamp(1, limit)
+                }
+            };
+        }
+        let provider = meta.and_then(RequestMeta::provider);
+        let refund_output = match config.settle_output {
+            SettleOutput::Actual => true,
+            SettleOutput::Cap => false,
+            // Only Anthropic is known to give unused output back; OpenAI,
+            // Azure and the servers and proxies speaking their format count
+            // the cap, and the cap is the safe side for the rest.
+            SettleOutput::Auto => matches!(provider, Some(Provider::Anthropic)),
+        };
+        Plan {
+            keyed,
+            priority,
+            amounts,
+            keeps,
+            input,
+            output,
+            refund_output,
+            uncached_input: matches!(provider, Some(Provider::Anthropic)),
+        }
+    }
+
+    /// The per-key part of a call's plan: from the cache when it is there
+    /// and current, else built (and cached).
+    ///
+    /// The cache is looked up by a keyed hash of what identifies the key,
+    /// compared in full on a hit, so that no call builds a string on the
+    /// happy path. It holds at most [`MAX_KEYS`] plans, and is emptied when
+    /// full; a plan built before the learned limits last changed
+    /// ([`generation`](Self::generation)) is built again.
+    fn key_plan(
+        &self,
+        parts_key: Option<Arc<str>>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        meta: Option<&RequestMeta>,
+    ) -> Arc<KeyPlan> {
+        let id = Ident {
+            explicit: parts_key.as_deref(),
+            provider: provider_name(meta),
+            // The default key's model; an explicit key stands for it.
+            model: parts_key.is_none().then(|| model_name(meta)),
+            api: api_key_fnv(headers, query),
+        };
+        let hash = std::hash::BuildHasher::hash_one(&self.ident_hasher, &id);
+        // Read before the learned limits the plan is built from: a change
+        // after this makes the plan stale.
+        let generation = self.generation.load(Acquire);
+        let cached = self
+            .plans
+            .get(&hash)
+            .filter(|p| p.generation == generation && p.ident.matches(&id))
+            .map(|p| p.clone());
+        if let Some(plan) = cached {
+            return plan;
+        }
+        let ident = IdentBuf {
+            explicit: parts_key.clone(),
+            provider: id.provider.into(),
+            model: id.model.map(Box::from),
+            api: id.api,
+        };
+        let plan = Arc::new(self.build_key_plan(parts_key, ident, generation));
+        if self.plans.len() >= MAX_KEYS {
+            self.plans.clear();
+        }
+        self.plans.insert(hash, plan.clone());
+        plan
+    }
+
+    fn build_key_plan(
+        &self,
+        parts_key: Option<Arc<str>>,
+        ident: IdentBuf,
+        generation: u64,
+    ) -> KeyPlan {
+        let config = &self.config;
+        let api_key = api_key_text(ident.api);
+        let key = parts_key.unwrap_or_else(|| {
+            default_key(
+                &ident.provider,
+                ident.model.as_deref().unwrap_or("-"),
+                &api_key,
+            )
+        });
+        let provider_id = concat(&["p:", &ident.provider, ":", &api_key]);
+        let key_id = concat(&["k:", &key]);
         let learned = if config.adaptive {
-            self.learned.get(&key).map(|l| {
-                l.used.store(self.now_secs(), Relaxed);
-                [0, 1, 2, 3].map(|i| l.limits[i].load(Relaxed))
-            })
+            self.learned.get(&key).map(|l| l.clone())
         } else {
             None
         };
@@ -259,9 +503,9 @@ impl<St: Store> Shared<St> {
                 semaphores.push(self.semaphore(id, n));
             }
         }
-        if let Some(learned) = learned {
+        if let Some(learned) = &learned {
             for dim in Dim::ALL {
-                let n = learned[dim.index()];
+                let n = learned.limits[dim.index()].load(Relaxed);
                 if n == 0 {
                     continue;
                 }
@@ -277,71 +521,26 @@ impl<St: Store> Shared<St> {
         }
         limits.truncate(MAX_CELLS);
 
-        let mut quotas: Vec<(Quota, &InForce<'_>)> = limits
+        let cells = limits
             .iter()
-            .filter_map(|l| Some((config.quota(l.3, l.4)?, l)))
-            .collect();
-        // Output reserved: the cap, else the model's default cut to what
-        // the limits hold, so that a missing cap never refuses a call.
-        let output = match capped {
-            Some(cap) => cap,
-            None => {
-                let mut out = config.default_output_for(model);
-                for (q, l) in &quotas {
-                    match l.2 {
-                        Dim::Tokens => out = out.min(q.limit().saturating_sub(input)),
-                        Dim::Output => out = out.min(q.limit()),
-                        _ => {}
-                    }
-                }
-                out
-            }
-        };
-        let cells = quotas
-            .drain(..)
-            .map(|(quota, &(id, scope, dim, _, window))| {
-                let amount = match dim {
-                    Dim::Requests => 1,
-                    Dim::Tokens => input.saturating_add(output),
-                    Dim::Input => input,
-                    Dim::Output => output,
-                };
-                let keep = match priority {
-                    Priority::Interactive => 0,
-                    Priority::Batch => {
-                        let share = (quota.limit() as f64 * config.batch_share).floor() as u64;
-                        quota.limit() - share.clamp(1, quota.limit())
-                    }
-                };
-                PlanCell {
+            .filter_map(|&(id, scope, dim, n, window)| {
+                let quota = config.quota(n, window)?;
+                Some(PlanCell {
                     key: self.cell_key(id, dim, window),
-                    amount,
                     quota,
-                    keep,
                     dim,
                     scope,
-                }
+                })
             })
             .collect();
-        let provider = meta.and_then(RequestMeta::provider);
-        let refund_output = match config.settle_output {
-            SettleOutput::Actual => true,
-            SettleOutput::Cap => false,
-            // Only Anthropic is known to give unused output back; OpenAI,
-            // Azure and the servers and proxies speaking their format count
-            // the cap, and the cap is the safe side for the rest.
-            SettleOutput::Auto => matches!(provider, Some(Provider::Anthropic)),
-        };
-        Plan {
+        KeyPlan {
+            ident,
+            generation,
             pause: concat(&[&config.prefix, ":", &key_id, ":pause"]),
             key,
-            priority,
             cells,
-            semaphores,
-            input,
-            output,
-            refund_output,
-            uncached_input: matches!(provider, Some(Provider::Anthropic)),
+            semaphores: semaphores.into(),
+            learned,
         }
     }
 
@@ -351,6 +550,8 @@ impl<St: Store> Shared<St> {
             return s.clone();
         }
         if self.semaphores.len() >= MAX_KEYS {
+            // Cached plans hold their semaphores: let go of them first.
+            self.plans.clear();
             // Idle semaphores: every permit back, nobody else holding one.
             // Idle: only the map holds it (every waiter and every permit
             // out holds an `Arc`).
@@ -379,7 +580,7 @@ impl<St: Store> Shared<St> {
         if limited {
             self.counters.provider_429.fetch_add(1, Relaxed);
         }
-        if !self.config.adaptive {
+        if !self.config.adaptive || (!limited && !has_rate_limit_headers(headers)) {
             return;
         }
         let now = SystemTime::now();
@@ -398,40 +599,10 @@ impl<St: Store> Shared<St> {
             return;
         }
         self.learn(plan, &info);
-        // The key's per-minute cells: the call's, and those just learned.
-        let mut cells: Vec<(Box<str>, Quota, Option<crate::provider::headers::Limit>)> = plan
-            .cells
-            .iter()
-            .filter(|c| c.scope == Scope::Key)
-            .map(|c| {
-                let reported = (c.quota.window() == MINUTE)
-                    .then(|| c.dim.reported(&info))
-                    .flatten();
-                (c.key.clone(), c.quota, reported)
-            })
-            .collect();
-        for dim in Dim::ALL {
-            let Some(reported) = dim.reported(&info) else {
-                continue;
-            };
-            let known = plan
-                .cells
-                .iter()
-                .any(|c| c.scope == Scope::Key && c.dim == dim && c.quota.window() == MINUTE);
-            if known {
-                continue;
-            }
-            if let Some(quota) = reported
-                .limit
-                .filter(|&n| n > 0)
-                .and_then(|n| self.config.quota(n, MINUTE))
-            {
-                let key = self.cell_key(&format!("k:{}", plan.key), dim, MINUTE);
-                cells.push((key, quota, Some(reported)));
-            }
-        }
-        let mut holds: Vec<(Box<str>, Quota, Duration)> = Vec::new();
-        for (key, quota, reported) in cells {
+        let keyed = &plan.keyed;
+        // What to raise each of the key's per-minute cells to: the call's,
+        // and those just learned.
+        let hold = |quota: Quota, reported: Option<crate::provider::headers::Limit>| {
             // Used at the provider; our cell keeps the headroom margin.
             let used = reported
                 .and_then(|r| Some(r.limit?.saturating_sub(r.remaining?)))
@@ -452,31 +623,70 @@ impl<St: Store> Shared<St> {
                 Some(delay) if exhausted => delay + quota.tolerance() - quota.emission_interval(),
                 _ => Duration::ZERO,
             };
-            let at_least = used.max(paused);
-            if at_least.is_zero() {
+            used.max(paused)
+        };
+        // The plan's cells, by index, then the cells just learned.
+        let mut held = [Duration::ZERO; MAX_CELLS];
+        for (i, c) in keyed.cells.iter().enumerate() {
+            if c.scope == Scope::Key {
+                let reported = (c.quota.window() == MINUTE)
+                    .then(|| c.dim.reported(&info))
+                    .flatten();
+                held[i] = hold(c.quota, reported);
+            }
+        }
+        let mut learned: Vec<(Box<str>, Quota, Duration)> = Vec::new();
+        for dim in Dim::ALL {
+            let Some(reported) = dim.reported(&info) else {
+                continue;
+            };
+            let known = keyed
+                .cells
+                .iter()
+                .any(|c| c.scope == Scope::Key && c.dim == dim && c.quota.window() == MINUTE);
+            if known {
                 continue;
             }
-            holds.push((key, quota, at_least));
+            if let Some(quota) = reported
+                .limit
+                .filter(|&n| n > 0)
+                .and_then(|n| self.config.quota(n, MINUTE))
+            {
+                let at_least = hold(quota, Some(reported));
+                if !at_least.is_zero() {
+                    let key = self.cell_key(&concat(&["k:", &keyed.key]), dim, MINUTE);
+                    learned.push((key, quota, at_least));
+                }
+            }
         }
         if let Some(delay) = pause {
             self.emit(RateLimitEvent::Paused {
-                key: plan.key.clone(),
+                key: plan.key().clone(),
                 delay,
             });
         }
-        if holds.is_empty() && pause.is_none() {
+        if held.iter().all(|d| d.is_zero()) && learned.is_empty() && pause.is_none() {
             return;
         }
         let shared = self.clone();
-        let flag = pause.map(|d| (plan.pause.clone(), d));
+        let keyed = keyed.clone();
         run_now_or_spawn(async move {
-            if let Some((flag, delay)) = flag
-                && let Err(e) = shared.store.set_flag(&flag, delay).await
+            if let Some(delay) = pause
+                && let Err(e) = shared.store.set_flag(&keyed.pause, delay).await
             {
                 shared.store_error(&e);
             }
-            for (key, quota, at_least) in holds {
-                if let Err(e) = shared.store.hold(&key, quota, at_least).await {
+            let holds = keyed
+                .cells
+                .iter()
+                .zip(held)
+                .map(|(c, d)| (&*c.key, c.quota, d));
+            let learned = learned.iter().map(|(k, q, d)| (&**k, *q, *d));
+            for (key, quota, at_least) in holds.chain(learned) {
+                if at_least.is_zero() {
+                    continue;
+                }
+                if let Err(e) = shared.store.hold(key, quota, at_least).await {
                     shared.store_error(&e);
                 }
             }
@@ -484,7 +694,7 @@ impl<St: Store> Shared<St> {
     }
 
     fn learn(&self, plan: &Plan, info: &RateLimitInfo) {
-        let learned = match self.learned.get(&plan.key) {
+        let learned = match self.learned.get(plan.key()) {
             Some(l) => l,
             None => {
                 if self.learned.len() >= MAX_KEYS {
@@ -495,10 +705,15 @@ impl<St: Store> Shared<St> {
                         self.learned.clear();
                     }
                 }
-                self.learned
-                    .entry(plan.key.clone())
+                let learned = self
+                    .learned
+                    .entry(plan.key().clone())
                     .or_default()
-                    .downgrade()
+                    .downgrade();
+                // Plans built without it (or with what was evicted) are
+                // stale: they would not touch it.
+                self.generation.fetch_add(1, Release);
+                learned
             }
         };
         learned.used.store(self.now_secs(), Relaxed);
@@ -508,9 +723,10 @@ impl<St: Store> Shared<St> {
             };
             let old = learned.limits[dim.index()].swap(limit, Relaxed);
             if old != limit {
+                self.generation.fetch_add(1, Release);
                 self.counters.adapted.fetch_add(1, Relaxed);
                 self.emit(RateLimitEvent::Adapted {
-                    key: plan.key.clone(),
+                    key: plan.key().clone(),
                     dimension: dim.as_str(),
                     limit,
                     remaining: dim.reported(info).and_then(|l| l.remaining),
@@ -535,8 +751,8 @@ pub(crate) struct Settlement<St: Store + Clone> {
 
 struct Pending<St: Store + Clone> {
     shared: Arc<Shared<St>>,
-    key: Arc<str>,
-    cells: Arc<[PlanCell]>,
+    keyed: Arc<KeyPlan>,
+    amounts: [u64; MAX_CELLS],
     refund_output: bool,
     uncached_input: bool,
     input: u64,
@@ -553,8 +769,8 @@ impl<St: Store + Clone> Settlement<St> {
         Settlement {
             pending: Mutex::new(Some(Pending {
                 shared,
-                key: plan.key.clone(),
-                cells: plan.cells.clone(),
+                keyed: plan.keyed.clone(),
+                amounts: plan.amounts,
                 refund_output: plan.refund_output,
                 uncached_input: plan.uncached_input,
                 input: plan.input,
@@ -580,11 +796,11 @@ impl<St: Store + Clone> Settlement<St> {
 
 impl<St: Store + Clone> Pending<St> {
     fn settle(self, usage: Option<Usage>) {
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         shared.counters.settled.fetch_add(1, Relaxed);
         let Some(usage) = usage else {
             shared.emit(RateLimitEvent::Settled {
-                key: self.key.clone(),
+                key: self.keyed.key.clone(),
                 reserved: self.input + self.output,
                 used: None,
             });
@@ -600,35 +816,37 @@ impl<St: Store + Clone> Pending<St> {
         } else {
             usage.output_tokens.max(self.output)
         };
-        let mut changes: Vec<(Box<str>, Quota, i128)> = Vec::new();
-        for c in self.cells.iter() {
+        // What each cell is owed (negative) or owes, by index.
+        let mut deltas = [0i128; MAX_CELLS];
+        for (i, c) in self.keyed.cells.iter().enumerate() {
             let actual = match c.dim {
                 Dim::Requests => continue,
                 Dim::Tokens => input.saturating_add(output),
                 Dim::Input => input,
                 Dim::Output => output,
             };
-            let delta = i128::from(actual) - i128::from(c.amount);
-            if delta != 0 {
-                changes.push((c.key.clone(), c.quota, delta));
-            }
+            deltas[i] = i128::from(actual) - i128::from(self.amounts[i]);
         }
         shared.emit(RateLimitEvent::Settled {
-            key: self.key.clone(),
+            key: self.keyed.key.clone(),
             reserved: self.input + self.output,
             used: Some(input + output),
         });
-        if changes.is_empty() {
+        if deltas.iter().all(|&d| d == 0) {
             return;
         }
-        let store = shared.store.clone();
+        let shared = shared.clone();
+        let keyed = self.keyed.clone();
         let work = async move {
-            for (key, quota, delta) in changes {
+            for (c, delta) in keyed.cells.iter().zip(deltas) {
+                if delta == 0 {
+                    continue;
+                }
                 let n = delta.unsigned_abs().min(u128::from(u64::MAX)) as u64;
                 let r = if delta < 0 {
-                    store.refund(&key, n, quota).await
+                    shared.store.refund(&c.key, n, c.quota).await
                 } else {
-                    store.charge(&key, n, quota).await
+                    shared.store.charge(&c.key, n, c.quota).await
                 };
                 if let Err(e) = r {
                     shared.store_error(&e);
@@ -654,34 +872,36 @@ impl<St: Store + Clone> UsageObserver for Settlement<St> {
 
 /// Gives back what a call took when it gives up before it is sent (a
 /// waiter cancelled, a pause met after the wait), unless kept.
-pub(crate) struct Taken<St: Store + Clone> {
-    shared: Arc<Shared<St>>,
-    cells: Option<Arc<[PlanCell]>>,
+pub(crate) struct Taken<'a, St: Store + Clone> {
+    shared: &'a Arc<Shared<St>>,
+    plan: Option<&'a Plan>,
 }
 
-impl<St: Store + Clone> Taken<St> {
-    pub(crate) fn new(shared: Arc<Shared<St>>, plan: &Plan) -> Self {
+impl<'a, St: Store + Clone> Taken<'a, St> {
+    pub(crate) fn new(shared: &'a Arc<Shared<St>>, plan: &'a Plan) -> Self {
         Taken {
             shared,
-            cells: Some(plan.cells.clone()),
+            plan: Some(plan),
         }
     }
 
     /// The call goes: what it took stays taken, to be settled.
     pub(crate) fn keep(mut self) {
-        self.cells = None;
+        self.plan = None;
     }
 }
 
-impl<St: Store + Clone> Drop for Taken<St> {
+impl<St: Store + Clone> Drop for Taken<'_, St> {
     fn drop(&mut self) {
-        let Some(cells) = self.cells.take() else {
+        let Some(plan) = self.plan.take() else {
             return;
         };
         let shared = self.shared.clone();
+        let keyed = plan.keyed.clone();
+        let amounts = plan.amounts;
         run_now_or_spawn(async move {
-            for c in cells.iter() {
-                if let Err(e) = shared.store.refund(&c.key, c.amount, c.quota).await {
+            for (c, amount) in keyed.cells.iter().zip(amounts) {
+                if let Err(e) = shared.store.refund(&c.key, amount, c.quota).await {
                     shared.store_error(&e);
                 }
             }
