@@ -18,6 +18,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::Semaphore;
 
@@ -111,7 +112,7 @@ pub(crate) struct Counters {
 pub(crate) struct Shared<St> {
     pub(crate) config: RateLimitConfig,
     pub(crate) store: St,
-    pub(crate) learned: DashMap<Arc<str>, Arc<Learned>>,
+    pub(crate) learned: DashMap<Arc<str>, Arc<Learned>, RandomState>,
     /// Bumped whenever a learned limit changes, appears or goes: the
     /// cached [`KeyPlan`]s built before are stale.
     generation: AtomicU64,
@@ -119,8 +120,8 @@ pub(crate) struct Shared<St> {
     plans: DashMap<u64, Arc<KeyPlan>, std::hash::BuildHasherDefault<Prehashed>>,
     /// Hashes an [`Ident`] for `plans`, with a random key (keys come from
     /// users).
-    ident_hasher: std::hash::RandomState,
-    pub(crate) semaphores: DashMap<Box<str>, Arc<Semaphore>>,
+    ident_hasher: RandomState,
+    pub(crate) semaphores: DashMap<Box<str>, Arc<Semaphore>, RandomState>,
     pub(crate) waiting: AtomicUsize,
     pub(crate) counters: Counters,
     pub(crate) listener: ArcSwapOption<Listener>,
@@ -307,11 +308,11 @@ impl<St: Store> Shared<St> {
         Shared {
             config,
             store,
-            learned: DashMap::new(),
+            learned: DashMap::default(),
             generation: AtomicU64::new(0),
             plans: DashMap::default(),
-            ident_hasher: std::hash::RandomState::new(),
-            semaphores: DashMap::new(),
+            ident_hasher: RandomState::default(),
+            semaphores: DashMap::default(),
             waiting: AtomicUsize::new(0),
             counters: Counters::default(),
             listener: ArcSwapOption::empty(),
