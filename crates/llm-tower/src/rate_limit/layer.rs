@@ -124,6 +124,9 @@ impl<St: Store + Clone> RateLimitLayer<St> {
     /// It runs on the task of the call; keep it short.
     pub fn on_event(self, f: impl Fn(&RateLimitEvent) + Send + Sync + 'static) -> Self {
         self.shared.listener.store(Some(Arc::new(Box::new(f))));
+        self.shared
+            .has_listener
+            .store(true, std::sync::atomic::Ordering::Release);
         self
     }
 }
@@ -299,8 +302,7 @@ where
     let started = Instant::now();
     let deadline = Deadline::get(&req);
     // How long the call may still wait, and what bounds it.
-    let horizon = || {
-        let now = Instant::now();
+    let horizon = |now: Instant| {
         let left = config.max_wait.saturating_sub(now - started);
         match deadline.map(|d| d.remaining(now)) {
             Some(d) if d < left => (d, RefusalReason::Deadline),
@@ -321,6 +323,9 @@ where
         })
     };
     let mut queue = InQueue(&shared.waiting, false);
+    // The time now, when known without reading the clock again: when the
+    // call started, until it first waits.
+    let mut now = Some(started);
 
     // Calls in flight.
     let mut permits = Vec::with_capacity(plan.keyed.semaphores.len());
@@ -331,11 +336,12 @@ where
                 if !queue.enter(config.max_queued) {
                     return Err(refuse(None, RefusalReason::QueueFull));
                 }
-                let (wait, reason) = horizon();
+                let (wait, reason) = horizon(Instant::now());
                 match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
                     Ok(Ok(p)) => permits.push(p),
                     _ => return Err(refuse(None, reason)),
                 }
+                now = None;
             }
         }
     }
@@ -348,7 +354,7 @@ where
     let mut waited = Duration::ZERO;
     let mut queued_once = false;
     let taken = loop {
-        let (mut wait_max, mut reason) = horizon();
+        let (mut wait_max, mut reason) = horizon(now.take().unwrap_or_else(Instant::now));
         if !queue.1 && shared.waiting.load(Relaxed) >= config.max_queued {
             // A full queue: go now or not at all.
             (wait_max, reason) = (Duration::ZERO, RefusalReason::QueueFull);
@@ -356,7 +362,7 @@ where
         let turn = if batch { Duration::ZERO } else { wait_max };
         let answer = {
             // The cells live on the stack only for the acquire.
-            let cells = plan.cells();
+            let cells = plan.cells(config);
             shared.store.acquire(&cells, Some(plan.pause()), turn).await
         };
         let wait = match answer {

@@ -125,6 +125,9 @@ pub(crate) struct Shared<St> {
     pub(crate) waiting: AtomicUsize,
     pub(crate) counters: Counters,
     pub(crate) listener: ArcSwapOption<Listener>,
+    /// Whether `listener` was ever set: most layers have none, and this
+    /// spares every event the load of an empty `listener`.
+    pub(crate) has_listener: std::sync::atomic::AtomicBool,
     pub(crate) origin: tokio::time::Instant,
 }
 
@@ -214,27 +217,43 @@ pub(crate) struct Plan {
     /// Shared with the call's [`Settlement`].
     pub(crate) keyed: Arc<KeyPlan>,
     pub(crate) priority: Priority,
-    /// What the call takes from each cell of `keyed.cells`.
-    pub(crate) amounts: [u64; MAX_CELLS],
-    /// What the call leaves in each cell for calls of a higher priority.
-    pub(crate) keeps: [u64; MAX_CELLS],
     pub(crate) input: u64,
     pub(crate) output: u64,
     pub(crate) refund_output: bool,
     pub(crate) uncached_input: bool,
 }
 
-/// The cells of one acquire, on the stack.
-pub(crate) struct Cells<'a> {
-    cells: [Cell<'a>; MAX_CELLS],
-    len: usize,
+/// What a call reserving `input` and `output` tokens takes from a cell of
+/// `dim`.
+fn amount(dim: Dim, input: u64, output: u64) -> u64 {
+    match dim {
+        Dim::Requests => 1,
+        Dim::Tokens => input.saturating_add(output),
+        Dim::Input => input,
+        Dim::Output => output,
+    }
+}
+
+/// How many cells an acquire keeps on the stack: what most configurations
+/// have (requests and tokens, per key and global).
+const INLINE_CELLS: usize = 4;
+
+/// The cells of one acquire: on the stack up to [`INLINE_CELLS`].
+// The large variant is the point: no allocation for the usual acquire.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Cells<'a> {
+    Inline([Cell<'a>; INLINE_CELLS], usize),
+    Heap(Vec<Cell<'a>>),
 }
 
 impl<'a> std::ops::Deref for Cells<'a> {
     type Target = [Cell<'a>];
 
     fn deref(&self) -> &[Cell<'a>] {
-        &self.cells[..self.len]
+        match self {
+            Cells::Inline(cells, len) => &cells[..*len],
+            Cells::Heap(cells) => cells,
+        }
     }
 }
 
@@ -247,26 +266,34 @@ impl Plan {
         &self.keyed.pause
     }
 
+    /// What the call takes from a cell of `dim`.
+    pub(crate) fn amount(&self, dim: Dim) -> u64 {
+        amount(dim, self.input, self.output)
+    }
+
     /// The cells to acquire.
-    pub(crate) fn cells(&self) -> Cells<'_> {
-        let plan = &self.keyed.cells;
-        let quota = match plan.first() {
-            Some(c) => c.quota,
-            None => {
-                return Cells {
-                    cells: [Cell::new("", 0, Quota::new(1, MINUTE).expect("a valid quota"));
-                        MAX_CELLS],
-                    len: 0,
-                };
-            }
+    pub(crate) fn cells<'a>(&'a self, config: &RateLimitConfig) -> Cells<'a> {
+        let cell = |c: &'a PlanCell| -> Cell<'a> {
+            let keep = match self.priority {
+                Priority::Interactive => 0,
+                Priority::Batch => {
+                    let limit = c.quota.limit();
+                    let share = (limit as f64 * config.batch_share).floor() as u64;
+                    limit - share.clamp(1, limit)
+                }
+            };
+            Cell::new(&c.key, self.amount(c.dim), c.quota).keep(keep)
         };
-        let mut cells = [Cell::new("", 0, quota); MAX_CELLS];
-        for (i, c) in plan.iter().enumerate() {
-            cells[i] = Cell::new(&c.key, self.amounts[i], c.quota).keep(self.keeps[i]);
-        }
-        Cells {
-            cells,
-            len: plan.len(),
+        let plan = &self.keyed.cells;
+        match plan.first() {
+            Some(first) if plan.len() <= INLINE_CELLS => {
+                let mut cells = [cell(first); INLINE_CELLS];
+                for (slot, c) in cells.iter_mut().zip(plan.iter()).skip(1) {
+                    *slot = cell(c);
+                }
+                Cells::Inline(cells, plan.len())
+            }
+            _ => Cells::Heap(plan.iter().map(cell).collect()),
         }
     }
 
@@ -276,7 +303,7 @@ impl Plan {
         RequestTooLarge {
             key: self.key().clone(),
             dimension: c.dim.as_str(),
-            amount: self.amounts[index],
+            amount: self.amount(c.dim),
             limit: c.quota.limit(),
         }
     }
@@ -316,12 +343,16 @@ impl<St: Store> Shared<St> {
             waiting: AtomicUsize::new(0),
             counters: Counters::default(),
             listener: ArcSwapOption::empty(),
+            has_listener: std::sync::atomic::AtomicBool::new(false),
             origin: tokio::time::Instant::now(),
         }
     }
 
     pub(crate) fn emit(&self, event: RateLimitEvent) {
         event.trace();
+        if !self.has_listener.load(Acquire) {
+            return;
+        }
         if let Some(listener) = &*self.listener.load() {
             listener(&event);
         }
@@ -375,24 +406,6 @@ impl<St: Store> Shared<St> {
                 out
             }
         };
-        let mut amounts = [0; MAX_CELLS];
-        let mut keeps = [0; MAX_CELLS];
-        for (i, c) in keyed.cells.iter().enumerate() {
-            amounts[i] = match c.dim {
-                Dim::Requests => 1,
-                Dim::Tokens => input.saturating_add(output),
-                Dim::Input => input,
-                Dim::Output => output,
-            };
-            keeps[i] = match priority {
-                Priority::Interactive => 0,
-                Priority::Batch => {
-                    let limit = c.quota.limit();
-                    let share = (limit as f64 * config.batch_share).floor() as u64;
-                    limit - share.clamp(1, limit)
-                }
-            };
-        }
         let provider = meta.and_then(RequestMeta::provider);
         let refund_output = match config.settle_output {
             SettleOutput::Actual => true,
@@ -405,8 +418,6 @@ impl<St: Store> Shared<St> {
         Plan {
             keyed,
             priority,
-            amounts,
-            keeps,
             input,
             output,
             refund_output,
@@ -753,7 +764,6 @@ pub(crate) struct Settlement<St: Store + Clone> {
 struct Pending<St: Store + Clone> {
     shared: Arc<Shared<St>>,
     keyed: Arc<KeyPlan>,
-    amounts: [u64; MAX_CELLS],
     refund_output: bool,
     uncached_input: bool,
     input: u64,
@@ -771,7 +781,6 @@ impl<St: Store + Clone> Settlement<St> {
             pending: Mutex::new(Some(Pending {
                 shared,
                 keyed: plan.keyed.clone(),
-                amounts: plan.amounts,
                 refund_output: plan.refund_output,
                 uncached_input: plan.uncached_input,
                 input: plan.input,
@@ -826,7 +835,8 @@ impl<St: Store + Clone> Pending<St> {
                 Dim::Input => input,
                 Dim::Output => output,
             };
-            deltas[i] = i128::from(actual) - i128::from(self.amounts[i]);
+            let reserved = amount(c.dim, self.input, self.output);
+            deltas[i] = i128::from(actual) - i128::from(reserved);
         }
         shared.emit(RateLimitEvent::Settled {
             key: self.keyed.key.clone(),
@@ -899,9 +909,10 @@ impl<St: Store + Clone> Drop for Taken<'_, St> {
         };
         let shared = self.shared.clone();
         let keyed = plan.keyed.clone();
-        let amounts = plan.amounts;
+        let (input, output) = (plan.input, plan.output);
         run_now_or_spawn(async move {
-            for (c, amount) in keyed.cells.iter().zip(amounts) {
+            for c in keyed.cells.iter() {
+                let amount = amount(c.dim, input, output);
                 if let Err(e) = shared.store.refund(&c.key, amount, c.quota).await {
                     shared.store_error(&e);
                 }

@@ -68,6 +68,10 @@ struct Inner<C> {
     buckets: DashMap<Arc<str>, Mutex<Bucket>, RandomState>,
     /// Flag expiry, in nanoseconds since `origin`.
     flags: DashMap<Box<str>, AtomicU64, RandomState>,
+    /// How many flags `flags` holds, raised before one is inserted and
+    /// lowered after one is removed: when zero, a flag is not looked up
+    /// (every acquire of the rate-limit layer asks for its pause flag).
+    flag_count: AtomicUsize,
     inserts: AtomicUsize,
     sweep_above: AtomicUsize,
     sweeping: AtomicBool,
@@ -127,6 +131,7 @@ impl<C: Clock> MemoryStore<C> {
                 cells: DashMap::default(),
                 buckets: DashMap::default(),
                 flags: DashMap::default(),
+                flag_count: AtomicUsize::new(0),
                 inserts: AtomicUsize::new(0),
                 sweep_above: AtomicUsize::new(MIN_SWEEP_LEN),
                 sweeping: AtomicBool::new(false),
@@ -160,9 +165,13 @@ impl<C: Clock> MemoryStore<C> {
             .cells
             .retain(|_, tat| Arc::strong_count(tat) > 1 || *lock(tat) > now);
         inner.buckets.retain(|_, b| lock(b).expires > now);
-        inner
-            .flags
-            .retain(|_, expires| expires.load(Ordering::Acquire) > now);
+        let mut flags_removed = 0;
+        inner.flags.retain(|_, expires| {
+            let keep = expires.load(Ordering::Acquire) > now;
+            flags_removed += usize::from(!keep);
+            keep
+        });
+        inner.flag_count.fetch_sub(flags_removed, Ordering::AcqRel);
         let after = self.len();
         inner.sweep_above.store(
             after.saturating_mul(2).max(MIN_SWEEP_LEN),
@@ -318,7 +327,7 @@ impl<C: Clock> MemoryStore<C> {
             *guard = Some(lock(arc));
         }
         let now = self.inner.now_ns();
-        let paused = pause.and_then(|k| self.flag_now(k)).map_or(0, nanos);
+        let paused = pause.and_then(|k| self.flag_at(k, now)).map_or(0, nanos);
         // The earliest start at which every cell conforms.
         let mut start = now.saturating_add(paused);
         for (guard, &i) in guards.iter().flatten().zip(&*order) {
@@ -392,19 +401,44 @@ impl<C: Clock> MemoryStore<C> {
             flag.store(expires, Ordering::Release);
             return;
         }
-        inner
-            .flags
-            .entry(Box::from(key))
-            .or_default()
-            .store(expires, Ordering::Release);
-        self.inserted();
+        // Counted before it can be seen.
+        inner.flag_count.fetch_add(1, Ordering::AcqRel);
+        let inserted = match inner.flags.entry(Box::from(key)) {
+            dashmap::Entry::Occupied(flag) => {
+                flag.get().store(expires, Ordering::Release);
+                false
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(AtomicU64::new(expires));
+                true
+            }
+        };
+        if inserted {
+            self.inserted();
+        } else {
+            inner.flag_count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn flag_now(&self, key: &str) -> Option<Duration> {
+        self.flag_at(key, self.inner.now_ns())
+    }
+
+    /// The time left on the flag `key` at `now`.
+    fn flag_at(&self, key: &str, now: u64) -> Option<Duration> {
         let inner = &*self.inner;
-        let now = inner.now_ns();
+        if inner.flag_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let expires = inner.flags.get(key)?.load(Ordering::Acquire);
         (expires > now).then(|| Duration::from_nanos(expires - now))
+    }
+
+    fn clear_flag_now(&self, key: &str) {
+        let inner = &*self.inner;
+        if inner.flags.remove(key).is_some() {
+            inner.flag_count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -582,7 +616,7 @@ impl<C: Clock> Store for MemoryStore<C> {
     }
 
     fn clear_flag(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.flags.remove(key);
+        self.clear_flag_now(key);
         ready(Ok(()))
     }
 }
