@@ -97,6 +97,7 @@
 
 mod config;
 mod error;
+mod headers;
 mod key;
 mod layer;
 mod state;

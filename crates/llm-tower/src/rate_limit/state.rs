@@ -145,16 +145,6 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
-/// Whether `headers` may hold a provider's rate-limit headers
-/// (`x-ratelimit-*`, `anthropic-ratelimit-*`): one look at the names
-/// spares most responses reading every one of them.
-fn has_rate_limit_headers(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        let name = name.as_str();
-        name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
-    })
-}
-
 /// A limit in force for a call: scope id, scope, dimension, limit, window.
 type InForce<'a> = (&'a str, Scope, Dim, u64, Duration);
 
@@ -592,21 +582,25 @@ impl<St: Store> Shared<St> {
         if limited {
             self.counters.provider_429.fetch_add(1, Relaxed);
         }
-        if !self.config.adaptive || (!limited && !has_rate_limit_headers(headers)) {
+        if !self.config.adaptive {
             return;
         }
-        let now = SystemTime::now();
-        let mut info = RateLimitInfo::from_headers(headers, now);
+        let (mut info, pause) = if limited {
+            let now = SystemTime::now();
+            let pause = server_delay(headers, now).filter(|d| !d.is_zero());
+            (RateLimitInfo::from_headers(headers, now), pause)
+        } else {
+            match super::headers::read(headers) {
+                Some(info) => (info, None),
+                // No rate-limit header, and no pause without a 429.
+                None => return,
+            }
+        };
         if info.input_tokens.is_some() || info.output_tokens.is_some() {
             // Anthropic's `tokens` is then the most restrictive of its input
             // and output limits, not a limit on their sum.
             info.tokens = None;
         }
-        let pause = if limited {
-            server_delay(headers, now).filter(|d| !d.is_zero())
-        } else {
-            None
-        };
         if info.is_empty() && pause.is_none() {
             return;
         }
