@@ -278,26 +278,40 @@ impl<C: Clock> MemoryStore<C> {
             return Ok(Acquire::Never { index });
         }
         // Up to `INLINE_CELLS` cells (every acquire of the rate-limit
-        // layer), the bookkeeping lives on the stack.
-        if cells.len() <= INLINE_CELLS {
-            let mut order = [0; INLINE_CELLS];
-            let mut arcs: [Option<Arc<Mutex<u64>>>; INLINE_CELLS] = Default::default();
-            let mut guards: [Option<MutexGuard<'_, u64>>; INLINE_CELLS] = Default::default();
-            let n = cells.len();
-            self.acquire_locked(
-                cells,
-                pause,
-                horizon,
-                &mut order[..n],
-                &mut arcs[..n],
-                &mut guards[..n],
-            )
+        // layer), the bookkeeping lives on the stack, in slots of the
+        // usual few cells when that is enough.
+        if cells.len() <= FEW_CELLS {
+            self.acquire_inline::<FEW_CELLS>(cells, pause, horizon)
+        } else if cells.len() <= INLINE_CELLS {
+            self.acquire_inline::<INLINE_CELLS>(cells, pause, horizon)
         } else {
             let mut order = vec![0; cells.len()];
             let mut arcs = vec![None; cells.len()];
             let mut guards: Vec<_> = (0..cells.len()).map(|_| None).collect();
             self.acquire_locked(cells, pause, horizon, &mut order, &mut arcs, &mut guards)
         }
+    }
+
+    /// [`acquire_now`](Self::acquire_now) with its bookkeeping on the
+    /// stack, for at most `N` cells.
+    fn acquire_inline<const N: usize>(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> Result<Acquire, StoreError> {
+        let mut order = [0; N];
+        let mut arcs: [Option<Arc<Mutex<u64>>>; N] = [const { None }; N];
+        let mut guards: [Option<MutexGuard<'_, u64>>; N] = [const { None }; N];
+        let n = cells.len();
+        self.acquire_locked(
+            cells,
+            pause,
+            horizon,
+            &mut order[..n],
+            &mut arcs[..n],
+            &mut guards[..n],
+        )
     }
 
     /// [`acquire_now`](Self::acquire_now) with its bookkeeping, one slot
@@ -503,6 +517,9 @@ fn lock<T>(bucket: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The most cells an acquire takes without a heap allocation: as many as
 /// one call of the rate-limit layer has.
 const INLINE_CELLS: usize = 16;
+
+/// The cells of most acquires (requests and tokens, per key and global).
+const FEW_CELLS: usize = 4;
 
 /// The furthest a theoretical arrival time goes (about 146 years from the
 /// store's origin), so that adding a window to it never overflows.
