@@ -75,10 +75,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// The FNV-1a hash of the request's API key (from `authorization`,
-/// `x-api-key`, `api-key`, `x-goog-api-key` or Gemini's `?key=`), `None`
-/// when there is none. The key itself is never kept.
-pub(crate) fn api_key_fnv(headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
+/// The request's API key (from `authorization`, `x-api-key`, `api-key`,
+/// `x-goog-api-key` or Gemini's `?key=`), `None` when there is none. Only
+/// hashes of it are kept.
+pub(crate) fn api_key_secret<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Option<&'a [u8]> {
     // Most requests carry few headers: look each name up only when any.
     let from_headers = if headers.is_empty() {
         None
@@ -92,12 +95,16 @@ pub(crate) fn api_key_fnv(headers: &HeaderMap, query: Option<&str>) -> Option<u6
         .into_iter()
         .find_map(|name| headers.get(name).map(|v| v.as_bytes()))
     };
-    let secret = from_headers.or_else(|| {
+    from_headers.or_else(|| {
         query?
             .split('&')
             .find_map(|pair| pair.strip_prefix("key="))
             .map(str::as_bytes)
-    });
+    })
+}
+
+/// The FNV-1a hash of the request's API key, `None` when there is none.
+pub(crate) fn api_key_fnv(secret: Option<&[u8]>) -> Option<u64> {
     secret.map(fnv1a)
 }
 
@@ -113,7 +120,7 @@ pub(crate) fn api_key_text(hash: Option<u64>) -> String {
 /// is none. The key itself is never kept.
 #[cfg(test)]
 pub(crate) fn api_key_hash(headers: &HeaderMap, query: Option<&str>) -> String {
-    api_key_text(api_key_fnv(headers, query))
+    api_key_text(api_key_fnv(api_key_secret(headers, query)))
 }
 
 /// The provider's name, `-` when unknown.

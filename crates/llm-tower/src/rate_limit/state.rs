@@ -25,7 +25,9 @@ use tokio::sync::Semaphore;
 use super::{
     Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope, SettleOutput,
     config::MAX_CELLS,
-    key::{api_key_fnv, api_key_text, concat, default_key, model_name, provider_name},
+    key::{
+        api_key_fnv, api_key_secret, api_key_text, concat, default_key, model_name, provider_name,
+    },
 };
 use crate::{
     metering::{StreamProgress, UsageObserver, UsageReport},
@@ -121,6 +123,8 @@ pub(crate) struct Shared<St> {
     /// Hashes an [`Ident`] for `plans`, with a random key (keys come from
     /// users).
     ident_hasher: RandomState,
+    /// Digests API keys for [`Ident`], with another random seed.
+    secret_hasher: RandomState,
     pub(crate) semaphores: DashMap<Box<str>, Arc<Semaphore>, RandomState>,
     pub(crate) waiting: AtomicUsize,
     pub(crate) counters: Counters,
@@ -158,27 +162,36 @@ pub(crate) struct PlanCell {
 }
 
 /// What identifies the per-key part of a plan: the explicit key, or the
-/// model (for the default key); the provider and the API key's hash (the
-/// provider scope, and the default key).
+/// model (for the default key); the provider and the API key (the provider
+/// scope, and the default key).
+///
+/// The API key is known by a digest under a random seed
+/// ([`Shared::secret_digest`]): the key itself is never kept, and its
+/// FNV-1a (the name keys give it, stable across processes) costs several
+/// instructions a byte of a long key, so it is computed only when a plan
+/// is built. Two API keys are taken for one when their 64-bit digests
+/// agree, as likely as their FNV-1a agreeing, which makes them share their
+/// limits anyway.
 #[derive(Hash)]
 struct Ident<'a> {
     explicit: Option<&'a str>,
     provider: &'a str,
     model: Option<&'a str>,
-    api: Option<u64>,
+    digest: Option<u64>,
 }
 
-/// An [`Ident`], owned.
+/// An [`Ident`], owned, with the API key's FNV-1a.
 struct IdentBuf {
     explicit: Option<Arc<str>>,
     provider: Box<str>,
     model: Option<Box<str>>,
-    api: Option<u64>,
+    digest: Option<u64>,
+    fnv: Option<u64>,
 }
 
 impl IdentBuf {
     fn matches(&self, id: &Ident<'_>) -> bool {
-        self.api == id.api
+        self.digest == id.digest
             && self.explicit.as_deref() == id.explicit
             && *self.provider == *id.provider
             && self.model.as_deref() == id.model
@@ -329,6 +342,7 @@ impl<St: Store> Shared<St> {
             generation: AtomicU64::new(0),
             plans: DashMap::default(),
             ident_hasher: RandomState::default(),
+            secret_hasher: RandomState::default(),
             semaphores: DashMap::default(),
             waiting: AtomicUsize::new(0),
             counters: Counters::default(),
@@ -430,12 +444,13 @@ impl<St: Store> Shared<St> {
         query: Option<&str>,
         meta: Option<&RequestMeta>,
     ) -> Arc<KeyPlan> {
+        let secret = api_key_secret(headers, query);
         let id = Ident {
             explicit: parts_key.as_deref(),
             provider: provider_name(meta),
             // The default key's model; an explicit key stands for it.
             model: parts_key.is_none().then(|| model_name(meta)),
-            api: api_key_fnv(headers, query),
+            digest: self.secret_digest(secret),
         };
         let hash = std::hash::BuildHasher::hash_one(&self.ident_hasher, &id);
         // Read before the learned limits the plan is built from: a change
@@ -453,7 +468,8 @@ impl<St: Store> Shared<St> {
             explicit: parts_key.clone(),
             provider: id.provider.into(),
             model: id.model.map(Box::from),
-            api: id.api,
+            digest: id.digest,
+            fnv: api_key_fnv(secret),
         };
         let plan = Arc::new(self.build_key_plan(parts_key, ident, generation));
         if self.plans.len() >= MAX_KEYS {
@@ -463,6 +479,11 @@ impl<St: Store> Shared<St> {
         plan
     }
 
+    /// An API key's digest, under a random seed.
+    fn secret_digest(&self, secret: Option<&[u8]>) -> Option<u64> {
+        secret.map(|s| std::hash::BuildHasher::hash_one(&self.secret_hasher, s))
+    }
+
     fn build_key_plan(
         &self,
         parts_key: Option<Arc<str>>,
@@ -470,7 +491,7 @@ impl<St: Store> Shared<St> {
         generation: u64,
     ) -> KeyPlan {
         let config = &self.config;
-        let api_key = api_key_text(ident.api);
+        let api_key = api_key_text(ident.fnv);
         let key = parts_key.unwrap_or_else(|| {
             default_key(
                 &ident.provider,
