@@ -71,7 +71,8 @@ pub(crate) fn read(headers: &HeaderMap) -> Option<RateLimitInfo> {
 
 /// A value as `from_headers` reads it: visible text, trimmed, not empty.
 fn text(v: Option<&HeaderValue>) -> Option<&str> {
-    let v = v?.to_str().ok()?.trim();
+    // Visible ASCII, spaces and tabs only: `trim` would trim the same.
+    let v = v?.to_str().ok()?.trim_ascii();
     (!v.is_empty()).then_some(v)
 }
 

@@ -743,12 +743,25 @@ impl<St: Store> Shared<St> {
                 learned
             }
         };
-        learned.used.store(self.now_secs(), Relaxed);
+        // The call's plan touched it already when it held it.
+        if !plan
+            .keyed
+            .learned
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, &learned))
+        {
+            learned.used.store(self.now_secs(), Relaxed);
+        }
         for dim in Dim::ALL {
             let Some(limit) = dim.reported(info).and_then(|l| l.limit).filter(|&n| n > 0) else {
                 continue;
             };
-            let old = learned.limits[dim.index()].swap(limit, Relaxed);
+            let slot = &learned.limits[dim.index()];
+            // Most responses repeat what is known: nothing to write then.
+            if slot.load(Relaxed) == limit {
+                continue;
+            }
+            let old = slot.swap(limit, Relaxed);
             if old != limit {
                 self.generation.fetch_add(1, Release);
                 self.counters.adapted.fetch_add(1, Relaxed);
