@@ -444,7 +444,9 @@ where
         waited,
     });
 
-    let settlement = Arc::new(Settlement::new(shared.clone(), &plan, permits));
+    // The settlement takes the call's state over: no more references to
+    // count.
+    let settlement = Arc::new(Settlement::new(shared, plan, permits));
     UsageObservers::register(&mut req, settlement.clone());
     if let Err(e) = poll_fn(|cx| inner.poll_ready(cx)).await {
         return Err(e.into());
@@ -453,7 +455,7 @@ where
         Ok(res) => res,
         Err(e) => return Err(e.into()),
     };
-    shared.observe(&plan, res.status(), res.headers());
+    (settlement.shared).observe(&settlement.plan, res.status(), res.headers());
     if let Some(p) = StreamProgress::get(&res) {
         let _ = settlement.progress.set(p.clone());
     }

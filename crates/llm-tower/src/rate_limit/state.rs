@@ -784,98 +784,87 @@ impl<St: Store> Shared<St> {
 /// What a call took, given back or completed exactly once: by the meter's
 /// report when there is a meter inside, else when the last holder lets go.
 pub(crate) struct Settlement<St: Store + Clone> {
-    pending: Mutex<Option<Pending<St>>>,
+    pub(crate) shared: Arc<Shared<St>>,
+    /// The call's plan, handed over by the call once it is admitted.
+    pub(crate) plan: Plan,
+    /// The call's permits while it is not settled; `None` once it is.
+    pending: Mutex<Option<Vec<tokio::sync::OwnedSemaphorePermit>>>,
     /// The response's progress, for a settlement without a meter.
     pub(crate) progress: std::sync::OnceLock<StreamProgress>,
-}
-
-struct Pending<St: Store + Clone> {
-    shared: Arc<Shared<St>>,
-    keyed: Arc<KeyPlan>,
-    refund_output: bool,
-    uncached_input: bool,
-    input: u64,
-    output: u64,
-    _permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<St: Store + Clone> Settlement<St> {
     pub(crate) fn new(
         shared: Arc<Shared<St>>,
-        plan: &Plan,
+        plan: Plan,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         Settlement {
-            pending: Mutex::new(Some(Pending {
-                shared,
-                keyed: plan.keyed.clone(),
-                refund_output: plan.refund_output,
-                uncached_input: plan.uncached_input,
-                input: plan.input,
-                output: plan.output,
-                _permits: permits,
-            })),
+            shared,
+            plan,
+            pending: Mutex::new(Some(permits)),
             progress: std::sync::OnceLock::new(),
         }
     }
 
-    /// Settles with `usage`, or with what was reserved when unknown.
+    /// Settles with `usage`, or with what was reserved when unknown; the
+    /// permits go back after.
     pub(crate) fn settle(&self, usage: Option<Usage>) {
         let pending = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(p) = pending {
-            p.settle(usage);
+        if let Some(permits) = pending {
+            self.settle_once(usage);
+            drop(permits);
         }
     }
-}
 
-impl<St: Store + Clone> Pending<St> {
-    fn settle(self, usage: Option<Usage>) {
+    fn settle_once(&self, usage: Option<Usage>) {
         let shared = &self.shared;
+        let plan = &self.plan;
         shared.counters.settled.fetch_add(1, Relaxed);
         let Some(usage) = usage else {
             shared.emit(RateLimitEvent::Settled {
-                key: self.keyed.key.clone(),
-                reserved: self.input + self.output,
+                key: plan.key().clone(),
+                reserved: plan.input + plan.output,
                 used: None,
             });
             return;
         };
-        let input = if self.uncached_input {
+        let input = if plan.uncached_input {
             usage.input_tokens.saturating_sub(usage.cached_input_tokens)
         } else {
             usage.input_tokens
         };
-        let output = if self.refund_output {
+        let output = if plan.refund_output {
             usage.output_tokens
         } else {
-            usage.output_tokens.max(self.output)
+            usage.output_tokens.max(plan.output)
         };
         // What each cell is owed (negative) or owes, by index.
         let mut deltas = [0i128; MAX_CELLS];
-        for (i, c) in self.keyed.cells.iter().enumerate() {
+        for (i, c) in plan.keyed.cells.iter().enumerate() {
             let actual = match c.dim {
                 Dim::Requests => continue,
                 Dim::Tokens => input.saturating_add(output),
                 Dim::Input => input,
                 Dim::Output => output,
             };
-            let reserved = amount(c.dim, self.input, self.output);
+            let reserved = plan.amount(c.dim);
             deltas[i] = i128::from(actual) - i128::from(reserved);
         }
         shared.emit(RateLimitEvent::Settled {
-            key: self.keyed.key.clone(),
-            reserved: self.input + self.output,
+            key: plan.key().clone(),
+            reserved: plan.input + plan.output,
             used: Some(input + output),
         });
         if deltas.iter().all(|&d| d == 0) {
             return;
         }
         let shared = shared.clone();
-        let keyed = self.keyed.clone();
+        let keyed = plan.keyed.clone();
         let work = async move {
             for (c, delta) in keyed.cells.iter().zip(deltas) {
                 if delta == 0 {
