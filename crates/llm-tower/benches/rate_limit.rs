@@ -8,8 +8,10 @@
 //! [`Store::acquire`](llm_tower::store::Store::acquire) on a
 //! [`MemoryStore`](llm_tower::store::MemoryStore), calls the inner service,
 //! reads the response's (absent) rate-limit headers, and settles when the
-//! drained body is dropped. `governor` is one GCRA cell alone, no service:
-//! the floor of the cell step.
+//! drained body is dropped. `with_headers` answers with OpenAI's six
+//! rate-limit headers (which the layer reads and aligns to; the inner
+//! service also builds them each time). `governor` is one GCRA cell alone,
+//! no service: the floor of the cell step.
 
 mod support;
 
@@ -70,6 +72,30 @@ fn bench(c: &mut Criterion) {
     };
     let layer =
         |limit: Limit| RateLimitLayer::new(RateLimitConfig::new().limit(limit).build().unwrap());
+    // What OpenAI sends with every response: one request and 1,256 tokens
+    // of the quotas used.
+    let openai_headers = {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-ratelimit-limit-requests", REQUESTS.to_string()),
+            ("x-ratelimit-remaining-requests", (REQUESTS - 1).to_string()),
+            ("x-ratelimit-reset-requests", "6ms".into()),
+            ("x-ratelimit-limit-tokens", TOKENS.to_string()),
+            ("x-ratelimit-remaining-tokens", (TOKENS - 1_256).to_string()),
+            ("x-ratelimit-reset-tokens", "1ms".into()),
+        ] {
+            h.insert(name, value.parse().unwrap());
+        }
+        h
+    };
+    let with_headers = {
+        let body = body.clone();
+        service_fn(move |_req: Request<()>| {
+            let mut res = Response::new(Full::new(body.clone()));
+            *res.headers_mut() = openai_headers.clone();
+            std::future::ready(Ok::<_, Infallible>(res))
+        })
+    };
 
     let mut g = c.benchmark_group("rate_limit");
     let mut bare = make();
@@ -88,6 +114,11 @@ fn bench(c: &mut Criterion) {
     let mut both = layer(Limit::per_minute().requests(REQUESTS).tokens(TOKENS)).layer(make());
     g.bench_function("rate_limit/requests+tokens", |b| {
         b.iter(|| round_trip(&mut both, black_box(request())))
+    });
+    let mut headers =
+        layer(Limit::per_minute().requests(REQUESTS).tokens(TOKENS)).layer(with_headers);
+    g.bench_function("rate_limit/requests+tokens/with_headers", |b| {
+        b.iter(|| round_trip(&mut headers, black_box(request())))
     });
     let cell = governor::RateLimiter::direct(governor::Quota::per_minute(
         NonZeroU32::new(u32::MAX).unwrap(),

@@ -121,7 +121,17 @@ where
 /// after. Cheap to clone (one reference count).
 #[derive(Clone, Default)]
 pub struct UsageObservers {
-    list: Option<Arc<[Arc<dyn UsageObserver>]>>,
+    list: List,
+}
+
+/// The observers, in registration order: one (the usual case: a single
+/// layer registers) without a list of its own to allocate.
+#[derive(Clone, Default)]
+enum List {
+    #[default]
+    Empty,
+    One(Arc<dyn UsageObserver>),
+    Many(Arc<[Arc<dyn UsageObserver>]>),
 }
 
 impl UsageObservers {
@@ -132,11 +142,11 @@ impl UsageObservers {
 
     /// Adds an observer.
     pub fn push(&mut self, observer: Arc<dyn UsageObserver>) {
-        let list = match self.list.take() {
-            None => Arc::from([observer]),
-            Some(old) => old.iter().cloned().chain([observer]).collect(),
+        self.list = match std::mem::take(&mut self.list) {
+            List::Empty => List::One(observer),
+            List::One(first) => List::Many(Arc::from([first, observer])),
+            List::Many(old) => List::Many(old.iter().cloned().chain([observer]).collect()),
         };
-        self.list = Some(list);
     }
 
     /// Adds an observer to a request's observers, creating them if needed.
@@ -162,9 +172,18 @@ impl UsageObservers {
             .unwrap_or_default()
     }
 
+    /// The observers, in registration order.
+    fn as_slice(&self) -> &[Arc<dyn UsageObserver>] {
+        match &self.list {
+            List::Empty => &[],
+            List::One(one) => std::slice::from_ref(one),
+            List::Many(many) => many,
+        }
+    }
+
     /// How many observers there are.
     pub fn len(&self) -> usize {
-        self.list.as_ref().map_or(0, |l| l.len())
+        self.as_slice().len()
     }
 
     /// `true` when there are none.
@@ -174,7 +193,7 @@ impl UsageObservers {
 
     /// Gives `report` to every observer, in registration order.
     pub fn notify(&self, report: &UsageReport) {
-        for o in self.list.iter().flat_map(|l| l.iter()) {
+        for o in self.as_slice() {
             o.on_usage(report);
         }
     }

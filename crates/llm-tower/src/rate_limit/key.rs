@@ -75,28 +75,52 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// A hash of the request's API key (from `authorization`, `x-api-key`,
-/// `api-key`, `x-goog-api-key` or Gemini's `?key=`), `-` when there is
-/// none. The key itself is never kept.
-pub(crate) fn api_key_hash(headers: &HeaderMap, query: Option<&str>) -> String {
-    let secret = [
-        &http::header::AUTHORIZATION,
-        &names::X_API_KEY,
-        &names::API_KEY,
-        &names::X_GOOG_API_KEY,
-    ]
-    .into_iter()
-    .find_map(|name| headers.get(name).map(|v| v.as_bytes()))
-    .or_else(|| {
+/// The request's API key (from `authorization`, `x-api-key`, `api-key`,
+/// `x-goog-api-key` or Gemini's `?key=`), `None` when there is none. Only
+/// hashes of it are kept.
+pub(crate) fn api_key_secret<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Option<&'a [u8]> {
+    // Most requests carry few headers: look each name up only when any.
+    let from_headers = if headers.is_empty() {
+        None
+    } else {
+        [
+            &http::header::AUTHORIZATION,
+            &names::X_API_KEY,
+            &names::API_KEY,
+            &names::X_GOOG_API_KEY,
+        ]
+        .into_iter()
+        .find_map(|name| headers.get(name).map(|v| v.as_bytes()))
+    };
+    from_headers.or_else(|| {
         query?
             .split('&')
             .find_map(|pair| pair.strip_prefix("key="))
             .map(str::as_bytes)
-    });
-    match secret {
-        Some(s) => format!("{:016x}", fnv1a(s)),
+    })
+}
+
+/// The FNV-1a hash of the request's API key, `None` when there is none.
+pub(crate) fn api_key_fnv(secret: Option<&[u8]>) -> Option<u64> {
+    secret.map(fnv1a)
+}
+
+/// An API key's hash as it appears in keys: 16 hex digits, `-` for none.
+pub(crate) fn api_key_text(hash: Option<u64>) -> String {
+    match hash {
+        Some(h) => format!("{h:016x}"),
         None => "-".into(),
     }
+}
+
+/// A hash of the request's API key as it appears in keys, `-` when there
+/// is none. The key itself is never kept.
+#[cfg(test)]
+pub(crate) fn api_key_hash(headers: &HeaderMap, query: Option<&str>) -> String {
+    api_key_text(api_key_fnv(api_key_secret(headers, query)))
 }
 
 /// The provider's name, `-` when unknown.
@@ -105,10 +129,14 @@ pub(crate) fn provider_name(meta: Option<&RequestMeta>) -> &str {
         .map_or("-", |p| p.name())
 }
 
+/// The model's name, `-` when unknown.
+pub(crate) fn model_name(meta: Option<&RequestMeta>) -> &str {
+    meta.and_then(RequestMeta::model).unwrap_or("-")
+}
+
 /// The default key: provider, model and API key hash.
-pub(crate) fn default_key(meta: Option<&RequestMeta>, api_key: &str) -> Arc<str> {
-    let model = meta.and_then(RequestMeta::model).unwrap_or("-");
-    concat(&[provider_name(meta), ":", model, ":", api_key]).into()
+pub(crate) fn default_key(provider: &str, model: &str, api_key: &str) -> Arc<str> {
+    concat(&[provider, ":", model, ":", api_key]).into()
 }
 
 /// `parts` joined, allocated once at its length: the keys of every call

@@ -124,6 +124,9 @@ impl<St: Store + Clone> RateLimitLayer<St> {
     /// It runs on the task of the call; keep it short.
     pub fn on_event(self, f: impl Fn(&RateLimitEvent) + Send + Sync + 'static) -> Self {
         self.shared.listener.store(Some(Arc::new(Box::new(f))));
+        self.shared
+            .has_listener
+            .store(true, std::sync::atomic::Ordering::Release);
         self
     }
 }
@@ -299,8 +302,7 @@ where
     let started = Instant::now();
     let deadline = Deadline::get(&req);
     // How long the call may still wait, and what bounds it.
-    let horizon = || {
-        let now = Instant::now();
+    let horizon = |now: Instant| {
         let left = config.max_wait.saturating_sub(now - started);
         match deadline.map(|d| d.remaining(now)) {
             Some(d) if d < left => (d, RefusalReason::Deadline),
@@ -310,32 +312,36 @@ where
     let refuse = |retry_after: Option<Duration>, reason: RefusalReason| -> BoxError {
         shared.counters.refused.fetch_add(1, Relaxed);
         shared.emit(RateLimitEvent::Refused {
-            key: plan.key.clone(),
+            key: plan.key().clone(),
             reason,
             retry_after,
         });
         Box::new(RateLimited {
-            key: plan.key.clone(),
+            key: plan.key().clone(),
             retry_after,
             reason,
         })
     };
     let mut queue = InQueue(&shared.waiting, false);
+    // The time now, when known without reading the clock again: when the
+    // call started, until it first waits.
+    let mut now = Some(started);
 
     // Calls in flight.
-    let mut permits = Vec::with_capacity(plan.semaphores.len());
-    for sem in &plan.semaphores {
+    let mut permits = Vec::with_capacity(plan.keyed.semaphores.len());
+    for sem in plan.keyed.semaphores.iter() {
         match sem.clone().try_acquire_owned() {
             Ok(p) => permits.push(p),
             Err(_) => {
                 if !queue.enter(config.max_queued) {
                     return Err(refuse(None, RefusalReason::QueueFull));
                 }
-                let (wait, reason) = horizon();
+                let (wait, reason) = horizon(Instant::now());
                 match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
                     Ok(Ok(p)) => permits.push(p),
                     _ => return Err(refuse(None, reason)),
                 }
+                now = None;
             }
         }
     }
@@ -348,15 +354,17 @@ where
     let mut waited = Duration::ZERO;
     let mut queued_once = false;
     let taken = loop {
-        let (mut wait_max, mut reason) = horizon();
+        let (mut wait_max, mut reason) = horizon(now.take().unwrap_or_else(Instant::now));
         if !queue.1 && shared.waiting.load(Relaxed) >= config.max_queued {
             // A full queue: go now or not at all.
             (wait_max, reason) = (Duration::ZERO, RefusalReason::QueueFull);
         }
-        let cells = plan.cells();
         let turn = if batch { Duration::ZERO } else { wait_max };
-        let answer = shared.store.acquire(&cells, Some(&plan.pause), turn).await;
-        drop(cells);
+        let answer = {
+            // The cells live on the stack only for the acquire.
+            let cells = plan.cells(config);
+            shared.store.acquire(&cells, Some(plan.pause()), turn).await
+        };
         let wait = match answer {
             Err(e) => {
                 shared.store_error(&e);
@@ -376,7 +384,7 @@ where
                 return Err(refuse(Some(retry_after), reason));
             }
             Ok(Acquire::Granted { wait }) => {
-                let taken = Taken::new(shared.clone(), &plan);
+                let taken = Taken::new(&shared, &plan);
                 if wait.is_zero() {
                     break taken;
                 }
@@ -389,14 +397,14 @@ where
                     shared.counters.queued.fetch_add(1, Relaxed);
                 }
                 shared.emit(RateLimitEvent::Queued {
-                    key: plan.key.clone(),
+                    key: plan.key().clone(),
                     wait,
                 });
                 tokio::time::sleep(wait).await;
                 waited += wait;
                 // A 429 met while this call waited: its place was taken
                 // before the pause; take a new one after it.
-                match shared.store.flag(&plan.pause).await {
+                match shared.store.flag(plan.pause()).await {
                     Ok(Some(left)) if !left.is_zero() => continue,
                     Ok(_) => break taken,
                     Err(e) => {
@@ -415,7 +423,7 @@ where
             queued_once = true;
             shared.counters.queued.fetch_add(1, Relaxed);
             shared.emit(RateLimitEvent::Queued {
-                key: plan.key.clone(),
+                key: plan.key().clone(),
                 wait,
             });
         }
@@ -432,11 +440,13 @@ where
             .fetch_add(waited.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
     }
     shared.emit(RateLimitEvent::Admitted {
-        key: plan.key.clone(),
+        key: plan.key().clone(),
         waited,
     });
 
-    let settlement = Arc::new(Settlement::new(shared.clone(), &plan, permits));
+    // The settlement takes the call's state over: no more references to
+    // count.
+    let settlement = Arc::new(Settlement::new(shared, plan, permits));
     UsageObservers::register(&mut req, settlement.clone());
     if let Err(e) = poll_fn(|cx| inner.poll_ready(cx)).await {
         return Err(e.into());
@@ -445,7 +455,7 @@ where
         Ok(res) => res,
         Err(e) => return Err(e.into()),
     };
-    shared.observe(&plan, res.status(), res.headers());
+    (settlement.shared).observe(&settlement.plan, res.status(), res.headers());
     if let Some(p) = StreamProgress::get(&res) {
         let _ = settlement.progress.set(p.clone());
     }
@@ -600,7 +610,12 @@ impl<St: Store + Clone> RateLimitHandle<St> {
             Priority::Interactive,
         );
         let mut limits = Vec::new();
-        for cell in plan.cells.iter().filter(|c| c.scope == super::Scope::Key) {
+        for cell in plan
+            .keyed
+            .cells
+            .iter()
+            .filter(|c| c.scope == super::Scope::Key)
+        {
             let available = match self.shared.store.take(&cell.key, 0, cell.quota).await? {
                 Take::Allowed { remaining } => remaining,
                 _ => 0,
@@ -614,7 +629,7 @@ impl<St: Store + Clone> RateLimitHandle<St> {
         }
         Ok(KeyState {
             limits,
-            paused_for: self.shared.store.flag(&plan.pause).await?,
+            paused_for: self.shared.store.flag(plan.pause()).await?,
         })
     }
 }

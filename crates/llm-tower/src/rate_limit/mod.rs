@@ -17,6 +17,9 @@
 //!    [`TokenEstimator`](crate::request::TokenEstimator)), and the output
 //!    cap (`max_tokens`), or the model's default output when the call sets
 //!    none, cut to what the limits hold: a missing cap never refuses a call.
+//!    What depends only on the key (its store keys, the limits in force,
+//!    learned ones included) is worked out once per key and cached until a
+//!    learned limit changes: a call builds no string.
 //! 2. **Take, all or nothing, with a place in the queue.** One
 //!    [`Store::acquire`](crate::store::Store::acquire) takes from every
 //!    limit at once (per key, per provider, global) at the earliest time
@@ -97,6 +100,7 @@
 
 mod config;
 mod error;
+mod headers;
 mod key;
 mod layer;
 mod state;

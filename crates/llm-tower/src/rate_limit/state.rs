@@ -7,7 +7,10 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicU64, AtomicUsize,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
     task::{Context, Poll, Waker},
     time::{Duration, SystemTime},
@@ -15,13 +18,16 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::Semaphore;
 
 use super::{
     Limit, MINUTE, Priority, RateLimitConfig, RateLimitEvent, RequestTooLarge, Scope, SettleOutput,
     config::MAX_CELLS,
-    key::{api_key_hash, concat, default_key, provider_name},
+    key::{
+        api_key_fnv, api_key_secret, api_key_text, concat, default_key, model_name, provider_name,
+    },
 };
 use crate::{
     metering::{StreamProgress, UsageObserver, UsageReport},
@@ -108,11 +114,24 @@ pub(crate) struct Counters {
 pub(crate) struct Shared<St> {
     pub(crate) config: RateLimitConfig,
     pub(crate) store: St,
-    pub(crate) learned: DashMap<Arc<str>, Learned>,
-    pub(crate) semaphores: DashMap<Box<str>, Arc<Semaphore>>,
+    pub(crate) learned: DashMap<Arc<str>, Arc<Learned>, RandomState>,
+    /// Bumped whenever a learned limit changes, appears or goes: the
+    /// cached [`KeyPlan`]s built before are stale.
+    generation: AtomicU64,
+    /// The per-key part of recent plans, by a hash of their [`Ident`].
+    plans: DashMap<u64, Arc<KeyPlan>, std::hash::BuildHasherDefault<Prehashed>>,
+    /// Hashes an [`Ident`] for `plans`, with a random key (keys come from
+    /// users).
+    ident_hasher: RandomState,
+    /// Digests API keys for [`Ident`], with another random seed.
+    secret_hasher: RandomState,
+    pub(crate) semaphores: DashMap<Box<str>, Arc<Semaphore>, RandomState>,
     pub(crate) waiting: AtomicUsize,
     pub(crate) counters: Counters,
     pub(crate) listener: ArcSwapOption<Listener>,
+    /// Whether `listener` was ever set: most layers have none, and this
+    /// spares every event the load of an empty `listener`.
+    pub(crate) has_listener: std::sync::atomic::AtomicBool,
     pub(crate) origin: tokio::time::Instant,
 }
 
@@ -133,48 +152,184 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
 /// A limit in force for a call: scope id, scope, dimension, limit, window.
 type InForce<'a> = (&'a str, Scope, Dim, u64, Duration);
 
-/// One cell a call takes from, owned.
+/// One cell a call takes from: its store key, quota, dimension and scope.
 #[derive(Clone, Debug)]
 pub(crate) struct PlanCell {
     pub(crate) key: Box<str>,
-    pub(crate) amount: u64,
     pub(crate) quota: Quota,
-    pub(crate) keep: u64,
     pub(crate) dim: Dim,
     pub(crate) scope: Scope,
 }
 
-/// Everything a call needs from the layer, worked out in `call`.
-pub(crate) struct Plan {
+/// What identifies the per-key part of a plan: the explicit key, or the
+/// model (for the default key); the provider and the API key (the provider
+/// scope, and the default key).
+///
+/// The API key is known by a digest under a random seed
+/// ([`Shared::secret_digest`]): the key itself is never kept, and its
+/// FNV-1a (the name keys give it, stable across processes) costs several
+/// instructions a byte of a long key, so it is computed only when a plan
+/// is built. Two API keys are taken for one when their 64-bit digests
+/// agree, as likely as their FNV-1a agreeing, which makes them share their
+/// limits anyway.
+#[derive(Hash)]
+struct Ident<'a> {
+    explicit: Option<&'a str>,
+    provider: &'a str,
+    model: Option<&'a str>,
+    digest: Option<u64>,
+}
+
+/// An [`Ident`], owned, with the API key's FNV-1a.
+struct IdentBuf {
+    explicit: Option<Arc<str>>,
+    provider: Box<str>,
+    model: Option<Box<str>>,
+    digest: Option<u64>,
+    fnv: Option<u64>,
+}
+
+impl IdentBuf {
+    fn matches(&self, id: &Ident<'_>) -> bool {
+        self.digest == id.digest
+            && self.explicit.as_deref() == id.explicit
+            && *self.provider == *id.provider
+            && self.model.as_deref() == id.model
+    }
+}
+
+/// The per-key part of a plan, the same for every call of a key: its
+/// store keys, quotas and semaphores. Built once and cached in
+/// [`Shared::plans`] until the learned limits change.
+pub(crate) struct KeyPlan {
+    ident: IdentBuf,
+    /// [`Shared::generation`] when built.
+    generation: u64,
     pub(crate) key: Arc<str>,
-    pub(crate) priority: Priority,
-    /// Shared with the call's [`Taken`] and [`Settlement`].
-    pub(crate) cells: Arc<[PlanCell]>,
+    pub(crate) cells: Box<[PlanCell]>,
     pub(crate) pause: Box<str>,
-    pub(crate) semaphores: Vec<Arc<Semaphore>>,
+    pub(crate) semaphores: Box<[Arc<Semaphore>]>,
+    /// The key's learned limits, when any were when built: touched by
+    /// every call, so that a key in use is never evicted.
+    learned: Option<Arc<Learned>>,
+}
+
+/// Everything a call needs from the layer, worked out in `call`: the
+/// key's cached part, and the call's own amounts.
+pub(crate) struct Plan {
+    /// Shared with the call's [`Settlement`].
+    pub(crate) keyed: Arc<KeyPlan>,
+    pub(crate) priority: Priority,
     pub(crate) input: u64,
     pub(crate) output: u64,
     pub(crate) refund_output: bool,
     pub(crate) uncached_input: bool,
 }
 
+/// What a call reserving `input` and `output` tokens takes from a cell of
+/// `dim`.
+fn amount(dim: Dim, input: u64, output: u64) -> u64 {
+    match dim {
+        Dim::Requests => 1,
+        Dim::Tokens => input.saturating_add(output),
+        Dim::Input => input,
+        Dim::Output => output,
+    }
+}
+
+/// How many cells an acquire keeps on the stack: what most configurations
+/// have (requests and tokens, per key and global).
+const INLINE_CELLS: usize = 4;
+
+/// The cells of one acquire: on the stack up to [`INLINE_CELLS`].
+// The large variant is the point: no allocation for the usual acquire.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Cells<'a> {
+    Inline([Cell<'a>; INLINE_CELLS], usize),
+    Heap(Vec<Cell<'a>>),
+}
+
+impl<'a> std::ops::Deref for Cells<'a> {
+    type Target = [Cell<'a>];
+
+    fn deref(&self) -> &[Cell<'a>] {
+        match self {
+            Cells::Inline(cells, len) => &cells[..*len],
+            Cells::Heap(cells) => cells,
+        }
+    }
+}
+
 impl Plan {
-    pub(crate) fn cells(&self) -> Vec<Cell<'_>> {
-        self.cells
-            .iter()
-            .map(|c| Cell::new(&c.key, c.amount, c.quota).keep(c.keep))
-            .collect()
+    pub(crate) fn key(&self) -> &Arc<str> {
+        &self.keyed.key
+    }
+
+    pub(crate) fn pause(&self) -> &str {
+        &self.keyed.pause
+    }
+
+    /// What the call takes from a cell of `dim`.
+    pub(crate) fn amount(&self, dim: Dim) -> u64 {
+        amount(dim, self.input, self.output)
+    }
+
+    /// The cells to acquire.
+    pub(crate) fn cells<'a>(&'a self, config: &RateLimitConfig) -> Cells<'a> {
+        let cell = |c: &'a PlanCell| -> Cell<'a> {
+            let keep = match self.priority {
+                Priority::Interactive => 0,
+                Priority::Batch => {
+                    let limit = c.quota.limit();
+                    let share = (limit as f64 * config.batch_share).floor() as u64;
+                    limit - share.clamp(1, limit)
+                }
+            };
+            Cell::new(&c.key, self.amount(c.dim), c.quota).keep(keep)
+        };
+        let plan = &self.keyed.cells;
+        match plan.first() {
+            Some(first) if plan.len() <= INLINE_CELLS => {
+                let mut cells = [cell(first); INLINE_CELLS];
+                for (slot, c) in cells.iter_mut().zip(plan.iter()).skip(1) {
+                    *slot = cell(c);
+                }
+                Cells::Inline(cells, plan.len())
+            }
+            _ => Cells::Heap(plan.iter().map(cell).collect()),
+        }
     }
 
     /// The cell that can never hold the call.
     pub(crate) fn too_large(&self, index: usize) -> RequestTooLarge {
-        let c = &self.cells[index];
+        let c = &self.keyed.cells[index];
         RequestTooLarge {
-            key: self.key.clone(),
+            key: self.key().clone(),
             dimension: c.dim.as_str(),
-            amount: c.amount,
+            amount: self.amount(c.dim),
             limit: c.quota.limit(),
         }
+    }
+}
+
+/// A hasher for keys that are hashes already ([`Shared::plans`]).
+#[derive(Default)]
+pub(crate) struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed; this is for completeness.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -183,17 +338,25 @@ impl<St: Store> Shared<St> {
         Shared {
             config,
             store,
-            learned: DashMap::new(),
-            semaphores: DashMap::new(),
+            learned: DashMap::default(),
+            generation: AtomicU64::new(0),
+            plans: DashMap::default(),
+            ident_hasher: RandomState::default(),
+            secret_hasher: RandomState::default(),
+            semaphores: DashMap::default(),
             waiting: AtomicUsize::new(0),
             counters: Counters::default(),
             listener: ArcSwapOption::empty(),
+            has_listener: std::sync::atomic::AtomicBool::new(false),
             origin: tokio::time::Instant::now(),
         }
     }
 
     pub(crate) fn emit(&self, event: RateLimitEvent) {
         event.trace();
+        if !self.has_listener.load(Acquire) {
+            return;
+        }
         if let Some(listener) = &*self.listener.load() {
             listener(&event);
         }
@@ -224,18 +387,122 @@ impl<St: Store> Shared<St> {
         priority: Priority,
     ) -> Plan {
         let config = &self.config;
-        let api_key = api_key_hash(headers, query);
-        let key = parts_key.unwrap_or_else(|| default_key(meta, &api_key));
-        let provider_id = concat(&["p:", provider_name(meta), ":", &api_key]);
-        let key_id = concat(&["k:", &key]);
+        let keyed = self.key_plan(parts_key, headers, query, meta);
+        if let Some(l) = &keyed.learned {
+            l.used.store(self.now_secs(), Relaxed);
+        }
         let input = meta.map_or(0, RequestMeta::estimated_input_tokens);
         let capped = meta.and_then(RequestMeta::max_output_tokens);
         let model = meta.and_then(RequestMeta::model);
+        // Output reserved: the cap, else the model's default cut to what
+        // the limits hold, so that a missing cap never refuses a call.
+        let output = match capped {
+            Some(cap) => cap,
+            None => {
+                let mut out = config.default_output_for(model);
+                for c in keyed.cells.iter() {
+                    match c.dim {
+                        Dim::Tokens => out = out.min(c.quota.limit().saturating_sub(input)),
+                        Dim::Output => out = out.min(c.quota.limit()),
+                        _ => {}
+                    }
+                }
+                out
+            }
+        };
+        let provider = meta.and_then(RequestMeta::provider);
+        let refund_output = match config.settle_output {
+            SettleOutput::Actual => true,
+            SettleOutput::Cap => false,
+            // Only Anthropic is known to give unused output back; OpenAI,
+            // Azure and the servers and proxies speaking their format count
+            // the cap, and the cap is the safe side for the rest.
+            SettleOutput::Auto => matches!(provider, Some(Provider::Anthropic)),
+        };
+        Plan {
+            keyed,
+            priority,
+            input,
+            output,
+            refund_output,
+            uncached_input: matches!(provider, Some(Provider::Anthropic)),
+        }
+    }
+
+    /// The per-key part of a call's plan: from the cache when it is there
+    /// and current, else built (and cached).
+    ///
+    /// The cache is looked up by a keyed hash of what identifies the key,
+    /// compared in full on a hit, so that no call builds a string on the
+    /// happy path. It holds at most [`MAX_KEYS`] plans, and is emptied when
+    /// full; a plan built before the learned limits last changed
+    /// ([`generation`](Self::generation)) is built again.
+    fn key_plan(
+        &self,
+        parts_key: Option<Arc<str>>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        meta: Option<&RequestMeta>,
+    ) -> Arc<KeyPlan> {
+        let secret = api_key_secret(headers, query);
+        let id = Ident {
+            explicit: parts_key.as_deref(),
+            provider: provider_name(meta),
+            // The default key's model; an explicit key stands for it.
+            model: parts_key.is_none().then(|| model_name(meta)),
+            digest: self.secret_digest(secret),
+        };
+        let hash = std::hash::BuildHasher::hash_one(&self.ident_hasher, &id);
+        // Read before the learned limits the plan is built from: a change
+        // after this makes the plan stale.
+        let generation = self.generation.load(Acquire);
+        let cached = self
+            .plans
+            .get(&hash)
+            .filter(|p| p.generation == generation && p.ident.matches(&id))
+            .map(|p| p.clone());
+        if let Some(plan) = cached {
+            return plan;
+        }
+        let ident = IdentBuf {
+            explicit: parts_key.clone(),
+            provider: id.provider.into(),
+            model: id.model.map(Box::from),
+            digest: id.digest,
+            fnv: api_key_fnv(secret),
+        };
+        let plan = Arc::new(self.build_key_plan(parts_key, ident, generation));
+        if self.plans.len() >= MAX_KEYS {
+            self.plans.clear();
+        }
+        self.plans.insert(hash, plan.clone());
+        plan
+    }
+
+    /// An API key's digest, under a random seed.
+    fn secret_digest(&self, secret: Option<&[u8]>) -> Option<u64> {
+        secret.map(|s| std::hash::BuildHasher::hash_one(&self.secret_hasher, s))
+    }
+
+    fn build_key_plan(
+        &self,
+        parts_key: Option<Arc<str>>,
+        ident: IdentBuf,
+        generation: u64,
+    ) -> KeyPlan {
+        let config = &self.config;
+        let api_key = api_key_text(ident.fnv);
+        let key = parts_key.unwrap_or_else(|| {
+            default_key(
+                &ident.provider,
+                ident.model.as_deref().unwrap_or("-"),
+                &api_key,
+            )
+        });
+        let provider_id = concat(&["p:", &ident.provider, ":", &api_key]);
+        let key_id = concat(&["k:", &key]);
         let learned = if config.adaptive {
-            self.learned.get(&key).map(|l| {
-                l.used.store(self.now_secs(), Relaxed);
-                [0, 1, 2, 3].map(|i| l.limits[i].load(Relaxed))
-            })
+            self.learned.get(&key).map(|l| l.clone())
         } else {
             None
         };
@@ -259,9 +526,9 @@ impl<St: Store> Shared<St> {
                 semaphores.push(self.semaphore(id, n));
             }
         }
-        if let Some(learned) = learned {
+        if let Some(learned) = &learned {
             for dim in Dim::ALL {
-                let n = learned[dim.index()];
+                let n = learned.limits[dim.index()].load(Relaxed);
                 if n == 0 {
                     continue;
                 }
@@ -277,71 +544,26 @@ impl<St: Store> Shared<St> {
         }
         limits.truncate(MAX_CELLS);
 
-        let mut quotas: Vec<(Quota, &InForce<'_>)> = limits
+        let cells = limits
             .iter()
-            .filter_map(|l| Some((config.quota(l.3, l.4)?, l)))
-            .collect();
-        // Output reserved: the cap, else the model's default cut to what
-        // the limits hold, so that a missing cap never refuses a call.
-        let output = match capped {
-            Some(cap) => cap,
-            None => {
-                let mut out = config.default_output_for(model);
-                for (q, l) in &quotas {
-                    match l.2 {
-                        Dim::Tokens => out = out.min(q.limit().saturating_sub(input)),
-                        Dim::Output => out = out.min(q.limit()),
-                        _ => {}
-                    }
-                }
-                out
-            }
-        };
-        let cells = quotas
-            .drain(..)
-            .map(|(quota, &(id, scope, dim, _, window))| {
-                let amount = match dim {
-                    Dim::Requests => 1,
-                    Dim::Tokens => input.saturating_add(output),
-                    Dim::Input => input,
-                    Dim::Output => output,
-                };
-                let keep = match priority {
-                    Priority::Interactive => 0,
-                    Priority::Batch => {
-                        let share = (quota.limit() as f64 * config.batch_share).floor() as u64;
-                        quota.limit() - share.clamp(1, quota.limit())
-                    }
-                };
-                PlanCell {
+            .filter_map(|&(id, scope, dim, n, window)| {
+                let quota = config.quota(n, window)?;
+                Some(PlanCell {
                     key: self.cell_key(id, dim, window),
-                    amount,
                     quota,
-                    keep,
                     dim,
                     scope,
-                }
+                })
             })
             .collect();
-        let provider = meta.and_then(RequestMeta::provider);
-        let refund_output = match config.settle_output {
-            SettleOutput::Actual => true,
-            SettleOutput::Cap => false,
-            // Only Anthropic is known to give unused output back; OpenAI,
-            // Azure and the servers and proxies speaking their format count
-            // the cap, and the cap is the safe side for the rest.
-            SettleOutput::Auto => matches!(provider, Some(Provider::Anthropic)),
-        };
-        Plan {
+        KeyPlan {
+            ident,
+            generation,
             pause: concat(&[&config.prefix, ":", &key_id, ":pause"]),
             key,
-            priority,
             cells,
-            semaphores,
-            input,
-            output,
-            refund_output,
-            uncached_input: matches!(provider, Some(Provider::Anthropic)),
+            semaphores: semaphores.into(),
+            learned,
         }
     }
 
@@ -351,6 +573,8 @@ impl<St: Store> Shared<St> {
             return s.clone();
         }
         if self.semaphores.len() >= MAX_KEYS {
+            // Cached plans hold their semaphores: let go of them first.
+            self.plans.clear();
             // Idle semaphores: every permit back, nobody else holding one.
             // Idle: only the map holds it (every waiter and every permit
             // out holds an `Arc`).
@@ -382,56 +606,30 @@ impl<St: Store> Shared<St> {
         if !self.config.adaptive {
             return;
         }
-        let now = SystemTime::now();
-        let mut info = RateLimitInfo::from_headers(headers, now);
+        let (mut info, pause) = if limited {
+            let now = SystemTime::now();
+            let pause = server_delay(headers, now).filter(|d| !d.is_zero());
+            (RateLimitInfo::from_headers(headers, now), pause)
+        } else {
+            match super::headers::read(headers) {
+                Some(info) => (info, None),
+                // No rate-limit header, and no pause without a 429.
+                None => return,
+            }
+        };
         if info.input_tokens.is_some() || info.output_tokens.is_some() {
             // Anthropic's `tokens` is then the most restrictive of its input
             // and output limits, not a limit on their sum.
             info.tokens = None;
         }
-        let pause = if limited {
-            server_delay(headers, now).filter(|d| !d.is_zero())
-        } else {
-            None
-        };
         if info.is_empty() && pause.is_none() {
             return;
         }
         self.learn(plan, &info);
-        // The key's per-minute cells: the call's, and those just learned.
-        let mut cells: Vec<(Box<str>, Quota, Option<crate::provider::headers::Limit>)> = plan
-            .cells
-            .iter()
-            .filter(|c| c.scope == Scope::Key)
-            .map(|c| {
-                let reported = (c.quota.window() == MINUTE)
-                    .then(|| c.dim.reported(&info))
-                    .flatten();
-                (c.key.clone(), c.quota, reported)
-            })
-            .collect();
-        for dim in Dim::ALL {
-            let Some(reported) = dim.reported(&info) else {
-                continue;
-            };
-            let known = plan
-                .cells
-                .iter()
-                .any(|c| c.scope == Scope::Key && c.dim == dim && c.quota.window() == MINUTE);
-            if known {
-                continue;
-            }
-            if let Some(quota) = reported
-                .limit
-                .filter(|&n| n > 0)
-                .and_then(|n| self.config.quota(n, MINUTE))
-            {
-                let key = self.cell_key(&format!("k:{}", plan.key), dim, MINUTE);
-                cells.push((key, quota, Some(reported)));
-            }
-        }
-        let mut holds: Vec<(Box<str>, Quota, Duration)> = Vec::new();
-        for (key, quota, reported) in cells {
+        let keyed = &plan.keyed;
+        // What to raise each of the key's per-minute cells to: the call's,
+        // and those just learned.
+        let hold = |quota: Quota, reported: Option<crate::provider::headers::Limit>| {
             // Used at the provider; our cell keeps the headroom margin.
             let used = reported
                 .and_then(|r| Some(r.limit?.saturating_sub(r.remaining?)))
@@ -452,31 +650,70 @@ impl<St: Store> Shared<St> {
                 Some(delay) if exhausted => delay + quota.tolerance() - quota.emission_interval(),
                 _ => Duration::ZERO,
             };
-            let at_least = used.max(paused);
-            if at_least.is_zero() {
+            used.max(paused)
+        };
+        // The plan's cells, by index, then the cells just learned.
+        let mut held = [Duration::ZERO; MAX_CELLS];
+        for (i, c) in keyed.cells.iter().enumerate() {
+            if c.scope == Scope::Key {
+                let reported = (c.quota.window() == MINUTE)
+                    .then(|| c.dim.reported(&info))
+                    .flatten();
+                held[i] = hold(c.quota, reported);
+            }
+        }
+        let mut learned: Vec<(Box<str>, Quota, Duration)> = Vec::new();
+        for dim in Dim::ALL {
+            let Some(reported) = dim.reported(&info) else {
+                continue;
+            };
+            let known = keyed
+                .cells
+                .iter()
+                .any(|c| c.scope == Scope::Key && c.dim == dim && c.quota.window() == MINUTE);
+            if known {
                 continue;
             }
-            holds.push((key, quota, at_least));
+            if let Some(quota) = reported
+                .limit
+                .filter(|&n| n > 0)
+                .and_then(|n| self.config.quota(n, MINUTE))
+            {
+                let at_least = hold(quota, Some(reported));
+                if !at_least.is_zero() {
+                    let key = self.cell_key(&concat(&["k:", &keyed.key]), dim, MINUTE);
+                    learned.push((key, quota, at_least));
+                }
+            }
         }
         if let Some(delay) = pause {
             self.emit(RateLimitEvent::Paused {
-                key: plan.key.clone(),
+                key: plan.key().clone(),
                 delay,
             });
         }
-        if holds.is_empty() && pause.is_none() {
+        if held.iter().all(|d| d.is_zero()) && learned.is_empty() && pause.is_none() {
             return;
         }
         let shared = self.clone();
-        let flag = pause.map(|d| (plan.pause.clone(), d));
+        let keyed = keyed.clone();
         run_now_or_spawn(async move {
-            if let Some((flag, delay)) = flag
-                && let Err(e) = shared.store.set_flag(&flag, delay).await
+            if let Some(delay) = pause
+                && let Err(e) = shared.store.set_flag(&keyed.pause, delay).await
             {
                 shared.store_error(&e);
             }
-            for (key, quota, at_least) in holds {
-                if let Err(e) = shared.store.hold(&key, quota, at_least).await {
+            let holds = keyed
+                .cells
+                .iter()
+                .zip(held)
+                .map(|(c, d)| (&*c.key, c.quota, d));
+            let learned = learned.iter().map(|(k, q, d)| (&**k, *q, *d));
+            for (key, quota, at_least) in holds.chain(learned) {
+                if at_least.is_zero() {
+                    continue;
+                }
+                if let Err(e) = shared.store.hold(key, quota, at_least).await {
                     shared.store_error(&e);
                 }
             }
@@ -484,7 +721,7 @@ impl<St: Store> Shared<St> {
     }
 
     fn learn(&self, plan: &Plan, info: &RateLimitInfo) {
-        let learned = match self.learned.get(&plan.key) {
+        let learned = match self.learned.get(plan.key()) {
             Some(l) => l,
             None => {
                 if self.learned.len() >= MAX_KEYS {
@@ -495,22 +732,41 @@ impl<St: Store> Shared<St> {
                         self.learned.clear();
                     }
                 }
-                self.learned
-                    .entry(plan.key.clone())
+                let learned = self
+                    .learned
+                    .entry(plan.key().clone())
                     .or_default()
-                    .downgrade()
+                    .downgrade();
+                // Plans built without it (or with what was evicted) are
+                // stale: they would not touch it.
+                self.generation.fetch_add(1, Release);
+                learned
             }
         };
-        learned.used.store(self.now_secs(), Relaxed);
+        // The call's plan touched it already when it held it.
+        if !plan
+            .keyed
+            .learned
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, &learned))
+        {
+            learned.used.store(self.now_secs(), Relaxed);
+        }
         for dim in Dim::ALL {
             let Some(limit) = dim.reported(info).and_then(|l| l.limit).filter(|&n| n > 0) else {
                 continue;
             };
-            let old = learned.limits[dim.index()].swap(limit, Relaxed);
+            let slot = &learned.limits[dim.index()];
+            // Most responses repeat what is known: nothing to write then.
+            if slot.load(Relaxed) == limit {
+                continue;
+            }
+            let old = slot.swap(limit, Relaxed);
             if old != limit {
+                self.generation.fetch_add(1, Release);
                 self.counters.adapted.fetch_add(1, Relaxed);
                 self.emit(RateLimitEvent::Adapted {
-                    key: plan.key.clone(),
+                    key: plan.key().clone(),
                     dimension: dim.as_str(),
                     limit,
                     remaining: dim.reported(info).and_then(|l| l.remaining),
@@ -528,107 +784,97 @@ impl<St: Store> Shared<St> {
 /// What a call took, given back or completed exactly once: by the meter's
 /// report when there is a meter inside, else when the last holder lets go.
 pub(crate) struct Settlement<St: Store + Clone> {
-    pending: Mutex<Option<Pending<St>>>,
+    pub(crate) shared: Arc<Shared<St>>,
+    /// The call's plan, handed over by the call once it is admitted.
+    pub(crate) plan: Plan,
+    /// The call's permits while it is not settled; `None` once it is.
+    pending: Mutex<Option<Vec<tokio::sync::OwnedSemaphorePermit>>>,
     /// The response's progress, for a settlement without a meter.
     pub(crate) progress: std::sync::OnceLock<StreamProgress>,
-}
-
-struct Pending<St: Store + Clone> {
-    shared: Arc<Shared<St>>,
-    key: Arc<str>,
-    cells: Arc<[PlanCell]>,
-    refund_output: bool,
-    uncached_input: bool,
-    input: u64,
-    output: u64,
-    _permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<St: Store + Clone> Settlement<St> {
     pub(crate) fn new(
         shared: Arc<Shared<St>>,
-        plan: &Plan,
+        plan: Plan,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         Settlement {
-            pending: Mutex::new(Some(Pending {
-                shared,
-                key: plan.key.clone(),
-                cells: plan.cells.clone(),
-                refund_output: plan.refund_output,
-                uncached_input: plan.uncached_input,
-                input: plan.input,
-                output: plan.output,
-                _permits: permits,
-            })),
+            shared,
+            plan,
+            pending: Mutex::new(Some(permits)),
             progress: std::sync::OnceLock::new(),
         }
     }
 
-    /// Settles with `usage`, or with what was reserved when unknown.
+    /// Settles with `usage`, or with what was reserved when unknown; the
+    /// permits go back after.
     pub(crate) fn settle(&self, usage: Option<Usage>) {
         let pending = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(p) = pending {
-            p.settle(usage);
+        if let Some(permits) = pending {
+            self.settle_once(usage);
+            drop(permits);
         }
     }
-}
 
-impl<St: Store + Clone> Pending<St> {
-    fn settle(self, usage: Option<Usage>) {
-        let shared = self.shared.clone();
+    fn settle_once(&self, usage: Option<Usage>) {
+        let shared = &self.shared;
+        let plan = &self.plan;
         shared.counters.settled.fetch_add(1, Relaxed);
         let Some(usage) = usage else {
             shared.emit(RateLimitEvent::Settled {
-                key: self.key.clone(),
-                reserved: self.input + self.output,
+                key: plan.key().clone(),
+                reserved: plan.input + plan.output,
                 used: None,
             });
             return;
         };
-        let input = if self.uncached_input {
+        let input = if plan.uncached_input {
             usage.input_tokens.saturating_sub(usage.cached_input_tokens)
         } else {
             usage.input_tokens
         };
-        let output = if self.refund_output {
+        let output = if plan.refund_output {
             usage.output_tokens
         } else {
-            usage.output_tokens.max(self.output)
+            usage.output_tokens.max(plan.output)
         };
-        let mut changes: Vec<(Box<str>, Quota, i128)> = Vec::new();
-        for c in self.cells.iter() {
+        // What each cell is owed (negative) or owes, by index.
+        let mut deltas = [0i128; MAX_CELLS];
+        for (i, c) in plan.keyed.cells.iter().enumerate() {
             let actual = match c.dim {
                 Dim::Requests => continue,
                 Dim::Tokens => input.saturating_add(output),
                 Dim::Input => input,
                 Dim::Output => output,
             };
-            let delta = i128::from(actual) - i128::from(c.amount);
-            if delta != 0 {
-                changes.push((c.key.clone(), c.quota, delta));
-            }
+            let reserved = plan.amount(c.dim);
+            deltas[i] = i128::from(actual) - i128::from(reserved);
         }
         shared.emit(RateLimitEvent::Settled {
-            key: self.key.clone(),
-            reserved: self.input + self.output,
+            key: plan.key().clone(),
+            reserved: plan.input + plan.output,
             used: Some(input + output),
         });
-        if changes.is_empty() {
+        if deltas.iter().all(|&d| d == 0) {
             return;
         }
-        let store = shared.store.clone();
+        let shared = shared.clone();
+        let keyed = plan.keyed.clone();
         let work = async move {
-            for (key, quota, delta) in changes {
+            for (c, delta) in keyed.cells.iter().zip(deltas) {
+                if delta == 0 {
+                    continue;
+                }
                 let n = delta.unsigned_abs().min(u128::from(u64::MAX)) as u64;
                 let r = if delta < 0 {
-                    store.refund(&key, n, quota).await
+                    shared.store.refund(&c.key, n, c.quota).await
                 } else {
-                    store.charge(&key, n, quota).await
+                    shared.store.charge(&c.key, n, c.quota).await
                 };
                 if let Err(e) = r {
                     shared.store_error(&e);
@@ -654,34 +900,37 @@ impl<St: Store + Clone> UsageObserver for Settlement<St> {
 
 /// Gives back what a call took when it gives up before it is sent (a
 /// waiter cancelled, a pause met after the wait), unless kept.
-pub(crate) struct Taken<St: Store + Clone> {
-    shared: Arc<Shared<St>>,
-    cells: Option<Arc<[PlanCell]>>,
+pub(crate) struct Taken<'a, St: Store + Clone> {
+    shared: &'a Arc<Shared<St>>,
+    plan: Option<&'a Plan>,
 }
 
-impl<St: Store + Clone> Taken<St> {
-    pub(crate) fn new(shared: Arc<Shared<St>>, plan: &Plan) -> Self {
+impl<'a, St: Store + Clone> Taken<'a, St> {
+    pub(crate) fn new(shared: &'a Arc<Shared<St>>, plan: &'a Plan) -> Self {
         Taken {
             shared,
-            cells: Some(plan.cells.clone()),
+            plan: Some(plan),
         }
     }
 
     /// The call goes: what it took stays taken, to be settled.
     pub(crate) fn keep(mut self) {
-        self.cells = None;
+        self.plan = None;
     }
 }
 
-impl<St: Store + Clone> Drop for Taken<St> {
+impl<St: Store + Clone> Drop for Taken<'_, St> {
     fn drop(&mut self) {
-        let Some(cells) = self.cells.take() else {
+        let Some(plan) = self.plan.take() else {
             return;
         };
         let shared = self.shared.clone();
+        let keyed = plan.keyed.clone();
+        let (input, output) = (plan.input, plan.output);
         run_now_or_spawn(async move {
-            for c in cells.iter() {
-                if let Err(e) = shared.store.refund(&c.key, c.amount, c.quota).await {
+            for c in keyed.cells.iter() {
+                let amount = amount(c.dim, input, output);
+                if let Err(e) = shared.store.refund(&c.key, amount, c.quota).await {
                     shared.store_error(&e);
                 }
             }

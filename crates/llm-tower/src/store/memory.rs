@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dashmap::DashMap;
+// The maps' hasher: seeded at random per map (keys come from users), and
+// several times faster than std's SipHash on keys of a few dozen bytes.
+use foldhash::fast::RandomState;
 use tokio::time::Instant;
 
 use super::{Acquire, Balance, Cell, Quota, Reservation, Reserve, Store, StoreError, Take};
@@ -26,8 +29,9 @@ const MIN_SWEEP_LEN: usize = 4_096;
 ///
 /// # Hot path
 ///
-/// State lives in sharded concurrent maps ([`dashmap`]), one per family,
-/// looked up by `&str` without allocating; a key is allocated once, when it is
+/// State lives in sharded concurrent maps ([`dashmap`], hashed with
+/// [`foldhash`]'s randomly seeded hasher), one per family, looked up by
+/// `&str` without allocating; a key is allocated once, when it is
 /// first inserted. A rate-limit cell is one `AtomicU64` (the GCRA theoretical
 /// arrival time) behind its own `Mutex`, held for a few instructions: an
 /// [`acquire`](Store::acquire) over several cells locks them in the order
@@ -60,10 +64,14 @@ struct Inner<C> {
     clock: C,
     /// Time zero for the nanosecond timestamps kept in the maps.
     origin: Instant,
-    cells: DashMap<Box<str>, Arc<Mutex<u64>>>,
-    buckets: DashMap<Arc<str>, Mutex<Bucket>>,
+    cells: DashMap<Box<str>, Arc<Mutex<u64>>, RandomState>,
+    buckets: DashMap<Arc<str>, Mutex<Bucket>, RandomState>,
     /// Flag expiry, in nanoseconds since `origin`.
-    flags: DashMap<Box<str>, AtomicU64>,
+    flags: DashMap<Box<str>, AtomicU64, RandomState>,
+    /// How many flags `flags` holds, raised before one is inserted and
+    /// lowered after one is removed: when zero, a flag is not looked up
+    /// (every acquire of the rate-limit layer asks for its pause flag).
+    flag_count: AtomicUsize,
     inserts: AtomicUsize,
     sweep_above: AtomicUsize,
     sweeping: AtomicBool,
@@ -120,9 +128,10 @@ impl<C: Clock> MemoryStore<C> {
             inner: Arc::new(Inner {
                 clock,
                 origin,
-                cells: DashMap::new(),
-                buckets: DashMap::new(),
-                flags: DashMap::new(),
+                cells: DashMap::default(),
+                buckets: DashMap::default(),
+                flags: DashMap::default(),
+                flag_count: AtomicUsize::new(0),
                 inserts: AtomicUsize::new(0),
                 sweep_above: AtomicUsize::new(MIN_SWEEP_LEN),
                 sweeping: AtomicBool::new(false),
@@ -156,9 +165,13 @@ impl<C: Clock> MemoryStore<C> {
             .cells
             .retain(|_, tat| Arc::strong_count(tat) > 1 || *lock(tat) > now);
         inner.buckets.retain(|_, b| lock(b).expires > now);
-        inner
-            .flags
-            .retain(|_, expires| expires.load(Ordering::Acquire) > now);
+        let mut flags_removed = 0;
+        inner.flags.retain(|_, expires| {
+            let keep = expires.load(Ordering::Acquire) > now;
+            flags_removed += usize::from(!keep);
+            keep
+        });
+        inner.flag_count.fetch_sub(flags_removed, Ordering::AcqRel);
         let after = self.len();
         inner.sweep_above.store(
             after.saturating_mul(2).max(MIN_SWEEP_LEN),
@@ -265,26 +278,40 @@ impl<C: Clock> MemoryStore<C> {
             return Ok(Acquire::Never { index });
         }
         // Up to `INLINE_CELLS` cells (every acquire of the rate-limit
-        // layer), the bookkeeping lives on the stack.
-        if cells.len() <= INLINE_CELLS {
-            let mut order = [0; INLINE_CELLS];
-            let mut arcs: [Option<Arc<Mutex<u64>>>; INLINE_CELLS] = Default::default();
-            let mut guards: [Option<MutexGuard<'_, u64>>; INLINE_CELLS] = Default::default();
-            let n = cells.len();
-            self.acquire_locked(
-                cells,
-                pause,
-                horizon,
-                &mut order[..n],
-                &mut arcs[..n],
-                &mut guards[..n],
-            )
+        // layer), the bookkeeping lives on the stack, in slots of the
+        // usual few cells when that is enough.
+        if cells.len() <= FEW_CELLS {
+            self.acquire_inline::<FEW_CELLS>(cells, pause, horizon)
+        } else if cells.len() <= INLINE_CELLS {
+            self.acquire_inline::<INLINE_CELLS>(cells, pause, horizon)
         } else {
             let mut order = vec![0; cells.len()];
             let mut arcs = vec![None; cells.len()];
             let mut guards: Vec<_> = (0..cells.len()).map(|_| None).collect();
             self.acquire_locked(cells, pause, horizon, &mut order, &mut arcs, &mut guards)
         }
+    }
+
+    /// [`acquire_now`](Self::acquire_now) with its bookkeeping on the
+    /// stack, for at most `N` cells.
+    fn acquire_inline<const N: usize>(
+        &self,
+        cells: &[Cell<'_>],
+        pause: Option<&str>,
+        horizon: Duration,
+    ) -> Result<Acquire, StoreError> {
+        let mut order = [0; N];
+        let mut arcs: [Option<Arc<Mutex<u64>>>; N] = [const { None }; N];
+        let mut guards: [Option<MutexGuard<'_, u64>>; N] = [const { None }; N];
+        let n = cells.len();
+        self.acquire_locked(
+            cells,
+            pause,
+            horizon,
+            &mut order[..n],
+            &mut arcs[..n],
+            &mut guards[..n],
+        )
     }
 
     /// [`acquire_now`](Self::acquire_now) with its bookkeeping, one slot
@@ -314,7 +341,7 @@ impl<C: Clock> MemoryStore<C> {
             *guard = Some(lock(arc));
         }
         let now = self.inner.now_ns();
-        let paused = pause.and_then(|k| self.flag_now(k)).map_or(0, nanos);
+        let paused = pause.and_then(|k| self.flag_at(k, now)).map_or(0, nanos);
         // The earliest start at which every cell conforms.
         let mut start = now.saturating_add(paused);
         for (guard, &i) in guards.iter().flatten().zip(&*order) {
@@ -388,19 +415,44 @@ impl<C: Clock> MemoryStore<C> {
             flag.store(expires, Ordering::Release);
             return;
         }
-        inner
-            .flags
-            .entry(Box::from(key))
-            .or_default()
-            .store(expires, Ordering::Release);
-        self.inserted();
+        // Counted before it can be seen.
+        inner.flag_count.fetch_add(1, Ordering::AcqRel);
+        let inserted = match inner.flags.entry(Box::from(key)) {
+            dashmap::Entry::Occupied(flag) => {
+                flag.get().store(expires, Ordering::Release);
+                false
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(AtomicU64::new(expires));
+                true
+            }
+        };
+        if inserted {
+            self.inserted();
+        } else {
+            inner.flag_count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn flag_now(&self, key: &str) -> Option<Duration> {
+        self.flag_at(key, self.inner.now_ns())
+    }
+
+    /// The time left on the flag `key` at `now`.
+    fn flag_at(&self, key: &str, now: u64) -> Option<Duration> {
         let inner = &*self.inner;
-        let now = inner.now_ns();
+        if inner.flag_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let expires = inner.flags.get(key)?.load(Ordering::Acquire);
         (expires > now).then(|| Duration::from_nanos(expires - now))
+    }
+
+    fn clear_flag_now(&self, key: &str) {
+        let inner = &*self.inner;
+        if inner.flags.remove(key).is_some() {
+            inner.flag_count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -465,6 +517,9 @@ fn lock<T>(bucket: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The most cells an acquire takes without a heap allocation: as many as
 /// one call of the rate-limit layer has.
 const INLINE_CELLS: usize = 16;
+
+/// The cells of most acquires (requests and tokens, per key and global).
+const FEW_CELLS: usize = 4;
 
 /// The furthest a theoretical arrival time goes (about 146 years from the
 /// store's origin), so that adding a window to it never overflows.
@@ -578,7 +633,7 @@ impl<C: Clock> Store for MemoryStore<C> {
     }
 
     fn clear_flag(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.flags.remove(key);
+        self.clear_flag_now(key);
         ready(Ok(()))
     }
 }
