@@ -56,20 +56,28 @@ fn plain() -> Request<String> {
 
 type Res = Response<Full<Bytes>>;
 
+type Answer = std::future::Ready<Result<Res, Infallible>>;
+
+/// A provider that answers every request with `answer`, at once.
+fn provider(
+    answer: impl Fn(Request<String>) -> Res + Clone + Send + 'static,
+) -> impl Service<Request<String>, Response = Res, Error = Infallible, Future = Answer>
++ Clone
++ Send
++ 'static {
+    service_fn(move |req| std::future::ready(Ok(answer(req))))
+}
+
 /// A provider that answers 200 at once, counting calls.
 fn ok_service(
     calls: Arc<AtomicUsize>,
-) -> impl Service<
-    Request<String>,
-    Response = Res,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Res, Infallible>>,
-> + Clone
+) -> impl Service<Request<String>, Response = Res, Error = Infallible, Future = Answer>
++ Clone
 + Send
 + 'static {
-    service_fn(move |_req: Request<String>| {
+    provider(move |_req| {
         calls.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+        Response::new(Full::new(Bytes::from_static(b"{}")))
     })
 }
 
@@ -233,15 +241,11 @@ fn state_key(prefix: &str) -> String {
 fn metered_service(
     usage: Usage,
     reports: Arc<AtomicUsize>,
-) -> impl Service<
-    Request<String>,
-    Response = Res,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Res, Infallible>>,
-> + Clone
+) -> impl Service<Request<String>, Response = Res, Error = Infallible, Future = Answer>
++ Clone
 + Send
 + 'static {
-    service_fn(move |mut req: Request<String>| {
+    provider(move |mut req| {
         let observers = UsageObservers::take(&mut req);
         reports.fetch_add(1, Ordering::SeqCst);
         observers.notify(&UsageReport::new(
@@ -249,7 +253,7 @@ fn metered_service(
             UsageSource::Actual,
             Outcome::Completed,
         ));
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+        Response::new(Full::new(Bytes::from_static(b"{}")))
     })
 }
 
@@ -386,22 +390,18 @@ fn headers_service(
     status: StatusCode,
     headers: &'static [(&'static str, &'static str)],
     calls: Arc<AtomicUsize>,
-) -> impl Service<
-    Request<String>,
-    Response = Res,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Res, Infallible>>,
-> + Clone
+) -> impl Service<Request<String>, Response = Res, Error = Infallible, Future = Answer>
++ Clone
 + Send
 + 'static {
-    service_fn(move |_req: Request<String>| {
+    provider(move |_req| {
         calls.fetch_add(1, Ordering::SeqCst);
         let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
         *res.status_mut() = status;
         for (k, v) in headers {
             res.headers_mut().insert(*k, v.parse().unwrap());
         }
-        std::future::ready(Ok(res))
+        res
     })
 }
 

@@ -365,7 +365,7 @@ where
             let cells = plan.cells(config);
             shared.store.acquire(&cells, Some(plan.pause()), turn).await
         };
-        let wait = match answer {
+        let (wait, taken) = match answer {
             Err(e) => {
                 shared.store_error(&e);
                 return Err(Box::new(e));
@@ -378,7 +378,7 @@ where
             }
             Ok(Acquire::Denied { retry_after }) if batch && retry_after <= wait_max => {
                 // Out of the line: nothing taken; look again then.
-                Some(retry_after)
+                (retry_after, None)
             }
             Ok(Acquire::Denied { retry_after }) => {
                 return Err(refuse(Some(retry_after), reason));
@@ -388,47 +388,39 @@ where
                 if wait.is_zero() {
                     break taken;
                 }
-                if !queue.enter(config.max_queued) {
-                    drop(taken);
-                    return Err(refuse(Some(wait), RefusalReason::QueueFull));
-                }
-                if !queued_once {
-                    queued_once = true;
-                    shared.counters.queued.fetch_add(1, Relaxed);
-                }
-                shared.emit(RateLimitEvent::Queued {
-                    key: plan.key().clone(),
-                    wait,
-                });
-                tokio::time::sleep(wait).await;
-                waited += wait;
-                // A 429 met while this call waited: its place was taken
-                // before the pause; take a new one after it.
-                match shared.store.flag(plan.pause()).await {
-                    Ok(Some(left)) if !left.is_zero() => continue,
-                    Ok(_) => break taken,
-                    Err(e) => {
-                        shared.store_error(&e);
-                        break taken;
-                    }
-                }
+                (wait, Some(taken))
             }
         };
-        // A batch call waiting out of the line.
-        let Some(wait) = wait else { continue };
+        // The call waits: for its turn, or (a batch call) out of the line
+        // until its share is there.
         if !queue.enter(config.max_queued) {
+            drop(taken);
             return Err(refuse(Some(wait), RefusalReason::QueueFull));
         }
         if !queued_once {
             queued_once = true;
             shared.counters.queued.fetch_add(1, Relaxed);
-            shared.emit(RateLimitEvent::Queued {
-                key: plan.key().clone(),
-                wait,
-            });
         }
+        shared.emit(RateLimitEvent::Queued {
+            key: plan.key().clone(),
+            wait,
+        });
         tokio::time::sleep(wait).await;
         waited += wait;
+        let Some(taken) = taken else {
+            // A batch call looks again.
+            continue;
+        };
+        // A 429 met while this call waited: its place was taken before the
+        // pause; take a new one after it.
+        match shared.store.flag(plan.pause()).await {
+            Ok(Some(left)) if !left.is_zero() => continue,
+            Ok(_) => break taken,
+            Err(e) => {
+                shared.store_error(&e);
+                break taken;
+            }
+        }
     };
     taken.keep();
     drop(queue);
