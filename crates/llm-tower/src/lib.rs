@@ -122,6 +122,8 @@ pub mod retry;
 pub mod store;
 #[cfg(feature = "timeout")]
 pub mod timeout;
+#[cfg(feature = "fallback")]
+pub mod translate;
 pub mod usage;
 
 /// Alias for a type-erased error, as used throughout tower.
