@@ -1068,3 +1068,64 @@ async fn bodies_that_are_not_unpin_are_held_and_retried() {
         "the error event was retried"
     );
 }
+
+/// Retry layers nested in one another share the call's attempt budget:
+/// however deep, the call never makes more upstream attempts than the
+/// outermost layer allows.
+#[tokio::test(start_paused = true)]
+async fn nested_retries_never_multiply_attempts() {
+    use llm_tower::attempts::{AttemptBudget, AttemptsExhausted};
+    let sent = Arc::new(AtomicUsize::new(0));
+    let provider = {
+        let sent = sent.clone();
+        service_fn(move |_req: Request<String>| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, Infallible>(json(
+                503,
+                &[],
+                r#"{"error":{"message":"down","type":"server_error"}}"#,
+            )))
+        })
+    };
+    let retry = |n: u32| {
+        RetryLayer::new(
+            RetryConfig::new()
+                .max_attempts(n)
+                .backoff(fixed(10 * MS))
+                .budget(None)
+                .build()
+                .unwrap(),
+        )
+    };
+    for (outer, inner, expected) in [(3, 3, 3), (2, 5, 2), (5, 2, 5)] {
+        sent.store(0, Ordering::SeqCst);
+        let svc = ServiceBuilder::new()
+            .layer(retry(outer))
+            .layer(retry(inner))
+            .service(provider.clone());
+        let res = svc.oneshot(request(false)).await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            expected,
+            "outer {outer}, inner {inner}: nine without a shared budget"
+        );
+    }
+    // A budget that allows one attempt: sent once, not retried.
+    sent.store(0, Ordering::SeqCst);
+    let mut req = request(false);
+    AttemptBudget::get_or_insert(&mut req, 1);
+    let res = retry(3).layer(provider.clone()).oneshot(req).await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), sent.load(Ordering::SeqCst)),
+        (503, 1)
+    );
+    // A budget that allows none: nothing is sent, a typed error says why.
+    let mut req = request(false);
+    req.extensions_mut().insert(AttemptBudget::new(0));
+    let e = retry(3).layer(provider).oneshot(req).await.unwrap_err();
+    assert_eq!(e.downcast_ref::<AttemptsExhausted>().unwrap().total(), 0);
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    let f = DefaultClassifier::new().classify_error(&*e);
+    assert!(!f.is_retryable() && !f.should_fall_back() && !f.counts_against_health());
+}

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::{
     BoxError,
+    attempts::AttemptBudget,
     classify::{Classifier, DefaultClassifier, Failure, FailureClass},
     config::Valid,
 };
@@ -335,15 +336,16 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let budget = AttemptBudget::get(&req).cloned();
         let key = match &self.key_fn {
             None => BreakerKey::of_request(&req),
             Some(f) => {
                 let (parts, body) = req.into_parts();
                 let key = f(&parts);
-                return self.call_keyed(key, Request::from_parts(parts, body));
+                return self.call_keyed(key, Request::from_parts(parts, body), budget);
             }
         };
-        self.call_keyed(key, req)
+        self.call_keyed(key, req, budget)
     }
 }
 
@@ -351,13 +353,25 @@ impl<S, C> CircuitBreaker<S, C>
 where
     C: Classifier,
 {
-    fn call_keyed<Req>(&mut self, key: BreakerKey, req: Req) -> ResponseFuture<Admitted<S, Req>>
+    /// `budget`: the call's attempts, one of which is given back when the
+    /// call is refused (nothing was sent).
+    fn call_keyed<Req>(
+        &mut self,
+        key: BreakerKey,
+        req: Req,
+        budget: Option<AttemptBudget>,
+    ) -> ResponseFuture<Admitted<S, Req>>
     where
         S: Service<Req> + Clone,
     {
         let breaker = self.shared.breaker(&key);
         match breaker.admit(&self.shared.policy) {
-            Err(open) => ResponseFuture::rejected(open),
+            Err(open) => {
+                if let Some(budget) = budget {
+                    budget.give_back();
+                }
+                ResponseFuture::rejected(open)
+            }
             Ok(admission) => {
                 let start = self.shared.policy.config.slow_calls.map(|_| Instant::now());
                 let ticket = Ticket::new(self.shared.clone(), breaker, admission, start);

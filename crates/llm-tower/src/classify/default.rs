@@ -34,6 +34,7 @@ use crate::{
 /// | [`InvalidContent`] truncated (`finish_reason: length`) | `InvalidContent`, code `truncated` | no | no | yes |
 /// | the rate limiter's `RateLimited` (its turn too far away) | `RateLimited`, code `local_rate_limit` | no | no | yes |
 /// | the rate limiter's `RequestTooLarge` | `BadRequest`, code `request_too_large` | no | no | yes |
+/// | `AttemptsExhausted` (the call's attempt budget spent) | `Other`, code `attempts_exhausted` | no | no | no |
 ///
 /// A server delay comes from `retry-after-ms` or `retry-after`, or else
 /// from the reset of an exhausted `x-ratelimit-*` / `anthropic-ratelimit-*`
@@ -56,6 +57,10 @@ pub const CIRCUIT_OPEN: &str = "circuit_open";
 /// The [`Failure::code`] of a call the rate limiter refused because its
 /// turn was further away than it may wait.
 pub const LOCAL_RATE_LIMIT: &str = "local_rate_limit";
+
+/// The [`Failure::code`] of a call with no upstream attempt left in its
+/// [`AttemptBudget`](crate::attempts::AttemptBudget).
+pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
 
 /// The [`Failure::code`] of a call larger than its rate limit can hold.
 pub const REQUEST_TOO_LARGE: &str = "request_too_large";
@@ -164,6 +169,17 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
                 .with_retry_after(open.retry_after())
                 .with_counts_against_health(false)
                 .with_fallback(true),
+        );
+    }
+    if e.is::<crate::attempts::AttemptsExhausted>() {
+        // The call's own limit, whoever meets it: nothing to retry, nowhere
+        // to move to.
+        return Some(
+            Failure::new(FailureClass::Other)
+                .with_code(ATTEMPTS_EXHAUSTED)
+                .with_retryable(false)
+                .with_counts_against_health(false)
+                .with_fallback(false),
         );
     }
     #[cfg(feature = "rate-limit")]

@@ -47,7 +47,9 @@ use std::{fmt, sync::Arc, time::Duration, time::SystemTime};
 use http::{HeaderMap, StatusCode};
 
 pub use self::content::{ContentProblem, InvalidContent};
-pub use self::default::{CIRCUIT_OPEN, DefaultClassifier, LOCAL_RATE_LIMIT, REQUEST_TOO_LARGE};
+pub use self::default::{
+    ATTEMPTS_EXHAUSTED, CIRCUIT_OPEN, DefaultClassifier, LOCAL_RATE_LIMIT, REQUEST_TOO_LARGE,
+};
 pub use self::peek::{DEFAULT_ERROR_BODY_LIMIT, PeekBody, PeekedBody};
 #[cfg(feature = "tower-http")]
 pub use self::tower_http::{HttpClassifier, StreamEos};

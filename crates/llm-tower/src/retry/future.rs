@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     BoxError,
+    attempts::{AttemptBudget, AttemptsExhausted},
     classify::{
         CIRCUIT_OPEN, Classifier, Failure, FailureClass, InvalidContent, PeekBody, PeekedBody,
         ResponseView,
@@ -53,6 +54,9 @@ pin_project! {
         // A whole answer, read for content validation.
         Validating { peek: Box<PeekBody<B>> },
         Waiting { sleep: Pin<Box<Sleep>> },
+        // The call's attempt budget was spent before this layer's first
+        // attempt (by layers further out).
+        Exhausted,
         Done,
     }
 }
@@ -70,6 +74,9 @@ pin_project! {
         attempt: u32,
         // Attempts an open breaker further in refused: nothing was sent.
         refusals: u32,
+        // The call's upstream attempts, shared with the layers around and
+        // inside.
+        budget: AttemptBudget,
         previous_delay: Duration,
         span: tracing::Span,
         #[pin]
@@ -82,11 +89,19 @@ where
     S: Service<Request<ReqB>>,
     ReqB: Clone,
 {
-    pub(crate) fn new(shared: Arc<Shared<C>>, mut service: S, request: Request<ReqB>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<C>>, mut service: S, mut request: Request<ReqB>) -> Self {
+        // The first attempt is counted by whoever started it: the budget
+        // counts it when it is made here, a layer further out when it made
+        // the budget.
+        let budget = AttemptBudget::get_or_insert(&mut request, shared.config.max_attempts);
         let span = attempt_span(&request, 1);
-        let fut = {
+        let state = if !budget.is_overdrawn() {
             let _enter = span.enter();
-            service.call(request.clone())
+            State::Calling {
+                fut: service.call(request.clone()),
+            }
+        } else {
+            State::Exhausted
         };
         ResponseFuture {
             shared,
@@ -94,9 +109,10 @@ where
             request,
             attempt: 1,
             refusals: 0,
+            budget,
             previous_delay: Duration::ZERO,
             span,
-            state: State::Calling { fut },
+            state,
         }
     }
 }
@@ -117,6 +133,7 @@ fn decide<C, ReqB>(
     request: &Request<ReqB>,
     attempt: u32,
     refusals: u32,
+    budget: &AttemptBudget,
     previous_delay: Duration,
     failure: &Failure,
 ) -> Decision {
@@ -161,7 +178,13 @@ fn decide<C, ReqB>(
     // exactly when the call fits is a healthy provider's answer.
     let free = refused
         || (failure.class() == FailureClass::RateLimited && failure.retry_after().is_some());
+    // The call's attempts in all, whatever layers are nested: layers
+    // further out may have spent them.
+    if !budget.try_take() {
+        return give_up(GiveUp::AttemptsExhausted);
+    }
     if !free && shared.budget.as_ref().is_some_and(|b| !b.try_retry()) {
+        budget.give_back();
         return give_up(GiveUp::BudgetExhausted);
     }
     Decision::Retry {
@@ -318,9 +341,16 @@ where
                     this.state.set(State::Ready);
                     continue;
                 }
+                StateProj::Exhausted => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(Box::new(AttemptsExhausted {
+                        total: this.budget.total(),
+                    })));
+                }
                 StateProj::Done => panic!("retry future polled after completion"),
             };
             if failure.code() == Some(CIRCUIT_OPEN) {
+                // Nothing was sent (the breaker gave the attempt back).
                 *this.refusals += 1;
             }
             let decision = {
@@ -330,6 +360,7 @@ where
                     this.request,
                     *this.attempt,
                     *this.refusals,
+                    this.budget,
                     *this.previous_delay,
                     &failure,
                 );

@@ -9,5 +9,7 @@ use crate::provider::WireFormat;
 /// and its model. Same format: only the model is replaced.
 pub fn translate(from: WireFormat, body: &[u8], target: &Target) -> Result<Bytes, TranslateError> {
     let _ = (from, body, target);
-    Err(TranslateError::unsupported("request translation (not written yet)"))
+    Err(TranslateError::unsupported(
+        "request translation (not written yet)",
+    ))
 }

@@ -15,5 +15,7 @@ pub fn translate(
     model: &str,
 ) -> Result<Bytes, TranslateError> {
     let _ = (from, to, body, model);
-    Err(TranslateError::unsupported("response translation (not written yet)"))
+    Err(TranslateError::unsupported(
+        "response translation (not written yet)",
+    ))
 }

@@ -26,7 +26,9 @@ impl StreamTranslator {
     /// now (possibly empty).
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, TranslateError> {
         let _ = (chunk, self.from, self.to);
-        Err(TranslateError::unsupported("stream translation (not written yet)"))
+        Err(TranslateError::unsupported(
+            "stream translation (not written yet)",
+        ))
     }
 
     /// The target's stream ended: returns the caller's last bytes.
