@@ -225,6 +225,38 @@ fn translate_request_openai_tool_calls_and_results_to_anthropic() {
 }
 
 #[test]
+fn translate_request_openai_edge_cases_to_anthropic() {
+    let out = to_anthropic(json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "", "refusal": "I can't.", "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "ping", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "pong"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "ping"}}],
+        "tool_choice": "none",
+        "parallel_tool_calls": false
+    }))
+    .unwrap();
+    assert_eq!(
+        out["messages"][1]["content"],
+        json!([
+            {"type": "text", "text": "I can't."},
+            {"type": "tool_use", "id": "call_0", "name": "ping", "input": {}}
+        ])
+    );
+    // A tool without parameters gets the empty schema Anthropic requires.
+    assert_eq!(
+        out["tools"],
+        json!([{"name": "ping", "input_schema": {"type": "object", "properties": {}}}])
+    );
+    // `none` takes no disable_parallel_tool_use.
+    assert_eq!(out["tool_choice"], json!({"type": "none"}));
+}
+
+#[test]
 fn translate_request_openai_parameters_to_anthropic() {
     let out = to_anthropic(json!({
         "model": "gpt-4o",

@@ -20,8 +20,9 @@
 //! | `usage.completion_tokens` | `output_tokens` |
 //!
 //! Toward Anthropic `cache_creation_input_tokens` is 0 (OpenAI does not
-//! report cache writes) and `stop_sequence` is `null` (OpenAI does not say
-//! which sequence stopped the answer). Toward OpenAI `total_tokens` is the
+//! report cache writes), `stop_sequence` is `null` (OpenAI does not say
+//! which sequence stopped the answer) and an unknown `finish_reason` is kept
+//! verbatim. Toward OpenAI `total_tokens` is the
 //! sum; Anthropic's `thinking` blocks are dropped (OpenAI chat shows no
 //! reasoning); an unknown `stop_reason` (`pause_turn` …) becomes `stop`.
 //! Only the first choice of an OpenAI answer is read (requests asking for
