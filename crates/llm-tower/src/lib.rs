@@ -15,6 +15,7 @@
 //! | [`pricing`] | prices per model, embedded and overridable, to turn usage into cost |
 //! | [`clock`] and [`store`] | injectable time and the shared-state store behind limits, budgets and breakers |
 //! | [`deadline`] | the deadline of a call, carried in the request so every layer knows the time left |
+//! | [`attempts`] | one budget of upstream attempts per call, shared by nested layers so they never multiply attempts |
 //! | [`config`] | [`Valid`](config::Valid): a configuration checked once, what a layer's infallible constructor takes |
 //!
 //! # Example
