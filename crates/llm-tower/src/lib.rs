@@ -113,6 +113,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deadline;
+#[cfg(feature = "fallback")]
+pub mod fallback;
 pub mod metering;
 pub mod pricing;
 pub mod provider;

@@ -1,0 +1,643 @@
+//! [`FallbackLayer`], its service [`Fallback`], and what a call that moved
+//! tells: [`Answered`], [`AllTargetsFailed`].
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri, header};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tower::{ServiceExt, util::BoxCloneSyncService};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{
+    Target,
+    body::{FallbackBody, TranslatedStream, translate_whole},
+};
+use crate::{
+    BoxError,
+    attempts::AttemptBudget,
+    classify::{Classifier, DefaultClassifier, Failure, FailureClass, PeekBody, ResponseView},
+    provider::{Endpoint, WireFormat, headers::is_event_stream},
+    request::{CharEstimator, ReplayBody, RequestMeta},
+    translate::{self, StreamTranslator},
+};
+
+/// The most of an error body read to classify it: 64 KiB.
+const ERROR_BODY_LIMIT: usize = 64 << 10;
+
+type TargetService = BoxCloneSyncService<Request<ReplayBody>, Response<FallbackBody>, BoxError>;
+
+/// What happened to a call in a [`FallbackLayer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FallbackEvent {
+    /// A target was passed over before anything was sent to it.
+    Skipped {
+        /// The target.
+        target: String,
+        /// Why it cannot serve the call.
+        reason: String,
+    },
+    /// A target failed, and the call moves on.
+    Failed {
+        /// The target.
+        target: String,
+        /// How it failed.
+        class: FailureClass,
+    },
+    /// A target answered the call.
+    Answered {
+        /// The target.
+        target: String,
+        /// Whether it is not the first target (the call moved).
+        moved: bool,
+    },
+}
+
+type Listener = Arc<dyn Fn(&FallbackEvent) + Send + Sync>;
+
+struct Shared<C> {
+    /// The first target's description: the caller's own, unless set.
+    primary: Option<Target>,
+    targets: Vec<(Target, TargetService)>,
+    classifier: C,
+    max_attempts: u32,
+    also: Vec<FailureClass>,
+    never: Vec<FailureClass>,
+    listener: Option<Listener>,
+}
+
+impl<C> Shared<C> {
+    fn emit(&self, event: FallbackEvent) {
+        match &event {
+            FallbackEvent::Skipped { target, reason } => {
+                tracing::debug!(target: "llm_tower::fallback", target = %target, %reason, "fallback: target skipped");
+            }
+            FallbackEvent::Failed { target, class } => {
+                tracing::info!(target: "llm_tower::fallback", target = %target, class = class.as_str(), "fallback: target failed, moving on");
+            }
+            FallbackEvent::Answered { target, moved } => {
+                tracing::debug!(target: "llm_tower::fallback", target = %target, moved, "fallback: answered");
+            }
+        }
+        if let Some(l) = &self.listener {
+            l(&event);
+        }
+    }
+
+    /// Whether a failure moves the call to the next target.
+    fn moves_on(&self, failure: &Failure) -> bool {
+        let class = failure.class();
+        if self.never.contains(&class) {
+            return false;
+        }
+        failure.should_fall_back() || self.also.contains(&class)
+    }
+}
+
+/// Moves a call to the next target when one cannot answer — another model,
+/// another provider (the request and the answer translated, so the caller
+/// receives the format it sent). See the [module docs](super).
+///
+/// The layer's inner service is the first target; [`target`](Self::target)
+/// adds the others, in order, each with a service of its own (its own
+/// retry, breaker, rate limit, timeout and client).
+pub struct FallbackLayer<C = DefaultClassifier> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for FallbackLayer<C> {
+    fn clone(&self) -> Self {
+        FallbackLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for FallbackLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackLayer")
+            .field("primary", &self.shared.primary)
+            .field(
+                "targets",
+                &self
+                    .shared
+                    .targets
+                    .iter()
+                    .map(|(t, _)| t)
+                    .collect::<Vec<_>>(),
+            )
+            .field("max_attempts", &self.shared.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FallbackLayer {
+    /// A layer with no other target yet, the [`DefaultClassifier`], and a
+    /// budget of 6 upstream attempts per call (retries of every target
+    /// included).
+    pub fn new() -> Self {
+        Self::with_classifier(DefaultClassifier::new())
+    }
+}
+
+impl Default for FallbackLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Classifier> FallbackLayer<C> {
+    /// A layer deciding with `classifier` when to move on.
+    pub fn with_classifier(classifier: C) -> Self {
+        FallbackLayer {
+            shared: Arc::new(Shared {
+                primary: None,
+                targets: Vec::new(),
+                classifier,
+                max_attempts: 6,
+                also: Vec::new(),
+                never: Vec::new(),
+                listener: None,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared<C>)) -> Self {
+        let shared = Arc::get_mut(&mut self.shared)
+            .expect("configure a FallbackLayer before cloning it or making services");
+        f(shared);
+        self
+    }
+
+    /// Describes the first target (the layer's inner service): its
+    /// context window and capabilities, checked before sending to it.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn primary(self, target: Target) -> Self {
+        self.edit(|s| s.primary = Some(target))
+    }
+
+    /// Adds the next target and its service.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn target<S, B>(self, target: Target, service: S) -> Self
+    where
+        S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let service = boxed(service);
+        self.edit(|s| s.targets.push((target, service)))
+    }
+
+    /// The most upstream attempts a call makes in all, every target's
+    /// retries included (an [`AttemptBudget`] shared with the layers
+    /// inside): 6 by default.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn max_attempts(self, n: u32) -> Self {
+        self.edit(|s| s.max_attempts = n)
+    }
+
+    /// Moves on after failures of `class` too (the classifier says no:
+    /// content policy, bad requests, auth errors …).
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn also_move_on(self, class: FailureClass) -> Self {
+        self.edit(|s| s.also.push(class))
+    }
+
+    /// Never moves on after failures of `class`.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn never_move_on(self, class: FailureClass) -> Self {
+        self.edit(|s| s.never.push(class))
+    }
+
+    /// Calls `f` with every [`FallbackEvent`], besides the `tracing` events.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn on_event(self, f: impl Fn(&FallbackEvent) + Send + Sync + 'static) -> Self {
+        self.edit(|s| s.listener = Some(Arc::new(f)))
+    }
+}
+
+fn boxed<S, B>(service: S) -> TargetService
+where
+    S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(
+        service
+            .map_response(|res: Response<B>| res.map(|b| b.map_err(Into::into).boxed_unsync()))
+            .map_err(Into::into),
+    )
+}
+
+impl<S, C> Layer<S> for FallbackLayer<C> {
+    type Service = Fallback<S, C>;
+
+    fn layer(&self, inner: S) -> Fallback<S, C> {
+        Fallback {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`FallbackLayer`].
+pub struct Fallback<S, C = DefaultClassifier> {
+    inner: S,
+    shared: Arc<Shared<C>>,
+}
+
+impl<S: Clone, C> Clone for Fallback<S, C> {
+    fn clone(&self) -> Self {
+        Fallback {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for Fallback<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fallback")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, B> Service<Request<ReplayBody>> for Fallback<S, C>
+where
+    S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    C: Classifier,
+{
+    type Response = Response<FallbackBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Each target's readiness is taken when the call comes to it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> ResponseFuture {
+        let primary = boxed(self.inner.clone());
+        ResponseFuture {
+            inner: Box::pin(run(self.shared.clone(), primary, req)),
+        }
+    }
+}
+
+/// The future of [`Fallback`].
+pub struct ResponseFuture {
+    #[allow(clippy::type_complexity)]
+    inner: Pin<Box<dyn Future<Output = Result<Response<FallbackBody>, BoxError>> + Send>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<FallbackBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// The target that answered a call, in the response's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The target's name (`primary` for the layer's inner service unless
+    /// described with [`FallbackLayer::primary`]).
+    pub target: String,
+    /// The model that answered, when known.
+    pub model: Option<String>,
+    /// Whether the call moved (another target than the first answered).
+    pub moved: bool,
+}
+
+/// What became of one target of a call that no target answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetOutcome {
+    /// The target.
+    pub target: String,
+    /// What happened: `skipped: <why>`, or the class of its failure.
+    pub outcome: String,
+}
+
+/// No target answered the call: each one tried or skipped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllTargetsFailed {
+    /// Every target, in order.
+    pub targets: Vec<TargetOutcome>,
+}
+
+impl fmt::Display for AllTargetsFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("all targets failed:")?;
+        for (i, t) in self.targets.iter().enumerate() {
+            let sep = if i == 0 { " " } else { "; " };
+            write!(f, "{sep}{} ({})", t.target, t.outcome)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for AllTargetsFailed {}
+
+/// The credential headers a target's own replace.
+const CREDENTIALS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
+/// The request for `target`: the model replaced, the body translated when
+/// the format differs, the URL and credentials of the target.
+fn request_for(
+    req: &Request<ReplayBody>,
+    from: Option<WireFormat>,
+    target: &Target,
+) -> Result<Request<ReplayBody>, BoxError> {
+    let mut out = req.clone();
+    let same = from == Some(target.format);
+    if !same || target.model.is_some() {
+        let model = target
+            .model
+            .clone()
+            .or_else(|| {
+                RequestMeta::get(req)
+                    .and_then(RequestMeta::model)
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| {
+                BoxError::from("fallback: the target names no model and the request has none")
+            })?;
+        let from = from.ok_or_else(|| {
+            BoxError::from(
+                "fallback: the request's wire format is unknown: put PrepareLayer outside",
+            )
+        })?;
+        let spec = translate::Target::new(target.format, model)
+            .default_max_tokens(target.max_output.unwrap_or(4096));
+        let body = translate::request::translate(from, req.body().bytes(), &spec)?;
+        let meta = RequestMeta::parse(
+            Some(Endpoint {
+                provider: target.provider.clone(),
+                format: target.format,
+            }),
+            target.endpoint.as_ref().map_or(req.uri().path(), Uri::path),
+            &body,
+            &CharEstimator::new(),
+        );
+        out.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len() as u64),
+        );
+        *out.body_mut() = ReplayBody::new(body);
+        out.extensions_mut().insert(meta);
+    }
+    if let Some(uri) = &target.endpoint {
+        *out.uri_mut() = uri.clone();
+        out.headers_mut().remove(header::HOST);
+    }
+    set_headers(out.headers_mut(), &target.headers, !same);
+    if target.format == WireFormat::AnthropicMessages
+        && !out.headers().contains_key("anthropic-version")
+    {
+        out.headers_mut().insert(
+            "anthropic-version",
+            http::HeaderValue::from_static("2023-06-01"),
+        );
+    }
+    Ok(out)
+}
+
+/// Sets a target's own headers. The caller's credentials never go to
+/// another provider's format, nor next to credentials the target sets.
+fn set_headers(headers: &mut HeaderMap, own: &HeaderMap, other_format: bool) {
+    if other_format || own.keys().any(|k| CREDENTIALS.contains(&k.as_str())) {
+        for name in CREDENTIALS {
+            headers.remove(name);
+        }
+    }
+    for (name, value) in own {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+async fn run<C: Classifier>(
+    shared: Arc<Shared<C>>,
+    primary: TargetService,
+    mut req: Request<ReplayBody>,
+) -> Result<Response<FallbackBody>, BoxError> {
+    let meta = RequestMeta::get(&req).cloned();
+    let from = meta.as_ref().and_then(RequestMeta::format);
+    let budget = AttemptBudget::get_or_insert(&mut req, shared.max_attempts);
+    let has_tools = shared
+        .targets
+        .iter()
+        .map(|(t, _)| t)
+        .chain(shared.primary.as_ref())
+        .any(|t| !t.tools)
+        && body_has_tools(req.body().bytes());
+    let primary_target = shared.primary.clone().unwrap_or_else(|| {
+        let mut t = Target::new(
+            "primary",
+            meta.as_ref()
+                .and_then(RequestMeta::provider)
+                .cloned()
+                .unwrap_or(crate::provider::Provider::OpenAi),
+            from.unwrap_or(WireFormat::OpenAiChat),
+        );
+        t.model = None;
+        t
+    });
+    let targets = std::iter::once((&primary_target, &primary))
+        .chain(shared.targets.iter().map(|(t, s)| (t, s)));
+    let mut outcomes = Vec::new();
+    let mut last: Option<Response<FallbackBody>> = None;
+    let mut sent = false;
+    // A context too long for a window moves on only to a larger one.
+    let mut too_long_for: Option<u64> = None;
+    for (index, (target, service)) in targets.enumerate() {
+        let skip = match (&meta, too_long_for) {
+            (_, Some(w)) if target.context_window.is_none_or(|t| t <= w) => {
+                Some(format!("its context window is no larger than {w}"))
+            }
+            (Some(m), _) => target.cannot_serve(m, has_tools),
+            (None, _) => None,
+        };
+        if let Some(reason) = skip {
+            shared.emit(FallbackEvent::Skipped {
+                target: target.name.clone(),
+                reason: reason.clone(),
+            });
+            outcomes.push(TargetOutcome {
+                target: target.name.clone(),
+                outcome: format!("skipped: {reason}"),
+            });
+            continue;
+        }
+        // The call's first attempt is counted with the budget; each move
+        // is a new one.
+        if sent && !budget.try_take() {
+            outcomes.push(TargetOutcome {
+                target: target.name.clone(),
+                outcome: "not tried: no attempt left".into(),
+            });
+            break;
+        }
+        sent = true;
+        let attempt = match request_for(&req, from, target) {
+            Ok(r) => r,
+            Err(e) => {
+                // This target cannot take the request (translation refused):
+                // the next one may.
+                budget.give_back();
+                outcomes.push(TargetOutcome {
+                    target: target.name.clone(),
+                    outcome: format!("skipped: {e}"),
+                });
+                shared.emit(FallbackEvent::Skipped {
+                    target: target.name.clone(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let model = RequestMeta::get(&attempt)
+            .and_then(RequestMeta::model)
+            .map(str::to_owned);
+        let translated = from.is_some_and(|f| f != target.format);
+        match service.clone().oneshot(attempt).await {
+            Ok(res) if res.status().is_success() => {
+                shared.emit(FallbackEvent::Answered {
+                    target: target.name.clone(),
+                    moved: index > 0,
+                });
+                let mut res =
+                    answer(res, target.format, from, translated, model.as_deref()).await?;
+                res.extensions_mut().insert(Answered {
+                    target: target.name.clone(),
+                    model,
+                    moved: index > 0,
+                });
+                return Ok(res);
+            }
+            Ok(res) => {
+                let peeked = PeekBody::new(res, ERROR_BODY_LIMIT).await;
+                let view = ResponseView::new(peeked.status(), peeked.headers())
+                    .with_body(peeked.body().peeked())
+                    .with_format(Some(target.format));
+                let failure = shared
+                    .classifier
+                    .classify_response(&view)
+                    .into_failure()
+                    .unwrap_or_else(|| Failure::new(FailureClass::Other));
+                let res = peeked.map(BodyExt::boxed_unsync);
+                let res = answer(res, target.format, from, translated, model.as_deref()).await?;
+                if !shared.moves_on(&failure) {
+                    return Ok(res);
+                }
+                if failure.class() == FailureClass::ContextLength {
+                    too_long_for = Some(target.context_window.unwrap_or(0));
+                }
+                shared.emit(FallbackEvent::Failed {
+                    target: target.name.clone(),
+                    class: failure.class(),
+                });
+                outcomes.push(TargetOutcome {
+                    target: target.name.clone(),
+                    outcome: failure.class().as_str().into(),
+                });
+                last = Some(res);
+            }
+            Err(e) => {
+                let failure = shared.classifier.classify_error(&*e);
+                if !shared.moves_on(&failure) {
+                    return Err(e);
+                }
+                shared.emit(FallbackEvent::Failed {
+                    target: target.name.clone(),
+                    class: failure.class(),
+                });
+                outcomes.push(TargetOutcome {
+                    target: target.name.clone(),
+                    outcome: format!("{}: {e}", failure.class().as_str()),
+                });
+                last = None;
+            }
+        }
+    }
+    // As retry does: the last HTTP answer, when the last failure was one.
+    match last {
+        Some(res) => Ok(res),
+        None => Err(Box::new(AllTargetsFailed { targets: outcomes })),
+    }
+}
+
+/// The target's answer in the caller's format.
+async fn answer(
+    res: Response<FallbackBody>,
+    target: WireFormat,
+    caller: Option<WireFormat>,
+    translated: bool,
+    model: Option<&str>,
+) -> Result<Response<FallbackBody>, BoxError> {
+    let Some(caller) = caller.filter(|_| translated) else {
+        return Ok(res);
+    };
+    let model = model.unwrap_or_default();
+    let (mut parts, body) = res.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = if is_event_stream(&parts.headers) && parts.status.is_success() {
+        let translator = StreamTranslator::new(target, caller, model)?;
+        TranslatedStream::new(body, translator).boxed_unsync()
+    } else {
+        translate_whole(body, target, caller, model).await?
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Whether a request body has a non-empty `tools` array.
+fn body_has_tools(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Tools {
+        #[serde(default)]
+        tools: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Tools>(body).is_ok_and(|t| !t.tools.is_empty())
+}

@@ -1,0 +1,51 @@
+//! When one model or provider cannot answer, another does:
+//! [`FallbackLayer`].
+//!
+//! The layer's inner service is the first target; [`FallbackLayer::target`]
+//! adds the others in order, each a [`Target`] (a model, optionally another
+//! provider's endpoint and credentials, what it can serve) with a service
+//! of its own — the recommended per-target stack is `Retry →
+//! CircuitBreaker → RateLimit → Timeout(attempt) → Meter → client`.
+//!
+//! # Per call
+//!
+//! 1. A target that cannot serve the call is skipped before anything is
+//!    sent: a prompt and output cap larger than its context window, more
+//!    output than it writes, images, tools or JSON mode it does not take.
+//! 2. The request is made for the target: the same format gets the model
+//!    replaced in the body; another format gets the request translated
+//!    ([`translate`](crate::translate)); the target's URL and headers are
+//!    set. The caller's credentials never go to another provider's format:
+//!    such a target sets its own.
+//! 3. The answer of a target of another format is translated back, JSON
+//!    and streams, so the caller receives the format it sent, with the
+//!    model that answered named; [`Answered`] in the response's extensions
+//!    names the target.
+//! 4. A failure moves the call on when the [classifier](crate::classify)
+//!    says another target could help ([`Failure::should_fall_back`](crate::classify::Failure::should_fall_back)):
+//!    quota exhausted, an open breaker, overload or server errors after the
+//!    target's retries, timeouts, rate limits refused locally. Bad requests,
+//!    auth errors and content-policy refusals do not move on unless asked
+//!    ([`also_move_on`](FallbackLayer::also_move_on)); a context-length
+//!    error moves on only to a target with a larger window.
+//! 5. One [`AttemptBudget`](crate::attempts::AttemptBudget) covers the
+//!    retries of every target and the moves between them
+//!    ([`max_attempts`](FallbackLayer::max_attempts)): however the layers
+//!    are nested, a call never makes more upstream attempts.
+//! 6. When no target answers, the caller receives the last HTTP answer (as
+//!    retry does), or [`AllTargetsFailed`] naming each target and why.
+//!
+//! Not yet: hedging, degradation to a stale or static answer, and holding
+//! a stream until it completes (`Hold::Complete`) — a stream that fails
+//! after its first token reaches the caller as a typed error, as today.
+
+mod body;
+mod layer;
+mod target;
+
+pub use body::{FallbackBody, TRANSLATE_LIMIT};
+pub use layer::{
+    AllTargetsFailed, Answered, Fallback, FallbackEvent, FallbackLayer, ResponseFuture,
+    TargetOutcome,
+};
+pub use target::Target;
