@@ -72,7 +72,6 @@ fn target(
     Future = Answer<Infallible>,
 > + Clone
 + Send
-+ Sync
 + 'static {
     service_fn(move |req: Request<ReplayBody>| {
         log.lock().unwrap().push(Seen {
@@ -94,7 +93,6 @@ fn unreachable(
     Future = Answer<std::io::Error>,
 > + Clone
 + Send
-+ Sync
 + 'static {
     service_fn(move |req: Request<ReplayBody>| {
         log.lock().unwrap().push(Seen {

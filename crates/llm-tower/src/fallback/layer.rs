@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri, header};
 use http_body::Body;
 use http_body_util::BodyExt;
-use tower::{ServiceExt, util::BoxCloneSyncService};
+use tower::{ServiceExt, util::BoxCloneService};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -33,7 +33,7 @@ use crate::{
 /// The most of an error body read to classify it: 64 KiB.
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 
-type TargetService = BoxCloneSyncService<Request<ReplayBody>, Response<FallbackBody>, BoxError>;
+type TargetService = BoxCloneService<Request<ReplayBody>, Response<FallbackBody>, BoxError>;
 
 /// What happened to a call in a [`FallbackLayer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +67,9 @@ type Listener = Arc<dyn Fn(&FallbackEvent) + Send + Sync>;
 struct Shared<C> {
     /// The first target's description: the caller's own, unless set.
     primary: Option<Target>,
-    targets: Vec<(Target, TargetService)>,
+    /// Each behind a lock, held only to clone it, so that services that are
+    /// not `Sync` (a `BoxCloneService`, say) can be targets.
+    targets: Vec<(Target, std::sync::Mutex<TargetService>)>,
     classifier: C,
     max_attempts: u32,
     also: Vec<FailureClass>,
@@ -195,13 +197,13 @@ impl<C: Classifier> FallbackLayer<C> {
     /// If called after the layer was cloned or made a service.
     pub fn target<S, B>(self, target: Target, service: S) -> Self
     where
-        S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let service = boxed(service);
+        let service = std::sync::Mutex::new(boxed(service));
         self.edit(|s| s.targets.push((target, service)))
     }
 
@@ -247,13 +249,13 @@ impl<C: Classifier> FallbackLayer<C> {
 
 fn boxed<S, B>(service: S) -> TargetService
 where
-    S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(
+    BoxCloneService::new(
         service
             .map_response(|res: Response<B>| res.map(|b| b.map_err(Into::into).boxed_unsync()))
             .map_err(Into::into),
@@ -296,7 +298,7 @@ impl<S: fmt::Debug, C> fmt::Debug for Fallback<S, C> {
 
 impl<S, C, B> Service<Request<ReplayBody>> for Fallback<S, C>
 where
-    S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
@@ -485,8 +487,11 @@ async fn run<C: Classifier>(
         t.model = None;
         t
     });
-    let targets = std::iter::once((&primary_target, &primary))
-        .chain(shared.targets.iter().map(|(t, s)| (t, s)));
+    let targets =
+        std::iter::once((&primary_target, primary)).chain(shared.targets.iter().map(|(t, s)| {
+            let service = s.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            (t, service)
+        }));
     let mut outcomes = Vec::new();
     let mut last: Option<Response<FallbackBody>> = None;
     let mut sent = false;
@@ -542,7 +547,7 @@ async fn run<C: Classifier>(
             .and_then(RequestMeta::model)
             .map(str::to_owned);
         let translated = from.is_some_and(|f| f != target.format);
-        match service.clone().oneshot(attempt).await {
+        match service.oneshot(attempt).await {
             Ok(res) if res.status().is_success() => {
                 shared.emit(FallbackEvent::Answered {
                     target: target.name.clone(),

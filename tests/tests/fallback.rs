@@ -1,0 +1,126 @@
+//! FallbackLayer over loopback against the mock: a call the first provider
+//! cannot answer is answered by another, in the caller's format, with the
+//! attempts of every target's retries and the moves counted together.
+
+mod support;
+
+use http::Request;
+use http_body_util::BodyExt;
+use llm_tower::{
+    BoxError,
+    fallback::{Answered, FallbackLayer, Target},
+    metering::MeterLayer,
+    provider::{Provider as LlmProvider, WireFormat},
+    request::{PrepareLayer, ReplayBody},
+    retry::{RetryConfig, RetryLayer},
+};
+use llm_tower_mock::{Fault, MockServer, Provider, Rule};
+use support::*;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// One target's stack: two attempts, metered, over hyper-util's client.
+fn per_target() -> impl Service<
+    Request<ReplayBody>,
+    Response = http::Response<
+        impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+    >,
+    Error = BoxError,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryConfig::new()
+                .max_attempts(2)
+                .server_delay_jitter(std::time::Duration::ZERO)
+                .build()
+                .unwrap(),
+        ))
+        .layer(MeterLayer::new())
+        .service(client())
+}
+
+fn claude(mock: &MockServer) -> Target {
+    Target::new(
+        "claude",
+        LlmProvider::Anthropic,
+        WireFormat::AnthropicMessages,
+    )
+    .model(ANTHROPIC_MODEL)
+    .endpoint(format!("{}/v1/messages", mock.url()).parse().unwrap())
+    .header("x-api-key", "sk-ant-test")
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_openai_call_the_first_provider_cannot_answer_is_answered_by_anthropic() {
+    // Every OpenAI-format call is overloaded; Anthropic answers.
+    let mock = mock(vec![
+        Rule::new(Fault::Overloaded).provider(Provider::OpenAi),
+    ])
+    .await;
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(
+            FallbackLayer::new()
+                .max_attempts(3)
+                .target(claude(&mock), per_target()),
+        )
+        .service(per_target());
+    let res = svc
+        .oneshot(chat(&mock, Provider::OpenAi, false, "hello there"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let answered = res.extensions().get::<Answered>().unwrap().clone();
+    assert_eq!((answered.target.as_str(), answered.moved), ("claude", true));
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    // The caller's format, the answering model named.
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+    assert_eq!(answer["model"], ANTHROPIC_MODEL);
+    assert!(
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{answer}"
+    );
+    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    // Two attempts at OpenAI (its retries), then one at Anthropic: three
+    // in all, the budget.
+    let journal = mock.journal().entries();
+    let paths: Vec<_> = journal.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/messages"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_budget_holds_across_retries_and_moves() {
+    // Both providers overloaded: every attempt fails.
+    let mock = mock(vec![Rule::new(Fault::Overloaded)]).await;
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(
+            FallbackLayer::new()
+                .max_attempts(3)
+                .target(claude(&mock), per_target()),
+        )
+        .service(per_target());
+    let res = svc
+        .oneshot(chat(&mock, Provider::OpenAi, false, "hello"))
+        .await
+        .unwrap();
+    // The last answer, in the caller's format.
+    assert_eq!(res.status(), 529, "Anthropic's overloaded status");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(answer["error"]["message"].is_string(), "{answer}");
+    // Without one budget: 2 + 2 = 4 attempts.
+    assert_eq!(mock.journal().entries().len(), 3);
+}
