@@ -93,7 +93,10 @@ impl fmt::Display for TranslateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TranslateError::Unsupported { what } => {
-                write!(f, "cannot translate: {what} has no equivalent in the target's format")
+                write!(
+                    f,
+                    "cannot translate: {what} has no equivalent in the target's format"
+                )
             }
             TranslateError::Invalid { reason } => write!(f, "cannot translate: {reason}"),
         }
