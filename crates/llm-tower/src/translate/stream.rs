@@ -95,13 +95,24 @@ use crate::{metering::SseParser, provider::WireFormat};
 /// use llm_tower::{provider::WireFormat, translate::StreamTranslator};
 ///
 /// let mut t = StreamTranslator::new(WireFormat::AnthropicMessages, WireFormat::OpenAiChat, "claude-x")?;
+/// let target = concat!(
+///     "event: message_start\n",
+///     r#"data: {"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":3}}}"#,
+///     "\n\nevent: content_block_start\n",
+///     r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+///     "\n\nevent: content_block_delta\n",
+///     r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+///     "\n\nevent: message_delta\n",
+///     r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}"#,
+///     "\n\nevent: message_stop\n",
+///     r#"data: {"type":"message_stop"}"#,
+///     "\n\n",
+/// );
+/// // Any chunking: here, an event split in two.
+/// let (a, b) = target.as_bytes().split_at(100);
 /// let mut out = Vec::new();
-/// for chunk in [
-///     &b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n"[..],
-///     b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-/// ] {
-///     out.extend_from_slice(&t.feed(chunk)?);
-/// }
+/// out.extend_from_slice(&t.feed(a)?);
+/// out.extend_from_slice(&t.feed(b)?);
 /// out.extend_from_slice(&t.finish()?);
 /// let out = String::from_utf8(out).unwrap();
 /// assert!(out.contains(r#""delta":{"content":"Hi"}"#));
