@@ -51,8 +51,10 @@
 //! Refused ([`TranslateError::Unsupported`]): a choice other than the first
 //! (`n > 1`), `audio` deltas, the legacy `function_call` delta, and
 //! argument fragments of a tool call after the next one began (Anthropic
-//! blocks cannot be reopened). A tool call without an id gets one made of
-//! the message id and its index.
+//! blocks cannot be reopened). Tool calls are told apart by `index`, or by
+//! `id` when a server numbers every call 0; a tool call without an id gets
+//! one made of the message id and its index. Chunks before the first one
+//! with a choice or usage (Azure's content filter results) start nothing.
 //!
 //! # Same format
 //!
@@ -276,7 +278,9 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn push_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(n.to_string().as_bytes());
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{n}");
 }
 
 /// An Anthropic event: `event: name`, then its data.
@@ -817,6 +821,8 @@ struct OpenAiToAnthropic {
     next_block: u64,
     /// OpenAI indexes of the tool calls already closed.
     closed_tools: Vec<u64>,
+    /// The id of the open tool call.
+    open_tool_id: Option<String>,
     stop: Option<&'static str>,
     usage: Option<OUsage>,
     done: bool,
@@ -830,6 +836,7 @@ impl OpenAiToAnthropic {
             open: None,
             next_block: 0,
             closed_tools: Vec::new(),
+            open_tool_id: None,
             stop: None,
             usage: None,
             done: false,
@@ -854,7 +861,11 @@ impl OpenAiToAnthropic {
             self.error(out, error);
             return Ok(());
         }
-        if self.id.is_none() {
+        // Azure opens with a chunk of content filter results only, no id,
+        // no model, no choices: the message starts with the first chunk
+        // that has a choice or usage.
+        let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
+        if self.id.is_none() && (has_choices || chunk.usage.is_some()) {
             self.start(out, &chunk);
         }
         for choice in chunk.choices.iter().flatten() {
@@ -934,10 +945,13 @@ impl OpenAiToAnthropic {
         for (position, call) in delta.tool_calls.iter().flatten().enumerate() {
             let tool = call.index.unwrap_or(position as u64);
             let function = call.function.as_ref();
+            let new_id = call.id.as_deref().filter(|i| !i.is_empty());
+            // Some servers number every call 0 and tell them apart by id.
+            let same_call = new_id.is_none_or(|id| self.open_tool_id.as_deref() == Some(id));
             let index = match self.open {
-                Some((i, OBlock::Tool(t))) if t == tool => i,
+                Some((i, OBlock::Tool(t))) if t == tool && same_call => i,
                 _ => {
-                    if self.closed_tools.contains(&tool) {
+                    if new_id.is_none() && self.closed_tools.contains(&tool) {
                         return Err(TranslateError::unsupported(
                             "argument fragments of a tool call after the next one began",
                         ));
@@ -945,12 +959,13 @@ impl OpenAiToAnthropic {
                     let Some(name) = function.and_then(|f| f.name.as_deref()) else {
                         return Err(TranslateError::invalid("a tool call without a name"));
                     };
-                    let id = match call.id.as_deref().filter(|i| !i.is_empty()) {
+                    let id = match new_id {
                         Some(id) => id.to_owned(),
                         None => format!("{}_{tool}", self.id.as_deref().unwrap_or("msg_")),
                     };
                     self.close_block(out);
                     let i = self.open_block(OBlock::Tool(tool));
+                    self.open_tool_id = Some(id.clone());
                     anthropic_event(out, "content_block_start", |o| {
                         o.extend_from_slice(b"{\"type\":\"content_block_start\",\"index\":");
                         push_u64(o, i);
@@ -1662,6 +1677,65 @@ mod tests {
         assert!(p.has_output() && p.is_complete() && !p.has_failed());
         assert_eq!(p.finish_reason(), Some(FinishReason::ToolCalls));
         assert_eq!(p.usage().unwrap().output_tokens, 5);
+    }
+
+    #[test]
+    fn stream_openai_quirks_to_anthropic() {
+        // Azure's content filter chunk first; every call numbered 0, told
+        // apart by id; a whole call in one chunk.
+        let filter = json!({"id": "", "object": "", "created": 0, "model": "", "choices": [],
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]});
+        let call = |id: &str, name: &str, args: &str| {
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+                "function": {"name": name, "arguments": args}}]}),
+                None,
+            )
+        };
+        let input = openai(
+            &[
+                filter,
+                chunk(json!({"role": "assistant"}), None),
+                call("call_a", "f", "{\"a\":1}"),
+                call("call_b", "g", "{}"),
+                chunk(json!({}), Some("tool_calls")),
+            ],
+            true,
+        );
+        let out = run(O, A, &input);
+        let (evs, ending) = check_anthropic(&out);
+        assert_eq!(ending, Ending::Complete);
+        assert_eq!(evs[0]["message"]["id"], "msg_chatcmpl-1");
+        let s = |v: &str| v.to_owned();
+        assert_eq!(
+            blocks(&evs),
+            [
+                (s("tool_use"), s("call_a"), s("f"), s(r#"{"a":1}"#)),
+                (s("tool_use"), s("call_b"), s("g"), s("{}")),
+            ]
+        );
+        // Fragments of a closed call cannot be carried over.
+        let interleaved = openai(
+            &[
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "id": "c0", "function": {"name": "f"}}]}),
+                    None,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 1, "id": "c1", "function": {"name": "g"}}]}),
+                    None,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+                    None,
+                ),
+            ],
+            true,
+        );
+        assert!(matches!(
+            run_cut(O, A, &interleaved, &[]),
+            Err(TranslateError::Unsupported { .. })
+        ));
     }
 
     #[test]
