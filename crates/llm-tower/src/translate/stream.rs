@@ -845,11 +845,23 @@ impl OpenAiToAnthropic {
 
     fn on_event(
         &mut self,
-        _event: Option<&str>,
+        event: Option<&str>,
         data: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), TranslateError> {
         if self.done {
+            return Ok(());
+        }
+        if event == Some("error") {
+            // Some compatible servers name their error events; the crate's
+            // parser takes any event so named for an error.
+            let v: Value = serde_json::from_slice(data)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(data).into_owned()));
+            let error = match v.get("error") {
+                Some(e) if !e.is_null() => e,
+                _ => &v,
+            };
+            self.error(out, error);
             return Ok(());
         }
         if data.trim_ascii() == b"[DONE]" {
@@ -875,7 +887,7 @@ impl OpenAiToAnthropic {
             if let Some(delta) = &choice.delta {
                 self.delta(out, delta)?;
             }
-            if let Some(reason) = &choice.finish_reason {
+            if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
                 self.close_block(out);
                 self.stop.get_or_insert(anthropic_stop_reason(reason));
             }
@@ -1784,6 +1796,15 @@ mod tests {
         );
         let (evs, _) = check_anthropic(&run(O, A, &limited));
         assert_eq!(evs[0]["error"]["type"], "rate_limit_error");
+        // A named error event, whatever its data.
+        let named = run(
+            O,
+            A,
+            b"event: error\ndata: {\"message\":\"boom\",\"type\":\"server_error\"}\n\n",
+        );
+        let (evs, ending) = check_anthropic(&named);
+        assert_eq!(ending, Ending::Error);
+        assert_eq!(evs[0]["error"]["message"], "boom");
     }
 
     #[test]
