@@ -33,13 +33,13 @@
 //!
 //! | target chunk | caller's events |
 //! |---|---|
-//! | the first chunk | `message_start` (id `msg_` + the chunk id, the chunk's model, empty content, usage with the input tokens when the chunk carries usage, else 0) |
+//! | the first chunk with a choice or usage | `message_start` (id `msg_` + the chunk id, the chunk's model, empty content, usage with the input tokens when the chunk carries usage, else 0) |
 //! | role-only and empty deltas | nothing |
 //! | `delta.content` (and `delta.refusal`, which is text too) | `content_block_start` text once, then `content_block_delta` `text_delta` |
 //! | `delta.tool_calls` | the open block's `content_block_stop`, a `content_block_start` `tool_use {id, name, input: {}}` per tool call, then `input_json_delta` with the argument fragments |
 //! | `reasoning_content`, `reasoning`, `logprobs` | **dropped**: Anthropic thinking blocks need a signature no OpenAI server gives |
 //! | `finish_reason` | the open block's `content_block_stop`; then, once usage is known (a `choices: []` chunk), at `[DONE]` or at the end of the target's stream, `message_delta {stop_reason, usage}` and `message_stop` (`stop` → `end_turn`, `length` → `max_tokens`, `tool_calls`/`function_call` → `tool_use`, `content_filter` → `refusal`, anything else → `end_turn`) |
-//! | `data: {"error": …}` | `event: error` with `{type: error, error: {type, message}}`, and the caller's stream ends there |
+//! | `data: {"error": …}`, or any event named `error` | `event: error` with `{type: error, error: {type, message}}`, and the caller's stream ends there |
 //!
 //! `message_delta.usage` carries `output_tokens` (`completion_tokens`),
 //! `input_tokens` (`prompt_tokens` minus cached ones: Anthropic's count
@@ -72,6 +72,12 @@
 //! truncated, as any client does. An event cut in half at the end is
 //! discarded, as the SSE rules say. `[DONE]` without a finish reason is
 //! treated the same way.
+//!
+//! Error types are mapped so the crate's classifier puts both sides in
+//! the same class: Anthropic `overloaded_error` ↔ OpenAI `server_error`
+//! with code `server_is_overloaded`, `rate_limit_error` ↔ code
+//! `rate_limit_exceeded`, `api_error` ↔ `server_error`,
+//! `authentication_error` ↔ code `invalid_api_key`; others pass through.
 //!
 //! Errors: an event of the target that is not valid JSON of its format is
 //! [`TranslateError::Invalid`]. After an error, the translator returns the
