@@ -124,3 +124,50 @@ async fn the_attempt_budget_holds_across_retries_and_moves() {
     // Without one budget: 2 + 2 = 4 attempts.
     assert_eq!(mock.journal().entries().len(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_falls_back_to_another_provider_and_arrives_in_the_callers_events() {
+    let mock = mock(vec![
+        Rule::new(Fault::Overloaded).provider(Provider::OpenAi),
+    ])
+    .await;
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(
+            FallbackLayer::new()
+                .max_attempts(3)
+                .target(claude(&mock), per_target()),
+        )
+        .service(per_target());
+    let res = svc
+        .oneshot(chat(&mock, Provider::OpenAi, true, "tell me a story"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "claude");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    // OpenAI's chunks, each read by a client nobody here wrote.
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    let mut content = String::new();
+    let mut finish = None;
+    let mut usage = None;
+    for d in &data[..data.len() - 1] {
+        let chunk: async_openai::types::chat::CreateChatCompletionStreamResponse =
+            serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+        assert_eq!(chunk.model, ANTHROPIC_MODEL);
+        for c in &chunk.choices {
+            content.push_str(c.delta.content.as_deref().unwrap_or(""));
+            finish = finish.or(c.finish_reason);
+        }
+        usage = usage.or(chunk.usage);
+    }
+    assert!(!content.is_empty(), "{text}");
+    assert!(finish.is_some(), "{text}");
+    assert!(usage.is_some_and(|u| u.completion_tokens > 0), "{text}");
+    assert_eq!(mock.journal().entries().len(), 3);
+}
