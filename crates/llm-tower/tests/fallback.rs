@@ -322,3 +322,32 @@ async fn errors_that_do_not_move_on_reach_the_caller_as_they_are() {
     assert_eq!(e.to_string(), "a bug of the caller's own");
     assert!(b.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_target_whose_format_cannot_carry_the_request_is_skipped_without_an_attempt() {
+    let (a, b, c): (Log, Log, Log) = Default::default();
+    // Two choices: Anthropic has no `n`.
+    let body = r#"{"model":"gpt-4o","n":2,"messages":[{"role":"user","content":"hi"}]}"#;
+    let layer = FallbackLayer::new()
+        .max_attempts(2)
+        .target(
+            Target::new("claude", Provider::Anthropic, WireFormat::AnthropicMessages)
+                .model("claude-haiku-4-5")
+                .header("x-api-key", "k"),
+            target(200, ANTHROPIC_OK, b.clone()),
+        )
+        .target(
+            Target::new("mini", Provider::OpenAi, WireFormat::OpenAiChat).model("gpt-4o-mini"),
+            target(200, OPENAI_OK, c.clone()),
+        );
+    let res = layer
+        .layer(target(503, OVERLOADED, a.clone()))
+        .oneshot(request(body))
+        .await
+        .unwrap();
+    // The skip cost no attempt: the budget of two reached "mini".
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "mini");
+    assert!(b.lock().unwrap().is_empty());
+    assert_eq!((a.lock().unwrap().len(), c.lock().unwrap().len()), (1, 1));
+}

@@ -415,7 +415,7 @@ fn request_for(
         let spec = translate::Target::new(target.format, model)
             .default_max_tokens(target.max_output.unwrap_or(4096));
         let body = translate::request::translate(from, req.body().bytes(), &spec)?;
-        let meta = RequestMeta::parse(
+        let mut meta = RequestMeta::parse(
             Some(Endpoint {
                 provider: target.provider.clone(),
                 format: target.format,
@@ -424,6 +424,10 @@ fn request_for(
             &body,
             &CharEstimator::new(),
         );
+        // The same prompt: the caller's estimate (its estimator may be exact).
+        if let Some(original) = RequestMeta::get(req) {
+            meta = meta.with_estimated_input_tokens(original.estimated_input_tokens());
+        }
         out.headers_mut().insert(
             header::CONTENT_LENGTH,
             http::HeaderValue::from(body.len() as u64),
@@ -516,22 +520,11 @@ async fn run<C: Classifier>(
             });
             continue;
         }
-        // The call's first attempt is counted with the budget; each move
-        // is a new one.
-        if sent && !budget.try_take() {
-            outcomes.push(TargetOutcome {
-                target: target.name.clone(),
-                outcome: "not tried: no attempt left".into(),
-            });
-            break;
-        }
-        sent = true;
         let attempt = match request_for(&req, from, target) {
             Ok(r) => r,
             Err(e) => {
-                // This target cannot take the request (translation refused):
-                // the next one may.
-                budget.give_back();
+                // This target cannot take the request (a translation
+                // refused): the next one may. Nothing was sent.
                 outcomes.push(TargetOutcome {
                     target: target.name.clone(),
                     outcome: format!("skipped: {e}"),
@@ -543,6 +536,16 @@ async fn run<C: Classifier>(
                 continue;
             }
         };
+        // The call's first attempt is counted with the budget; each move
+        // is a new one.
+        if sent && !budget.try_take() {
+            outcomes.push(TargetOutcome {
+                target: target.name.clone(),
+                outcome: "not tried: no attempt left".into(),
+            });
+            break;
+        }
+        sent = true;
         let model = RequestMeta::get(&attempt)
             .and_then(RequestMeta::model)
             .map(str::to_owned);
