@@ -351,3 +351,99 @@ async fn a_target_whose_format_cannot_carry_the_request_is_skipped_without_an_at
     assert!(b.lock().unwrap().is_empty());
     assert_eq!((a.lock().unwrap().len(), c.lock().unwrap().len()), (1, 1));
 }
+
+/// A target whose status the test sets (200 with `OPENAI_OK`, else an
+/// overload).
+fn switchable(
+    status: Arc<std::sync::atomic::AtomicU16>,
+) -> impl tower::Service<
+    Request<ReplayBody>,
+    Response = Res,
+    Error = Infallible,
+    Future = Answer<Infallible>,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_req: Request<ReplayBody>| {
+        let s = status.load(std::sync::atomic::Ordering::SeqCst);
+        let body = if s == 200 { OPENAI_OK } else { OVERLOADED };
+        std::future::ready(Ok(json_response(s, body)))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_target_fails_a_recent_answer_to_the_same_request_is_given_stale() {
+    use llm_tower::fallback::{DEGRADED_HEADER, Degraded};
+    use std::sync::atomic::AtomicU16;
+    let status = Arc::new(AtomicU16::new(200));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = FallbackLayer::new()
+        .stale_answers(8, std::time::Duration::from_secs(600))
+        .target(
+            Target::new("b", Provider::OpenAi, WireFormat::OpenAiChat).model("b"),
+            switchable(status.clone()),
+        )
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let svc = layer.layer(switchable(status.clone()));
+    // A good answer, read to its end, is kept.
+    let fresh = svc.clone().oneshot(request(OPENAI_BODY)).await.unwrap();
+    assert!(fresh.headers().get(DEGRADED_HEADER).is_none());
+    let fresh = body_json(fresh).await;
+    // An answer not read to its end is not.
+    let other = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"other"}]}"#;
+    drop(svc.clone().oneshot(request(other)).await.unwrap());
+    status.store(503, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::advance(std::time::Duration::from_secs(60)).await;
+    let res = svc.clone().oneshot(request(OPENAI_BODY)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()[DEGRADED_HEADER], "stale");
+    assert_eq!(
+        res.extensions().get::<Degraded>(),
+        Some(&Degraded::Stale {
+            age: std::time::Duration::from_secs(60)
+        })
+    );
+    assert_eq!(body_json(res).await, fresh);
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .contains(&FallbackEvent::Degraded { how: "stale" })
+    );
+    // Nothing kept for the other request: the last answer, a 503.
+    let res = svc.clone().oneshot(request(other)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    // Too old: not given.
+    tokio::time::advance(std::time::Duration::from_secs(600)).await;
+    let res = svc.oneshot(request(OPENAI_BODY)).await.unwrap();
+    assert_eq!(res.status(), 503);
+}
+
+#[tokio::test]
+async fn when_every_target_fails_a_static_answer_in_the_callers_format() {
+    use llm_tower::fallback::{DEGRADED_HEADER, Degraded};
+    let a = Log::default();
+    let layer = FallbackLayer::new().static_answer("The assistant is unavailable; try again soon.");
+    let svc = layer.layer(target(503, OVERLOADED, a));
+    // JSON, OpenAI's format.
+    let res = svc.clone().oneshot(request(OPENAI_BODY)).await.unwrap();
+    assert_eq!(res.headers()[DEGRADED_HEADER], "static");
+    assert_eq!(res.extensions().get::<Degraded>(), Some(&Degraded::Static));
+    let answer = body_json(res).await;
+    let parsed: async_openai::types::chat::CreateChatCompletionResponse =
+        serde_json::from_value(answer.clone()).unwrap();
+    assert_eq!(
+        parsed.choices[0].message.content.as_deref(),
+        Some("The assistant is unavailable; try again soon.")
+    );
+    // A stream: OpenAI's chunks, ending with [DONE].
+    let stream_body =
+        r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let res = svc.oneshot(request(stream_body)).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.contains("try again soon"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}

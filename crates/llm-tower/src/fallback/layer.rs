@@ -20,6 +20,7 @@ use tower_service::Service;
 use super::{
     Target,
     body::{FallbackBody, TranslatedStream, translate_whole},
+    degrade::{StaleAnswers, static_answer},
 };
 use crate::{
     BoxError,
@@ -53,6 +54,12 @@ pub enum FallbackEvent {
         /// How it failed.
         class: FailureClass,
     },
+    /// Every target failed, and the call was answered from the last resort
+    /// configured: `stale` or `static`.
+    Degraded {
+        /// `stale` or `static`.
+        how: &'static str,
+    },
     /// A target answered the call.
     Answered {
         /// The target.
@@ -75,6 +82,8 @@ struct Shared<C> {
     also: Vec<FailureClass>,
     never: Vec<FailureClass>,
     listener: Option<Listener>,
+    stale: Option<Arc<StaleAnswers>>,
+    static_text: Option<String>,
 }
 
 impl<C> Shared<C> {
@@ -85,6 +94,9 @@ impl<C> Shared<C> {
             }
             FallbackEvent::Failed { target, class } => {
                 tracing::info!(target: "llm_tower::fallback", target = %target, class = class.as_str(), "fallback: target failed, moving on");
+            }
+            FallbackEvent::Degraded { how } => {
+                tracing::warn!(target: "llm_tower::fallback", how, "fallback: every target failed; answered degraded");
             }
             FallbackEvent::Answered { target, moved } => {
                 tracing::debug!(target: "llm_tower::fallback", target = %target, moved, "fallback: answered");
@@ -169,6 +181,8 @@ impl<C: Classifier> FallbackLayer<C> {
                 also: Vec::new(),
                 never: Vec::new(),
                 listener: None,
+                stale: None,
+                static_text: None,
             }),
         }
     }
@@ -235,6 +249,34 @@ impl<C: Classifier> FallbackLayer<C> {
     /// If called after the layer was cloned or made a service.
     pub fn never_move_on(self, class: FailureClass) -> Self {
         self.edit(|s| s.never.push(class))
+    }
+
+    /// When every target fails, answers with the last good answer to the
+    /// same request (same format, same body) if it is at most `max_age`
+    /// old; keeps the last `capacity` good answers (each at most
+    /// [`MAX_STALE_ANSWER`](super::MAX_STALE_ANSWER) bytes; a stream only
+    /// once complete). The answer says so: the
+    /// [`DEGRADED_HEADER`](super::DEGRADED_HEADER) header and
+    /// [`Degraded::Stale`](super::Degraded) in its extensions, an event and
+    /// a warning. Off by default.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn stale_answers(self, capacity: usize, max_age: std::time::Duration) -> Self {
+        self.edit(|s| s.stale = Some(Arc::new(StaleAnswers::new(capacity, max_age))))
+    }
+
+    /// When every target fails (and no stale answer serves), answers `text`
+    /// in the caller's format, JSON or stream, marked as
+    /// [`Degraded::Static`](super::Degraded). Off by default.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn static_answer(self, text: impl Into<String>) -> Self {
+        let text = text.into();
+        self.edit(|s| s.static_text = Some(text))
     }
 
     /// Calls `f` with every [`FallbackEvent`], besides the `tracing` events.
@@ -563,6 +605,9 @@ async fn run<C: Classifier>(
                     model,
                     moved: index > 0,
                 });
+                if let Some(stale) = &shared.stale {
+                    res = stale.record(from, req.body().bytes(), res);
+                }
                 return Ok(res);
             }
             Ok(res) => {
@@ -609,6 +654,20 @@ async fn run<C: Classifier>(
                 last = None;
             }
         }
+    }
+    // The last resort, when configured: never silent.
+    if let Some(res) = shared
+        .stale
+        .as_ref()
+        .and_then(|stale| stale.get(from, req.body().bytes()))
+    {
+        shared.emit(FallbackEvent::Degraded { how: "stale" });
+        return Ok(res);
+    }
+    if let Some(text) = &shared.static_text {
+        shared.emit(FallbackEvent::Degraded { how: "static" });
+        let stream = meta.as_ref().is_some_and(RequestMeta::is_stream);
+        return static_answer(text, from, stream);
     }
     // As retry does: the last HTTP answer, when the last failure was one.
     match last {

@@ -35,15 +35,23 @@
 //! 6. When no target answers, the caller receives the last HTTP answer (as
 //!    retry does), or [`AllTargetsFailed`] naming each target and why.
 //!
-//! Not yet: hedging, degradation to a stale or static answer, and holding
-//! a stream until it completes (`Hold::Complete`) — a stream that fails
-//! after its first token reaches the caller as a typed error, as today.
+//! 7. Opt-in, as a last resort when every target failed: a recent good
+//!    answer to the same request ([`stale_answers`](FallbackLayer::stale_answers)),
+//!    or an answer the user wrote ([`static_answer`](FallbackLayer::static_answer)),
+//!    always marked ([`DEGRADED_HEADER`], [`Degraded`] in the extensions,
+//!    an event and a warning): never silent.
+//!
+//! Not yet: hedging, and holding a stream until it completes
+//! (`Hold::Complete`) — a stream that fails after its first token reaches
+//! the caller as a typed error, as today.
 
 mod body;
+mod degrade;
 mod layer;
 mod target;
 
 pub use body::{FallbackBody, TRANSLATE_LIMIT};
+pub use degrade::{DEGRADED_HEADER, Degraded, MAX_STALE_ANSWER};
 pub use layer::{
     AllTargetsFailed, Answered, Fallback, FallbackEvent, FallbackLayer, ResponseFuture,
     TargetOutcome,
