@@ -136,7 +136,7 @@ mod layer;
 pub use backoff::{Backoff, Jitter};
 pub use body::RetryBody;
 pub use budget::BudgetConfig;
-pub use config::{ConfigError, ContentChecks, RetryConfig};
+pub use config::{ConfigError, ContentChecks, Hold, RetryConfig};
 pub use error::StreamInterrupted;
 pub use event::{Decision, GiveUp, RetryEvent};
 pub use future::ResponseFuture;
