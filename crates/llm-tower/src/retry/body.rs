@@ -159,10 +159,12 @@ where
 pin_project! {
     /// The body of a response that came through [`Retry`](super::Retry):
     /// every byte of the attempt that answered, including the ones read to
-    /// classify it or held until a stream's first token.
+    /// classify it or held until a stream's first token (or, with
+    /// [`Hold::Complete`](super::Hold::Complete), its end).
     ///
-    /// Once a stream's first token has reached the caller, nothing is
-    /// retried, and the stream's failures reach the caller as a typed
+    /// Once a stream has been handed over (at its first token, its end, or
+    /// the hold's bound), nothing is retried, and the stream's failures
+    /// reach the caller as a typed
     /// [`StreamInterrupted`] whose source says what broke it: an error
     /// event ([`StreamError`](crate::metering::StreamError)), an event that
     /// is not valid JSON ([`MalformedStream`](crate::metering::MalformedStream)),
