@@ -7,6 +7,7 @@ mod support;
 use llm_tower::{
     classify::{Classifier, DefaultClassifier, FailureClass},
     metering::{MalformedStream, Outcome, TruncatedStream, UsageSource},
+    retry::Hold,
 };
 use llm_tower_mock::{Fault, Provider, Rule};
 use support::*;
@@ -127,5 +128,58 @@ async fn an_error_event_before_the_first_token_is_retried_and_never_seen() {
             !text.contains("overloaded") && !text.contains("server_error"),
             "{provider}: {text}"
         );
+    }
+}
+
+/// The model's text in an answer of either format.
+fn model_text(answer: &Answer) -> String {
+    answer
+        .data()
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .or_else(|| v["delta"]["text"].as_str())
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_complete_recovers_a_cut_after_tokens_through_the_recommended_stack() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let clean = {
+            let mock = mock(vec![]).await;
+            let stack = Stack::recommended(&Tuning::new());
+            stack.call(chat(&mock, provider, true, "hi")).await
+        };
+        assert!(clean.is_clean(), "{provider}: {}", clean.describe());
+        assert!(
+            !model_text(&clean).is_empty(),
+            "{provider}: {}",
+            clean.text()
+        );
+        let mut tuning = Tuning::new();
+        tuning.retry = tuning.retry.hold(Hold::complete(1 << 20));
+        let mock = mock(vec![Rule::new(Fault::Drop { after: 3 }).times(1)]).await;
+        let stack = Stack::recommended(&tuning);
+        let mut req = chat(&mock, provider, true, "hi");
+        let reports = observe(&mut req);
+        let answer = stack.call(req).await;
+        let j = mock.journal().entries();
+        assert_eq!(j.len(), 2, "{provider}: the cut attempt is retried");
+        assert_eq!(j[0].faults, ["drop"], "{provider}");
+        assert!(answer.is_clean(), "{provider}: {}", answer.describe());
+        assert!(all_data_is_json(&answer), "{provider}: {}", answer.text());
+        assert_eq!(
+            model_text(&answer),
+            model_text(&clean),
+            "{provider}: one clean answer, no chunk of the cut one"
+        );
+        let reports = reports.all();
+        assert_eq!(reports.len(), 2, "{provider}: one report per attempt");
+        assert_ne!(reports[0].outcome, Outcome::Completed, "{provider}");
+        assert_eq!(reports[1].outcome, Outcome::Completed, "{provider}");
     }
 }

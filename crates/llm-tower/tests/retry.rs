@@ -21,8 +21,8 @@ use llm_tower::{
     metering::MeterLayer,
     request::{PrepareLayer, ReplayBody, RequestMeta},
     retry::{
-        Backoff, BudgetConfig, ContentChecks, Decision, GiveUp, Jitter, RetryConfig, RetryEvent,
-        RetryLayer, StreamInterrupted,
+        Backoff, BudgetConfig, ContentChecks, Decision, GiveUp, Hold, Jitter, RetryConfig,
+        RetryEvent, RetryLayer, StreamInterrupted,
     },
     timeout::{TimeoutConfig, TimeoutLayer},
 };
@@ -30,7 +30,7 @@ use llm_tower_mock::{Fault, MockServer, Provider, Rule};
 use proptest::prelude::*;
 use rand::{SeedableRng, rngs::StdRng};
 use tokio::time::Instant;
-use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
@@ -650,6 +650,10 @@ fn bad_configuration_is_refused_with_a_reason() {
             RetryConfig::new().idempotency_header("bad header"),
             "is not a header name",
         ),
+        (
+            RetryConfig::new().hold(Hold::complete(0)),
+            "hold.max_bytes is 0",
+        ),
     ] {
         let err = RetryLayer::try_from(config).unwrap_err().to_string();
         assert!(err.contains(message), "{err}");
@@ -1128,4 +1132,395 @@ async fn nested_retries_never_multiply_attempts() {
     assert_eq!(sent.load(Ordering::SeqCst), 1);
     let f = DefaultClassifier::new().classify_error(&*e);
     assert!(!f.is_retryable() && !f.should_fall_back() && !f.counts_against_health());
+}
+
+// --- Hold::Complete: a stream held until its end ---
+
+const A_START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n";
+const A_HI: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n";
+const A_THERE: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there\"}}\n\n";
+const A_END: &str = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+const A_ERROR: &str = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+const A_MALFORMED: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_del\n\n";
+
+/// One frame of a scripted stream: data, or the connection breaking.
+type Chunk = Result<&'static str, &'static str>;
+
+/// The connection reset, as the client reports it.
+fn reset(why: &str) -> BoxError {
+    Box::new(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        why,
+    ))
+}
+
+type ScriptedBody = http_body_util::StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, BoxError>>>,
+>;
+
+/// An Anthropic streaming request, as Prepare would mark it.
+fn anthropic_stream() -> Request<String> {
+    let mut req = Request::new(String::new());
+    req.extensions_mut().insert(
+        RequestMeta::new(Some(llm_tower::provider::Endpoint {
+            provider: llm_tower::provider::Provider::Anthropic,
+            format: llm_tower::provider::WireFormat::AnthropicMessages,
+        }))
+        .with_stream(true),
+    );
+    req
+}
+
+/// A service answering attempt `n` with the stream `attempts[n]`, one frame
+/// per chunk; the attempts made are counted.
+fn scripted_streams(
+    attempts: Vec<Vec<Chunk>>,
+) -> (
+    BoxCloneService<Request<String>, Response<ScriptedBody>, Infallible>,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let attempts = Arc::new(attempts);
+    let svc = service_fn(move |_req: Request<String>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = attempts[n]
+            .iter()
+            .map(|c| match c {
+                Ok(data) => Ok(http_body::Frame::data(Bytes::from_static(data.as_bytes()))),
+                Err(e) => Err(reset(e)),
+            })
+            .collect();
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let res = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok(res))
+    });
+    (BoxCloneService::new(svc), calls)
+}
+
+fn complete(max_bytes: usize) -> RetryConfig {
+    quick().hold(Hold::complete(max_bytes))
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_complete_retries_a_failure_anywhere_in_a_scripted_stream() {
+    let clean: Vec<Chunk> = vec![Ok(A_START), Ok(A_HI), Ok(A_THERE), Ok(A_END)];
+    let clean_text = [A_START, A_HI, A_THERE, A_END].concat();
+    let failures: [(&str, Vec<Chunk>); 4] = [
+        ("cut", vec![Ok(A_START), Ok(A_HI), Err("connection reset")]),
+        ("truncated", vec![Ok(A_START), Ok(A_HI), Ok(A_THERE)]),
+        ("error event", vec![Ok(A_START), Ok(A_HI), Ok(A_ERROR)]),
+        (
+            "malformed",
+            vec![
+                Ok(A_START),
+                Ok(A_HI),
+                Ok(A_MALFORMED),
+                Ok(A_THERE),
+                Ok(A_END),
+            ],
+        ),
+    ];
+    for (name, failed) in failures {
+        // Held until complete: retried, one clean stream.
+        let (svc, calls) = scripted_streams(vec![failed.clone(), clean.clone()]);
+        let svc = RetryLayer::try_from(complete(1 << 20)).unwrap().layer(svc);
+        let res = svc.oneshot(anthropic_stream()).await.unwrap();
+        let body = body_text(res)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(body, clean_text, "{name}: exactly the clean stream");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{name}: retried once");
+
+        // Held until the first token: the caller gets the failure, typed.
+        let (svc, calls) = scripted_streams(vec![failed, clean.clone()]);
+        let svc = RetryLayer::try_from(quick()).unwrap().layer(svc);
+        let res = svc.oneshot(anthropic_stream()).await.unwrap();
+        let err = body_text(res).await.unwrap_err();
+        assert!(err.is::<StreamInterrupted>(), "{name}: {err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{name}: not retried");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_complete_gives_the_last_failure_when_attempts_run_out() {
+    let cut: Vec<Chunk> = vec![Ok(A_START), Ok(A_HI), Ok(A_ERROR)];
+    let (svc, calls) = scripted_streams(vec![cut.clone(), cut.clone(), cut]);
+    let events: Arc<Mutex<Vec<RetryEvent>>> = Arc::default();
+    let sink = events.clone();
+    let svc = RetryLayer::try_from(complete(1 << 20))
+        .unwrap()
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()))
+        .layer(svc);
+    let res = svc.oneshot(anthropic_stream()).await.unwrap();
+    let err = body_text(res).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "max_attempts");
+    // The last attempt's bytes, then its failure, as with a failure
+    // before the first token: never silently partial.
+    assert!(err.is::<llm_tower::metering::StreamError>(), "{err}");
+    let decisions: Vec<Decision> = events.lock().unwrap().iter().map(|e| e.decision).collect();
+    assert_eq!(decisions.len(), 3);
+    assert_eq!(
+        decisions[2],
+        Decision::GiveUp(GiveUp::AttemptsExhausted),
+        "{decisions:?}"
+    );
+}
+
+type ChannelBody = http_body_util::StreamBody<
+    std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<http_body::Frame<Bytes>, BoxError>> + Send>,
+    >,
+>;
+
+type ChannelService = BoxCloneService<Request<String>, Response<ChannelBody>, Infallible>;
+
+/// A service whose single answer is a stream the test writes frame by
+/// frame.
+fn channel_stream() -> (
+    ChannelService,
+    tokio::sync::mpsc::UnboundedSender<Chunk>,
+    Arc<AtomicUsize>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Chunk>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = service_fn(move |_req: Request<String>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let rx = rx.lock().unwrap().take().expect("one attempt only");
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            let frame = match rx.recv().await? {
+                Ok(data) => Ok(http_body::Frame::data(Bytes::from_static(data.as_bytes()))),
+                Err(e) => Err(reset(e)),
+            };
+            Some((frame, rx))
+        });
+        let res = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(http_body_util::StreamBody::new(Box::pin(stream)
+                as std::pin::Pin<
+                    Box<dyn futures_util::Stream<Item = _> + Send>,
+                >))
+            .unwrap();
+        std::future::ready(Ok(res))
+    });
+    (BoxCloneService::new(svc), tx, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_complete_hands_nothing_over_before_the_end() {
+    let (svc, tx, _calls) = channel_stream();
+    let svc = RetryLayer::try_from(complete(1 << 20)).unwrap().layer(svc);
+    let call = tokio::spawn(svc.oneshot(anthropic_stream()));
+    tx.send(Ok(A_START)).unwrap();
+    tx.send(Ok(A_HI)).unwrap();
+    tx.send(Ok(A_THERE)).unwrap();
+    tokio::time::sleep(SEC).await;
+    assert!(
+        !call.is_finished(),
+        "tokens came, but the stream is not complete"
+    );
+    tx.send(Ok(A_END)).unwrap();
+    // Complete: handed over, though the connection is still open.
+    let res = call.await.unwrap().unwrap();
+    drop(tx);
+    assert_eq!(
+        body_text(res).await.unwrap(),
+        [A_START, A_HI, A_THERE, A_END].concat()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_complete_hands_a_stream_over_at_its_bound_and_a_later_cut_is_interrupted() {
+    let (svc, tx, calls) = channel_stream();
+    // The bound: reached once the preamble and the first token are held.
+    let bound = A_START.len() + A_HI.len();
+    let svc = RetryLayer::try_from(complete(bound)).unwrap().layer(svc);
+    let call = tokio::spawn(svc.oneshot(anthropic_stream()));
+    tx.send(Ok(A_START)).unwrap();
+    tokio::time::sleep(SEC).await;
+    assert!(!call.is_finished(), "below the bound, held");
+    tx.send(Ok(A_HI)).unwrap();
+    // The bound is reached: handed over, though the stream goes on.
+    let res = tokio::time::timeout(SEC, call)
+        .await
+        .expect("handed over at the bound")
+        .unwrap()
+        .unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, [A_START, A_HI].concat(), "every byte held, at once");
+    tx.send(Ok(A_THERE)).unwrap();
+    let next = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(next, A_THERE, "then the stream as it comes");
+    tx.send(Err("connection reset")).unwrap();
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert!(err.is::<StreamInterrupted>(), "{err}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "not retried past the bound"
+    );
+}
+
+/// The text of an SSE answer in either format: OpenAI chat deltas'
+/// `content`, Anthropic `text_delta`s.
+fn sse_text(body: &str) -> String {
+    let mut text = String::new();
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            continue;
+        };
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if v["type"] == "content_block_delta"
+            && let Some(t) = v["delta"]["text"].as_str()
+        {
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+/// The number of streams in a body: OpenAI role chunks, Anthropic
+/// `message_start`s.
+fn stream_starts(provider: Provider, body: &str) -> usize {
+    match provider {
+        Provider::Anthropic => body.matches("event: message_start").count(),
+        _ => body.matches("\"role\":\"assistant\"").count(),
+    }
+}
+
+async fn mock_with(rules: Vec<Rule>) -> MockServer {
+    let mut b = MockServer::builder().seed(7);
+    for r in rules {
+        b = b.rule(r);
+    }
+    b.start().await.unwrap()
+}
+
+/// A stream fault after three tokens, on the first attempt only.
+fn faults_after_tokens() -> [Fault; 4] {
+    [
+        Fault::Drop { after: 3 },
+        Fault::Truncate { after: 3 },
+        Fault::ErrorEvent { after: 3 },
+        Fault::Malformed { after: 3 },
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_complete_recovers_stream_faults_after_tokens_against_the_mock_in_both_formats() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let clean = {
+            let mock = mock_with(vec![]).await;
+            call(
+                quick(),
+                TimeoutConfig::new(),
+                chat(&mock, provider, true, "hi"),
+            )
+            .await
+            .unwrap()
+        };
+        let clean_text = sse_text(&clean);
+        assert!(!clean_text.is_empty(), "{provider}: {clean}");
+        for fault in faults_after_tokens() {
+            let mock = mock_with(vec![Rule::new(fault.clone()).times(1)]).await;
+            let mut req = chat(&mock, provider, true, "hi");
+            let reports: Arc<Mutex<Vec<llm_tower::metering::UsageReport>>> = Arc::default();
+            let sink = reports.clone();
+            llm_tower::metering::UsageObservers::register(
+                &mut req,
+                Arc::new(move |r: &llm_tower::metering::UsageReport| {
+                    sink.lock().unwrap().push(r.clone())
+                }),
+            );
+            let out = call(complete(1 << 20), TimeoutConfig::new(), req)
+                .await
+                .unwrap_or_else(|e| panic!("{provider} {fault:?}: {e}"));
+            let j = mock.journal().entries();
+            assert_eq!(j.len(), 2, "{provider} {fault:?}: retried once");
+            assert_eq!(j[0].faults, [fault.name()], "{provider}");
+            assert!(j[1].faults.is_empty(), "{provider} {fault:?}");
+            assert!(out.starts_with("200 "), "{provider} {fault:?}: {out}");
+            assert_eq!(
+                sse_text(&out),
+                clean_text,
+                "{provider} {fault:?}: the clean answer, no chunk twice"
+            );
+            assert_eq!(
+                stream_starts(provider, &out),
+                1,
+                "{provider} {fault:?}: one stream"
+            );
+            assert!(
+                out.ends_with("data: [DONE]\n\n") || out.contains("event: message_stop"),
+                "{provider} {fault:?}: complete: {out}"
+            );
+            assert!(
+                !out.contains("overloaded") && !out.contains("server_error"),
+                "{provider} {fault:?}: {out}"
+            );
+            // Metering: each attempt reported once, the failed one as such.
+            let reports = reports.lock().unwrap().clone();
+            assert_eq!(reports.len(), 2, "{provider} {fault:?}: {reports:?}");
+            assert_ne!(
+                reports[0].outcome,
+                llm_tower::metering::Outcome::Completed,
+                "{provider} {fault:?}"
+            );
+            assert_eq!(
+                reports[1].outcome,
+                llm_tower::metering::Outcome::Completed,
+                "{provider} {fault:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_first_token_still_interrupts_stream_faults_after_tokens_in_both_formats() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        for fault in faults_after_tokens() {
+            let mock = mock_with(vec![Rule::new(fault.clone()).times(1)]).await;
+            let config = quick().hold(Hold::FirstToken);
+            assert_eq!(config, quick(), "the default");
+            let err = call(
+                config,
+                TimeoutConfig::new(),
+                chat(&mock, provider, true, "hi"),
+            )
+            .await
+            .unwrap_err();
+            assert!(err.is::<StreamInterrupted>(), "{provider} {fault:?}: {err}");
+            assert_eq!(mock.journal().len(), 1, "{provider} {fault:?}: not retried");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_complete_past_its_bound_is_interrupted_by_a_later_cut_in_both_formats() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        // Dropped after 7 tokens, held up to 1 byte: the first frame is
+        // past the bound, so the stream is handed over and its cut reaches
+        // the caller.
+        let mock = mock_with(vec![Rule::new(Fault::Drop { after: 7 })]).await;
+        let err = call(
+            complete(1),
+            TimeoutConfig::new(),
+            chat(&mock, provider, true, "hi"),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is::<StreamInterrupted>(), "{provider}: {err}");
+        assert_eq!(mock.journal().len(), 1, "{provider}: not retried");
+    }
 }

@@ -1,4 +1,5 @@
-//! Holding a stream until its first token, and the body the caller gets.
+//! Holding a stream until its first token (or its end), and the body the
+//! caller gets.
 
 use std::{
     fmt,
@@ -23,20 +24,22 @@ use crate::{
 /// How holding a stream ended.
 #[derive(Debug)]
 pub(crate) enum Held {
-    /// The first token came (or the stream ended complete, or the hold
-    /// limit was reached): hand the stream over.
+    /// The first token came (with [`Hold::Complete`](super::Hold::Complete),
+    /// the stream is complete), or the stream ended complete, or the hold
+    /// limit was reached: hand the stream over.
     Handover,
-    /// The stream failed before its first token.
+    /// The stream failed while held.
     Failed(BoxError),
 }
 
-/// Reads a stream until its first token, keeping every byte.
+/// Reads a stream until its first token, or until it is complete, keeping
+/// every byte.
 ///
 /// Where the stream stands is read from its [`StreamProgress`]: the one a
 /// layer further in (the meter, the attempt timeout) feeds, or else one
 /// this hold attaches and feeds itself, so that a retry layer alone still
 /// knows a first token from a ping.
-pub(crate) struct Hold<B> {
+pub(crate) struct Holding<B> {
     parts: Option<http::response::Parts>,
     /// Pinned on the heap: any body can be held, `Unpin` or not.
     body: Option<Pin<Box<B>>>,
@@ -48,15 +51,22 @@ pub(crate) struct Hold<B> {
     frames: Vec<Bytes>,
     held: usize,
     limit: usize,
+    /// Held until complete, not only until the first token.
+    until_complete: bool,
     done: bool,
 }
 
-impl<B> Hold<B> {
-    pub(crate) fn new(mut res: Response<B>, format: Option<WireFormat>, limit: usize) -> Self {
+impl<B> Holding<B> {
+    pub(crate) fn new(
+        mut res: Response<B>,
+        format: Option<WireFormat>,
+        limit: usize,
+        until_complete: bool,
+    ) -> Self {
         let (progress, feeder) = StreamProgress::attach_with(&mut res, format, true)
             .expect("only success responses are held");
         let (parts, body) = res.into_parts();
-        Hold {
+        Holding {
             parts: Some(parts),
             body: Some(Box::pin(body)),
             feeder,
@@ -64,20 +74,21 @@ impl<B> Hold<B> {
             frames: Vec::new(),
             held: 0,
             limit,
+            until_complete,
             done: false,
         }
     }
 }
 
-impl<B> fmt::Debug for Hold<B> {
+impl<B> fmt::Debug for Holding<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hold")
+        f.debug_struct("Holding")
             .field("held", &self.held)
             .finish_non_exhaustive()
     }
 }
 
-impl<B> Future for Hold<B>
+impl<B> Future for Holding<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -97,8 +108,8 @@ where
             match frame {
                 None => {
                     this.done = true;
-                    // Ended before its first token: complete (an empty
-                    // answer, for content checks to judge) or truncated.
+                    // Ended while held: complete (an empty answer, for
+                    // content checks to judge) or truncated.
                     break match progress.failure_error() {
                         Some(e) => Held::Failed(e),
                         None => Held::Handover,
@@ -117,7 +128,7 @@ where
                     if let Some(e) = progress.failure_error() {
                         break Held::Failed(e);
                     }
-                    if progress.has_output() || progress.is_complete() {
+                    if progress.is_complete() || (progress.has_output() && !this.until_complete) {
                         break Held::Handover;
                     }
                 }
@@ -126,6 +137,7 @@ where
         let parts = this.parts.take().expect("polled after completion");
         let inner = this.body.take().expect("polled after completion");
         // Usually the first frame holds the first token: no copy at all.
+        // (Held until complete, the frames are copied once, into one.)
         let prefix = match this.frames.len() {
             0 => Bytes::new(),
             1 => this.frames.pop().expect("one frame"),
@@ -147,10 +159,12 @@ where
 pin_project! {
     /// The body of a response that came through [`Retry`](super::Retry):
     /// every byte of the attempt that answered, including the ones read to
-    /// classify it or held until a stream's first token.
+    /// classify it or held until a stream's first token (or, with
+    /// [`Hold::Complete`](super::Hold::Complete), its end).
     ///
-    /// Once a stream's first token has reached the caller, nothing is
-    /// retried, and the stream's failures reach the caller as a typed
+    /// Once a stream has been handed over (at its first token, its end, or
+    /// the hold's bound), nothing is retried, and the stream's failures
+    /// reach the caller as a typed
     /// [`StreamInterrupted`] whose source says what broke it: an error
     /// event ([`StreamError`](crate::metering::StreamError)), an event that
     /// is not valid JSON ([`MalformedStream`](crate::metering::MalformedStream)),

@@ -75,8 +75,13 @@ pub struct RetryConfig {
     /// The most of an error body read to classify it.
     pub error_body_limit: usize,
     /// The most of a stream held back while waiting for its first token:
-    /// past it the stream is handed over (and no longer retried).
+    /// past it the stream is handed over (and no longer retried). With
+    /// [`Hold::Complete`], its `max_bytes` bounds the hold instead.
     pub first_token_hold_limit: usize,
+    /// How long a stream is held back before it reaches the caller, and so
+    /// which of its failures can still be retried: until its first token
+    /// (the default) or until its end ([`Hold::Complete`]).
+    pub hold: Hold,
 }
 
 impl Default for RetryConfig {
@@ -93,7 +98,81 @@ impl Default for RetryConfig {
             wait_for_breaker: false,
             error_body_limit: crate::classify::DEFAULT_ERROR_BODY_LIMIT,
             first_token_hold_limit: 64 << 10,
+            hold: Hold::FirstToken,
         }
+    }
+}
+
+/// How long [`Retry`](super::Retry) holds a stream back before handing it
+/// to the caller: what is held can still be retried, what was handed over
+/// cannot (its failures reach the caller as a
+/// [`StreamInterrupted`](super::StreamInterrupted)).
+///
+/// ```
+/// use llm_tower::retry::{Hold, RetryConfig};
+///
+/// let config: RetryConfig =
+///     serde_json::from_str(r#"{"hold": {"complete": {"max_bytes": 1048576}}}"#).unwrap();
+/// assert_eq!(config.hold, Hold::Complete { max_bytes: 1 << 20 });
+/// let config: RetryConfig = serde_json::from_str(r#"{"hold": "first_token"}"#).unwrap();
+/// assert_eq!(config.hold, Hold::FirstToken);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Hold {
+    /// Until the first token (the first event carrying model output), at
+    /// most [`first_token_hold_limit`](RetryConfig::first_token_hold_limit)
+    /// bytes: a stream that fails before it is retried, one that fails
+    /// after it reaches the caller as a typed error. Interactive: the
+    /// caller sees tokens as soon as the model writes them.
+    #[default]
+    FirstToken,
+    /// Until the stream is complete (its finish reason or terminal event
+    /// came), at most `max_bytes`: a cut, a dropped connection, a
+    /// malformed event or an error event **anywhere** in the stream is
+    /// retried like a failure before the first token (within
+    /// `max_attempts`, the budget and the deadline), and the caller gets
+    /// one clean, complete stream — every byte held, then the rest (the
+    /// closing `[DONE]` or `message_stop`, usually in the same frame) —
+    /// or, when retries are exhausted, the last failure, as with
+    /// [`FirstToken`](Hold::FirstToken).
+    ///
+    /// The trade-off: **latency** — nothing reaches the caller until the
+    /// model has finished, so a streaming client loses its incremental
+    /// display (the stream still arrives as events, all at once); and
+    /// **memory** — up to `max_bytes` (plus one frame) per call in flight.
+    /// A stream larger than `max_bytes` is handed over as it is once the
+    /// bytes held reach the bound, and from then on is treated as with
+    /// `FirstToken`: a later failure reaches the caller as a
+    /// [`StreamInterrupted`](super::StreamInterrupted). What follows the
+    /// terminal event passes as it comes: a failure there (the connection
+    /// dropped before `[DONE]`) reaches the caller the same way. Suited to
+    /// batch and agent callers that only act on whole answers.
+    Complete {
+        /// The most bytes held; past it the stream is handed over. Must be
+        /// above 0.
+        max_bytes: usize,
+    },
+}
+
+impl Hold {
+    /// [`Hold::Complete`], bounded by `max_bytes`.
+    pub fn complete(max_bytes: usize) -> Self {
+        Hold::Complete { max_bytes }
+    }
+
+    /// The most bytes held, given the configured first-token limit.
+    pub(crate) fn limit(self, first_token_hold_limit: usize) -> usize {
+        match self {
+            Hold::FirstToken => first_token_hold_limit,
+            Hold::Complete { max_bytes } => max_bytes,
+        }
+    }
+
+    /// Whether the stream is held until it is complete.
+    pub(crate) fn until_complete(self) -> bool {
+        matches!(self, Hold::Complete { .. })
     }
 }
 
@@ -190,6 +269,12 @@ impl RetryConfig {
         self
     }
 
+    /// Sets [`hold`](Self::hold).
+    pub fn hold(mut self, hold: Hold) -> Self {
+        self.hold = hold;
+        self
+    }
+
     /// Sets [`content`](Self::content).
     pub fn content(mut self, checks: ContentChecks) -> Self {
         self.content = Some(checks);
@@ -224,6 +309,12 @@ impl RetryConfig {
                 "error_body_limit is 0: errors could not be classified".into(),
             )));
         }
+        if let Hold::Complete { max_bytes: 0 } = self.hold {
+            return Err(err((
+                "hold.max_bytes",
+                "hold.max_bytes is 0: no stream could be held until it is complete".into(),
+            )));
+        }
         Ok(())
     }
 }
@@ -241,5 +332,43 @@ impl RetryConfig {
     /// constructor: `…Layer::new(config.build()?)`.
     pub fn build(self) -> Result<crate::config::Valid<Self>, ConfigError> {
         crate::config::Valid::new(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_defaults_to_the_first_token_and_reads_as_snake_case() {
+        assert_eq!(RetryConfig::default().hold, Hold::FirstToken);
+        let c = RetryConfig::new().hold(Hold::complete(4096));
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json["hold"],
+            serde_json::json!({"complete": {"max_bytes": 4096}})
+        );
+        assert_eq!(serde_json::from_value::<RetryConfig>(json).unwrap(), c);
+        let err = serde_json::from_str::<Hold>(r#"{"complete": {"max_byte": 1}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `max_byte`"),
+            "{err}"
+        );
+        assert_eq!(Hold::FirstToken.limit(10), 10);
+        assert_eq!(Hold::complete(99).limit(10), 99);
+    }
+
+    #[test]
+    fn hold_max_bytes_must_be_above_zero() {
+        let err = RetryConfig::new()
+            .hold(Hold::complete(0))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field(), "hold.max_bytes");
+        assert!(err.to_string().contains("hold.max_bytes is 0"), "{err}");
+        RetryConfig::new()
+            .hold(Hold::complete(1))
+            .validate()
+            .unwrap();
     }
 }

@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use super::{
     RetryBody, RetryConfig,
-    body::{Held, Hold},
+    body::{Held, Holding},
     content,
     event::{Decision, GiveUp, RetryEvent},
     layer::Shared,
@@ -49,8 +49,8 @@ pin_project! {
         // An error response, read (bounded) to classify it. The states off
         // the happy path are boxed, to keep the future small to move.
         Peeking { peek: Box<PeekBody<B>> },
-        // A stream, held until its first token.
-        Holding { hold: Box<Hold<B>> },
+        // A stream, held until its first token (or until complete).
+        Holding { hold: Box<Holding<B>> },
         // A whole answer, read for content validation.
         Validating { peek: Box<PeekBody<B>> },
         Waiting { sleep: Pin<Box<Sleep>> },
@@ -288,10 +288,17 @@ where
                                     peek: Box::new(PeekBody::new(res, limit)),
                                 });
                             } else if status.is_success() && is_event_stream(res.headers()) {
-                                let limit = shared.config.first_token_hold_limit;
+                                let config = &shared.config;
+                                let limit = config.hold.limit(config.first_token_hold_limit);
+                                let until_complete = config.hold.until_complete();
                                 let format = meta.and_then(RequestMeta::format);
                                 this.state.set(State::Holding {
-                                    hold: Box::new(Hold::new(res, format, limit)),
+                                    hold: Box::new(Holding::new(
+                                        res,
+                                        format,
+                                        limit,
+                                        until_complete,
+                                    )),
                                 });
                             } else if status.is_success()
                                 && shared.config.content.is_some()

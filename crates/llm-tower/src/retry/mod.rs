@@ -38,6 +38,17 @@
 //!   caller as a typed [`StreamInterrupted`], never as a silently partial
 //!   answer. A stream that delivered its finish reason is complete, with or
 //!   without a closing `[DONE]`.
+//! - **Whole streams.** With [`hold`](RetryConfig::hold) set to
+//!   [`Hold::Complete`], a stream is held until it is complete (its finish
+//!   reason or terminal event came), up to `max_bytes`: a cut, a dropped
+//!   connection, a malformed event or an error event **anywhere** in it is
+//!   retried like a failure before the first token, and the caller gets one
+//!   clean, complete stream — or, once retries are exhausted, the last
+//!   failure. The price: nothing reaches the caller until the model has
+//!   finished (no incremental display), and up to `max_bytes` held per call
+//!   in flight. A stream larger than the bound is handed over when the
+//!   bytes held reach it, and from then on is treated as with
+//!   [`Hold::FirstToken`] (the default, for interactive callers).
 //! - **Content.** Opt-in [content checks](ContentChecks): an empty answer
 //!   or malformed JSON where JSON was asked for count as retryable
 //!   [`InvalidContent`](crate::classify::InvalidContent). An answer cut by
@@ -136,7 +147,7 @@ mod layer;
 pub use backoff::{Backoff, Jitter};
 pub use body::RetryBody;
 pub use budget::BudgetConfig;
-pub use config::{ConfigError, ContentChecks, RetryConfig};
+pub use config::{ConfigError, ContentChecks, Hold, RetryConfig};
 pub use error::StreamInterrupted;
 pub use event::{Decision, GiveUp, RetryEvent};
 pub use future::ResponseFuture;
