@@ -1255,11 +1255,10 @@ async fn hold_complete_gives_the_last_failure_when_attempts_run_out() {
         .unwrap()
         .on_event(move |e| sink.lock().unwrap().push(e.clone()))
         .layer(svc);
-    let res = svc.oneshot(anthropic_stream()).await.unwrap();
-    let err = body_text(res).await.unwrap_err();
+    let err = svc.oneshot(anthropic_stream()).await.unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 3, "max_attempts");
-    // The last attempt's bytes, then its failure, as with a failure
-    // before the first token: never silently partial.
+    // Nothing reached the caller: the last failure alone, typed — never a
+    // partial answer, and a fallback further out can move on.
     assert!(err.is::<llm_tower::metering::StreamError>(), "{err}");
     let decisions: Vec<Decision> = events.lock().unwrap().iter().map(|e| e.decision).collect();
     assert_eq!(decisions.len(), 3);

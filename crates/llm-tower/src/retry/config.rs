@@ -135,8 +135,9 @@ pub enum Hold {
     /// `max_attempts`, the budget and the deadline), and the caller gets
     /// one clean, complete stream — every byte held, then the rest (the
     /// closing `[DONE]` or `message_stop`, usually in the same frame) —
-    /// or, when retries are exhausted, the last failure, as with
-    /// [`FirstToken`](Hold::FirstToken).
+    /// or, when retries are exhausted, the last failure as a typed error
+    /// alone (nothing of the partial answer), so that a fallback layer
+    /// further out can move the call on.
     ///
     /// The trade-off: **latency** — nothing reaches the caller until the
     /// model has finished, so a streaming client loses its incremental

@@ -327,10 +327,20 @@ where
                 StateProj::Holding { hold } => match ready!(Pin::new(&mut **hold).poll(cx)) {
                     (Held::Handover, res, feeder) => return this.succeed(res, true, feeder),
                     // Dropped with the attempt: what it parsed is published.
-                    (Held::Failed(e), res, _feeder) => (
-                        classifier.classify_error(&*e),
-                        Ok(res.map(|b| RetryBody::new(b.with_error(e), None, None))),
-                    ),
+                    (Held::Failed(e), res, _feeder) => {
+                        let failure = classifier.classify_error(&*e);
+                        let last = if shared.config.hold.until_complete() {
+                            // Nothing reached the caller: if this is the
+                            // last attempt, the caller gets the typed error
+                            // alone, never a partial answer (and a fallback
+                            // further out can move on).
+                            drop(res);
+                            Err(e)
+                        } else {
+                            Ok(res.map(|b| RetryBody::new(b.with_error(e), None, None)))
+                        };
+                        (failure, last)
+                    }
                 },
                 StateProj::Validating { peek } => {
                     let res = ready!(Pin::new(&mut **peek).poll(cx));
