@@ -29,11 +29,28 @@ fn per_target() -> impl Service<
 > + Clone
 + Send
 + 'static {
+    per_target_holding(llm_tower::retry::Hold::FirstToken)
+}
+
+/// [`per_target`], its streams held as `hold` says.
+fn per_target_holding(
+    hold: llm_tower::retry::Hold,
+) -> impl Service<
+    Request<ReplayBody>,
+    Response = http::Response<
+        impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+    >,
+    Error = BoxError,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
     ServiceBuilder::new()
         .layer(RetryLayer::new(
             RetryConfig::new()
                 .max_attempts(2)
                 .server_delay_jitter(std::time::Duration::ZERO)
+                .hold(hold)
                 .build()
                 .unwrap(),
         ))
@@ -170,4 +187,41 @@ async fn a_stream_falls_back_to_another_provider_and_arrives_in_the_callers_even
     assert!(finish.is_some(), "{text}");
     assert!(usage.is_some_and(|u| u.completion_tokens > 0), "{text}");
     assert_eq!(mock.journal().entries().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_after_tokens_on_every_attempt_falls_back_whole_with_hold_complete() {
+    use llm_tower::retry::Hold;
+    // Every OpenAI stream is cut after a few tokens; Anthropic answers.
+    let mock = mock(vec![
+        Rule::new(Fault::Truncate { after: 3 }).provider(Provider::OpenAi),
+    ])
+    .await;
+    let hold = Hold::complete(1 << 20);
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(
+            FallbackLayer::new()
+                .max_attempts(3)
+                .target(claude(&mock), per_target_holding(hold)),
+        )
+        .service(per_target_holding(hold));
+    let res = svc
+        .oneshot(chat(&mock, Provider::OpenAi, true, "tell me a story"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "claude");
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    // One clean stream in OpenAI's format: none of the cut attempts' tokens.
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert_eq!(text.matches("\"role\":\"assistant\"").count(), 1, "{text}");
+    assert!(text.contains(ANTHROPIC_MODEL));
+    assert!(!text.contains(OPENAI_MODEL), "{text}");
+    assert_eq!(
+        mock.journal().entries().len(),
+        3,
+        "two cut attempts, then Anthropic"
+    );
 }

@@ -41,9 +41,16 @@
 //!    always marked ([`DEGRADED_HEADER`], [`Degraded`] in the extensions,
 //!    an event and a warning): never silent.
 //!
-//! Not yet: hedging, and holding a stream until it completes
-//! (`Hold::Complete`) — a stream that fails after its first token reaches
-//! the caller as a typed error, as today.
+//! # Streams
+//!
+//! A stream is held by each target's retry layer, as its
+//! [`Hold`](crate::retry::Hold) says: until its first token by default (a
+//! failure after it reaches the caller as a typed error and does not move
+//! the call), or until it is complete with `Hold::Complete`, so that a
+//! stream failing anywhere is retried and then moved to the next target
+//! whole, and the caller receives one clean stream.
+//!
+//! Not yet: hedging.
 
 mod body;
 mod degrade;
