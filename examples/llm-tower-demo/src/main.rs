@@ -14,6 +14,11 @@
 //! over time, and `--base-url` runs the same workload against a real or
 //! compatible endpoint instead.
 //!
+//! The stack moves a call its own provider cannot answer to the other one
+//! (OpenAI `gpt-4o-mini` ↔ Anthropic `claude-haiku-4-5` on the same mock),
+//! translated both ways; with `--base-url`, `--fallback-provider`,
+//! `--fallback-base-url` and `--fallback-model` name a fallback target.
+//!
 //! The stack paces its calls with a rate limiter: on the provider's
 //! rate-limit headers by default, under `--rpm N` / `--tpm N` (requests and
 //! tokens per minute per provider, model and key) when given. `--mock-rpm
