@@ -14,6 +14,11 @@
 //! over time, and `--base-url` runs the same workload against a real or
 //! compatible endpoint instead.
 //!
+//! The stack moves a call its own provider cannot answer to the other one
+//! (OpenAI `gpt-4o-mini` ↔ Anthropic `claude-haiku-4-5` on the same mock),
+//! translated both ways; with `--base-url`, `--fallback-provider`,
+//! `--fallback-base-url` and `--fallback-model` name a fallback target.
+//!
 //! The stack paces its calls with a rate limiter: on the provider's
 //! rate-limit headers by default, under `--rpm N` / `--tpm N` (requests and
 //! tokens per minute per provider, model and key) when given. `--mock-rpm
@@ -78,8 +83,8 @@ struct Args {
     /// `x-api-key`). Never printed.
     #[arg(long, value_name = "KEY")]
     api_key: Option<Secret>,
-    /// Send --api-key in clear text (plain http://) to a host that is not
-    /// loopback.
+    /// Send --api-key (or --fallback-api-key) in clear text (plain
+    /// http://) to a host that is not loopback.
     #[arg(long)]
     allow_insecure_http: bool,
     /// The wire format of --base-url; with the embedded mock, send every
@@ -111,6 +116,22 @@ struct Args {
     /// (--mock-rpm, --mock-tpm), if any, refuses calls.
     #[arg(long)]
     no_faults: bool,
+    /// With --base-url: the wire format of the fallback target, where a
+    /// call moves when --base-url cannot answer (the embedded mock always
+    /// falls back to its other provider). Needs --fallback-base-url and
+    /// --fallback-model.
+    #[arg(long, value_enum, value_name = "P")]
+    fallback_provider: Option<ApiFormat>,
+    /// The fallback target's base URL, as --base-url (https://, or http://
+    /// to loopback unless --allow-insecure-http).
+    #[arg(long, value_name = "URL")]
+    fallback_base_url: Option<String>,
+    /// The model to ask the fallback target for.
+    #[arg(long, value_name = "M")]
+    fallback_model: Option<String>,
+    /// The fallback target's API key (default: --api-key). Never printed.
+    #[arg(long, value_name = "KEY")]
+    fallback_api_key: Option<Secret>,
 }
 
 /// A credential from the command line: `Debug` and `Display` print `***`,
@@ -149,7 +170,7 @@ impl fmt::Display for Secret {
 /// (`localhost`, `127.0.0.0/8`, `::1`) unless `allow` (the user passed
 /// `--allow-insecure-http`). A URL that does not parse is left to
 /// [`Endpoint::remote`], which says why.
-fn check_clear_text(base_url: &str, allow: bool) -> Result<(), String> {
+fn check_clear_text(flag: &str, base_url: &str, allow: bool) -> Result<(), String> {
     let Ok(uri) = base_url.parse::<http::Uri>() else {
         return Ok(());
     };
@@ -166,10 +187,43 @@ fn check_clear_text(base_url: &str, allow: bool) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "--base-url `{base_url}` would send --api-key in clear text (plain http) to `{host}`, \
+        "{flag} `{base_url}` would send an API key in clear text (plain http) to `{host}`, \
          which is not loopback; use https://, or pass --allow-insecure-http if this network \
          is trusted"
     ))
+}
+
+/// The fallback target of remote mode, `(URL, provider, model)`, when
+/// `--fallback-base-url` is given with `--fallback-provider` and
+/// `--fallback-model`; none when no `--fallback-*` flag is.
+fn fallback(args: &Args) -> Result<Option<(&str, ApiFormat, &str)>, String> {
+    let (url, provider, model) = (
+        args.fallback_base_url.as_deref(),
+        args.fallback_provider,
+        args.fallback_model.as_deref(),
+    );
+    if url.is_none() && provider.is_none() && model.is_none() {
+        if args.fallback_api_key.is_some() {
+            return Err("--fallback-api-key goes with --fallback-base-url".to_owned());
+        }
+        return Ok(None);
+    }
+    let missing: Vec<&str> = [
+        ("--fallback-base-url", url.is_none()),
+        ("--fallback-provider", provider.is_none()),
+        ("--fallback-model", model.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, missing)| missing.then_some(flag))
+    .collect();
+    match (url, provider, model) {
+        (Some(u), Some(p), Some(m)) => Ok(Some((u, p, m))),
+        _ => Err(format!(
+            "a fallback target needs --fallback-base-url, --fallback-provider and \
+             --fallback-model: {} missing",
+            missing.join(", ")
+        )),
+    }
 }
 
 /// Checks the flags clap cannot, and builds the run's options.
@@ -186,6 +240,18 @@ fn options(args: &Args) -> Result<Options, String> {
             if args.model.is_some() || args.api_key.is_some() || args.allow_insecure_http {
                 return Err(
                     "--model, --api-key and --allow-insecure-http go with --base-url".to_owned(),
+                );
+            }
+            if args.fallback_provider.is_some()
+                || args.fallback_base_url.is_some()
+                || args.fallback_model.is_some()
+                || args.fallback_api_key.is_some()
+            {
+                return Err(
+                    "--fallback-provider, --fallback-base-url, --fallback-model and \
+                     --fallback-api-key go with --base-url (the embedded mock's calls fall back \
+                     to its other provider on their own)"
+                        .to_owned(),
                 );
             }
             let mut chaos = Chaos::new(args.seed);
@@ -232,7 +298,20 @@ fn options(args: &Args) -> Result<Options, String> {
                 args.model.as_deref().expect("checked"),
                 args.api_key.as_ref().expect("checked").expose(),
             )?;
-            check_clear_text(url, args.allow_insecure_http)?;
+            check_clear_text("--base-url", url, args.allow_insecure_http)?;
+            let endpoint = match fallback(args)? {
+                None => endpoint,
+                Some((url, provider, model)) => {
+                    let key = args
+                        .fallback_api_key
+                        .as_ref()
+                        .or(args.api_key.as_ref())
+                        .expect("checked");
+                    let endpoint = endpoint.with_fallback(url, provider, model, key.expose())?;
+                    check_clear_text("--fallback-base-url", url, args.allow_insecure_http)?;
+                    endpoint
+                }
+            };
             (Target::Remote(endpoint), Tuning::for_remote())
         }
     };
@@ -425,6 +504,95 @@ mod tests {
         assert_eq!(o.tuning.rate_limit.limits[0].requests, Some(500));
         let err = remote("http://127.0.0.1:9/v1", &["--mock-rpm", "60"]).unwrap_err();
         assert!(err.contains("--mock-rpm"), "{err}");
+    }
+
+    #[test]
+    fn a_remote_fallback_target_is_checked_as_the_base_url_is() {
+        let fb = |url: &str, extra: &[&str]| {
+            let mut flags = vec![
+                "--fallback-base-url",
+                url,
+                "--fallback-provider",
+                "anthropic",
+                "--fallback-model",
+                "claude-haiku-4-5",
+            ];
+            flags.extend_from_slice(extra);
+            remote("http://127.0.0.1:9/v1", &flags)
+        };
+        let o = fb("http://127.0.0.1:10", &[]).unwrap();
+        let Target::Remote(endpoint) = &o.target else {
+            panic!("remote")
+        };
+        let f = endpoint
+            .fallback_for(ApiFormat::OpenAi)
+            .expect("a fallback");
+        assert_eq!(f.url(), "http://127.0.0.1:10/v1/messages");
+        assert_eq!(f.name(), "anthropic/claude-haiku-4-5");
+        // The same key unless --fallback-api-key.
+        assert_eq!(f.credential().1, "sk-very-secret");
+        let o = fb(
+            "http://127.0.0.1:10",
+            &["--fallback-api-key", "sk-ant-other"],
+        )
+        .unwrap();
+        let Target::Remote(endpoint) = &o.target else {
+            panic!("remote")
+        };
+        let f = endpoint.fallback_for(ApiFormat::OpenAi).unwrap();
+        assert_eq!(f.credential(), ("x-api-key", "sk-ant-other".to_owned()));
+        assert!(!format!("{o:?}").contains("sk-ant-other"));
+        assert!(
+            endpoint
+                .describe()
+                .contains("falling back to http://127.0.0.1:10")
+        );
+
+        // Plain http to another host only when allowed.
+        let err = fb("http://api.example.com", &[]).unwrap_err();
+        assert!(err.contains("--fallback-base-url"), "{err}");
+        assert!(err.contains("--allow-insecure-http"), "{err}");
+        assert!(!err.contains("sk-very-secret"), "{err}");
+        assert!(fb("http://api.example.com", &["--allow-insecure-http"]).is_ok());
+        for bad in ["not a url", "ftp://host", "/v1"] {
+            let err = fb(bad, &[]).unwrap_err();
+            assert!(err.contains("--fallback-base-url"), "{bad}: {err}");
+        }
+        let err = remote(
+            "http://127.0.0.1:9/v1",
+            &[
+                "--fallback-base-url",
+                "http://127.0.0.1:10",
+                "--fallback-provider",
+                "anthropic",
+                "--fallback-model",
+                " ",
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("--fallback-model"), "{err}");
+
+        // Incomplete: each missing flag named.
+        let err = remote(
+            "http://127.0.0.1:9/v1",
+            &["--fallback-base-url", "http://127.0.0.1:10"],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("--fallback-provider") && err.contains("--fallback-model"),
+            "{err}"
+        );
+        let err = remote("http://127.0.0.1:9/v1", &["--fallback-api-key", "k"]).unwrap_err();
+        assert!(err.contains("--fallback-base-url"), "{err}");
+        // Not with the embedded mock.
+        let err = options(&args(&["--fallback-model", "m"])).unwrap_err();
+        assert!(err.contains("--base-url"), "{err}");
+        // None: no fallback target.
+        let o = remote("http://127.0.0.1:9/v1", &[]).unwrap();
+        let Target::Remote(endpoint) = &o.target else {
+            panic!("remote")
+        };
+        assert!(endpoint.fallback_for(ApiFormat::OpenAi).is_none());
     }
 
     #[test]

@@ -28,7 +28,14 @@ pub struct CallRecord {
     pub status: Option<u16>,
     /// Why it failed (a failure class: `rate_limited`, `timeout` …), or
     /// `None` when it succeeded: a 2xx whose body was read to its end.
+    /// When no target answered, the class of the last one's failure.
     pub failure: Option<String>,
+    /// Whether it failed after output (a stream's first token) had reached
+    /// the caller: past that point no layer can try again.
+    pub after_output: bool,
+    /// The targets the call went to, in order (the stack's; empty on the
+    /// bare side).
+    pub targets: Vec<String>,
 }
 
 impl CallRecord {
@@ -140,12 +147,27 @@ pub struct SideReport {
     pub retries: BTreeMap<String, u64>,
     /// Decisions to stop retrying after a failed attempt, by reason.
     pub gave_up: BTreeMap<String, u64>,
-    /// Failed calls, by the class of their last failure.
+    /// Failed calls, by the class of their last failure (when no target
+    /// answered, that of the last target's failure).
     pub failures: BTreeMap<String, u64>,
+    /// Failed calls that failed after output (a stream's first token) had
+    /// reached the caller, where no layer can try again yet.
+    pub failed_after_output: u64,
     /// Circuit breaker transitions; `null` for a side without a breaker.
     pub breaker_transitions: Option<u64>,
     /// Attempts the breaker refused (never sent); `null` without a breaker.
     pub breaker_refusals: Option<u64>,
+    /// Calls answered, by the target that answered (`provider/model`, as
+    /// the fallback layer's `Answered` event names it); `null` for a side
+    /// without fallback.
+    pub answered_by_target: Option<BTreeMap<String, u64>>,
+    /// Calls answered by their fallback target rather than their own;
+    /// `null` without fallback.
+    pub answered_after_fallback: Option<u64>,
+    /// Targets that failed so that the call moved on, by failure class
+    /// (`FallbackEvent::Failed`; a failure of the last target counts too,
+    /// though nothing is left to move to); `null` without fallback.
+    pub fallbacks: Option<BTreeMap<String, u64>>,
     /// Attempts the provider answered with a 429 (its quota or a rate
     /// limit), counted from the responses the side got.
     pub provider_429: u64,
@@ -215,8 +237,12 @@ impl SideReport {
             retries: stats.retries(),
             gave_up: stats.gave_up(),
             failures,
+            failed_after_output: records.iter().filter(|r| r.after_output).count() as u64,
             breaker_transitions: None,
             breaker_refusals: None,
+            answered_by_target: None,
+            answered_after_fallback: None,
+            fallbacks: None,
             provider_429: stats.provider_429(),
             rate_limit,
             latency_ms: Latency::of(records.iter().map(|r| r.latency)),
@@ -338,6 +364,9 @@ impl Report {
         for class in keys(&sides, |s| &s.failures) {
             row(&format!("  {class}"), &|s| count(&s.failures, &class));
         }
+        row("  (of which after output)", &|s| {
+            s.failed_after_output.to_string()
+        });
         row("attempts refused by breaker", &|s| {
             s.breaker_refusals
                 .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
@@ -346,6 +375,35 @@ impl Report {
             s.breaker_transitions
                 .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
         });
+        row("answers by target", &|s| {
+            s.answered_by_target
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |m| m.values().sum::<u64>().to_string())
+        });
+        let empty = BTreeMap::new();
+        for target in keys(&sides, |s| s.answered_by_target.as_ref().unwrap_or(&empty)) {
+            row(&format!("  {target}"), &|s| {
+                s.answered_by_target
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |m| count(m, &target))
+            });
+        }
+        row("answered after fallback", &|s| {
+            s.answered_after_fallback
+                .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+        });
+        row("fallbacks by reason", &|s| {
+            s.fallbacks
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |m| m.values().sum::<u64>().to_string())
+        });
+        for class in keys(&sides, |s| s.fallbacks.as_ref().unwrap_or(&empty)) {
+            row(&format!("  {class}"), &|s| {
+                s.fallbacks
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |m| count(m, &class))
+            });
+        }
         row("429s from the provider", &|s| s.provider_429.to_string());
         row("attempts queued by rate limiter", &|s| {
             rl(s, |r| r.queued.to_string())
@@ -369,7 +427,6 @@ impl Report {
             format!("{} / {}", s.tokens.input, s.tokens.output)
         });
         if sides.iter().any(|s| s.faults_injected.is_some()) {
-            let empty = BTreeMap::new();
             row("faults injected (journal)", &|s| {
                 s.faults_injected
                     .as_ref()

@@ -24,13 +24,17 @@ use llm_tower::{
     circuit_breaker::{
         CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, OpenDuration, Transition,
     },
+    fallback::{FallbackBody, FallbackEvent, FallbackLayer, Target as FallbackTarget},
     metering::{MeterLayer, StreamProgress, UsageReport},
+    provider::{Provider, WireFormat},
     rate_limit::{Limit, RateLimitConfig, RateLimitEvent, RateLimitHandle, RateLimitLayer},
-    request::{PrepareLayer, ReplayBody},
-    retry::{Backoff, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
+    request::{PrepareLayer, ReplayBody, RequestMeta},
+    retry::{Backoff, BudgetConfig, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
     timeout::{TimeoutConfig, TimeoutLayer},
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, util::BoxCloneService};
+
+use crate::workload::{ApiFormat, Endpoint};
 use tower_http::{
     classify::{ServerErrorsAsFailures, SharedClassifier},
     trace::TraceLayer,
@@ -41,6 +45,9 @@ pub type DemoBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A client of either side: takes a JSON request, answers with a boxed body.
 pub type DemoService = BoxCloneService<Request<String>, Response<DemoBody>, BoxError>;
+
+/// `FallbackLayer`'s default budget of attempts per call.
+pub const DEFAULT_FALLBACK_ATTEMPTS: u32 = 6;
 
 /// The limits and retry policy of the recommended stack.
 #[derive(Clone, Debug)]
@@ -53,8 +60,18 @@ pub struct Tuning {
     pub first_token: Duration,
     /// Silence between two chunks of a body (inside retry).
     pub idle: Duration,
-    /// The retry policy.
+    /// The retry policy of every target.
     pub retry: RetryConfig,
+    /// The most upstream attempts a call makes in all, every target's
+    /// retries and the move to the fallback target included
+    /// (`FallbackLayer::max_attempts`; the library's default is 6).
+    pub fallback_attempts: u32,
+    /// Whether the last target of a call (its fallback, or its own when it
+    /// has none) waits for an open breaker's probe, within the call's
+    /// deadline, rather than failing at once (`retry.wait_for_breaker` of
+    /// that target's retry layer; the own target's never waits: the call
+    /// moves on instead).
+    pub last_waits_for_breaker: bool,
     /// The circuit breaker, one per provider and model.
     pub breaker: CircuitBreakerConfig,
     /// The rate limiter, one queue per provider, model and API key: the
@@ -84,13 +101,22 @@ impl Tuning {
                     jitter: Jitter::Full,
                 })
                 .max_server_delay(Duration::from_secs(10))
-                // There is no fallback target yet: a call that meets an open
-                // breaker waits for its probe (within the deadline) rather
-                // than failing at once.
-                .wait_for_breaker(true),
-            // The default retry budget: it pays only for retries of outages
-            // actually made (a 429 with an exact retry-after is free), so it
-            // needs no bigger bucket to get through the mock's rate limits.
+                // A bigger bucket than the default (20): it pays only for
+                // retries of outages actually made (a 429 with an exact
+                // retry-after is free), but the mock's outage takes both
+                // targets down, and with the default the retries at a
+                // call's last target ran out during it (seed 4: four calls
+                // failed that way).
+                .budget(Some(BudgetConfig {
+                    max_tokens: 50,
+                    token_ratio: 0.2,
+                })),
+            // A call that meets an open breaker does not wait for its probe
+            // (the default): it moves to its fallback target at once.
+            fallback_attempts: DEFAULT_FALLBACK_ATTEMPTS,
+            // The mock's outage takes both providers down: with nowhere
+            // left to move, a call waits for the breaker's probe.
+            last_waits_for_breaker: true,
             // Open after 5 failures in a row (or half of the last 50 calls),
             // for half a second at first: about the length of the mock's
             // outage, so the breaker spares it most of the calls and finds
@@ -183,13 +209,27 @@ impl Tuning {
         if r.wait_for_breaker != d.wait_for_breaker {
             change(
                 format!("retry.wait_for_breaker = {}", r.wait_for_breaker),
-                "no fallback target yet: a call that meets an open breaker waits for its probe",
+                "a call that meets an open breaker waits for its probe rather than moving to its fallback target",
+            );
+        }
+        if self.last_waits_for_breaker && !d.wait_for_breaker {
+            change(
+                "retry.wait_for_breaker = true at a call's last target".to_owned(),
+                "with nowhere left to move (the mock's outage takes both providers down), a call \
+                 that meets an open breaker waits for its probe; at its own target it moves on at once",
+            );
+        }
+        if self.fallback_attempts != DEFAULT_FALLBACK_ATTEMPTS {
+            change(
+                format!("fallback.max_attempts = {}", self.fallback_attempts),
+                "room for the own target's retries and the fallback target's",
             );
         }
         if r.budget != d.budget {
             change(
                 format!("retry.budget = {:?}", r.budget),
-                "tuned for this workload",
+                "the mock's outage takes both targets down: with the default bucket (20), the \
+                 retries at a call's last target ran out during it, and those calls failed",
             );
         }
         let b = CircuitBreakerConfig::default();
@@ -259,6 +299,8 @@ impl Tuning {
             first_token: Duration::from_secs(30),
             idle: Duration::from_secs(30),
             retry: RetryConfig::new().max_attempts(4),
+            fallback_attempts: DEFAULT_FALLBACK_ATTEMPTS,
+            last_waits_for_breaker: false,
             breaker: CircuitBreakerConfig::new(),
             rate_limit: RateLimitConfig::new(),
             queued: false,
@@ -289,6 +331,9 @@ pub struct SideStats {
     queue_waits: Mutex<Vec<Duration>>,
     pauses: AtomicU64,
     rate_limit: OnceLock<RateLimitHandle>,
+    answered: Mutex<BTreeMap<String, u64>>,
+    moved: AtomicU64,
+    fallbacks: Mutex<BTreeMap<String, u64>>,
 }
 
 impl SideStats {
@@ -356,6 +401,40 @@ impl SideStats {
         }
     }
 
+    /// Calls answered, by the target that answered them.
+    pub fn answered(&self) -> BTreeMap<String, u64> {
+        lock(&self.answered).clone()
+    }
+
+    /// Calls answered by another target than their own.
+    pub fn answered_after_fallback(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    /// Targets that failed in a way that moves a call on, by the failure
+    /// class.
+    pub fn fallbacks(&self) -> BTreeMap<String, u64> {
+        lock(&self.fallbacks).clone()
+    }
+
+    /// Adds one event of a fallback layer (its `on_event` hook).
+    pub fn record_fallback_event(&self, event: &FallbackEvent) {
+        match event {
+            FallbackEvent::Answered { target, moved } => {
+                *lock(&self.answered).entry(target.clone()).or_default() += 1;
+                if *moved {
+                    self.moved.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            FallbackEvent::Failed { class, .. } => {
+                *lock(&self.fallbacks)
+                    .entry(class.as_str().to_owned())
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
     /// Adds one metered attempt's usage (a `UsageObserver`).
     pub fn record_usage(&self, report: &UsageReport) {
         self.input_tokens
@@ -416,6 +495,18 @@ impl CallAttempts {
     /// Attempts counted so far.
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The targets a logical call went to, in order, carried in the request's
+/// extensions for each target's stack to add its name to.
+#[derive(Clone, Debug, Default)]
+pub struct CallTargets(pub Arc<Mutex<Vec<String>>>);
+
+impl CallTargets {
+    /// The targets so far.
+    pub fn get(&self) -> Vec<String> {
+        lock(&self.0).clone()
     }
 }
 
@@ -625,65 +716,231 @@ fn trace_layer(
     })
 }
 
-/// The recommended stack of the layers that exist today, outermost first:
+/// One target's service: what the [`FallbackLayer`] calls.
+type TargetService = BoxCloneService<Request<ReplayBody>, Response<DemoBody>, BoxError>;
+
+/// The calls of one wire format, through their [`FallbackLayer`].
+type FormatService = BoxCloneService<Request<ReplayBody>, Response<FallbackBody>, BoxError>;
+
+/// The recommended stack, outermost first:
 ///
-/// `PrepareLayer → TraceLayer(call) → TimeoutLayer(total) → RetryLayer →
-/// CircuitBreakerLayer → RateLimitLayer → TimeoutLayer(attempt, first
-/// token, idle) → MeterLayer → TraceLayer(attempt) → client`
+/// `PrepareLayer → TraceLayer(call) → TimeoutLayer(total) → FallbackLayer →
+/// per target: [RetryLayer → CircuitBreakerLayer → RateLimitLayer →
+/// TimeoutLayer(attempt, first token, idle) → MeterLayer →
+/// TraceLayer(attempt) → client]`
 ///
 /// (with the attempt counter between the meter and the attempt's trace).
-/// Every retry decision, breaker transition and rate-limit wait goes to
-/// `stats`, and the rate limiter's handle with them; with
+/// A [`FallbackLayer`] has one ordered list of targets, and the calls'
+/// own target depends on their format, so there is one per wire format
+/// the endpoint speaks, and the calls go to the one of their format: an
+/// OpenAI call to `openai → its fallback`, an Anthropic call to
+/// `anthropic → its fallback` (against the embedded mock, each falls back
+/// to the other provider). Each target has its own per-target stack; the
+/// rate limiter is one for all (its queues are per provider, model and
+/// key).
+///
+/// Every retry decision, breaker transition, rate-limit wait and fallback
+/// event goes to `stats`, and the rate limiter's handle with them; with
 /// `RUST_LOG=debug`, tower-http's `TraceLayer` logs every call and every
 /// attempt, headers included (credentials masked).
-pub fn recommended(tuning: &Tuning, stats: Arc<SideStats>) -> Result<DemoService, BoxError> {
+pub fn recommended(
+    tuning: &Tuning,
+    endpoint: &Endpoint,
+    stats: Arc<SideStats>,
+) -> Result<DemoService, BoxError> {
     let limits = tuning.timeouts();
-    let hook = stats.clone();
-    let retry = RetryLayer::try_from(tuning.retry.clone())?
-        .on_event(move |event| hook.record_retry_event(event));
-    let hook = stats.clone();
-    let breaker = CircuitBreakerLayer::try_from(tuning.breaker.clone())?
-        .on_transition(move |t| hook.record_transition(t));
     let hook = stats.clone();
     let rate_limit = RateLimitLayer::try_from(tuning.rate_limit.clone())?
         .on_event(move |e| hook.record_rate_limit_event(e));
     let _ = stats.rate_limit.set(rate_limit.handle());
+    // One set of breakers, one per provider and model, whichever role the
+    // target has in a call.
+    let hook = stats.clone();
+    let breaker = CircuitBreakerLayer::try_from(tuning.breaker.clone())?
+        .on_transition(move |t| hook.record_transition(t));
+    // One per-target stack per target and role: a call's own target moves
+    // on at once when its breaker is open; the last target (nowhere left to
+    // move) waits for its breaker's probe when `last_waits_for_breaker`.
+    let mut targets: BTreeMap<(String, bool), TargetService> = BTreeMap::new();
+    let mut target = |name: String, last: bool| -> Result<TargetService, BoxError> {
+        let wait = last && tuning.last_waits_for_breaker;
+        if let Some(svc) = targets.get(&(name.clone(), wait)) {
+            return Ok(svc.clone());
+        }
+        let svc = per_target(&name, tuning, wait, &breaker, &rate_limit, stats.clone())?;
+        targets.insert((name, wait), svc.clone());
+        Ok(svc)
+    };
+    let mut by_format = ByFormat::default();
+    for format in endpoint.formats() {
+        let name = endpoint.primary_name(format);
+        let fallback = endpoint.fallback_for(format);
+        let own = target(name.clone(), fallback.is_none())?;
+        let (provider, wire) = wire_of(format);
+        let hook = stats.clone();
+        let mut layer = FallbackLayer::new()
+            .max_attempts(tuning.fallback_attempts)
+            .primary(FallbackTarget::new(name, provider, wire))
+            .on_event(move |e| hook.record_fallback_event(e));
+        if let Some(f) = fallback {
+            let (provider, wire) = wire_of(f.format);
+            let (header, value) = f.credential();
+            let other = FallbackTarget::new(f.name(), provider, wire)
+                .model(f.model.clone())
+                .endpoint(f.url().parse()?)
+                .header(header, &value);
+            layer = layer.target(other, target(f.name(), true)?);
+        }
+        let svc = FormatService::new(layer.layer(own));
+        match format {
+            ApiFormat::OpenAi => by_format.openai = Some(svc),
+            ApiFormat::Anthropic => by_format.anthropic = Some(svc),
+        }
+    }
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
         // Below Prepare, which marks credential headers sensitive.
         .layer(trace_layer(false))
-        // Outside retry: the caller's deadline for the whole call.
+        // Outside fallback and retry: the caller's deadline for the whole
+        // call, every target's attempts and waits included.
         .layer(TimeoutLayer::try_from(limits.whole_call())?)
+        .service(by_format);
+    let svc = ServiceExt::<Request<String>>::map_response(svc, boxed);
+    Ok(BoxCloneService::new(svc))
+}
+
+/// The provider and wire format of `format`.
+fn wire_of(format: ApiFormat) -> (Provider, WireFormat) {
+    match format {
+        ApiFormat::OpenAi => (Provider::OpenAi, WireFormat::OpenAiChat),
+        ApiFormat::Anthropic => (Provider::Anthropic, WireFormat::AnthropicMessages),
+    }
+}
+
+/// One target's stack, outermost first: `RetryLayer → CircuitBreakerLayer
+/// → RateLimitLayer → TimeoutLayer(attempt) → MeterLayer → client`.
+/// Its retry waits for an open breaker's probe when `wait_for_breaker`.
+fn per_target(
+    name: &str,
+    tuning: &Tuning,
+    wait_for_breaker: bool,
+    breaker: &CircuitBreakerLayer,
+    rate_limit: &RateLimitLayer,
+    stats: Arc<SideStats>,
+) -> Result<TargetService, BoxError> {
+    let limits = tuning.timeouts();
+    let hook = stats.clone();
+    let retry = RetryLayer::try_from(tuning.retry.clone().wait_for_breaker(wait_for_breaker))?
+        .on_event(move |event| hook.record_retry_event(event));
+    let name = name.to_owned();
+    let svc = ServiceBuilder::new()
+        // The call's log of the targets it went to.
+        .map_request(move |req: Request<ReplayBody>| {
+            if let Some(t) = req.extensions().get::<CallTargets>() {
+                lock(&t.0).push(name.clone());
+            }
+            req
+        })
+        .map_result(held_failure_as_error)
         .layer(retry)
         // Inside retry: every attempt is recorded, and an open breaker fails
-        // the attempt at once, sparing the provider.
+        // the attempt at once, sparing the provider (the call moves to its
+        // fallback target).
         .layer(RefusalCountLayer {
             stats: stats.clone(),
         })
-        .layer(breaker)
+        .layer(breaker.clone())
         // Inside the breaker (a refusal is not the provider's failure),
         // outside the attempt timeout (waiting for a turn does not eat
         // it): every attempt takes its turn under the key's limits.
-        .layer(rate_limit)
+        .layer(rate_limit.clone())
         // Inside retry: each attempt, its first token and its stream.
         .layer(TimeoutLayer::try_from(limits.per_attempt())?)
         .layer(MeterLayer::new())
         .layer(CountLayer::new(stats))
         .layer(trace_layer(true))
         .service(http_client());
-    let svc = ServiceExt::<Request<String>>::map_response(svc, boxed);
+    let svc = ServiceExt::<Request<ReplayBody>>::map_response(svc, boxed);
     Ok(BoxCloneService::new(svc))
+}
+
+/// A workaround for the library as it is: when a target's retry layer
+/// gives up on a stream that failed before its first token (an error
+/// event, a first-token timeout, a dropped connection), it hands over the
+/// `200` response with the failure in its body, and `FallbackLayer`, which
+/// judges by the status, takes it as answered and never moves on. Here, such
+/// a response becomes its error, so that the call moves to its fallback
+/// target. A stream that failed after its first token is left as it is
+/// (the caller has seen output; nothing can be retried).
+fn held_failure_as_error<B>(
+    result: Result<Response<B>, BoxError>,
+) -> Result<Response<B>, BoxError> {
+    let res = result?;
+    if res.status().is_success()
+        && let Some(p) = StreamProgress::get(&res)
+        && p.is_stream()
+        && !p.has_output()
+        && let Some(e) = p.failure_error()
+    {
+        return Err(e);
+    }
+    Ok(res)
+}
+
+/// Sends each call to the [`FallbackLayer`] of its wire format.
+#[derive(Clone, Default)]
+struct ByFormat {
+    openai: Option<FormatService>,
+    anthropic: Option<FormatService>,
+}
+
+impl Service<Request<ReplayBody>> for ByFormat {
+    type Response = Response<FallbackBody>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // A FallbackLayer is always ready: each target's readiness is taken
+        // when the call comes to it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+        let format = RequestMeta::get(&req).and_then(RequestMeta::format);
+        let svc = match format {
+            Some(WireFormat::AnthropicMessages) => self.anthropic.clone(),
+            Some(WireFormat::OpenAiChat) => self.openai.clone(),
+            _ => None,
+        };
+        match svc {
+            Some(svc) => Box::pin(svc.oneshot(req)),
+            None => Box::pin(std::future::ready(Err(BoxError::from(format!(
+                "no target serves calls in the format {format:?}"
+            ))))),
+        }
+    }
 }
 
 /// Whether the stack has a circuit breaker.
 pub const HAS_BREAKER: bool = true;
 
-/// Sends one request through `svc` and reads its whole body.
+/// Sends one request through `svc` and reads its whole body; says too
+/// whether output (a stream's first token) reached the caller.
 pub(crate) async fn send(
     svc: &mut DemoService,
     req: Request<String>,
-) -> Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError> {
-    let res = svc.ready().await?.call(req).await?;
+) -> (
+    Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError>,
+    bool,
+) {
+    let res = match svc.ready().await {
+        Ok(svc) => svc.call(req).await,
+        Err(e) => Err(e),
+    };
+    let res = match res {
+        Ok(res) => res,
+        Err(e) => return (Err(e), false),
+    };
     // The meter only observes: a stream that carried an error event, a
     // broken event or ended early reaches a bare caller as a 200 with a
     // partial answer. Judge every answer by what its stream's progress
@@ -691,9 +948,14 @@ pub(crate) async fn send(
     // stack's retry layer turns those into errors itself).
     let progress = StreamProgress::get(&res).cloned();
     let (parts, body) = res.into_parts();
-    let bytes = body.collect().await?.to_bytes();
+    let bytes = body.collect().await;
+    let output = progress.as_ref().is_some_and(StreamProgress::has_output);
+    let bytes = match bytes {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return (Err(e), output),
+    };
     if let Some(failure) = progress.and_then(|p| p.failure_error()) {
-        return Err(failure);
+        return (Err(failure), output);
     }
-    Ok((parts.status, parts.headers, bytes))
+    (Ok((parts.status, parts.headers, bytes)), output)
 }

@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 use llm_tower::{
     BoxError,
     classify::{Classifier, DefaultClassifier, ResponseView},
+    fallback::AllTargetsFailed,
     metering::{UsageObservers, UsageReport},
 };
 use serde::Serialize;
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::{
     report::{CallRecord, SideReport},
-    stack::{self, CallAttempts, DemoService, SideStats, Tuning},
+    stack::{self, CallAttempts, CallTargets, DemoService, SideStats, Tuning},
 };
 
 /// Which client a side runs through.
@@ -71,7 +72,8 @@ impl ApiFormat {
         }
     }
 
-    fn default_model(self) -> &'static str {
+    /// The model the embedded mock is asked for in this format.
+    pub fn default_model(self) -> &'static str {
         match self {
             ApiFormat::OpenAi => "gpt-4o-mini",
             ApiFormat::Anthropic => "claude-haiku-4-5",
@@ -89,13 +91,65 @@ impl fmt::Display for ApiFormat {
 /// the mock's outage window this way, so it falls inside every run).
 type Trigger = (usize, Arc<dyn Fn() + Send + Sync>);
 
-/// Where the calls go: base URLs per wire format, the key, the model.
+/// Where a call moves when its own provider cannot answer: another
+/// provider's (or model's) endpoint, model and key.
+#[derive(Clone)]
+pub struct FallbackEndpoint {
+    /// Its wire format.
+    pub format: ApiFormat,
+    /// Its base URL, as the provider's SDK takes it.
+    pub base: String,
+    /// The model asked for.
+    pub model: String,
+    api_key: String,
+}
+
+impl fmt::Debug for FallbackEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackEndpoint")
+            .field("format", &self.format)
+            .field("base", &self.base)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FallbackEndpoint {
+    /// The target's name in the report and the fallback events:
+    /// `provider/model`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.format, self.model)
+    }
+
+    /// The full URL of its endpoint.
+    pub fn url(&self) -> String {
+        match self.format {
+            ApiFormat::OpenAi => format!("{}/chat/completions", self.base),
+            ApiFormat::Anthropic => format!("{}/v1/messages", self.base),
+        }
+    }
+
+    /// Its credential header: `(name, value)`.
+    pub fn credential(&self) -> (&'static str, String) {
+        match self.format {
+            ApiFormat::OpenAi => ("authorization", format!("Bearer {}", self.api_key)),
+            ApiFormat::Anthropic => ("x-api-key", self.api_key.clone()),
+        }
+    }
+}
+
+/// Where the calls go: base URLs per wire format, the key, the model, and
+/// the fallback target of each format's calls.
 #[derive(Clone)]
 pub struct Endpoint {
     openai_base: Option<String>,
     anthropic_base: Option<String>,
     api_key: String,
     model: Option<String>,
+    /// The fallback target of OpenAI calls.
+    openai_fallback: Option<FallbackEndpoint>,
+    /// The fallback target of Anthropic calls.
+    anthropic_fallback: Option<FallbackEndpoint>,
     trigger: Option<Trigger>,
 }
 
@@ -105,19 +159,31 @@ impl fmt::Debug for Endpoint {
             .field("openai_base", &self.openai_base)
             .field("anthropic_base", &self.anthropic_base)
             .field("model", &self.model)
+            .field("openai_fallback", &self.openai_fallback)
+            .field("anthropic_fallback", &self.anthropic_fallback)
             .field("trigger", &self.trigger.as_ref().map(|t| t.0))
             .finish_non_exhaustive()
     }
 }
 
 impl Endpoint {
-    /// The embedded mock: both wire formats, each provider's default model.
+    /// The embedded mock: both wire formats, each provider's default model;
+    /// each format's calls fall back to the other provider on the same mock
+    /// (OpenAI `gpt-4o-mini` to Anthropic `claude-haiku-4-5` and back).
     pub fn mock(mock: &llm_tower_mock::MockServer) -> Self {
+        let target = |format: ApiFormat, base: String| FallbackEndpoint {
+            format,
+            base,
+            model: format.default_model().to_owned(),
+            api_key: "sk-demo".to_owned(),
+        };
         Endpoint {
             openai_base: Some(mock.openai_base_url()),
             anthropic_base: Some(mock.url()),
             api_key: "sk-demo".to_owned(),
             model: None,
+            openai_fallback: Some(target(ApiFormat::Anthropic, mock.url())),
+            anthropic_fallback: Some(target(ApiFormat::OpenAi, mock.openai_base_url())),
             trigger: None,
         }
     }
@@ -132,31 +198,10 @@ impl Endpoint {
         model: &str,
         api_key: &str,
     ) -> Result<Self, String> {
-        let uri: http::Uri = base_url
-            .parse()
-            .map_err(|e| format!("--base-url `{base_url}` is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") if !crate::stack::has_tls_roots() => {
-                return Err(format!(
-                    "--base-url `{base_url}`: no trusted root certificate found for https \
-                     (install the system's CA certificates, or point SSL_CERT_FILE at a PEM bundle)"
-                ));
-            }
-            Some("https") => {}
-            _ => {
-                return Err(format!(
-                    "--base-url `{base_url}` is not an http:// or https:// URL (e.g. https://api.openai.com/v1)"
-                ));
-            }
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("--base-url `{base_url}` has no host"));
-        }
+        let base = check_base_url(base_url, "--base-url")?;
         if model.trim().is_empty() {
             return Err("--model is empty".to_owned());
         }
-        let base = base_url.trim_end_matches('/').to_owned();
         let (openai_base, anthropic_base) = match format {
             ApiFormat::OpenAi => (Some(base), None),
             ApiFormat::Anthropic => (None, Some(base)),
@@ -166,8 +211,55 @@ impl Endpoint {
             anthropic_base,
             api_key: api_key.to_owned(),
             model: Some(model.to_owned()),
+            openai_fallback: None,
+            anthropic_fallback: None,
             trigger: None,
         })
+    }
+
+    /// Moves the calls to this endpoint when theirs cannot answer
+    /// (`--fallback-base-url`, `--fallback-provider`, `--fallback-model`,
+    /// `--fallback-api-key`): checked as [`remote`](Self::remote) checks
+    /// its own. It serves the calls of every format the endpoint speaks.
+    pub fn with_fallback(
+        mut self,
+        base_url: &str,
+        format: ApiFormat,
+        model: &str,
+        api_key: &str,
+    ) -> Result<Self, String> {
+        let base = check_base_url(base_url, "--fallback-base-url")?;
+        if model.trim().is_empty() {
+            return Err("--fallback-model is empty".to_owned());
+        }
+        let target = FallbackEndpoint {
+            format,
+            base,
+            model: model.to_owned(),
+            api_key: api_key.to_owned(),
+        };
+        if self.openai_base.is_some() {
+            self.openai_fallback = Some(target.clone());
+        }
+        if self.anthropic_base.is_some() {
+            self.anthropic_fallback = Some(target);
+        }
+        Ok(self)
+    }
+
+    /// The fallback target of the calls in `format`, if any.
+    pub fn fallback_for(&self, format: ApiFormat) -> Option<&FallbackEndpoint> {
+        match format {
+            ApiFormat::OpenAi => self.openai_fallback.as_ref(),
+            ApiFormat::Anthropic => self.anthropic_fallback.as_ref(),
+        }
+    }
+
+    /// The name of the calls' own target in `format`, in the report and
+    /// the fallback events: `provider/model`.
+    pub fn primary_name(&self, format: ApiFormat) -> String {
+        let model = self.model.as_deref().unwrap_or(format.default_model());
+        format!("{format}/{model}")
     }
 
     /// Calls in `format` only (when the endpoint speaks it; otherwise
@@ -191,20 +283,29 @@ impl Endpoint {
         self
     }
 
-    /// Where the calls go, for the report: `URL (format, model M)`.
+    /// Where the calls go, for the report: `URL (format, model M)`, and
+    /// `, falling back to URL (format, model M)` when they may move.
     pub fn describe(&self) -> String {
-        let (base, format) = match (&self.openai_base, &self.anthropic_base) {
-            (Some(o), None) => (o.as_str(), "openai"),
-            (None, Some(a)) => (a.as_str(), "anthropic"),
+        let (base, format, fallback) = match (&self.openai_base, &self.anthropic_base) {
+            (Some(o), None) => (o.as_str(), "openai", &self.openai_fallback),
+            (None, Some(a)) => (a.as_str(), "anthropic", &self.anthropic_fallback),
             _ => return "both wire formats".to_owned(),
         };
-        match &self.model {
+        let mut out = match &self.model {
             Some(m) => format!("{base} ({format}, model {m})"),
             None => format!("{base} ({format})"),
+        };
+        if let Some(f) = fallback {
+            out.push_str(&format!(
+                ", falling back to {} ({}, model {})",
+                f.base, f.format, f.model
+            ));
         }
+        out
     }
 
-    fn formats(&self) -> Vec<ApiFormat> {
+    /// The wire formats the calls are sent in.
+    pub fn formats(&self) -> Vec<ApiFormat> {
         let mut f = Vec::new();
         if self.openai_base.is_some() {
             f.push(ApiFormat::OpenAi);
@@ -269,6 +370,33 @@ impl Endpoint {
             .body(body.to_string())
             .expect("a valid method, URI and headers")
     }
+}
+
+/// Checks a base URL given with `flag`: http:// or https:// (with a trusted
+/// root certificate), with a host. Returns it without a trailing `/`.
+fn check_base_url(base_url: &str, flag: &str) -> Result<String, String> {
+    let uri: http::Uri = base_url
+        .parse()
+        .map_err(|e| format!("{flag} `{base_url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") if !crate::stack::has_tls_roots() => {
+            return Err(format!(
+                "{flag} `{base_url}`: no trusted root certificate found for https \
+                 (install the system's CA certificates, or point SSL_CERT_FILE at a PEM bundle)"
+            ));
+        }
+        Some("https") => {}
+        _ => {
+            return Err(format!(
+                "{flag} `{base_url}` is not an http:// or https:// URL (e.g. https://api.openai.com/v1)"
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{flag} `{base_url}` has no host"));
+    }
+    Ok(base_url.trim_end_matches('/').to_owned())
 }
 
 /// The shape of the workload.
@@ -366,7 +494,7 @@ pub async fn run_side(
     let stats = Arc::new(SideStats::default());
     let svc = match side {
         Side::Bare => stack::bare(stats.clone()),
-        Side::Stack => stack::recommended(tuning, stats.clone())?,
+        Side::Stack => stack::recommended(tuning, endpoint, stats.clone())?,
     };
     let calls: Arc<[CallSpec]> = workload.calls(endpoint).into();
     let next = Arc::new(AtomicUsize::new(0));
@@ -423,6 +551,9 @@ pub async fn run_side(
         report.breaker_transitions = Some(stats.breaker_transitions());
         report.breaker_refusals = Some(stats.refused_by_breaker());
         report.breaker = Some(stats.breaker_timeline(start));
+        report.answered_by_target = Some(stats.answered());
+        report.answered_after_fallback = Some(stats.answered_after_fallback());
+        report.fallbacks = Some(stats.fallbacks());
     }
     Ok(report)
 }
@@ -438,13 +569,15 @@ async fn one_call(
     let mut req = endpoint.request(call);
     let attempts = CallAttempts::default();
     req.extensions_mut().insert(attempts.clone());
+    let targets = CallTargets::default();
+    req.extensions_mut().insert(targets.clone());
     let sink = stats.clone();
     UsageObservers::register(
         &mut req,
         Arc::new(move |r: &UsageReport| sink.record_usage(r)),
     );
     let began = Instant::now();
-    let result = stack::send(svc, req).await;
+    let (result, output) = stack::send(svc, req).await;
     let latency = began.elapsed();
     let classifier = DefaultClassifier::new();
     let (status, failure) = match &result {
@@ -462,10 +595,7 @@ async fn one_call(
                 );
             (Some(status.as_u16()), Some(class))
         }
-        Err(e) => (
-            None,
-            Some(classifier.classify_error(&**e).class().as_str().to_owned()),
-        ),
+        Err(e) => (None, Some(error_class(&classifier, &**e))),
     };
     CallRecord {
         index: call.index,
@@ -475,6 +605,28 @@ async fn one_call(
         latency,
         attempts: attempts.get(),
         status,
+        after_output: !result.as_ref().is_ok_and(|r| r.0.is_success()) && output,
         failure,
+        targets: targets.get(),
     }
+}
+
+/// The failure class of a call's error; when no target answered
+/// ([`AllTargetsFailed`]), that of the last target's failure.
+fn error_class(classifier: &DefaultClassifier, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(all) = err.downcast_ref::<AllTargetsFailed>() {
+            // Each `class: error`, `skipped: why` or `not tried: …`.
+            let tried =
+                all.targets.iter().rev().find(|t| {
+                    !t.outcome.starts_with("skipped") && !t.outcome.starts_with("not tried")
+                });
+            if let Some(class) = tried.and_then(|t| t.outcome.split(':').next()) {
+                return class.trim().to_owned();
+            }
+        }
+        cause = err.source();
+    }
+    classifier.classify_error(e).class().as_str().to_owned()
 }
