@@ -45,6 +45,18 @@ use llm_tower_demo::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// `--hold`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum HoldArg {
+    /// Until the first token.
+    FirstToken,
+    /// Until the stream is complete (at most 1 MiB held).
+    Complete,
+}
+
+/// The most of a stream held with `--hold complete`: 1 MiB.
+const DEMO_HOLD_BYTES: usize = 1 << 20;
+
 /// Runs the same workload of LLM calls through a bare client and through
 /// llm-tower's recommended stack, against a chaotic mock provider on
 /// loopback (or a real endpoint), and reports side by side.
@@ -63,6 +75,13 @@ struct Args {
     /// Every call streams (default: a mix of streaming and not).
     #[arg(long)]
     stream: bool,
+    /// How long each target's retry holds a stream back: until its first
+    /// token (the library's default, for interactive callers: a stream cut
+    /// after it reaches the caller cut), or until it is complete, so that a
+    /// stream failing anywhere is retried, then moved whole to the fallback
+    /// target (the demo's workload reads whole answers).
+    #[arg(long, value_enum, default_value_t = HoldArg::Complete)]
+    hold: HoldArg,
     /// Run one side only.
     #[arg(long, value_enum)]
     only: Option<Side>,
@@ -322,7 +341,12 @@ fn options(args: &Args) -> Result<Options, String> {
             Some(side) => vec![side],
             None => vec![Side::Bare, Side::Stack],
         },
-        tuning: tuning.with_limits(args.rpm, args.tpm),
+        tuning: tuning
+            .with_limits(args.rpm, args.tpm)
+            .with_hold(match args.hold {
+                HoldArg::FirstToken => llm_tower::retry::Hold::FirstToken,
+                HoldArg::Complete => llm_tower::retry::Hold::complete(DEMO_HOLD_BYTES),
+            }),
         progress: !args.json,
     })
 }

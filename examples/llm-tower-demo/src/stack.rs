@@ -29,6 +29,7 @@ use llm_tower::{
     provider::{Provider, WireFormat},
     rate_limit::{Limit, RateLimitConfig, RateLimitEvent, RateLimitHandle, RateLimitLayer},
     request::{PrepareLayer, ReplayBody, RequestMeta},
+    retry::Hold,
     retry::{Backoff, BudgetConfig, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
     timeout::{TimeoutConfig, TimeoutLayer},
 };
@@ -84,6 +85,12 @@ pub struct Tuning {
 }
 
 impl Tuning {
+    /// Holds each target's streams as `hold` says.
+    pub fn with_hold(mut self, hold: llm_tower::retry::Hold) -> Self {
+        self.retry = self.retry.hold(hold);
+        self
+    }
+
     /// Limits for the embedded mock, whose healthy answers take well under a
     /// second: a stream silent for a second before its first token is hung.
     pub fn for_mock() -> Self {
@@ -101,6 +108,10 @@ impl Tuning {
                     jitter: Jitter::Full,
                 })
                 .max_server_delay(Duration::from_secs(10))
+                // The workload reads whole answers: hold each stream until
+                // it is complete, so that one cut after its first tokens is
+                // retried, then moved whole to the fallback target.
+                .hold(Hold::complete(1 << 20))
                 // A bigger bucket than the default (20): it pays only for
                 // retries of outages actually made (a 429 with an exact
                 // retry-after is free), but the mock's outage takes both
@@ -198,6 +209,14 @@ impl Tuning {
             change(
                 format!("retry.backoff = {:?}", r.backoff),
                 "a shorter base than the default: the mock's faults clear in milliseconds",
+            );
+        }
+        if r.hold != d.hold {
+            change(
+                format!("retry.hold = {:?}", r.hold),
+                "the workload reads whole answers: a stream cut after its first tokens is retried, \
+                 then moved whole to the fallback target, instead of reaching the caller cut \
+                 (--hold first-token keeps the default, for interactive callers)",
             );
         }
         if r.max_server_delay != d.max_server_delay {
@@ -841,7 +860,6 @@ fn per_target(
             }
             req
         })
-        .map_result(held_failure_as_error)
         .layer(retry)
         // Inside retry: every attempt is recorded, and an open breaker fails
         // the attempt at once, sparing the provider (the call moves to its
@@ -862,29 +880,6 @@ fn per_target(
         .service(http_client());
     let svc = ServiceExt::<Request<ReplayBody>>::map_response(svc, boxed);
     Ok(BoxCloneService::new(svc))
-}
-
-/// A workaround for the library as it is: when a target's retry layer
-/// gives up on a stream that failed before its first token (an error
-/// event, a first-token timeout, a dropped connection), it hands over the
-/// `200` response with the failure in its body, and `FallbackLayer`, which
-/// judges by the status, takes it as answered and never moves on. Here, such
-/// a response becomes its error, so that the call moves to its fallback
-/// target. A stream that failed after its first token is left as it is
-/// (the caller has seen output; nothing can be retried).
-fn held_failure_as_error<B>(
-    result: Result<Response<B>, BoxError>,
-) -> Result<Response<B>, BoxError> {
-    let res = result?;
-    if res.status().is_success()
-        && let Some(p) = StreamProgress::get(&res)
-        && p.is_stream()
-        && !p.has_output()
-        && let Some(e) = p.failure_error()
-    {
-        return Err(e);
-    }
-    Ok(res)
 }
 
 /// Sends each call to the [`FallbackLayer`] of its wire format.

@@ -232,13 +232,11 @@ async fn with_fallback_the_stack_answers_at_least_99_5_percent_on_the_default_ch
         "{overall:.2}% of {calls} calls answered; {before_output:.2}% counting only the failures \
          before output ({after_output} failed after it)"
     );
+    // Streams are held until complete (the demo's setting): none fails
+    // after output reached the caller.
+    assert_eq!(after_output, 0, "{before_output:.2}%");
     assert!(
-        before_output >= 99.5,
-        "{before_output:.2}% of {calls} calls (failures before output); failed:\n{}",
-        failed.join("\n")
-    );
-    assert!(
-        overall >= 98.0,
+        overall >= 99.5,
         "{overall:.2}% of {calls} calls; failed:\n{}",
         failed.join("\n")
     );

@@ -183,13 +183,6 @@ impl<B> PeekedBody<B> {
         self.prefix.is_empty() && self.error.is_none() && self.trailers.is_none()
     }
 
-    /// Yields `error` after the peeked bytes, in place of the rest.
-    #[cfg_attr(not(feature = "retry"), allow(dead_code))]
-    pub(crate) fn with_error(mut self, error: crate::BoxError) -> Self {
-        self.error = Some(error);
-        self
-    }
-
     /// The bytes read while peeking (until yielded).
     pub fn peeked(&self) -> &[u8] {
         &self.prefix

@@ -328,18 +328,14 @@ where
                     (Held::Handover, res, feeder) => return this.succeed(res, true, feeder),
                     // Dropped with the attempt: what it parsed is published.
                     (Held::Failed(e), res, _feeder) => {
+                        // Nothing of an answer reached the caller (no output
+                        // yet, or none at all with `Hold::Complete`): if this
+                        // is the last attempt, the caller gets the typed
+                        // error alone, never a partial answer — and a
+                        // fallback further out moves on.
                         let failure = classifier.classify_error(&*e);
-                        let last = if shared.config.hold.until_complete() {
-                            // Nothing reached the caller: if this is the
-                            // last attempt, the caller gets the typed error
-                            // alone, never a partial answer (and a fallback
-                            // further out can move on).
-                            drop(res);
-                            Err(e)
-                        } else {
-                            Ok(res.map(|b| RetryBody::new(b.with_error(e), None, None)))
-                        };
-                        (failure, last)
+                        drop(res);
+                        (failure, Err(e))
                     }
                 },
                 StateProj::Validating { peek } => {
