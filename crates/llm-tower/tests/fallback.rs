@@ -447,3 +447,150 @@ async fn when_every_target_fails_a_static_answer_in_the_callers_format() {
     assert!(text.contains("try again soon"), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 }
+
+/// Sets its flag when dropped armed: a call cancelled before it answered.
+struct DropFlag(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl DropFlag {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A target answering `OPENAI_OK` after `delay`; `cancelled` is set if its
+/// call is dropped before that.
+fn slow(
+    delay: std::time::Duration,
+    log: Log,
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+) -> impl tower::Service<
+    Request<ReplayBody>,
+    Response = Res,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Res, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req: Request<ReplayBody>| {
+        log.lock().unwrap().push(Seen {
+            uri: req.uri().to_string(),
+            headers: req.headers().clone(),
+            body: serde_json::from_slice(req.body().bytes()).unwrap(),
+        });
+        let mut flag = DropFlag(Some(cancelled.clone()));
+        async move {
+            tokio::time::sleep(delay).await;
+            flag.disarm();
+            Ok(json_response(200, OPENAI_OK))
+        }
+    })
+}
+
+fn hedged(body: &str) -> Request<ReplayBody> {
+    let mut req = request(body);
+    req.extensions_mut().insert(llm_tower::fallback::Hedge);
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_wins_cancels_the_slow_target_at_once() {
+    use std::{sync::atomic::AtomicBool, time::Duration};
+    let (a, b): (Log, Log) = Default::default();
+    let (a_cancelled, b_cancelled) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let layer = FallbackLayer::new()
+        .hedge(Duration::from_secs(1), 1.0)
+        .target(
+            Target::new("b", Provider::OpenAi, WireFormat::OpenAiChat).model("b"),
+            slow(Duration::from_millis(100), b.clone(), b_cancelled.clone()),
+        )
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let svc = layer.layer(slow(
+        Duration::from_secs(10),
+        a.clone(),
+        a_cancelled.clone(),
+    ));
+    let start = tokio::time::Instant::now();
+    let res = svc.oneshot(hedged(OPENAI_BODY)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(1_100));
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "b");
+    assert!(
+        a_cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        "the loser was dropped"
+    );
+    assert!(!b_cancelled.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .contains(&FallbackEvent::Hedged { target: "b".into() })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_loses_is_cancelled_and_unmarked_calls_are_never_hedged() {
+    use std::{sync::atomic::AtomicBool, time::Duration};
+    let (a, b): (Log, Log) = Default::default();
+    let (a_cancelled, b_cancelled) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let layer = FallbackLayer::new()
+        .hedge(Duration::from_secs(1), 1.0)
+        .target(
+            Target::new("b", Provider::OpenAi, WireFormat::OpenAiChat).model("b"),
+            slow(Duration::from_secs(5), b.clone(), b_cancelled.clone()),
+        );
+    let svc = layer.layer(slow(Duration::from_secs(2), a.clone(), a_cancelled.clone()));
+    let start = tokio::time::Instant::now();
+    let res = svc.clone().oneshot(hedged(OPENAI_BODY)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        res.extensions().get::<Answered>().unwrap().target,
+        "primary"
+    );
+    assert!(
+        b_cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        "the hedge was dropped"
+    );
+    assert_eq!(b.lock().unwrap().len(), 1);
+    // Not marked: no hedge, however slow.
+    let start = tokio::time::Instant::now();
+    svc.oneshot(request(OPENAI_BODY)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(b.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_are_bounded_by_their_ratio() {
+    use std::{sync::atomic::AtomicBool, time::Duration};
+    let (a, b): (Log, Log) = Default::default();
+    let flag = Arc::new(AtomicBool::new(false));
+    // One hedge per two eligible calls.
+    let layer = FallbackLayer::new()
+        .hedge(Duration::from_secs(1), 0.5)
+        .target(
+            Target::new("b", Provider::OpenAi, WireFormat::OpenAiChat).model("b"),
+            slow(Duration::from_millis(10), b.clone(), flag.clone()),
+        );
+    let svc = layer.layer(slow(Duration::from_secs(2), a.clone(), flag.clone()));
+    let mut answered_by = Vec::new();
+    for _ in 0..4 {
+        let res = svc.clone().oneshot(hedged(OPENAI_BODY)).await.unwrap();
+        answered_by.push(res.extensions().get::<Answered>().unwrap().target.clone());
+    }
+    assert_eq!(answered_by, ["primary", "b", "primary", "b"]);
+    assert_eq!(b.lock().unwrap().len(), 2);
+}

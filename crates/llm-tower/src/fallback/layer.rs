@@ -5,8 +5,12 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -54,6 +58,11 @@ pub enum FallbackEvent {
         /// How it failed.
         class: FailureClass,
     },
+    /// A slow target's call also went to this one (hedging).
+    Hedged {
+        /// The target the hedge went to.
+        target: String,
+    },
     /// Every target failed, and the call was answered from the last resort
     /// configured: `stale` or `static`.
     Degraded {
@@ -84,6 +93,7 @@ struct Shared<C> {
     listener: Option<Listener>,
     stale: Option<Arc<StaleAnswers>>,
     static_text: Option<String>,
+    hedging: Option<Hedging>,
 }
 
 impl<C> Shared<C> {
@@ -94,6 +104,9 @@ impl<C> Shared<C> {
             }
             FallbackEvent::Failed { target, class } => {
                 tracing::info!(target: "llm_tower::fallback", target = %target, class = class.as_str(), "fallback: target failed, moving on");
+            }
+            FallbackEvent::Hedged { target } => {
+                tracing::debug!(target: "llm_tower::fallback", target = %target, "fallback: hedge started");
             }
             FallbackEvent::Degraded { how } => {
                 tracing::warn!(target: "llm_tower::fallback", how, "fallback: every target failed; answered degraded");
@@ -183,6 +196,7 @@ impl<C: Classifier> FallbackLayer<C> {
                 listener: None,
                 stale: None,
                 static_text: None,
+                hedging: None,
             }),
         }
     }
@@ -277,6 +291,30 @@ impl<C: Classifier> FallbackLayer<C> {
     pub fn static_answer(self, text: impl Into<String>) -> Self {
         let text = text.into();
         self.edit(|s| s.static_text = Some(text))
+    }
+
+    /// Hedging, for calls marked with [`Hedge`] in their extensions: when a
+    /// target has not answered (for a stream: produced its first token,
+    /// held by its retry layer) within `delay`, the call also goes to the
+    /// next target that can take it; the first answer wins and the other
+    /// is dropped at once (its connection closed, its usage still metered
+    /// by its meter). At most `max_ratio` hedges per eligible call (0.1:
+    /// 10% more attempts), and only within the call's attempt budget. A
+    /// hedge goes through the target's own stack, whose breaker and rate
+    /// limiter refuse it as they would any call. Off by default.
+    ///
+    /// # Panics
+    ///
+    /// If called after the layer was cloned or made a service.
+    pub fn hedge(self, delay: Duration, max_ratio: f64) -> Self {
+        self.edit(|s| {
+            s.hedging = Some(Hedging {
+                delay,
+                max_ratio,
+                calls: AtomicU64::new(0),
+                hedges: AtomicU64::new(0),
+            })
+        })
     }
 
     /// Calls `f` with every [`FallbackEvent`], besides the `tracing` events.
@@ -506,6 +544,179 @@ fn set_headers(headers: &mut HeaderMap, own: &HeaderMap, other_format: bool) {
     }
 }
 
+/// What one target made of a call.
+enum Step {
+    /// It answered: the answer, in the caller's format.
+    Answered(Response<FallbackBody>),
+    /// It failed in a way another target may help with.
+    MoveOn {
+        /// Its HTTP answer, when it gave one (the caller's, if it is the
+        /// last).
+        last: Option<Response<FallbackBody>>,
+        outcome: TargetOutcome,
+        /// Its context window, when the failure was a context too long.
+        too_long_for: Option<u64>,
+    },
+    /// It failed in a way no other target can help with: the caller's.
+    Stop(Result<Response<FallbackBody>, BoxError>),
+}
+
+/// Sends `attempt` to one target and judges what came back.
+async fn try_target<C: Classifier>(
+    shared: &Shared<C>,
+    target: &Target,
+    service: TargetService,
+    attempt: Request<ReplayBody>,
+    from: Option<WireFormat>,
+    moved: bool,
+) -> Step {
+    let model = RequestMeta::get(&attempt)
+        .and_then(RequestMeta::model)
+        .map(str::to_owned);
+    let translated = from.is_some_and(|f| f != target.format);
+    match service.oneshot(attempt).await {
+        Ok(res) if res.status().is_success() => {
+            shared.emit(FallbackEvent::Answered {
+                target: target.name.clone(),
+                moved,
+            });
+            match answer(res, target.format, from, translated, model.as_deref()).await {
+                Ok(mut res) => {
+                    res.extensions_mut().insert(Answered {
+                        target: target.name.clone(),
+                        model,
+                        moved,
+                    });
+                    Step::Answered(res)
+                }
+                Err(e) => Step::Stop(Err(e)),
+            }
+        }
+        Ok(res) => {
+            let peeked = PeekBody::new(res, ERROR_BODY_LIMIT).await;
+            let view = ResponseView::new(peeked.status(), peeked.headers())
+                .with_body(peeked.body().peeked())
+                .with_format(Some(target.format));
+            let failure = shared
+                .classifier
+                .classify_response(&view)
+                .into_failure()
+                .unwrap_or_else(|| Failure::new(FailureClass::Other));
+            let res = peeked.map(BodyExt::boxed_unsync);
+            let res = match answer(res, target.format, from, translated, model.as_deref()).await {
+                Ok(res) => res,
+                Err(e) => return Step::Stop(Err(e)),
+            };
+            if !shared.moves_on(&failure) {
+                return Step::Stop(Ok(res));
+            }
+            shared.emit(FallbackEvent::Failed {
+                target: target.name.clone(),
+                class: failure.class(),
+            });
+            Step::MoveOn {
+                last: Some(res),
+                outcome: TargetOutcome {
+                    target: target.name.clone(),
+                    outcome: failure.class().as_str().into(),
+                },
+                too_long_for: (failure.class() == FailureClass::ContextLength)
+                    .then(|| target.context_window.unwrap_or(0)),
+            }
+        }
+        Err(e) => {
+            let failure = shared.classifier.classify_error(&*e);
+            if !shared.moves_on(&failure) {
+                return Step::Stop(Err(e));
+            }
+            shared.emit(FallbackEvent::Failed {
+                target: target.name.clone(),
+                class: failure.class(),
+            });
+            Step::MoveOn {
+                last: None,
+                outcome: TargetOutcome {
+                    target: target.name.clone(),
+                    outcome: format!("{}: {e}", failure.class().as_str()),
+                },
+                too_long_for: None,
+            }
+        }
+    }
+}
+
+/// Polls two steps at once; the first answer wins (the other is dropped:
+/// its connection closed, its meter reporting it cancelled). Without an
+/// answer, both are waited for, the first one's result first.
+async fn race(
+    a: Pin<Box<dyn Future<Output = Step> + Send + '_>>,
+    b: Pin<Box<dyn Future<Output = Step> + Send + '_>>,
+) -> (Step, Option<Step>) {
+    let mut a = Some(a);
+    let mut b = Some(b);
+    let mut done_a: Option<Step> = None;
+    let mut done_b: Option<Step> = None;
+    std::future::poll_fn(|cx| {
+        if let Some(f) = a.as_mut()
+            && let Poll::Ready(step) = f.as_mut().poll(cx)
+        {
+            a = None;
+            if matches!(step, Step::Answered(_)) {
+                b = None;
+                return Poll::Ready((step, None));
+            }
+            done_a = Some(step);
+        }
+        if let Some(f) = b.as_mut()
+            && let Poll::Ready(step) = f.as_mut().poll(cx)
+        {
+            b = None;
+            if matches!(step, Step::Answered(_)) {
+                a = None;
+                return Poll::Ready((step, None));
+            }
+            done_b = Some(step);
+        }
+        if a.is_none() && b.is_none() {
+            let first = done_a.take().expect("both done");
+            return Poll::Ready((first, done_b.take()));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Hedging: after `delay` without an answer from a target, the call also
+/// goes to the next one; at most `max_ratio` hedges per eligible call.
+pub(crate) struct Hedging {
+    pub(crate) delay: Duration,
+    pub(crate) max_ratio: f64,
+    pub(crate) calls: AtomicU64,
+    pub(crate) hedges: AtomicU64,
+}
+
+impl Hedging {
+    /// Counts an eligible call.
+    fn call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a hedge if the budget allows one more.
+    fn try_hedge(&self) -> bool {
+        let calls = self.calls.load(Ordering::Relaxed) as f64;
+        self.hedges
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                ((h + 1) as f64 <= calls * self.max_ratio).then_some(h + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// A request marked in its extensions as eligible for hedging (an
+/// idempotent call whose double cost is acceptable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hedge;
+
 async fn run<C: Classifier>(
     shared: Arc<Shared<C>>,
     primary: TargetService,
@@ -533,48 +744,62 @@ async fn run<C: Classifier>(
         t.model = None;
         t
     });
-    let targets =
-        std::iter::once((&primary_target, primary)).chain(shared.targets.iter().map(|(t, s)| {
-            let service = s.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            (t, service)
-        }));
+    let targets: Vec<&Target> = std::iter::once(&primary_target)
+        .chain(shared.targets.iter().map(|(t, _)| t))
+        .collect();
+    let mut services: Vec<Option<TargetService>> = std::iter::once(Some(primary))
+        .chain(
+            shared
+                .targets
+                .iter()
+                .map(|(_, s)| Some(s.lock().unwrap_or_else(|p| p.into_inner()).clone())),
+        )
+        .collect();
+    let hedging = shared
+        .hedging
+        .as_ref()
+        .filter(|_| req.extensions().get::<Hedge>().is_some());
+    if let Some(h) = hedging {
+        h.call();
+    }
     let mut outcomes = Vec::new();
     let mut last: Option<Response<FallbackBody>> = None;
     let mut sent = false;
     // A context too long for a window moves on only to a larger one.
     let mut too_long_for: Option<u64> = None;
-    for (index, (target, service)) in targets.enumerate() {
-        let skip = match (&meta, too_long_for) {
-            (_, Some(w)) if target.context_window.is_none_or(|t| t <= w) => {
-                Some(format!("its context window is no larger than {w}"))
+
+    // The request for target `index`, or why it cannot take the call.
+    let prepare =
+        |index: usize, too_long_for: Option<u64>| -> Result<Request<ReplayBody>, String> {
+            let target = targets[index];
+            let skip = match (&meta, too_long_for) {
+                (_, Some(w)) if target.context_window.is_none_or(|t| t <= w) => {
+                    Some(format!("its context window is no larger than {w}"))
+                }
+                (Some(m), _) => target.cannot_serve(m, has_tools),
+                (None, _) => None,
+            };
+            if let Some(reason) = skip {
+                return Err(reason);
             }
-            (Some(m), _) => target.cannot_serve(m, has_tools),
-            (None, _) => None,
+            request_for(&req, from, target).map_err(|e| e.to_string())
         };
-        if let Some(reason) = skip {
-            shared.emit(FallbackEvent::Skipped {
-                target: target.name.clone(),
-                reason: reason.clone(),
-            });
-            outcomes.push(TargetOutcome {
-                target: target.name.clone(),
-                outcome: format!("skipped: {reason}"),
-            });
-            continue;
-        }
-        let attempt = match request_for(&req, from, target) {
+    let mut index = 0;
+    while index < targets.len() {
+        let target = targets[index];
+        let attempt = match prepare(index, too_long_for) {
             Ok(r) => r,
-            Err(e) => {
-                // This target cannot take the request (a translation
-                // refused): the next one may. Nothing was sent.
-                outcomes.push(TargetOutcome {
-                    target: target.name.clone(),
-                    outcome: format!("skipped: {e}"),
-                });
+            Err(reason) => {
+                // Nothing sent: the next target may take it.
                 shared.emit(FallbackEvent::Skipped {
                     target: target.name.clone(),
-                    reason: e.to_string(),
+                    reason: reason.clone(),
                 });
+                outcomes.push(TargetOutcome {
+                    target: target.name.clone(),
+                    outcome: format!("skipped: {reason}"),
+                });
+                index += 1;
                 continue;
             }
         };
@@ -588,72 +813,65 @@ async fn run<C: Classifier>(
             break;
         }
         sent = true;
-        let model = RequestMeta::get(&attempt)
-            .and_then(RequestMeta::model)
-            .map(str::to_owned);
-        let translated = from.is_some_and(|f| f != target.format);
-        match service.oneshot(attempt).await {
-            Ok(res) if res.status().is_success() => {
-                shared.emit(FallbackEvent::Answered {
-                    target: target.name.clone(),
-                    moved: index > 0,
-                });
-                let mut res =
-                    answer(res, target.format, from, translated, model.as_deref()).await?;
-                res.extensions_mut().insert(Answered {
-                    target: target.name.clone(),
-                    model,
-                    moved: index > 0,
-                });
-                if let Some(stale) = &shared.stale {
-                    res = stale.record(from, req.body().bytes(), res);
+        let service = services[index].take().expect("each target is tried once");
+        let step = try_target(&shared, target, service, attempt, from, index > 0);
+        let mut next = index + 1;
+        let steps = match hedging {
+            None => (step.await, None),
+            Some(h) => {
+                let mut step = Box::pin(step);
+                let first = tokio::time::timeout(h.delay, step.as_mut()).await;
+                match first {
+                    Ok(done) => (done, None),
+                    Err(_) => {
+                        // Slow: also try the next target that can take the
+                        // call, if the hedge and attempt budgets allow.
+                        let hedge = (next..targets.len())
+                            .find_map(|j| prepare(j, too_long_for).ok().map(|r| (j, r)));
+                        match hedge {
+                            Some((j, hedge_req)) if h.try_hedge() && budget.try_take() => {
+                                let other = targets[j];
+                                tracing::debug!(target: "llm_tower::fallback", from = %target.name, to = %other.name, "fallback: hedging");
+                                shared.emit(FallbackEvent::Hedged {
+                                    target: other.name.clone(),
+                                });
+                                let service =
+                                    services[j].take().expect("each target is tried once");
+                                let hedge = Box::pin(try_target(
+                                    &shared, other, service, hedge_req, from, true,
+                                ));
+                                next = j + 1;
+                                race(step, hedge).await
+                            }
+                            _ => (step.await, None),
+                        }
+                    }
                 }
-                return Ok(res);
             }
-            Ok(res) => {
-                let peeked = PeekBody::new(res, ERROR_BODY_LIMIT).await;
-                let view = ResponseView::new(peeked.status(), peeked.headers())
-                    .with_body(peeked.body().peeked())
-                    .with_format(Some(target.format));
-                let failure = shared
-                    .classifier
-                    .classify_response(&view)
-                    .into_failure()
-                    .unwrap_or_else(|| Failure::new(FailureClass::Other));
-                let res = peeked.map(BodyExt::boxed_unsync);
-                let res = answer(res, target.format, from, translated, model.as_deref()).await?;
-                if !shared.moves_on(&failure) {
+        };
+        for step in [Some(steps.0), steps.1].into_iter().flatten() {
+            match step {
+                Step::Answered(mut res) => {
+                    if let Some(stale) = &shared.stale {
+                        res = stale.record(from, req.body().bytes(), res);
+                    }
                     return Ok(res);
                 }
-                if failure.class() == FailureClass::ContextLength {
-                    too_long_for = Some(target.context_window.unwrap_or(0));
+                Step::Stop(result) => return result,
+                Step::MoveOn {
+                    last: l,
+                    outcome,
+                    too_long_for: t,
+                } => {
+                    outcomes.push(outcome);
+                    last = l;
+                    if t.is_some() {
+                        too_long_for = t;
+                    }
                 }
-                shared.emit(FallbackEvent::Failed {
-                    target: target.name.clone(),
-                    class: failure.class(),
-                });
-                outcomes.push(TargetOutcome {
-                    target: target.name.clone(),
-                    outcome: failure.class().as_str().into(),
-                });
-                last = Some(res);
-            }
-            Err(e) => {
-                let failure = shared.classifier.classify_error(&*e);
-                if !shared.moves_on(&failure) {
-                    return Err(e);
-                }
-                shared.emit(FallbackEvent::Failed {
-                    target: target.name.clone(),
-                    class: failure.class(),
-                });
-                outcomes.push(TargetOutcome {
-                    target: target.name.clone(),
-                    outcome: format!("{}: {e}", failure.class().as_str()),
-                });
-                last = None;
             }
         }
+        index = next;
     }
     // The last resort, when configured: never silent.
     if let Some(res) = shared

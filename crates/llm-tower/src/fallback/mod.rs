@@ -50,7 +50,13 @@
 //! stream failing anywhere is retried and then moved to the next target
 //! whole, and the caller receives one clean stream.
 //!
-//! Not yet: hedging.
+//! # Hedging
+//!
+//! Opt-in, for calls marked [`Hedge`]: a target slow to answer (for a
+//! stream, to produce its first token) gets company — the call also goes
+//! to the next target, the first answer wins, the other is dropped at once.
+//! Bounded by a ratio of extra attempts and by the call's attempt budget
+//! ([`hedge`](FallbackLayer::hedge)).
 
 mod body;
 mod degrade;
@@ -60,7 +66,7 @@ mod target;
 pub use body::{FallbackBody, TRANSLATE_LIMIT};
 pub use degrade::{DEGRADED_HEADER, Degraded, MAX_STALE_ANSWER};
 pub use layer::{
-    AllTargetsFailed, Answered, Fallback, FallbackEvent, FallbackLayer, ResponseFuture,
+    AllTargetsFailed, Answered, Fallback, FallbackEvent, FallbackLayer, Hedge, ResponseFuture,
     TargetOutcome,
 };
 pub use target::Target;
