@@ -225,3 +225,37 @@ async fn a_stream_cut_after_tokens_on_every_attempt_falls_back_whole_with_hold_c
         "two cut attempts, then Anthropic"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_over_loopback_wins_and_the_slow_attempt_is_cut_and_metered_once() {
+    use llm_tower::{fallback::Hedge, metering::Outcome};
+    // OpenAI's status line comes after 10 s; Anthropic answers at once.
+    let mock = mock(vec![
+        Rule::new(Fault::SlowFirstByte { delay: 10 * SEC }).provider(Provider::OpenAi),
+    ])
+    .await;
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(
+            FallbackLayer::new()
+                .hedge(SEC, 1.0)
+                .target(claude(&mock), per_target()),
+        )
+        .service(per_target());
+    let mut req = chat(&mock, Provider::OpenAi, false, "hello");
+    req.extensions_mut().insert(Hedge);
+    let reports = observe(&mut req);
+    let start = tokio::time::Instant::now();
+    let res = svc.oneshot(req).await.unwrap();
+    assert!(start.elapsed() < 2 * SEC, "{:?}", start.elapsed());
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "claude");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+    // Each attempt metered once: the hedge's answer, and the slow one,
+    // cancelled when it lost.
+    let mut outcomes: Vec<Outcome> = reports.all().iter().map(|r| r.outcome).collect();
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, [Outcome::Cancelled, Outcome::Completed]);
+    assert_eq!(mock.journal().entries().len(), 2);
+}
