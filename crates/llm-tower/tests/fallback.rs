@@ -594,3 +594,43 @@ async fn hedges_are_bounded_by_their_ratio() {
     assert_eq!(answered_by, ["primary", "b", "primary", "b"]);
     assert_eq!(b.lock().unwrap().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_hedging_delay_follows_a_percentile_of_the_targets_answer_times() {
+    use std::{
+        sync::atomic::{AtomicBool, AtomicU64, Ordering},
+        time::Duration,
+    };
+    let b = Log::default();
+    let flag = Arc::new(AtomicBool::new(false));
+    // The first target's answer time, set by the test.
+    let millis = Arc::new(AtomicU64::new(100));
+    let primary = {
+        let millis = millis.clone();
+        service_fn(move |_req: Request<ReplayBody>| {
+            let d = Duration::from_millis(millis.load(Ordering::SeqCst));
+            async move {
+                tokio::time::sleep(d).await;
+                Ok::<_, Infallible>(json_response(200, OPENAI_OK))
+            }
+        })
+    };
+    let layer = FallbackLayer::new()
+        .hedge_at_percentile(0.95, Duration::from_secs(8), 1.0)
+        .target(
+            Target::new("b", Provider::OpenAi, WireFormat::OpenAiChat).model("b"),
+            slow(Duration::from_millis(10), b.clone(), flag),
+        );
+    let svc = layer.layer(primary);
+    // Twenty answers in 100 ms: the 95th percentile is 100 ms, the delay
+    // its floor, 8 s / 4.
+    for _ in 0..20 {
+        svc.clone().oneshot(hedged(OPENAI_BODY)).await.unwrap();
+    }
+    assert!(b.lock().unwrap().is_empty());
+    millis.store(30_000, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    let res = svc.clone().oneshot(hedged(OPENAI_BODY)).await.unwrap();
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "b");
+    assert_eq!(start.elapsed(), Duration::from_millis(2_010));
+}

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -94,6 +94,9 @@ struct Shared<C> {
     stale: Option<Arc<StaleAnswers>>,
     static_text: Option<String>,
     hedging: Option<Hedging>,
+    /// Each target's recent answer times (the first target's first), for
+    /// a hedging delay at a percentile.
+    latencies: Vec<Mutex<Latencies>>,
 }
 
 impl<C> Shared<C> {
@@ -197,6 +200,7 @@ impl<C: Classifier> FallbackLayer<C> {
                 stale: None,
                 static_text: None,
                 hedging: None,
+                latencies: vec![Mutex::new(Latencies::default())],
             }),
         }
     }
@@ -232,7 +236,10 @@ impl<C: Classifier> FallbackLayer<C> {
         B::Error: Into<BoxError>,
     {
         let service = std::sync::Mutex::new(boxed(service));
-        self.edit(|s| s.targets.push((target, service)))
+        self.edit(|s| {
+            s.targets.push((target, service));
+            s.latencies.push(Mutex::new(Latencies::default()));
+        })
     }
 
     /// The most upstream attempts a call makes in all, every target's
@@ -310,6 +317,32 @@ impl<C: Classifier> FallbackLayer<C> {
         self.edit(|s| {
             s.hedging = Some(Hedging {
                 delay,
+                percentile: None,
+                max_ratio,
+                calls: AtomicU64::new(0),
+                hedges: AtomicU64::new(0),
+            })
+        })
+    }
+
+    /// [`hedge`](Self::hedge) with a delay measured per target: the
+    /// `percentile` (0.95: the 95th) of the time its last
+    /// 100 answers took to come, once it has 20; `delay` until then, and
+    /// never less than `delay / 4`.
+    ///
+    /// # Panics
+    ///
+    /// If `percentile` is not within (0, 1], or if called after the layer
+    /// was cloned or made a service.
+    pub fn hedge_at_percentile(self, percentile: f64, delay: Duration, max_ratio: f64) -> Self {
+        assert!(
+            percentile > 0.0 && percentile <= 1.0,
+            "hedge_at_percentile: the percentile {percentile} is not within (0, 1]"
+        );
+        self.edit(|s| {
+            s.hedging = Some(Hedging {
+                delay,
+                percentile: Some(percentile),
                 max_ratio,
                 calls: AtomicU64::new(0),
                 hedges: AtomicU64::new(0),
@@ -565,6 +598,7 @@ enum Step {
 async fn try_target<C: Classifier>(
     shared: &Shared<C>,
     target: &Target,
+    latencies: &Mutex<Latencies>,
     service: TargetService,
     attempt: Request<ReplayBody>,
     from: Option<WireFormat>,
@@ -574,8 +608,13 @@ async fn try_target<C: Classifier>(
         .and_then(RequestMeta::model)
         .map(str::to_owned);
     let translated = from.is_some_and(|f| f != target.format);
+    let start = tokio::time::Instant::now();
     match service.oneshot(attempt).await {
         Ok(res) if res.status().is_success() => {
+            latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(start.elapsed());
             shared.emit(FallbackEvent::Answered {
                 target: target.name.clone(),
                 moved,
@@ -690,12 +729,55 @@ async fn race(
 /// goes to the next one; at most `max_ratio` hedges per eligible call.
 pub(crate) struct Hedging {
     pub(crate) delay: Duration,
+    pub(crate) percentile: Option<f64>,
     pub(crate) max_ratio: f64,
     pub(crate) calls: AtomicU64,
     pub(crate) hedges: AtomicU64,
 }
 
+/// The most answer times kept per target.
+const LATENCY_WINDOW: usize = 100;
+/// The answer times a target needs before its percentile is used.
+const LATENCY_MIN_SAMPLES: usize = 20;
+
+/// A target's recent answer times.
+#[derive(Default)]
+pub(crate) struct Latencies {
+    recent: std::collections::VecDeque<Duration>,
+}
+
+impl Latencies {
+    fn record(&mut self, d: Duration) {
+        if self.recent.len() == LATENCY_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(d);
+    }
+
+    fn percentile(&self, p: f64) -> Option<Duration> {
+        if self.recent.len() < LATENCY_MIN_SAMPLES {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
+        let rank = ((sorted.len() as f64) * p).ceil() as usize;
+        Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    }
+}
+
 impl Hedging {
+    /// The delay before hedging a call to a target with these latencies.
+    fn delay_for(&self, latencies: &Mutex<Latencies>) -> Duration {
+        match self.percentile {
+            None => self.delay,
+            Some(p) => latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .percentile(p)
+                .map_or(self.delay, |d| d.max(self.delay / 4)),
+        }
+    }
+
     /// Counts an eligible call.
     fn call(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -814,13 +896,22 @@ async fn run<C: Classifier>(
         }
         sent = true;
         let service = services[index].take().expect("each target is tried once");
-        let step = try_target(&shared, target, service, attempt, from, index > 0);
+        let step = try_target(
+            &shared,
+            target,
+            &shared.latencies[index],
+            service,
+            attempt,
+            from,
+            index > 0,
+        );
         let mut next = index + 1;
         let steps = match hedging {
             None => (step.await, None),
             Some(h) => {
                 let mut step = Box::pin(step);
-                let first = tokio::time::timeout(h.delay, step.as_mut()).await;
+                let delay = h.delay_for(&shared.latencies[index]);
+                let first = tokio::time::timeout(delay, step.as_mut()).await;
                 match first {
                     Ok(done) => (done, None),
                     Err(_) => {
@@ -838,7 +929,13 @@ async fn run<C: Classifier>(
                                 let service =
                                     services[j].take().expect("each target is tried once");
                                 let hedge = Box::pin(try_target(
-                                    &shared, other, service, hedge_req, from, true,
+                                    &shared,
+                                    other,
+                                    &shared.latencies[j],
+                                    service,
+                                    hedge_req,
+                                    from,
+                                    true,
                                 ));
                                 next = j + 1;
                                 race(step, hedge).await
