@@ -634,3 +634,36 @@ async fn the_hedging_delay_follows_a_percentile_of_the_targets_answer_times() {
     assert_eq!(res.extensions().get::<Answered>().unwrap().target, "b");
     assert_eq!(start.elapsed(), Duration::from_millis(2_010));
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_hedge_goes_to_a_target_that_says_it_cannot_take_a_call() {
+    use std::{
+        sync::atomic::{AtomicBool, Ordering},
+        time::Duration,
+    };
+    let (a, b): (Log, Log) = Default::default();
+    let flag = Arc::new(AtomicBool::new(false));
+    // As a breaker handle would say: open, then closed.
+    let open = Arc::new(AtomicBool::new(true));
+    let is_open = open.clone();
+    let layer = FallbackLayer::new()
+        .hedge(Duration::from_secs(1), 1.0)
+        .target(
+            Target::new("b", Provider::OpenAi, WireFormat::OpenAiChat)
+                .model("b")
+                .available(move || !is_open.load(Ordering::SeqCst)),
+            slow(Duration::from_millis(10), b.clone(), flag.clone()),
+        );
+    let svc = layer.layer(slow(Duration::from_secs(3), a.clone(), flag));
+    let start = tokio::time::Instant::now();
+    let res = svc.clone().oneshot(hedged(OPENAI_BODY)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(3), "no hedge: waited");
+    assert_eq!(
+        res.extensions().get::<Answered>().unwrap().target,
+        "primary"
+    );
+    assert!(b.lock().unwrap().is_empty(), "nothing sent to it");
+    open.store(false, Ordering::SeqCst);
+    let res = svc.oneshot(hedged(OPENAI_BODY)).await.unwrap();
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "b");
+}

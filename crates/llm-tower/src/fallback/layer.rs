@@ -918,7 +918,11 @@ async fn run<C: Classifier>(
                         // Slow: also try the next target that can take the
                         // call, if the hedge and attempt budgets allow.
                         let hedge = (next..targets.len())
-                            .find_map(|j| prepare(j, too_long_for).ok().map(|r| (j, r)));
+                            .find_map(|j| prepare(j, too_long_for).ok().map(|r| (j, r)))
+                            // Never to a target that says it cannot take a
+                            // call now (its breaker open, its limiter
+                            // refusing).
+                            .filter(|(j, _)| targets[*j].is_available());
                         match hedge {
                             Some((j, hedge_req)) if h.try_hedge() && budget.try_take() => {
                                 let other = targets[j];

@@ -1,7 +1,7 @@
 //! [`Target`]: a model (and optionally another provider's endpoint) a call
 //! may move to, and what it can serve.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
@@ -37,6 +37,7 @@ pub struct Target {
     pub(crate) tools: bool,
     pub(crate) images: bool,
     pub(crate) json_mode: bool,
+    pub(crate) available: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Target {
@@ -56,7 +57,38 @@ impl Target {
             tools: true,
             images: true,
             json_mode: true,
+            available: None,
         }
+    }
+
+    /// Whether the target can take a call now — its breaker not open, its
+    /// rate limiter not refusing —, asked before a hedge is sent to it: a
+    /// hedge is never started to a target that says no (the call is not
+    /// hedged). Not asked for ordinary moves, which its stack judges.
+    ///
+    /// ```
+    /// # #[cfg(feature = "circuit-breaker")] {
+    /// use llm_tower::{
+    ///     circuit_breaker::{BreakerKey, BreakerState, CircuitBreakerLayer},
+    ///     fallback::Target,
+    ///     provider::{Provider, WireFormat},
+    /// };
+    ///
+    /// let breaker = CircuitBreakerLayer::default();
+    /// let handle = breaker.handle();
+    /// let key = BreakerKey::new(Some(Provider::Anthropic), Some("claude-haiku-4-5".into()));
+    /// let claude = Target::new("claude", Provider::Anthropic, WireFormat::AnthropicMessages)
+    ///     .available(move || handle.state(&key) != BreakerState::Open);
+    /// # let _ = claude; }
+    /// ```
+    pub fn available(mut self, f: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.available = Some(Arc::new(f));
+        self
+    }
+
+    /// Asks the [`available`](Self::available) check, if any.
+    pub(crate) fn is_available(&self) -> bool {
+        self.available.as_ref().is_none_or(|f| f())
     }
 
     /// The model asked for, replacing the caller's in the body.
@@ -173,6 +205,7 @@ impl fmt::Debug for Target {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("context_window", &self.context_window)
             .field("max_output", &self.max_output)
+            .field("available", &self.available.is_some())
             .finish_non_exhaustive()
     }
 }
