@@ -259,3 +259,159 @@ async fn a_hedge_over_loopback_wins_and_the_slow_attempt_is_cut_and_metered_once
     assert_eq!(outcomes, [Outcome::Cancelled, Outcome::Completed]);
     assert_eq!(mock.journal().entries().len(), 2);
 }
+
+/// [`chat`] in OpenAI's format, with two tools and `tool_choice: "required"`.
+fn tool_chat(mock: &MockServer, stream: bool, prompt: &str) -> http::Request<String> {
+    let req = chat(mock, Provider::OpenAi, stream, prompt);
+    let (parts, body) = req.into_parts();
+    let mut body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["tools"] = serde_json::json!([
+        {"type": "function", "function": {
+            "name": "search",
+            "description": "Searches the web.",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+        }},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    ]);
+    body["tool_choice"] = serde_json::json!("required");
+    http::Request::from_parts(parts, body.to_string())
+}
+
+/// The `input` of the tool call the mock answers a direct Anthropic call
+/// with, for the same prompt and tools.
+async fn anthropic_tool_input(mock: &MockServer, prompt: &str) -> serde_json::Value {
+    let req = chat(mock, Provider::Anthropic, false, prompt);
+    let (parts, body) = req.into_parts();
+    let mut body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["tools"] = serde_json::json!([
+        {"name": "search", "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}},
+        {"name": "get_time", "input_schema": {"type": "object"}}
+    ]);
+    body["tool_choice"] = serde_json::json!({"type": "any"});
+    let res = client()
+        .oneshot(http::Request::from_parts(
+            parts,
+            ReplayBody::from(body.to_string()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["stop_reason"], "tool_use", "{answer}");
+    assert_eq!(answer["content"][0]["name"], "search", "{answer}");
+    answer["content"][0]["input"].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_openai_tool_call_falls_back_to_anthropic_and_arrives_as_openai_tool_calls() {
+    use async_openai::types::chat::{
+        ChatCompletionMessageToolCalls, CreateChatCompletionResponse,
+        CreateChatCompletionStreamResponse, FinishReason,
+    };
+    const PROMPT: &str = "find the latest news about tower middleware";
+    let mock = mock(vec![
+        Rule::new(Fault::Overloaded).provider(Provider::OpenAi),
+    ])
+    .await;
+    let input = anthropic_tool_input(&mock, PROMPT).await;
+    // The mock's rule: the prompt's first five words.
+    assert_eq!(
+        input,
+        serde_json::json!({"query": "find the latest news about"})
+    );
+    mock.journal().clear();
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(
+            FallbackLayer::new()
+                .max_attempts(3)
+                .target(claude(&mock), per_target()),
+        )
+        .service(per_target());
+
+    // Not streamed.
+    let res = svc
+        .clone()
+        .oneshot(tool_chat(&mock, false, PROMPT))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "claude");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let answer: CreateChatCompletionResponse = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+    assert_eq!(answer.model, ANTHROPIC_MODEL);
+    let choice = &answer.choices[0];
+    assert_eq!(choice.finish_reason, Some(FinishReason::ToolCalls));
+    let calls = choice.message.tool_calls.as_ref().expect("tool calls");
+    assert_eq!(calls.len(), 1);
+    let ChatCompletionMessageToolCalls::Function(call) = &calls[0] else {
+        panic!("a function call: {calls:?}");
+    };
+    assert_eq!(call.function.name, "search");
+    assert!(!call.id.is_empty());
+    let args: serde_json::Value = serde_json::from_str(&call.function.arguments).unwrap();
+    assert_eq!(args, input);
+    let paths: Vec<_> = mock
+        .journal()
+        .entries()
+        .iter()
+        .map(|e| e.path.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/messages"
+        ]
+    );
+
+    // Streamed.
+    mock.journal().clear();
+    let res = svc.oneshot(tool_chat(&mock, true, PROMPT)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "claude");
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    let mut arguments = String::new();
+    let mut finish = None;
+    let mut usage = None;
+    for d in &data[..data.len() - 1] {
+        let chunk: CreateChatCompletionStreamResponse =
+            serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+        assert_eq!(chunk.model, ANTHROPIC_MODEL);
+        for c in &chunk.choices {
+            assert!(
+                c.delta.content.as_deref().unwrap_or("").is_empty(),
+                "{text}"
+            );
+            for t in c.delta.tool_calls.iter().flatten() {
+                assert_eq!(t.index, 0, "{text}");
+                ids.extend(t.id.clone());
+                if let Some(f) = &t.function {
+                    names.extend(f.name.clone());
+                    arguments.push_str(f.arguments.as_deref().unwrap_or(""));
+                }
+            }
+            finish = finish.or(c.finish_reason);
+        }
+        usage = usage.or(chunk.usage);
+    }
+    assert_eq!(ids.len(), 1, "{text}");
+    assert_eq!(names, ["search"], "{text}");
+    let args: serde_json::Value =
+        serde_json::from_str(&arguments).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(args, input);
+    assert_eq!(finish, Some(FinishReason::ToolCalls), "{text}");
+    assert!(usage.is_some_and(|u| u.completion_tokens > 0), "{text}");
+    assert_eq!(mock.journal().entries().len(), 3);
+}

@@ -66,6 +66,9 @@ pub(crate) struct Answer {
     /// True when the output cap cut the answer (`finish_reason: length`).
     pub(crate) truncated: bool,
     pub(crate) input_tokens: u32,
+    /// The tool call that answers in place of text, when the request asked
+    /// for one.
+    pub(crate) tool: Option<ToolCall>,
 }
 
 impl Answer {
@@ -74,7 +77,66 @@ impl Answer {
     }
 
     pub(crate) fn output_tokens(&self) -> u32 {
-        self.tokens.len() as u32
+        match &self.tool {
+            Some(tool) => tool.output_tokens(),
+            None => self.tokens.len() as u32,
+        }
+    }
+
+    /// The answer as a call to `tool`: no text, never cut.
+    pub(crate) fn calling(mut self, tool: ToolCall) -> Self {
+        self.tokens.clear();
+        self.truncated = false;
+        self.tool = Some(tool);
+        self
+    }
+}
+
+/// One call to a tool: its name and its arguments, a JSON object written
+/// whole and in the fragments a stream sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ToolCall {
+    pub(crate) name: String,
+    /// The arguments as a JSON text.
+    pub(crate) arguments: String,
+    /// `arguments` in three pieces, for the stream.
+    pub(crate) fragments: Vec<String>,
+}
+
+impl ToolCall {
+    /// A call to `name` with the JSON object `arguments`.
+    pub(crate) fn new(name: String, arguments: &serde_json::Value) -> Self {
+        let arguments = serde_json::to_string(arguments).expect("JSON values serialise");
+        let chars: Vec<char> = arguments.chars().collect();
+        let (a, b) = (chars.len() / 3, chars.len() * 2 / 3);
+        let fragments = [&chars[..a], &chars[a..b], &chars[b..]]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| p.iter().collect())
+            .collect();
+        ToolCall {
+            name,
+            arguments,
+            fragments,
+        }
+    }
+
+    /// The arguments as a JSON value.
+    pub(crate) fn input(&self) -> serde_json::Value {
+        serde_json::from_str(&self.arguments).expect("the arguments are JSON")
+    }
+
+    /// The output tokens of one fragment: about four characters a token.
+    pub(crate) fn fragment_tokens(fragment: &str) -> u32 {
+        fragment.chars().count().div_ceil(4).min(u32::MAX as usize) as u32
+    }
+
+    /// The output tokens of the whole call: the sum of its fragments'.
+    pub(crate) fn output_tokens(&self) -> u32 {
+        self.fragments
+            .iter()
+            .map(|f| Self::fragment_tokens(f))
+            .sum()
     }
 }
 
@@ -121,6 +183,7 @@ pub(crate) fn answer(
         tokens,
         truncated: n < wanted,
         input_tokens,
+        tool: None,
     }
 }
 
@@ -161,5 +224,19 @@ mod tests {
             a,
             "another seed writes another answer"
         );
+    }
+
+    #[test]
+    fn a_tool_call_splits_its_arguments_and_counts_them() {
+        let args = serde_json::json!({"query": "what is the weather"});
+        let call = ToolCall::new("search".into(), &args);
+        assert_eq!(call.fragments.len(), 3);
+        assert_eq!(call.fragments.concat(), call.arguments);
+        assert_eq!(call.input(), args);
+        let a = answer(7, 42, 10, Some(1)).calling(call.clone());
+        assert!(!a.truncated);
+        assert!(a.text().is_empty());
+        assert_eq!(a.output_tokens(), call.output_tokens());
+        assert!(a.output_tokens() >= call.arguments.len() as u32 / 4);
     }
 }

@@ -581,7 +581,10 @@ async fn handle(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Re
         return response;
     }
 
-    let answer = content::answer(shared.seed, fingerprint, chat.input_tokens, chat.max_tokens);
+    let mut answer = content::answer(shared.seed, fingerprint, chat.input_tokens, chat.max_tokens);
+    if let Some(tool) = &chat.tool {
+        answer = answer.calling(tool.clone());
+    }
     let id = answer_id(shared.seed, provider, fingerprint, attempt);
     let created = shared
         .wall_now()

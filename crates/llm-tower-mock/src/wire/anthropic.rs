@@ -7,9 +7,12 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ErrorAnswer, ErrorKind, Event, Success, sse};
+use crate::content::ToolCall;
 
 fn stop_reason(s: &Success<'_>) -> &'static str {
-    if s.answer.truncated {
+    if s.answer.tool.is_some() {
+        "tool_use"
+    } else if s.answer.truncated {
         "max_tokens"
     } else {
         "end_turn"
@@ -32,7 +35,15 @@ pub(super) fn answer(s: &Success<'_>) -> Value {
         "type": "message",
         "role": "assistant",
         "model": s.chat.model,
-        "content": [{"type": "text", "text": s.answer.text()}],
+        "content": match &s.answer.tool {
+            Some(tool) => json!([{
+                "type": "tool_use",
+                "id": s.tool_call_id(),
+                "name": tool.name,
+                "input": tool.input(),
+            }]),
+            None => json!([{"type": "text", "text": s.answer.text()}]),
+        },
         "stop_reason": stop_reason(s),
         "stop_sequence": null,
         "usage": usage(s.answer.input_tokens, s.answer.output_tokens()),
@@ -40,7 +51,8 @@ pub(super) fn answer(s: &Success<'_>) -> Value {
 }
 
 /// `message_start`, `content_block_start`, `ping`, one `content_block_delta`
-/// per token, `content_block_stop`, `message_delta` (cumulative usage),
+/// per token (a tool call: one `input_json_delta` per fragment of its
+/// input), `content_block_stop`, `message_delta` (cumulative usage),
 /// `message_stop`: the order Anthropic documents.
 pub(super) fn events(s: &Success<'_>) -> Vec<Event> {
     let mut out = Vec::with_capacity(s.answer.tokens.len() + 6);
@@ -57,11 +69,26 @@ pub(super) fn events(s: &Success<'_>) -> Vec<Event> {
             "usage": usage(s.answer.input_tokens, 1),
         }}),
     )));
+    let block = match &s.answer.tool {
+        Some(tool) => {
+            json!({"type": "tool_use", "id": s.tool_call_id(), "name": tool.name, "input": {}})
+        }
+        None => json!({"type": "text", "text": ""}),
+    };
     out.push(Event::frame(sse(
         Some("content_block_start"),
-        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        &json!({"type": "content_block_start", "index": 0, "content_block": block}),
     )));
     out.push(Event::frame(ping()));
+    for f in s.answer.tool.iter().flat_map(|t| &t.fragments) {
+        out.push(Event::tokens(
+            sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": f}}),
+            ),
+            ToolCall::fragment_tokens(f),
+        ));
+    }
     for t in &s.answer.tokens {
         out.push(Event::tokens(
             sse(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    content::Answer,
+    content::{Answer, ToolCall},
     quota::{Limit, Limits},
 };
 
@@ -152,6 +152,10 @@ pub(crate) struct Chat {
     pub(crate) include_usage: bool,
     pub(crate) max_tokens: Option<u32>,
     pub(crate) input_tokens: u32,
+    /// The tool call the request asks for (OpenAI `tool_choice: "required"`
+    /// or a named function, Anthropic `tool_choice` `any` or `tool`), which
+    /// answers in place of text.
+    pub(crate) tool: Option<ToolCall>,
 }
 
 /// Why a request body was refused, written later in the provider's format.
@@ -242,7 +246,65 @@ pub(crate) fn parse(route: &Route, body: &[u8]) -> Result<Chat, Invalid> {
         include_usage,
         max_tokens: max_tokens.map(|n| n.min(u64::from(u32::MAX)) as u32),
         input_tokens: input_tokens(obj, messages_field),
+        tool: tool_call(provider, obj),
     })
+}
+
+/// The tool a request asks to be called, if any: the one `tool_choice`
+/// names, else the first of `tools` when `tool_choice` asks for any. Its
+/// arguments are deterministic: `{"query": "<the prompt's first words>"}`.
+fn tool_call(provider: Provider, obj: &serde_json::Map<String, Value>) -> Option<ToolCall> {
+    let tools = obj.get("tools")?.as_array()?;
+    let name_of = |t: &Value| -> Option<String> {
+        match provider {
+            Provider::OpenAi => t.get("function")?.get("name")?.as_str().map(str::to_owned),
+            Provider::Anthropic => t.get("name")?.as_str().map(str::to_owned),
+            Provider::Gemini => None,
+        }
+    };
+    let first = || tools.iter().find_map(name_of);
+    let choice = obj.get("tool_choice")?;
+    let name = match provider {
+        Provider::OpenAi => match choice {
+            Value::String(s) if s == "required" => first()?,
+            Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+                o.get("function")?.get("name")?.as_str()?.to_owned()
+            }
+            _ => return None,
+        },
+        Provider::Anthropic => match choice.get("type").and_then(Value::as_str)? {
+            "any" => first()?,
+            "tool" => choice.get("name")?.as_str()?.to_owned(),
+            _ => return None,
+        },
+        Provider::Gemini => return None,
+    };
+    let query = prompt(obj)
+        .split_whitespace()
+        .take(5)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(ToolCall::new(name, &serde_json::json!({ "query": query })))
+}
+
+/// The text of the last user message: a string, or its text parts joined.
+fn prompt(obj: &serde_json::Map<String, Value>) -> String {
+    let Some(message) = obj.get("messages").and_then(Value::as_array).and_then(|m| {
+        m.iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+    }) else {
+        return String::new();
+    };
+    match message.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
 }
 
 /// A provider-like count of the prompt: about four characters a token, plus
@@ -354,6 +416,18 @@ pub(crate) struct Success<'a> {
     pub(crate) id: &'a str,
     /// Unix seconds, for OpenAI's `created`.
     pub(crate) created: u64,
+}
+
+impl Success<'_> {
+    /// The id of the answer's tool call, drawn from the answer's id:
+    /// `call_…` for OpenAI, `toolu_01…` for Anthropic.
+    pub(crate) fn tool_call_id(&self) -> String {
+        let n = crate::content::fingerprint((self.id, "tool-call-id"));
+        match self.chat.provider {
+            Provider::Anthropic => format!("toolu_01{}", crate::content::base62_id(n, 22)),
+            _ => format!("call_{}", crate::content::base62_id(n, 24)),
+        }
+    }
 }
 
 /// The whole JSON answer of a non-streaming request.

@@ -7,11 +7,18 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ErrorAnswer, ErrorKind, Event, Invalid, Success, sse};
+use crate::content::ToolCall;
 
 const FINGERPRINT: &str = "fp_mock_0001";
 
 fn finish_reason(s: &Success<'_>) -> &'static str {
-    if s.answer.truncated { "length" } else { "stop" }
+    if s.answer.tool.is_some() {
+        "tool_calls"
+    } else if s.answer.truncated {
+        "length"
+    } else {
+        "stop"
+    }
 }
 
 fn usage(s: &Success<'_>) -> Value {
@@ -32,6 +39,25 @@ fn usage(s: &Success<'_>) -> Value {
 }
 
 pub(super) fn answer(s: &Success<'_>) -> Value {
+    let message = match &s.answer.tool {
+        Some(tool) => json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [{
+                "id": s.tool_call_id(),
+                "type": "function",
+                "function": {"name": tool.name, "arguments": tool.arguments}
+            }],
+            "refusal": null,
+            "annotations": []
+        }),
+        None => json!({
+            "role": "assistant",
+            "content": s.answer.text(),
+            "refusal": null,
+            "annotations": []
+        }),
+    };
     json!({
         "id": s.id,
         "object": "chat.completion",
@@ -39,12 +65,7 @@ pub(super) fn answer(s: &Success<'_>) -> Value {
         "model": s.chat.model,
         "choices": [{
             "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": s.answer.text(),
-                "refusal": null,
-                "annotations": []
-            },
+            "message": message,
             "logprobs": null,
             "finish_reason": finish_reason(s)
         }],
@@ -82,16 +103,52 @@ fn delta(s: &Success<'_>, delta: Value, finish: Option<&str>) -> Value {
 
 /// Role chunk, one chunk per token, the finish chunk, the usage chunk
 /// (`choices: []`, only with `stream_options.include_usage`), then `[DONE]`.
+/// A tool call: the role chunk opens it (`id`, `type`, `name`, empty
+/// `arguments`), then one chunk per fragment of its arguments.
 pub(super) fn events(s: &Success<'_>) -> Vec<Event> {
     let mut out = Vec::with_capacity(s.answer.tokens.len() + 4);
-    out.push(Event::frame(sse(
-        None,
-        &delta(
-            s,
-            json!({"role": "assistant", "content": "", "refusal": null}),
+    if let Some(tool) = &s.answer.tool {
+        out.push(Event::frame(sse(
             None,
-        ),
-    )));
+            &delta(
+                s,
+                json!({
+                    "role": "assistant",
+                    "content": null,
+                    "tool_calls": [{
+                        "index": 0,
+                        "id": s.tool_call_id(),
+                        "type": "function",
+                        "function": {"name": tool.name, "arguments": ""}
+                    }],
+                    "refusal": null
+                }),
+                None,
+            ),
+        )));
+        for f in &tool.fragments {
+            out.push(Event::tokens(
+                sse(
+                    None,
+                    &delta(
+                        s,
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}),
+                        None,
+                    ),
+                ),
+                ToolCall::fragment_tokens(f),
+            ));
+        }
+    } else {
+        out.push(Event::frame(sse(
+            None,
+            &delta(
+                s,
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                None,
+            ),
+        )));
+    }
     for t in &s.answer.tokens {
         out.push(Event::tokens(
             sse(None, &delta(s, json!({"content": t}), None)),
