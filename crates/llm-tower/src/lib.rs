@@ -75,7 +75,7 @@
 //! | `retry` | [`RetryLayer`](retry::RetryLayer): classified retries, server-directed delays, backoff with jitter, a shared budget, streams held until their first token |
 //! | `rate-limit` | [`RateLimitLayer`](rate_limit::RateLimitLayer): requests, tokens and concurrency per key, provider or globally; a FIFO queue with a bounded wait; reserved from the estimate and settled with the metered usage; adaptive to the provider's rate-limit headers |
 //! | `circuit-breaker` | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): per provider and model, consecutive, rate and slow-call trips, limited half-open probes |
-//! | `fallback` | [`FallbackLayer`](fallback::FallbackLayer) : ordered targets, classified moves, cross-provider translation, one attempt budget, hedging, degradation; and [`translate`]: OpenAI chat <-> Anthropic messages, JSON and streams |
+//! | `fallback` | [`FallbackLayer`](fallback::FallbackLayer): ordered targets, classified moves, cross-provider translation, one attempt budget, hedging, degradation; and [`translate`]: OpenAI chat <-> Anthropic messages, JSON and streams |
 //! | `budget` | planned: `BudgetLayer` (enables nothing yet) |
 //! | `full` | all of the above |
 //! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
