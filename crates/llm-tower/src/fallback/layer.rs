@@ -30,7 +30,10 @@ use crate::{
     BoxError,
     attempts::AttemptBudget,
     classify::{Classifier, DefaultClassifier, Failure, FailureClass, PeekBody, ResponseView},
-    provider::{Endpoint, WireFormat, headers::is_event_stream},
+    provider::{
+        Endpoint, WireFormat,
+        headers::{is_event_stream, names},
+    },
     request::{CharEstimator, ReplayBody, RequestMeta},
     translate::{self, StreamTranslator},
 };
@@ -496,9 +499,6 @@ impl fmt::Display for AllTargetsFailed {
 
 impl std::error::Error for AllTargetsFailed {}
 
-/// The credential headers a target's own replace.
-const CREDENTIALS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
-
 /// The request for `target`: the model replaced, the body translated when
 /// the format differs, the URL and credentials of the target.
 fn request_for(
@@ -567,8 +567,8 @@ fn request_for(
 /// Sets a target's own headers. The caller's credentials never go to
 /// another provider's format, nor next to credentials the target sets.
 fn set_headers(headers: &mut HeaderMap, own: &HeaderMap, other_format: bool) {
-    if other_format || own.keys().any(|k| CREDENTIALS.contains(&k.as_str())) {
-        for name in CREDENTIALS {
+    if other_format || own.keys().any(names::is_secret) {
+        for name in &names::SECRETS {
             headers.remove(name);
         }
     }

@@ -335,17 +335,42 @@ impl RateLimitInfo {
     ///
     /// A limit is `Some` when at least one of its headers parsed; a value
     /// that does not parse leaves its field `None`.
+    ///
+    /// One pass over the header names first: a response that carries no
+    /// rate-limit header (most servers') costs no lookup, and one with
+    /// OpenAI's only skips Anthropic's twelve.
     pub fn from_headers(headers: &HeaderMap, now: SystemTime) -> RateLimitInfo {
-        let read = |group: &LimitHeaders| group.read(headers, now);
+        let (mut openai, mut anthropic) = (false, false);
+        for name in headers.keys() {
+            let name = name.as_str();
+            openai |= name.starts_with("x-ratelimit-");
+            anthropic |= name.starts_with("anthropic-ratelimit-");
+        }
+        if !openai && !anthropic {
+            return RateLimitInfo::default();
+        }
+        let read = |group: &LimitHeaders, present: bool| {
+            if present {
+                group.read(headers, now)
+            } else {
+                None
+            }
+        };
         let either = |a: Option<Limit>, b: Option<Limit>| match (a, b) {
             (Some(a), Some(b)) => Some(a.or(b)),
             (a, b) => a.or(b),
         };
         RateLimitInfo {
-            requests: either(read(&OPENAI_REQUESTS), read(&ANTHROPIC_REQUESTS)),
-            tokens: either(read(&OPENAI_TOKENS), read(&ANTHROPIC_TOKENS)),
-            input_tokens: read(&ANTHROPIC_INPUT_TOKENS),
-            output_tokens: read(&ANTHROPIC_OUTPUT_TOKENS),
+            requests: either(
+                read(&OPENAI_REQUESTS, openai),
+                read(&ANTHROPIC_REQUESTS, anthropic),
+            ),
+            tokens: either(
+                read(&OPENAI_TOKENS, openai),
+                read(&ANTHROPIC_TOKENS, anthropic),
+            ),
+            input_tokens: read(&ANTHROPIC_INPUT_TOKENS, anthropic),
+            output_tokens: read(&ANTHROPIC_OUTPUT_TOKENS, anthropic),
         }
     }
 

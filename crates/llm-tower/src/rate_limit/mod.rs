@@ -100,7 +100,6 @@
 
 mod config;
 mod error;
-mod headers;
 mod key;
 mod layer;
 mod state;

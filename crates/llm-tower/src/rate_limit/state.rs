@@ -606,16 +606,12 @@ impl<St: Store> Shared<St> {
         if !self.config.adaptive {
             return;
         }
-        let (mut info, pause) = if limited {
-            let now = SystemTime::now();
-            let pause = server_delay(headers, now).filter(|d| !d.is_zero());
-            (RateLimitInfo::from_headers(headers, now), pause)
+        let now = SystemTime::now();
+        let mut info = RateLimitInfo::from_headers(headers, now);
+        let pause = if limited {
+            server_delay(headers, now).filter(|d| !d.is_zero())
         } else {
-            match super::headers::read(headers) {
-                Some(info) => (info, None),
-                // No rate-limit header, and no pause without a 429.
-                None => return,
-            }
+            None
         };
         if info.input_tokens.is_some() || info.output_tokens.is_some() {
             // Anthropic's `tokens` is then the most restrictive of its input
