@@ -87,21 +87,34 @@
 //!
 //! # Budgets: reserve, then settle
 //!
-//! A budget bucket holds `spent` and `reserved` amounts (cents, micro-dollars,
-//! tokens: the caller picks the unit) for one window. The caller encodes the
-//! window in the key, e.g. `tenant-a:day:20414` (see
-//! [`clock::utc_day`](crate::clock::utc_day)), and gives the bucket a time to
-//! live, e.g. [`clock::until_next_utc_day`](crate::clock::until_next_utc_day).
+//! A budget bucket holds a `spent` and a `reserved` amount (nano-dollars,
+//! tokens: the caller picks the unit). One call reserves in several buckets
+//! at once — a tenant's dollars per day, its organisation's dollars per
+//! month, the global tokens per hour — **all or nothing**, in one step.
 //!
-//! - [`reserve`](Store::reserve) succeeds iff `spent + reserved + amount ≤ limit`,
-//!   then `reserved += amount`, and returns a [`Reservation`].
-//! - [`settle`](Store::settle) releases the reservation and records the actual
-//!   amount: `reserved −= reservation`, `spent += actual`. The actual amount may
-//!   exceed the reservation, even past the limit: money spent is spent. The
-//!   next reservations are then denied until the window ends.
-//! - The bucket expires `ttl` after its creation; the first reservation after
-//!   that starts a new, empty bucket. A reservation settled after its bucket
-//!   expired changes nothing: its window is over.
+//! - [`reserve`](Store::reserve) succeeds iff every bucket has room,
+//!   `spent + reserved + amount ≤ limit`; then `reserved += amount` in each,
+//!   and it returns one [`Reservation`]. Otherwise nothing changes and the
+//!   answer names the first bucket without room. A bucket already over its
+//!   limit refuses even an amount of zero.
+//! - [`settle`](Store::settle) releases the reservation and records what
+//!   was actually spent: `reserved −= amount`, `spent += actual`, per bucket.
+//!   The actual amount may exceed the reservation, even past the limit:
+//!   money spent is spent, and the next reservations are denied until the
+//!   window moves on. It returns every bucket's balance afterwards, from
+//!   which the caller sees which thresholds this settlement crossed: since
+//!   settlements are atomic, exactly one of them crosses each threshold.
+//! - **Leases.** Every reservation holds for the `lease` given to
+//!   `reserve`; a reservation not settled by then is released by the store
+//!   (its amount leaves `reserved`), so a crashed caller never blocks a
+//!   budget for good. A settlement after the lease still records its spend.
+//! - **Windows.** A [`Span::Fixed`] bucket lives for the key's incarnation:
+//!   the caller puts a calendar window's number in the key, e.g.
+//!   `tenant-a:day:20414` (see [`clock::utc_day`](crate::clock::utc_day)),
+//!   and a time to live a little past the window's end. A reservation
+//!   settled after its bucket expired changes nothing: its window is over.
+//!   A [`Span::Rolling`] bucket counts what was spent in the last `window`,
+//!   in slots: see [`Span::Rolling`] for the bound.
 //!
 //! Reserving before the call makes N concurrent calls unable to all pass a
 //! check that only one should pass.
@@ -116,7 +129,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use llm_tower::store::{MemoryStore, Quota, Reserve, Store, Take};
+//! use llm_tower::store::{Bucket, MemoryStore, Quota, Reserve, Span, Store, Take};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::new();
@@ -132,12 +145,14 @@
 //! store.refund("openai:gpt-4o:tpm", 200, tpm).await?;
 //!
 //! // A daily budget of 500 cents: reserve the estimate, settle the actual cost.
-//! let day = Duration::from_secs(24 * 3600);
-//! let Reserve::Granted(reservation) = store.reserve("tenant-a:day:20414", 30, 500, day).await? else {
+//! let day = Span::Fixed { ttl: Some(Duration::from_secs(25 * 3600)) };
+//! let lease = Duration::from_secs(600);
+//! let bucket = Bucket::new("tenant-a:day:20414", 30, 500, day);
+//! let Reserve::Granted(reservation) = store.reserve(&[bucket], lease).await? else {
 //!     panic!("budget exceeded");
 //! };
-//! let balance = store.settle(&reservation, 12).await?;
-//! assert_eq!((balance.spent, balance.reserved), (12, 0));
+//! let balance = store.settle(&reservation, &[12]).await?;
+//! assert_eq!((balance[0].spent, balance[0].reserved), (12, 0));
 //! # Ok(()) }
 //! ```
 
@@ -217,33 +232,51 @@ pub trait Store: Send + Sync + 'static {
         at_least: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Reserves `amount` in the budget bucket `key` if `spent + reserved +
-    /// amount ≤ limit`.
+    /// Reserves `buckets[i].amount` in every bucket `buckets[i]` if each of
+    /// them has room (`spent + reserved + amount ≤ limit`), all or nothing.
     ///
-    /// A missing or expired bucket is created empty, expiring `ttl` later; the
-    /// `ttl` of an existing bucket is left as it is.
+    /// The reservation holds for `lease` at most: if it is not settled by
+    /// then, the store releases it by itself (a caller that crashed or
+    /// leaked its reservation never blocks a budget for good). A missing or
+    /// expired bucket is created empty; the `span` of an existing bucket is
+    /// the one it was created with. See
+    /// [Budgets](self#budgets-reserve-then-settle).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store fails, or when two buckets share a
+    /// key.
     fn reserve(
         &self,
-        key: &str,
-        amount: u64,
-        limit: u64,
-        ttl: Duration,
+        buckets: &[Bucket<'_>],
+        lease: Duration,
     ) -> impl Future<Output = Result<Reserve, StoreError>> + Send;
 
-    /// Settles a reservation with the `actual` amount spent, and returns the
-    /// bucket's balance afterwards.
+    /// Settles a reservation: `actual[i]` was spent in the reservation's
+    /// `i`-th bucket. Returns every bucket's balance afterwards, in order.
     ///
-    /// `actual` may exceed the reservation, and the limit. If the bucket the
-    /// reservation came from has expired, nothing changes and the balance of
-    /// the key as it is now is returned.
+    /// `actual` may exceed the amount reserved, and the limit: money spent is
+    /// spent. A bucket whose incarnation ended (a calendar window's bucket
+    /// that expired) is left alone; a reservation whose lease ran out is not
+    /// released a second time, but its spend is still recorded.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] when the store fails, or when `actual` does not have
+    /// one amount per bucket of the reservation.
     fn settle(
         &self,
         reservation: &Reservation,
-        actual: u64,
-    ) -> impl Future<Output = Result<Balance, StoreError>> + Send;
+        actual: &[u64],
+    ) -> impl Future<Output = Result<Vec<Balance>, StoreError>> + Send;
 
-    /// The balance of the budget bucket `key`; zero if it is missing or expired.
-    fn balance(&self, key: &str) -> impl Future<Output = Result<Balance, StoreError>> + Send;
+    /// The balance of the budget bucket `key`, counted as `span` says; zero
+    /// if it is missing or expired.
+    fn balance(
+        &self,
+        key: &str,
+        span: Span,
+    ) -> impl Future<Output = Result<Balance, StoreError>> + Send;
 
     /// Sets the flag `key` for `ttl`, replacing any time left.
     fn set_flag(
@@ -461,60 +494,135 @@ pub enum Acquire {
     },
 }
 
-/// The answer to [`Store::reserve`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reserve {
-    /// The amount is reserved; settle it with [`Store::settle`].
-    Granted(Reservation),
-    /// The amount does not fit under the limit; nothing was reserved.
-    Denied {
-        /// Amount already spent in the window.
-        spent: u64,
-        /// Amount reserved by calls still in flight.
-        reserved: u64,
+/// How a budget bucket counts time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Span {
+    /// One amount for the key's whole life. The bucket expires `ttl` after
+    /// it is created (`None`: never), and the next reservation starts an
+    /// empty one. Calendar windows put their number in the key (`…:day:20414`)
+    /// and expire a little after the window's end, so that late settlements
+    /// still land.
+    Fixed {
+        /// The bucket's time to live from its creation.
+        ttl: Option<Duration>,
+    },
+    /// What was spent in the last `window`: spend is recorded in one of
+    /// `slots` slots of `window / slots` each, by the time it is settled,
+    /// and counts until its slot is more than `window` old. Spend therefore
+    /// counts for at least `window` and at most `window + window / slots`:
+    /// a rolling limit is never exceeded over any interval of length
+    /// `window`, and may refuse up to one slot early.
+    Rolling {
+        /// The window's length.
+        window: Duration,
+        /// The number of slots the window is counted in, at least 1.
+        slots: u32,
     },
 }
 
-/// An amount reserved in a budget bucket, to be settled after the call.
-///
-/// Dropping a reservation without settling it leaves the amount reserved until
-/// the bucket expires: settle with `actual = 0` when a call is abandoned.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Reservation {
-    key: Arc<str>,
-    amount: u64,
-    /// Identifies the bucket's incarnation (its creation time on the store's
-    /// clock), so that a late settlement never lands in a later window that
-    /// reuses the key.
-    created: u64,
+/// One bucket of a [`Store::reserve`]: `amount` more in `key`, whose
+/// limit is `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket<'a> {
+    /// The bucket's key.
+    pub key: &'a str,
+    /// The amount to reserve.
+    pub amount: u64,
+    /// The most `spent + reserved` may reach; `u64::MAX` for a bucket that
+    /// only counts (a soft limit).
+    pub limit: u64,
+    /// How the bucket counts time.
+    pub span: Span,
 }
 
-impl Reservation {
-    /// A reservation of `amount` in the bucket `key`, for a [`Store`]
-    /// implementation to return from [`reserve`](Store::reserve).
+impl<'a> Bucket<'a> {
+    /// `amount` in `key` under `limit`, counted as `span` says.
+    pub fn new(key: &'a str, amount: u64, limit: u64, span: Span) -> Self {
+        Bucket {
+            key,
+            amount,
+            limit,
+            span,
+        }
+    }
+}
+
+/// The answer to [`Store::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserve {
+    /// Every amount is reserved; settle them with [`Store::settle`].
+    Granted(Reservation),
+    /// `buckets[index]` has no room; nothing was reserved anywhere.
+    Denied {
+        /// The index of the first bucket without room.
+        index: usize,
+        /// What that bucket has spent in its window.
+        spent: u64,
+        /// What calls in flight have reserved in it.
+        reserved: u64,
+        /// For a [rolling](Span::Rolling) bucket, when its oldest spend
+        /// stops counting (the earliest the same reservation could fit if
+        /// nothing else changes); `None` for a fixed one.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Amounts reserved in budget buckets, to be settled after the call.
+///
+/// Dropping a reservation without settling it leaves the amounts reserved
+/// until the lease given to [`Store::reserve`] ends: settle with zeros when
+/// a call is abandoned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reservation {
+    parts: Box<[Reserved]>,
+}
+
+/// One bucket's part of a [`Reservation`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reserved {
+    key: Arc<str>,
+    amount: u64,
+    span: Span,
+    created: u64,
+    lease: u64,
+}
+
+impl Reserved {
+    /// `amount` reserved in the bucket `key`, for a [`Store`] implementation
+    /// to return from [`reserve`](Store::reserve).
     ///
     /// `created` identifies the bucket's incarnation — any value the store
     /// picks that changes when the key's bucket expires and is made again,
-    /// such as its creation time on the store's clock or a counter. The
-    /// store reads it back with [`created`](Self::created) in
-    /// [`settle`](Store::settle), so that a late settlement never lands in a
-    /// later window that reuses the key.
+    /// such as its creation time on the store's clock. `lease` identifies
+    /// the reservation's lease — typically the time it ends on the store's
+    /// clock. The store reads both back in [`settle`](Store::settle), so that
+    /// a late settlement never lands in a later window that reuses the key,
+    /// and an expired lease is not released twice.
     ///
     /// ```
-    /// use llm_tower::store::Reservation;
+    /// use llm_tower::store::{Reserved, Span};
     ///
-    /// let r = Reservation::new("tenant-a:day:20414", 120, 7);
-    /// assert_eq!((r.key(), r.amount(), r.created()), ("tenant-a:day:20414", 120, 7));
+    /// let day = Span::Fixed { ttl: None };
+    /// let r = Reserved::new("tenant-a:day:20414", 120, day, 7, 9);
+    /// assert_eq!((r.key(), r.amount(), r.created(), r.lease()), ("tenant-a:day:20414", 120, 7, 9));
     /// ```
-    pub fn new(key: impl Into<Arc<str>>, amount: u64, created: u64) -> Self {
-        Self {
+    pub fn new(
+        key: impl Into<Arc<str>>,
+        amount: u64,
+        span: Span,
+        created: u64,
+        lease: u64,
+    ) -> Self {
+        Reserved {
             key: key.into(),
             amount,
+            span,
             created,
+            lease,
         }
     }
 
-    /// The budget bucket's key.
+    /// The bucket's key.
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -524,10 +632,34 @@ impl Reservation {
         self.amount
     }
 
-    /// The incarnation of the bucket the amount was reserved in, as given
-    /// to [`new`](Self::new) by the store.
+    /// How the bucket counts time.
+    pub fn span(&self) -> Span {
+        self.span
+    }
+
+    /// The bucket's incarnation, as given to [`new`](Self::new).
     pub fn created(&self) -> u64 {
         self.created
+    }
+
+    /// The reservation's lease, as given to [`new`](Self::new).
+    pub fn lease(&self) -> u64 {
+        self.lease
+    }
+}
+
+impl Reservation {
+    /// A reservation made of `parts`, one per bucket of the
+    /// [`reserve`](Store::reserve) call, in the same order.
+    pub fn new(parts: impl Into<Box<[Reserved]>>) -> Self {
+        Reservation {
+            parts: parts.into(),
+        }
+    }
+
+    /// The parts, one per bucket, in the order they were reserved.
+    pub fn parts(&self) -> &[Reserved] {
+        &self.parts
     }
 }
 
