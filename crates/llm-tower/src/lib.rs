@@ -129,6 +129,7 @@ pub mod timeout;
 #[cfg(feature = "fallback")]
 pub mod translate;
 pub mod usage;
+mod util;
 
 /// Alias for a type-erased error, as used throughout tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

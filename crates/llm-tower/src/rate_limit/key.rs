@@ -2,10 +2,11 @@
 
 use std::{fmt, sync::Arc};
 
+#[cfg(test)]
 use http::HeaderMap;
 
-use crate::provider::headers::names;
 use crate::request::RequestMeta;
+pub(crate) use crate::util::{api_key_fnv, api_key_secret, api_key_text, concat};
 
 /// The rate-limit key of a call, set in the request's extensions (a tenant,
 /// a user, a deployment): calls with the same key share the limits of
@@ -64,58 +65,6 @@ pub enum Priority {
     Batch,
 }
 
-/// FNV-1a, 64 bits: stable across processes, builds and Rust versions, so
-/// that processes sharing a store derive the same keys.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// The request's API key (from `authorization`, `x-api-key`, `api-key`,
-/// `x-goog-api-key` or Gemini's `?key=`), `None` when there is none. Only
-/// hashes of it are kept.
-pub(crate) fn api_key_secret<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-) -> Option<&'a [u8]> {
-    // Most requests carry few headers: look each name up only when any.
-    let from_headers = if headers.is_empty() {
-        None
-    } else {
-        [
-            &http::header::AUTHORIZATION,
-            &names::X_API_KEY,
-            &names::API_KEY,
-            &names::X_GOOG_API_KEY,
-        ]
-        .into_iter()
-        .find_map(|name| headers.get(name).map(|v| v.as_bytes()))
-    };
-    from_headers.or_else(|| {
-        query?
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("key="))
-            .map(str::as_bytes)
-    })
-}
-
-/// The FNV-1a hash of the request's API key, `None` when there is none.
-pub(crate) fn api_key_fnv(secret: Option<&[u8]>) -> Option<u64> {
-    secret.map(fnv1a)
-}
-
-/// An API key's hash as it appears in keys: 16 hex digits, `-` for none.
-pub(crate) fn api_key_text(hash: Option<u64>) -> String {
-    match hash {
-        Some(h) => format!("{h:016x}"),
-        None => "-".into(),
-    }
-}
-
 /// A hash of the request's API key as it appears in keys, `-` when there
 /// is none. The key itself is never kept.
 #[cfg(test)]
@@ -137,16 +86,6 @@ pub(crate) fn model_name(meta: Option<&RequestMeta>) -> &str {
 /// The default key: provider, model and API key hash.
 pub(crate) fn default_key(provider: &str, model: &str, api_key: &str) -> Arc<str> {
     concat(&[provider, ":", model, ":", api_key]).into()
-}
-
-/// `parts` joined, allocated once at its length: the keys of every call
-/// are built this way, without `format!`'s growing buffer.
-pub(crate) fn concat(parts: &[&str]) -> Box<str> {
-    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        s.push_str(p);
-    }
-    s.into_boxed_str()
 }
 
 #[cfg(test)]

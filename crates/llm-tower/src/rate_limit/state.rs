@@ -3,8 +3,6 @@
 //! and settled.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{
@@ -12,7 +10,6 @@ use std::{
             Ordering::{Acquire, Relaxed, Release},
         },
     },
-    task::{Context, Poll, Waker},
     time::{Duration, SystemTime},
 };
 
@@ -38,6 +35,7 @@ use crate::{
     request::RequestMeta,
     store::{Cell, Quota, Store},
     usage::Usage,
+    util::run_now_or_spawn,
 };
 
 /// The most keys whose learned limits are kept; beyond, idle ones go.
@@ -693,7 +691,7 @@ impl<St: Store> Shared<St> {
         }
         let shared = self.clone();
         let keyed = keyed.clone();
-        run_now_or_spawn(async move {
+        run_now_or_spawn("rate-limit settlement", async move {
             if let Some(delay) = pause
                 && let Err(e) = shared.store.set_flag(&keyed.pause, delay).await
             {
@@ -877,7 +875,7 @@ impl<St: Store + Clone> Settlement<St> {
                 }
             }
         };
-        run_now_or_spawn(work);
+        run_now_or_spawn("rate-limit settlement", work);
     }
 }
 
@@ -923,7 +921,7 @@ impl<St: Store + Clone> Drop for Taken<'_, St> {
         let shared = self.shared.clone();
         let keyed = plan.keyed.clone();
         let (input, output) = (plan.input, plan.output);
-        run_now_or_spawn(async move {
+        run_now_or_spawn("rate-limit settlement", async move {
             for c in keyed.cells.iter() {
                 let amount = amount(c.dim, input, output);
                 if let Err(e) = shared.store.refund(&c.key, amount, c.quota).await {
@@ -931,25 +929,5 @@ impl<St: Store + Clone> Drop for Taken<'_, St> {
                 }
             }
         });
-    }
-}
-
-/// Runs `work` now if it completes at once (the in-memory store always
-/// does), else on the tokio runtime; dropped, with a warning, when there is
-/// none.
-fn run_now_or_spawn(work: impl Future<Output = ()> + Send + 'static) {
-    let mut work: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(work);
-    let mut cx = Context::from_waker(Waker::noop());
-    if work.as_mut().poll(&mut cx) == Poll::Ready(()) {
-        return;
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(work);
-        }
-        Err(_) => tracing::warn!(
-            target: "llm_tower::rate_limit",
-            "no tokio runtime to settle a rate-limit reservation on; it expires with its window"
-        ),
     }
 }
