@@ -76,7 +76,7 @@
 //! | `rate-limit` | [`RateLimitLayer`](rate_limit::RateLimitLayer): requests, tokens and concurrency per key, provider or globally; a FIFO queue with a bounded wait; reserved from the estimate and settled with the metered usage; adaptive to the provider's rate-limit headers |
 //! | `circuit-breaker` | [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer): per provider and model, consecutive, rate and slow-call trips, limited half-open probes |
 //! | `fallback` | [`FallbackLayer`](fallback::FallbackLayer): ordered targets, classified moves, cross-provider translation, one attempt budget, hedging, degradation; and [`translate`]: OpenAI chat <-> Anthropic messages, JSON and streams |
-//! | `budget` | planned: `BudgetLayer` (enables nothing yet) |
+//! | `budget` | [`BudgetLayer`](budget::BudgetLayer): dollar and token limits per scope (global, API key, tenant, organisation, model, provider) over total, rolling and UTC calendar windows; worst case reserved before each attempt, settled to the metered cost; hard and soft limits with alerts |
 //! | `full` | all of the above |
 //! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
 //! | `hyper` (default) | the classifier recognises hyper's and hyper-util's client errors; without it neither is compiled, and their I/O causes are still found through the source chain |
@@ -105,6 +105,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod attempts;
+#[cfg(feature = "budget")]
+pub mod budget;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;

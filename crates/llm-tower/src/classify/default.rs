@@ -65,6 +65,14 @@ pub const ATTEMPTS_EXHAUSTED: &str = "attempts_exhausted";
 /// The [`Failure::code`] of a call larger than its rate limit can hold.
 pub const REQUEST_TOO_LARGE: &str = "request_too_large";
 
+/// The [`Failure::code`] of a call or attempt refused by a budget: its
+/// worst-case cost does not fit in what is left.
+pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
+
+/// The [`Failure::code`] of a call to a model without a price, refused by
+/// a budget.
+pub const UNPRICED_MODEL: &str = "unpriced_model";
+
 impl DefaultClassifier {
     /// The default classifier.
     pub const fn new() -> Self {
@@ -200,6 +208,37 @@ fn classify_one_error(e: &(dyn StdError + 'static)) -> Option<Failure> {
         return Some(
             Failure::new(FailureClass::BadRequest)
                 .with_code(REQUEST_TOO_LARGE)
+                .with_retryable(false)
+                .with_counts_against_health(false)
+                .with_fallback(true),
+        );
+    }
+    #[cfg(feature = "budget")]
+    if e.is::<crate::budget::BudgetExceeded>() {
+        // Nothing was sent; sending it again does not make the budget
+        // larger. Another target may be cheaper.
+        return Some(
+            Failure::new(FailureClass::QuotaExhausted)
+                .with_code(BUDGET_EXCEEDED)
+                .with_retryable(false)
+                .with_counts_against_health(false)
+                .with_fallback(true),
+        );
+    }
+    #[cfg(feature = "budget")]
+    if e.is::<crate::budget::BudgetUnavailable>() {
+        return Some(
+            Failure::new(FailureClass::Other)
+                .with_retryable(false)
+                .with_counts_against_health(false)
+                .with_fallback(false),
+        );
+    }
+    if e.is::<crate::pricing::Unpriced>() {
+        // A budget refused a model it cannot price; another may be priced.
+        return Some(
+            Failure::new(FailureClass::BadRequest)
+                .with_code(UNPRICED_MODEL)
                 .with_retryable(false)
                 .with_counts_against_health(false)
                 .with_fallback(true),

@@ -48,7 +48,8 @@ use http::{HeaderMap, StatusCode};
 
 pub use self::content::{ContentProblem, InvalidContent};
 pub use self::default::{
-    ATTEMPTS_EXHAUSTED, CIRCUIT_OPEN, DefaultClassifier, LOCAL_RATE_LIMIT, REQUEST_TOO_LARGE,
+    ATTEMPTS_EXHAUSTED, BUDGET_EXCEEDED, CIRCUIT_OPEN, DefaultClassifier, LOCAL_RATE_LIMIT,
+    REQUEST_TOO_LARGE, UNPRICED_MODEL,
 };
 pub use self::peek::{DEFAULT_ERROR_BODY_LIMIT, PeekBody, PeekedBody};
 #[cfg(feature = "tower-http")]

@@ -46,7 +46,7 @@ pub struct ModelPriceConfig {
 
 impl ModelPriceConfig {
     /// Validates this price; errors name `model` and the field.
-    pub(super) fn validate(self, model: &str) -> Result<ModelPrice, InvalidPrice> {
+    pub(crate) fn validate(self, model: &str) -> Result<ModelPrice, InvalidPrice> {
         let mut price = ModelPrice::new(self.input, self.output);
         if let Some(cached) = self.cached_input {
             price = price.and_then(|p| p.with_cached_input(cached));

@@ -11,7 +11,7 @@ pub struct Unpriced {
 }
 
 impl Unpriced {
-    pub(super) fn new(model: &str) -> Self {
+    pub(crate) fn new(model: &str) -> Self {
         Unpriced {
             model: model.into(),
         }

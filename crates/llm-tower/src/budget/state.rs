@@ -1,0 +1,705 @@
+//! What every clone of a budget layer shares, and how one attempt is
+//! planned, reserved and settled.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderMap;
+
+use super::{
+    Amount, BudgetConfig, BudgetEvent, BudgetExceeded, BudgetTenant, BudgetUnavailable, Scope,
+    Unit, UnpricedPolicy, Window,
+    config::{ROLLING_SLOTS, usd_to_nanos},
+};
+use crate::{
+    BoxError,
+    clock::{
+        Clock, TokioClock, utc_day, utc_day_start, utc_month, utc_month_start, utc_week,
+        utc_week_start,
+    },
+    metering::{UsageObserver, UsageReport},
+    pricing::{Cost, ModelPrice, PriceTable, Unpriced},
+    request::RequestMeta,
+    store::{Balance, Bucket, Reservation, Reserve, Span, Store, StoreError},
+    usage::Usage,
+    util::{api_key_fnv, api_key_secret, api_key_text, concat, run_now_or_spawn},
+};
+
+/// Extra life of a calendar window's bucket past the window's end, on top
+/// of the lease: settlements of calls that started in the window land in it.
+const CALENDAR_SLACK: Duration = Duration::from_secs(3600);
+
+type Listener = Box<dyn Fn(&BudgetEvent) + Send + Sync>;
+
+pub(crate) struct Shared<St> {
+    pub(crate) config: BudgetConfig,
+    scopes: Box<[CompiledScope]>,
+    pub(crate) store: St,
+    pub(crate) prices: ArcSwap<PriceTable>,
+    pub(crate) clock: ArcSwap<TokioClock>,
+    pub(crate) listener: ArcSwapOption<Listener>,
+    pub(crate) has_listener: AtomicBool,
+    pub(crate) stats: Counters,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) calls: AtomicU64,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) settled: AtomicU64,
+    pub(crate) unpriced: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    pub(crate) spent_nanos: AtomicU64,
+    pub(crate) tokens: AtomicU64,
+    pub(crate) reserved_nanos: AtomicU64,
+    pub(crate) reserved_peak_nanos: AtomicU64,
+}
+
+struct CompiledScope {
+    scope: Scope,
+    limits: Box<[CompiledLimit]>,
+    max_request_nanos: Option<u64>,
+    max_request_tokens: Option<u64>,
+    unpriced: UnpricedPolicy,
+    unpriced_price: Option<ModelPrice>,
+}
+
+struct CompiledLimit {
+    unit: Unit,
+    amount: u64,
+    window: Window,
+    hard: bool,
+    /// Thresholds in the limit's unit, with the fraction each stands for.
+    alerts: Box<[(u64, f64)]>,
+}
+
+/// One bucket of a planned reservation.
+pub(crate) struct PlanBucket {
+    key: Box<str>,
+    /// The scope's value: the tenant, the model…
+    value: Arc<str>,
+    amount: u64,
+    limit: u64,
+    span: Span,
+    scope: u16,
+    limit_index: u16,
+    /// The price its dollars are counted at; `None` for tokens.
+    price: Option<ModelPrice>,
+    resets_at: Option<SystemTime>,
+}
+
+/// What one attempt reserves.
+pub(crate) struct Plan {
+    model: Option<Arc<str>>,
+    buckets: Vec<PlanBucket>,
+    /// The price of the call's own cost (its model's, or the first
+    /// configured one); `None` when it cannot be priced.
+    price: Option<ModelPrice>,
+    /// The worst case at `price`.
+    worst_cost: Option<Cost>,
+}
+
+impl Plan {
+    /// `true` when `self`, reserved already, covers `other`: the same
+    /// buckets, each with at least as much.
+    pub(crate) fn covers(&self, other: &Plan) -> bool {
+        self.model == other.model
+            && self.buckets.len() == other.buckets.len()
+            && self
+                .buckets
+                .iter()
+                .zip(&other.buckets)
+                .all(|(a, b)| a.key == b.key && a.amount >= b.amount)
+    }
+}
+
+/// Who a call is, for its scopes: computed once per call.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Who {
+    pub(crate) tenant: Option<BudgetTenant>,
+}
+
+impl<St: Store> Shared<St> {
+    pub(crate) fn new(config: BudgetConfig, store: St) -> Self {
+        let scopes = config
+            .scopes
+            .iter()
+            .map(|s| CompiledScope {
+                scope: s.scope,
+                limits: s
+                    .limits
+                    .iter()
+                    .map(|l| {
+                        let amount = l.amount();
+                        let mut alerts: Vec<(u64, f64)> = l
+                            .alerts
+                            .iter()
+                            .map(|&f| (((amount as f64) * f).ceil() as u64, f))
+                            .collect();
+                        alerts.sort_by_key(|a| a.0);
+                        alerts.dedup_by_key(|a| a.0);
+                        CompiledLimit {
+                            unit: l.unit(),
+                            amount,
+                            window: l.window,
+                            hard: l.hard,
+                            alerts: alerts.into(),
+                        }
+                    })
+                    .collect(),
+                max_request_nanos: s.max_request_usd.map(usd_to_nanos),
+                max_request_tokens: s.max_request_tokens,
+                unpriced: s.unpriced,
+                unpriced_price: s.unpriced_price(),
+            })
+            .collect();
+        Shared {
+            config,
+            scopes,
+            store,
+            prices: ArcSwap::from_pointee(PriceTable::embedded()),
+            clock: ArcSwap::from_pointee(TokioClock::new()),
+            listener: ArcSwapOption::empty(),
+            has_listener: AtomicBool::new(false),
+            stats: Counters::default(),
+        }
+    }
+
+    pub(crate) fn emit(&self, event: impl FnOnce() -> BudgetEvent) {
+        if !self.has_listener.load(Relaxed) {
+            return;
+        }
+        if let Some(listener) = &*self.listener.load() {
+            listener(&event());
+        }
+    }
+
+    pub(crate) fn wall(&self) -> SystemTime {
+        self.clock.load().wall()
+    }
+
+    /// The value of `scope` for an attempt; `None` when the scope does not
+    /// apply to it (no tenant, no API key…).
+    fn scope_value(
+        scope: Scope,
+        meta: Option<&RequestMeta>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        who: &Who,
+    ) -> Option<Box<str>> {
+        match scope {
+            Scope::Global => Some("*".into()),
+            Scope::ApiKey => api_key_fnv(api_key_secret(headers, query))
+                .map(|h| api_key_text(Some(h)).into_boxed_str()),
+            Scope::Tenant => who.tenant.as_ref()?.tenant().map(Into::into),
+            Scope::Organisation => who.tenant.as_ref()?.organisation().map(Into::into),
+            Scope::Model => meta?.model().map(Into::into),
+            Scope::Provider => meta?.provider().map(|p| p.name().into()),
+        }
+    }
+
+    /// The store key of a limit's bucket, its span and when it resets.
+    fn bucket_of(
+        &self,
+        scope: Scope,
+        value: &str,
+        limit: &CompiledLimit,
+        wall: SystemTime,
+    ) -> (Box<str>, Span, Option<SystemTime>) {
+        let lease = self.config.lease;
+        let calendar = |tag: &str, n: u64, end: SystemTime| {
+            let left = end.duration_since(wall).unwrap_or_default();
+            (
+                format!("{tag}{n}"),
+                Span::Fixed {
+                    ttl: Some(left + lease + CALENDAR_SLACK),
+                },
+                Some(end),
+            )
+        };
+        let (tag, span, resets) = match limit.window {
+            Window::Total => ("total".to_owned(), Span::Fixed { ttl: None }, None),
+            Window::Rolling(d) => (
+                format!("r{}", d.as_millis()),
+                Span::Rolling {
+                    window: d,
+                    slots: ROLLING_SLOTS,
+                },
+                None,
+            ),
+            Window::Day => {
+                let n = utc_day(wall);
+                calendar("d", n, utc_day_start(n + 1))
+            }
+            Window::Week => {
+                let n = utc_week(wall);
+                calendar("w", n, utc_week_start(n + 1))
+            }
+            Window::Month => {
+                let n = utc_month(wall);
+                calendar("m", n, utc_month_start(n + 1))
+            }
+        };
+        let key = concat(&[
+            &self.config.prefix,
+            ":",
+            scope.as_str(),
+            ":",
+            value,
+            ":",
+            limit.unit.as_str(),
+            ":",
+            &tag,
+        ]);
+        (key, span, resets)
+    }
+
+    /// Plans the reservation of one attempt: its buckets and their worst
+    /// case. Refuses a call over a per-request cap, or to a model without a
+    /// price under a scope that refuses those.
+    pub(crate) fn plan(
+        &self,
+        meta: Option<&RequestMeta>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        who: &Who,
+    ) -> Result<Plan, BoxError> {
+        let model = meta.and_then(RequestMeta::model_arc).cloned();
+        let input = meta.map_or(0, RequestMeta::estimated_input_tokens);
+        let output = meta
+            .and_then(RequestMeta::max_output_tokens)
+            .unwrap_or_else(|| self.config.max_output_for(model.as_deref()));
+        let worst = Usage::new(input, output);
+        let table_price = model
+            .as_deref()
+            .and_then(|m| self.prices.load().price(m).copied());
+        let mut own_price = table_price;
+        let wall = self.wall();
+        let mut buckets = Vec::new();
+        for (si, scope) in self.scopes.iter().enumerate() {
+            let Some(value) = Self::scope_value(scope.scope, meta, headers, query, who) else {
+                continue;
+            };
+            let value: Arc<str> = value.into();
+            let price = match (table_price, scope.unpriced) {
+                (Some(p), _) => Some(p),
+                (None, UnpricedPolicy::Price(_)) => scope.unpriced_price,
+                (None, UnpricedPolicy::TokensOnly) => None,
+                (None, UnpricedPolicy::Refuse) => {
+                    let has_usd = scope.limits.iter().any(|l| l.unit == Unit::Usd)
+                        || scope.max_request_nanos.is_some();
+                    if has_usd {
+                        return Err(Unpriced::new(model.as_deref().unwrap_or("(unknown)")).into());
+                    }
+                    None
+                }
+            };
+            if own_price.is_none() {
+                own_price = price;
+            }
+            let worst_cost = price.map(|p| p.cost(&worst).as_nanos());
+            if table_price.is_none() && price.is_none() {
+                self.stats.unpriced.fetch_add(1, Relaxed);
+                self.emit(|| BudgetEvent::Unpriced {
+                    scope: scope.scope,
+                    model: model.clone(),
+                });
+                tracing::warn!(
+                    target: "llm_tower::budget",
+                    scope = scope.scope.as_str(),
+                    gen_ai.request.model = model.as_deref().unwrap_or("-"),
+                    "model has no price: only token limits count this call"
+                );
+            }
+            let cap = |limit: u64, asked: u64, unit: Unit| BudgetExceeded {
+                scope: scope.scope,
+                key: Arc::clone(&value),
+                limit: Amount::of(unit, limit),
+                spent: 0,
+                reserved: 0,
+                asked,
+                window: None,
+                resets_at: None,
+                retry_after: None,
+                status: self.config.refusal_status,
+            };
+            if let (Some(cap_nanos), Some(cost)) = (scope.max_request_nanos, worst_cost)
+                && cost > cap_nanos
+            {
+                return Err(self.refused(cap(cap_nanos, cost, Unit::Usd)).into());
+            }
+            if let Some(cap_tokens) = scope.max_request_tokens
+                && worst.total_tokens() > cap_tokens
+            {
+                return Err(self
+                    .refused(cap(cap_tokens, worst.total_tokens(), Unit::Tokens))
+                    .into());
+            }
+            for (li, limit) in scope.limits.iter().enumerate() {
+                let (amount, price) = match limit.unit {
+                    Unit::Tokens => (worst.total_tokens(), None),
+                    Unit::Usd => match (worst_cost, price) {
+                        (Some(c), Some(p)) => (c, Some(p)),
+                        // Unpriced, counted in tokens only.
+                        _ => continue,
+                    },
+                };
+                let (key, span, resets_at) = self.bucket_of(scope.scope, &value, limit, wall);
+                buckets.push(PlanBucket {
+                    key,
+                    value: Arc::clone(&value),
+                    amount,
+                    limit: if limit.hard { limit.amount } else { u64::MAX },
+                    span,
+                    scope: si as u16,
+                    limit_index: li as u16,
+                    price,
+                    resets_at,
+                });
+            }
+        }
+        Ok(Plan {
+            worst_cost: own_price.map(|p| p.cost(&worst)),
+            model,
+            buckets,
+            price: own_price,
+        })
+    }
+
+    /// Every limit of `scope`, with its bucket for `value` now.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn buckets_of(
+        &self,
+        scope: Scope,
+        value: &str,
+        wall: SystemTime,
+    ) -> Vec<((Unit, u64, Window, bool), Box<str>, Span, Option<SystemTime>)> {
+        self.scopes
+            .iter()
+            .filter(|s| s.scope == scope)
+            .flat_map(|s| s.limits.iter())
+            .map(|l| {
+                let (key, span, resets) = self.bucket_of(scope, value, l, wall);
+                ((l.unit, l.amount, l.window, l.hard), key, span, resets)
+            })
+            .collect()
+    }
+
+    fn refused(&self, e: BudgetExceeded) -> BudgetExceeded {
+        self.stats.refused.fetch_add(1, Relaxed);
+        tracing::info!(target: "llm_tower::budget", "{e}");
+        self.emit(|| BudgetEvent::Refused(e.clone()));
+        e
+    }
+
+    /// Reserves a plan: a ticket to settle, or the refusal.
+    pub(crate) async fn reserve(
+        self: &Arc<Self>,
+        plan: Plan,
+        cost: Option<CallCost>,
+    ) -> Result<Ticket<St>, BoxError> {
+        let reserved = if plan.buckets.is_empty() {
+            None
+        } else {
+            let buckets: Vec<Bucket<'_>> = plan
+                .buckets
+                .iter()
+                .map(|b| Bucket::new(&b.key, b.amount, b.limit, b.span))
+                .collect();
+            match self.store.reserve(&buckets, self.config.lease).await {
+                Ok(Reserve::Granted(r)) => Some(r),
+                Ok(Reserve::Denied {
+                    index,
+                    spent,
+                    reserved,
+                    retry_after,
+                }) => return Err(self.denied(&plan, index, spent, reserved, retry_after).into()),
+                Err(e) => {
+                    self.store_failed(&e);
+                    return Err(BudgetUnavailable { source: e }.into());
+                }
+            }
+        };
+        Ok(self.ticket(plan, reserved, cost))
+    }
+
+    fn ticket(
+        self: &Arc<Self>,
+        plan: Plan,
+        reservation: Option<Reservation>,
+        cost: Option<CallCost>,
+    ) -> Ticket<St> {
+        self.stats.attempts.fetch_add(1, Relaxed);
+        let worst = plan.worst_cost.map_or(0, Cost::as_nanos);
+        let now = self.stats.reserved_nanos.fetch_add(worst, Relaxed) + worst;
+        self.stats.reserved_peak_nanos.fetch_max(now, Relaxed);
+        Ticket {
+            shared: Arc::clone(self),
+            plan,
+            reservation,
+            cost,
+            settled: false,
+        }
+    }
+
+    fn denied(
+        &self,
+        plan: &Plan,
+        index: usize,
+        spent: u64,
+        reserved: u64,
+        retry_after: Option<Duration>,
+    ) -> BudgetExceeded {
+        let b = &plan.buckets[index];
+        let scope = &self.scopes[b.scope as usize];
+        let limit = &scope.limits[b.limit_index as usize];
+        let resets_at = b.resets_at;
+        let retry_after = retry_after.or_else(|| {
+            resets_at.map(|at| at.duration_since(self.wall()).unwrap_or_default())
+        });
+        self.refused(BudgetExceeded {
+            scope: scope.scope,
+            key: Arc::clone(&b.value),
+            limit: Amount::of(limit.unit, limit.amount),
+            spent,
+            reserved,
+            asked: b.amount,
+            window: Some(limit.window),
+            resets_at,
+            retry_after,
+            status: self.config.refusal_status,
+        })
+    }
+
+    pub(crate) fn store_failed(&self, e: &StoreError) {
+        self.stats.store_errors.fetch_add(1, Relaxed);
+        tracing::error!(target: "llm_tower::budget", error = %e, "budget store failed");
+        self.emit(|| BudgetEvent::StoreFailed {
+            error: e.to_string(),
+        });
+    }
+
+    /// The thresholds a settlement crossed, as events.
+    fn crossed(&self, plan: &Plan, actual: &[u64], balances: &[Balance]) {
+        for ((b, &amount), balance) in plan.buckets.iter().zip(actual).zip(balances) {
+            let scope = &self.scopes[b.scope as usize];
+            let limit = &scope.limits[b.limit_index as usize];
+            let after = balance.spent;
+            let before = after.saturating_sub(amount);
+            for &(at, fraction) in limit.alerts.iter() {
+                if before < at && at <= after {
+                    let value = &*b.value;
+                    let spent = Amount::of(limit.unit, after);
+                    let of = Amount::of(limit.unit, limit.amount);
+                    if fraction >= 1.0 {
+                        tracing::warn!(
+                            target: "llm_tower::budget",
+                            scope = scope.scope.as_str(), key = value,
+                            "budget {:.0}% spent: {spent} of {of} per {}", fraction * 100.0, limit.window
+                        );
+                    } else {
+                        tracing::info!(
+                            target: "llm_tower::budget",
+                            scope = scope.scope.as_str(), key = value,
+                            "budget {:.0}% spent: {spent} of {of} per {}", fraction * 100.0, limit.window
+                        );
+                    }
+                    self.emit(|| BudgetEvent::Threshold {
+                        scope: scope.scope,
+                        key: value.into(),
+                        limit: of,
+                        window: limit.window,
+                        hard: limit.hard,
+                        fraction,
+                        spent,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The cost of one call, in its response's extensions: the sum of what
+/// each of its attempts cost, known once their bodies end (or are
+/// dropped).
+///
+/// ```
+/// # use llm_tower::budget::CallCost;
+/// fn log<B>(res: &http::Response<B>) {
+///     if let Some(cost) = res.extensions().get::<CallCost>() {
+///         println!("{} over {} attempts", cost.cost(), cost.attempts());
+///     }
+/// }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CallCost(Arc<CostInner>);
+
+#[derive(Debug, Default)]
+struct CostInner {
+    nanos: AtomicU64,
+    tokens: AtomicU64,
+    attempts: AtomicU64,
+    unpriced: AtomicBool,
+}
+
+impl CallCost {
+    /// What the call's settled attempts cost, at their models' prices.
+    pub fn cost(&self) -> Cost {
+        Cost::from_nanos(self.0.nanos.load(Relaxed))
+    }
+
+    /// The tokens the call's settled attempts used, input and output.
+    pub fn tokens(&self) -> u64 {
+        self.0.tokens.load(Relaxed)
+    }
+
+    /// How many attempts were settled.
+    pub fn attempts(&self) -> u64 {
+        self.0.attempts.load(Relaxed)
+    }
+
+    /// `true` when an attempt went to a model without a price, so
+    /// [`cost`](Self::cost) leaves it out.
+    pub fn has_unpriced(&self) -> bool {
+        self.0.unpriced.load(Relaxed)
+    }
+}
+
+/// One attempt's reservation, settled exactly once: by its usage report,
+/// or, if it is dropped unreported, with nothing spent.
+pub(crate) struct Ticket<St: Store> {
+    shared: Arc<Shared<St>>,
+    plan: Plan,
+    reservation: Option<Reservation>,
+    cost: Option<CallCost>,
+    settled: bool,
+}
+
+impl<St: Store> Ticket<St> {
+    pub(crate) fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub(crate) fn set_cost(&mut self, cost: CallCost) {
+        self.cost = Some(cost);
+    }
+
+    /// Settles with the usage of the attempt.
+    pub(crate) fn settle(mut self, usage: Usage) {
+        self.settled = true;
+        let shared = Arc::clone(&self.shared);
+        let worst = self.plan.worst_cost.map_or(0, Cost::as_nanos);
+        shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
+        shared.stats.settled.fetch_add(1, Relaxed);
+        let cost = self.plan.price.map(|p| p.cost(&usage));
+        if let Some(c) = cost {
+            shared.stats.spent_nanos.fetch_add(c.as_nanos(), Relaxed);
+        }
+        shared.stats.tokens.fetch_add(usage.total_tokens(), Relaxed);
+        if let Some(call) = &self.cost {
+            call.0.attempts.fetch_add(1, Relaxed);
+            call.0.tokens.fetch_add(usage.total_tokens(), Relaxed);
+            match cost {
+                Some(c) => {
+                    call.0.nanos.fetch_add(c.as_nanos(), Relaxed);
+                }
+                None => call.0.unpriced.store(true, Relaxed),
+            }
+        }
+        tracing::debug!(
+            target: "llm_tower::budget",
+            gen_ai.request.model = self.plan.model.as_deref().unwrap_or("-"),
+            gen_ai.usage.input_tokens = usage.input_tokens,
+            gen_ai.usage.output_tokens = usage.output_tokens,
+            cost_usd = cost.map(Cost::as_usd),
+            reserved_usd = self.plan.worst_cost.map(Cost::as_usd),
+            "budget settled"
+        );
+        shared.emit(|| BudgetEvent::Settled {
+            model: self.plan.model.clone(),
+            usage,
+            cost,
+            reserved: self.plan.worst_cost,
+        });
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let plan = std::mem::replace(
+            &mut self.plan,
+            Plan {
+                model: None,
+                buckets: Vec::new(),
+                price: None,
+                worst_cost: None,
+            },
+        );
+        let actual: Vec<u64> = plan
+            .buckets
+            .iter()
+            .map(|b| match b.price {
+                Some(p) => p.cost(&usage).as_nanos(),
+                None => usage.total_tokens(),
+            })
+            .collect();
+        run_now_or_spawn("budget settlement", async move {
+            match shared.store.settle(&reservation, &actual).await {
+                Ok(balances) => shared.crossed(&plan, &actual, &balances),
+                Err(e) => shared.store_failed(&e),
+            }
+        });
+    }
+}
+
+impl<St: Store> Drop for Ticket<St> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Never reported: nothing was sent. Give everything back.
+        self.settled = true;
+        let shared = Arc::clone(&self.shared);
+        let worst = self.plan.worst_cost.map_or(0, Cost::as_nanos);
+        shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
+        if let Some(reservation) = self.reservation.take() {
+            let zeros = vec![0; reservation.parts().len()];
+            run_now_or_spawn("budget release", async move {
+                if let Err(e) = shared.store.settle(&reservation, &zeros).await {
+                    shared.store_failed(&e);
+                }
+            });
+        }
+    }
+}
+
+/// Settles a ticket with the report of the attempt it paid for.
+pub(crate) struct TicketObserver<St: Store> {
+    ticket: Mutex<Option<Ticket<St>>>,
+}
+
+impl<St: Store> TicketObserver<St> {
+    pub(crate) fn new(ticket: Ticket<St>) -> Self {
+        TicketObserver {
+            ticket: Mutex::new(Some(ticket)),
+        }
+    }
+}
+
+impl<St: Store> UsageObserver for TicketObserver<St> {
+    fn on_usage(&self, report: &UsageReport) {
+        let ticket = self
+            .ticket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(ticket) = ticket {
+            ticket.settle(report.usage);
+        }
+    }
+}
