@@ -1041,3 +1041,316 @@ fn every_two_piece_split_gives_the_same_result() {
         }
     }
 }
+
+// ------------------------------------------------------------ attempt gates
+
+mod gates {
+    use std::{
+        fmt,
+        sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+
+    use llm_tower::metering::{Admission, AttemptGate, Meter, UsageObserver};
+    use tokio::sync::oneshot;
+    use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
+    use tower_test::mock;
+
+    use super::*;
+
+    /// What a gate refuses with.
+    #[derive(Debug, PartialEq)]
+    struct OverBudget(u32);
+
+    impl fmt::Display for OverBudget {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "over budget by {}", self.0)
+        }
+    }
+
+    impl std::error::Error for OverBudget {}
+
+    type Req = http::Request<()>;
+    type Res = http::Response<Full<Bytes>>;
+
+    fn ok_response() -> Res {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(CHAT_JSON)))
+            .unwrap()
+    }
+
+    fn request(rec: &Recorder, gate: AttemptGate) -> Req {
+        let mut req = http::Request::new(());
+        req.extensions_mut()
+            .insert(meta(Provider::OpenAi, WireFormat::OpenAiChat, false));
+        req.extensions_mut().insert(rec.observers());
+        AttemptGate::insert(&mut req, gate);
+        req
+    }
+
+    fn observer(rec: &Recorder) -> Arc<dyn UsageObserver> {
+        let sink = rec.0.clone();
+        Arc::new(move |r: &UsageReport| sink.lock().unwrap().push(r.clone()))
+    }
+
+    /// A gate answering with `answer` each time, counting its calls.
+    fn counting(
+        answer: impl Fn() -> Admission + Send + Sync + 'static,
+    ) -> (AttemptGate, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let n = calls.clone();
+        let gate = AttemptGate::new(move |_: Option<&RequestMeta>| {
+            n.fetch_add(1, Ordering::SeqCst);
+            answer()
+        });
+        (gate, calls)
+    }
+
+    /// Sets its flag when dropped.
+    struct DropGuard(Arc<AtomicBool>);
+
+    impl Drop for DropGuard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn now_adds_the_gates_observer_after_the_requests_own() {
+        let (own, gated) = (Recorder::default(), Recorder::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let seen_model = Arc::new(Mutex::new(None));
+        let (o1, o2, seen) = (order.clone(), order.clone(), seen_model.clone());
+        let gate_obs = observer(&gated);
+        let gate = AttemptGate::new(move |m: Option<&RequestMeta>| {
+            *seen.lock().unwrap() = m.and_then(|m| m.model()).map(str::to_owned);
+            let (obs, o2) = (gate_obs.clone(), o2.clone());
+            Admission::Now(Some(Arc::new(move |r: &UsageReport| {
+                o2.lock().unwrap().push("gate");
+                obs.on_usage(r)
+            })))
+        });
+        let mut req = request(&own, gate);
+        UsageObservers::register(
+            &mut req,
+            Arc::new(move |_: &UsageReport| o1.lock().unwrap().push("request")),
+        );
+        let svc = Meter::new(service_fn(|req: Req| async move {
+            assert!(req.extensions().get::<AttemptGate>().is_none(), "taken");
+            Ok::<_, BoxError>(ok_response())
+        }));
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        assert_eq!(seen_model.lock().unwrap().as_deref(), Some("test-model"));
+        let (a, b) = (own.only(), gated.only());
+        assert_eq!(a, b, "the same report");
+        assert_eq!((b.usage, b.outcome), (Usage::new(19, 10), Outcome::Completed));
+        assert_eq!(*order.lock().unwrap(), ["request", "gate"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn now_without_observer_and_no_gate_behave_as_before() {
+        for gate in [
+            Some(AttemptGate::new(|_: Option<&RequestMeta>| {
+                Admission::Now(None)
+            })),
+            None,
+        ] {
+            let rec = Recorder::default();
+            let mut req = http::Request::new(());
+            req.extensions_mut().insert(rec.observers());
+            if let Some(g) = gate {
+                AttemptGate::insert(&mut req, g);
+            }
+            let svc = Meter::new(service_fn(|_: Req| async { Ok::<_, BoxError>(ok_response()) }));
+            let res = svc.oneshot(req).await.unwrap();
+            res.into_body().collect().await.unwrap();
+            assert_eq!(rec.only().usage, Usage::new(19, 10));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn later_sends_only_once_the_gate_admits_with_the_service_polled_ready() {
+        let (tx, rx) = oneshot::channel::<()>();
+        let rx = Mutex::new(Some(rx));
+        let (own, gated) = (Recorder::default(), Recorder::default());
+        let gate_obs = observer(&gated);
+        let gate = AttemptGate::new(move |_: Option<&RequestMeta>| {
+            let rx = rx.lock().unwrap().take().expect("consulted once");
+            let obs = gate_obs.clone();
+            Admission::later(async move {
+                rx.await?;
+                Ok(Some(obs))
+            })
+        });
+
+        let (mock, mut handle) = mock::pair::<Req, Res>();
+        let mut svc = mock::Spawn::new(Meter::new(mock));
+        // One call allowed: a clone of the mock that was not polled ready
+        // panics when called.
+        handle.allow(1);
+        assert_ready_ok!(svc.poll_ready());
+        let mut fut = tokio_test::task::spawn(svc.call(request(&own, gate)));
+
+        assert_pending!(fut.poll());
+        assert_pending!(handle.poll_request(), "nothing sent while the gate waits");
+        assert!(own.reports().is_empty());
+
+        tx.send(()).unwrap();
+        assert!(fut.is_woken());
+        assert_pending!(fut.poll());
+        let (req, send) = assert_ready!(handle.poll_request()).expect("sent");
+        assert!(req.extensions().get::<AttemptGate>().is_none(), "taken");
+        assert!(req.extensions().get::<UsageObservers>().is_none(), "taken");
+        send.send_response(ok_response());
+        let res = assert_ready_ok!(fut.poll());
+        res.into_body().collect().await.unwrap();
+        assert_eq!(own.only().usage, Usage::new(19, 10));
+        assert_eq!(gated.only().usage, Usage::new(19, 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_or_denied_later_sends_nothing_and_reports_nothing() {
+        let refuse = || Admission::Refuse(Box::new(OverBudget(3)));
+        let deny = || Admission::later(async { Err(OverBudget(3).into()) });
+        let answers: [Box<dyn Fn() -> Admission + Send + Sync>; 2] =
+            [Box::new(refuse), Box::new(deny)];
+        for answer in answers {
+            let (gate, calls) = counting(answer);
+            let rec = Recorder::default();
+            let (mock, mut handle) = mock::pair::<Req, Res>();
+            let mut svc = mock::Spawn::new(Meter::new(mock));
+            handle.allow(1);
+            assert_ready_ok!(svc.poll_ready());
+            let mut fut = tokio_test::task::spawn(svc.call(request(&rec, gate)));
+            let err = assert_ready!(fut.poll()).unwrap_err();
+            assert_eq!(err.downcast_ref::<OverBudget>(), Some(&OverBudget(3)));
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+            assert_pending!(handle.poll_request(), "never sent");
+            drop(fut);
+            assert!(rec.reports().is_empty(), "{:?}", rec.reports());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_call_while_the_gate_waits_drops_its_future() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let gate = AttemptGate::new(move |_: Option<&RequestMeta>| {
+            let guard = DropGuard(flag.clone());
+            Admission::later(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok(None)
+            })
+        });
+        let rec = Recorder::default();
+        let (mock, mut handle) = mock::pair::<Req, Res>();
+        let mut svc = mock::Spawn::new(Meter::new(mock));
+        handle.allow(1);
+        assert_ready_ok!(svc.poll_ready());
+        let mut fut = tokio_test::task::spawn(svc.call(request(&rec, gate)));
+        assert_pending!(fut.poll());
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        assert_pending!(fut.poll());
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(fut);
+        assert!(dropped.load(Ordering::SeqCst), "the gate's future dropped");
+        assert_pending!(handle.poll_request(), "never sent");
+        assert!(rec.reports().is_empty(), "nothing sent, nothing reported");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_meter_inside_does_not_consult_the_gate_again() {
+        let gated = Recorder::default();
+        let obs = observer(&gated);
+        let (gate, calls) = counting(move || Admission::Now(Some(obs.clone())));
+        let rec = Recorder::default();
+        let svc = Meter::new(Meter::new(service_fn(|req: Req| async move {
+            assert!(req.extensions().get::<AttemptGate>().is_none(), "taken");
+            Ok::<_, BoxError>(ok_response())
+        })));
+        let res = svc.oneshot(request(&rec, gate)).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(rec.only().usage, Usage::new(19, 10));
+        assert_eq!(gated.only().usage, Usage::new(19, 10));
+    }
+
+    #[cfg(feature = "retry")]
+    #[tokio::test(start_paused = true)]
+    async fn under_retry_the_gate_is_consulted_once_per_attempt() {
+        use llm_tower::retry::{Backoff, Jitter, RetryConfig, RetryLayer};
+        use std::time::Duration;
+        use tower::Layer;
+
+        let unavailable = || {
+            http::Response::builder()
+                .status(503)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"error":{"message":"overloaded"}}"#,
+                )))
+                .unwrap()
+        };
+        let answers = Arc::new(Mutex::new(vec![ok_response(), unavailable(), unavailable()]));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (a, s) = (answers.clone(), sent.clone());
+        let inner = service_fn(move |_: http::Request<String>| {
+            s.fetch_add(1, Ordering::SeqCst);
+            let res = a.lock().unwrap().pop().expect("an answer left");
+            std::future::ready(Ok::<_, Infallible>(res))
+        });
+
+        let gated = Recorder::default();
+        let obs = observer(&gated);
+        // Admits each attempt after a pause of its own, as a gate waiting
+        // for its store would.
+        let (gate, calls) = counting(move || {
+            let obs = obs.clone();
+            Admission::later(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(Some(obs))
+            })
+        });
+        let retry = RetryLayer::try_from(
+            RetryConfig::new()
+                .max_attempts(3)
+                .backoff(Backoff {
+                    base: Duration::from_millis(100),
+                    factor: 2.0,
+                    cap: Duration::from_secs(1),
+                    jitter: Jitter::None,
+                })
+                .server_delay_jitter(Duration::ZERO),
+        )
+        .unwrap();
+        let svc = retry.layer(MeterLayer::new().layer(inner));
+
+        let rec = Recorder::default();
+        let mut req = http::Request::post("http://llm.test/v1/chat/completions")
+            .body(r#"{"model":"test-model"}"#.to_owned())
+            .unwrap();
+        req.extensions_mut()
+            .insert(meta(Provider::OpenAi, WireFormat::OpenAiChat, false));
+        req.extensions_mut().insert(rec.observers());
+        AttemptGate::insert(&mut req, gate);
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "once per attempt");
+        let reports = gated.reports();
+        assert_eq!(reports.len(), 3, "one report per attempt: {reports:?}");
+        assert_eq!(
+            reports.iter().map(|r| r.status).collect::<Vec<_>>(),
+            [Some(http::StatusCode::SERVICE_UNAVAILABLE); 2]
+                .into_iter()
+                .chain([Some(http::StatusCode::OK)])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(reports[2].usage, Usage::new(19, 10));
+        assert_eq!(rec.reports().len(), 3, "the request's own observers too");
+    }
+}

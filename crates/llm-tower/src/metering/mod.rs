@@ -105,6 +105,7 @@
 
 mod body;
 mod error;
+mod gate;
 mod layer;
 mod progress;
 mod report;
@@ -114,6 +115,7 @@ pub mod future;
 
 pub use self::body::{BodyKind, JSON_RETAIN_LIMIT, MeteredBody};
 pub use self::error::{MalformedStream, StreamError, TruncatedStream};
+pub use self::gate::{AdmitFuture, Admission, AttemptGate, Gate};
 pub use self::layer::{Meter, MeterLayer};
 #[cfg(any(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
 pub(crate) use self::progress::observe;
