@@ -153,7 +153,10 @@ async fn reserves_the_worst_case_then_settles_the_metered_cost() {
     assert_eq!(call_cost.cost(), Cost::from_nanos(cost(900, 100)));
     assert_eq!(call_cost.tokens(), 1_000);
     let status = handle.status(Scope::Global, "*").await.unwrap();
-    assert_eq!(status[0].spent, Amount::Usd(Cost::from_nanos(cost(900, 100))));
+    assert_eq!(
+        status[0].spent,
+        Amount::Usd(Cost::from_nanos(cost(900, 100)))
+    );
     assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
     assert_eq!(
         status[0].remaining,
@@ -194,8 +197,12 @@ async fn refuses_what_cannot_fit_and_admits_it_once_others_settle_lower() {
     assert_eq!(refusal.asked(), Amount::Usd(Cost::from_nanos(WORST)));
     assert_eq!(refusal.window(), Some(Window::Total));
     assert_eq!(refusal.resets_at(), None);
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the refused call was never sent");
-    let failure = DefaultClassifier::new().classify_error(&err).unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the refused call was never sent"
+    );
+    let failure = DefaultClassifier::new().classify_error(&*err);
     assert_eq!(failure.code(), Some(BUDGET_EXCEEDED));
     assert!(!failure.is_retryable());
     assert!(failure.should_fall_back());
@@ -213,32 +220,45 @@ async fn refuses_what_cannot_fit_and_admits_it_once_others_settle_lower() {
 async fn an_error_response_gives_everything_back() {
     let layer = budget(global_usd(1.0, Window::Total));
     let handle = layer.handle();
-    let svc = layer.layer(MeterLayer::new().layer(service_fn(|_req: Request<String>| async {
-        let mut res = Response::new(Full::new(Bytes::from_static(
-            br#"{"error":{"message":"boom","type":"server_error"}}"#,
-        )));
-        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        Ok::<_, Infallible>(res)
-    })));
+    let svc = layer.layer(
+        MeterLayer::new().layer(service_fn(|_req: Request<String>| async {
+            let mut res = Response::new(Full::new(Bytes::from_static(
+                br#"{"error":{"message":"boom","type":"server_error"}}"#,
+            )));
+            *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            Ok::<_, Infallible>(res)
+        })),
+    );
     let res = svc.oneshot(call()).await.unwrap();
     assert_eq!(res.status(), 500);
     read(res).await;
     let stats = handle.stats();
-    assert_eq!((stats.spent, stats.reserved, stats.settled), (Cost::ZERO, Cost::ZERO, 1));
+    assert_eq!(
+        (stats.spent, stats.reserved, stats.settled),
+        (Cost::ZERO, Cost::ZERO, 1)
+    );
     let status = handle.status(Scope::Global, "*").await.unwrap();
-    assert_eq!((status[0].spent, status[0].reserved), (Amount::Usd(Cost::ZERO), Amount::Usd(Cost::ZERO)));
+    assert_eq!(
+        (status[0].spent, status[0].reserved),
+        (Amount::Usd(Cost::ZERO), Amount::Usd(Cost::ZERO))
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_transport_error_gives_everything_back() {
     let layer = budget(global_usd(1.0, Window::Total));
     let handle = layer.handle();
-    let svc = layer.layer(MeterLayer::new().layer(service_fn(|_req: Request<String>| async {
-        Err::<Res, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
-    })));
+    let svc = layer.layer(
+        MeterLayer::new().layer(service_fn(|_req: Request<String>| async {
+            Err::<Res, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        })),
+    );
     assert!(svc.oneshot(call()).await.is_err());
     let stats = handle.stats();
-    assert_eq!((stats.spent, stats.reserved, stats.settled), (Cost::ZERO, Cost::ZERO, 1));
+    assert_eq!(
+        (stats.spent, stats.reserved, stats.settled),
+        (Cost::ZERO, Cost::ZERO, 1)
+    );
     let status = handle.status(Scope::Global, "*").await.unwrap();
     assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
 }
@@ -262,7 +282,10 @@ async fn a_cancelled_call_bills_its_input_estimate_once() {
     assert_eq!(stats.spent, Cost::from_nanos(cost(1_000, 0)));
     let status = handle.status(Scope::Global, "*").await.unwrap();
     assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
-    assert_eq!(status[0].spent, Amount::Usd(Cost::from_nanos(cost(1_000, 0))));
+    assert_eq!(
+        status[0].spent,
+        Amount::Usd(Cost::from_nanos(cost(1_000, 0)))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -281,7 +304,10 @@ async fn a_call_cancelled_before_it_was_sent_costs_nothing() {
     let stats = handle.stats();
     assert_eq!((stats.spent, stats.reserved), (Cost::ZERO, Cost::ZERO));
     let status = handle.status(Scope::Global, "*").await.unwrap();
-    assert_eq!((status[0].spent, status[0].reserved), (Amount::Usd(Cost::ZERO), Amount::Usd(Cost::ZERO)));
+    assert_eq!(
+        (status[0].spent, status[0].reserved),
+        (Amount::Usd(Cost::ZERO), Amount::Usd(Cost::ZERO))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -294,14 +320,19 @@ async fn a_stream_dropped_midway_is_billed_for_what_it_used() {
         "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello there\"}}]}\n\n",
         "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" friend\"}}]}\n\n",
     );
-    let svc = layer.layer(MeterLayer::new().layer(service_fn(move |_req: Request<String>| async move {
-        let res = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Full::new(Bytes::from_static(sse.as_bytes())))
-            .unwrap();
-        Ok::<_, Infallible>(res)
-    })));
-    let res = svc.oneshot(request(meta("m", 1_000, Some(500)).with_stream(true))).await.unwrap();
+    let svc = layer.layer(MeterLayer::new().layer(service_fn(
+        move |_req: Request<String>| async move {
+            let res = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Full::new(Bytes::from_static(sse.as_bytes())))
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        },
+    )));
+    let res = svc
+        .oneshot(request(meta("m", 1_000, Some(500)).with_stream(true)))
+        .await
+        .unwrap();
     let mut body = res.into_body();
     let _first = body.frame().await;
     drop(body);
@@ -343,8 +374,16 @@ async fn retries_reserve_and_settle_each_attempt() {
     let stats = handle.stats();
     assert_eq!(n.load(Ordering::SeqCst), 2);
     assert_eq!((stats.attempts, stats.settled), (2, 2), "{stats:?}");
-    assert_eq!(stats.reserved_peak, Cost::from_nanos(WORST), "one attempt in flight at a time");
-    assert_eq!(stats.spent, Cost::from_nanos(cost(300, 40)), "the failed attempt cost nothing");
+    assert_eq!(
+        stats.reserved_peak,
+        Cost::from_nanos(WORST),
+        "one attempt in flight at a time"
+    );
+    assert_eq!(
+        stats.spent,
+        Cost::from_nanos(cost(300, 40)),
+        "the failed attempt cost nothing"
+    );
     assert_eq!(call_cost.attempts(), 2);
     assert_eq!(call_cost.cost(), Cost::from_nanos(cost(300, 40)));
 }
@@ -428,7 +467,8 @@ async fn calendar_windows_roll_over_by_themselves() {
         .scope(ScopeBudget::global().limit(Limit::usd(0.003, Window::Day)))
         .scope(ScopeBudget::tenant().limit(Limit::usd(0.003, Window::Month)));
     let layer = budget(config).clock(TokioClock::starting_at(before_leap_day()));
-    let svc = layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
+    let svc =
+        layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
     let go = |tenant: &str| {
         let mut req = call();
         req.extensions_mut().insert(BudgetTenant::new(tenant));
@@ -448,7 +488,10 @@ async fn calendar_windows_roll_over_by_themselves() {
     // Feb 29th: a new day; tenant `a` has spent its month, `b` has not.
     let err = go("a").await.unwrap_err();
     let refusal = find::<BudgetExceeded>(&err).unwrap();
-    assert_eq!((refusal.scope(), refusal.window()), (Scope::Tenant, Some(Window::Month)));
+    assert_eq!(
+        (refusal.scope(), refusal.window()),
+        (Scope::Tenant, Some(Window::Month))
+    );
     let march = SystemTime::UNIX_EPOCH + Duration::from_secs(1_835_481_600);
     assert_eq!(refusal.resets_at(), Some(march));
     read(go("b").await.unwrap()).await;
@@ -460,15 +503,22 @@ async fn calendar_windows_roll_over_by_themselves() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rolling_window_forgets_what_is_older_than_it() {
-    let layer = budget(global_usd(0.003, Window::Rolling(Duration::from_secs(3600))));
-    let svc = layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
+    let layer = budget(global_usd(
+        0.003,
+        Window::Rolling(Duration::from_secs(3600)),
+    ));
+    let svc =
+        layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
     read(svc.clone().oneshot(call()).await.unwrap()).await;
     tokio::time::advance(Duration::from_secs(30 * 60)).await;
     let err = svc.clone().oneshot(call()).await.unwrap_err();
     let refusal = find::<BudgetExceeded>(&err).unwrap();
     let wait = refusal.retry_after().unwrap();
     // Half an hour, and at most one slot (a minute) more.
-    assert!(wait > Duration::from_secs(30 * 60) && wait <= Duration::from_secs(31 * 60), "{wait:?}");
+    assert!(
+        wait > Duration::from_secs(30 * 60) && wait <= Duration::from_secs(31 * 60),
+        "{wait:?}"
+    );
     tokio::time::advance(wait).await;
     read(svc.oneshot(call()).await.unwrap()).await;
 }
@@ -481,18 +531,26 @@ async fn nested_scopes_are_all_or_nothing() {
         .scope(ScopeBudget::organisation().limit(Limit::usd(0.003, Window::Total)));
     let layer = budget(config);
     let handle = layer.handle();
-    let svc = layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
+    let svc =
+        layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
     let go = |tenant: &str| {
         let mut req = call();
-        req.extensions_mut().insert(BudgetTenant::new(tenant).organisation("org"));
+        req.extensions_mut()
+            .insert(BudgetTenant::new(tenant).organisation("org"));
         svc.clone().oneshot(req)
     };
     read(go("a").await.unwrap()).await;
     let err = go("b").await.unwrap_err();
-    assert_eq!(find::<BudgetExceeded>(&err).unwrap().scope(), Scope::Organisation);
+    assert_eq!(
+        find::<BudgetExceeded>(&err).unwrap().scope(),
+        Scope::Organisation
+    );
     // Nothing was reserved in the tenant's bucket by the refused call.
     let b = handle.status(Scope::Tenant, "b").await.unwrap();
-    assert_eq!((b[0].spent, b[0].reserved), (Amount::Usd(Cost::ZERO), Amount::Usd(Cost::ZERO)));
+    assert_eq!(
+        (b[0].spent, b[0].reserved),
+        (Amount::Usd(Cost::ZERO), Amount::Usd(Cost::ZERO))
+    );
     let a = handle.status(Scope::Tenant, "a").await.unwrap();
     assert_eq!(a[0].spent, Amount::Usd(Cost::from_nanos(WORST)));
     let org = handle.status(Scope::Organisation, "org").await.unwrap();
@@ -509,14 +567,21 @@ async fn token_limits_and_per_request_caps() {
     );
     let layer = budget(config);
     let handle = layer.handle();
-    let svc = layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
+    let svc =
+        layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
     read(svc.clone().oneshot(call()).await.unwrap()).await;
-    let status = handle.status(Scope::ApiKey, "Bearer sk-test").await.unwrap();
+    let status = handle
+        .status(Scope::ApiKey, "Bearer sk-test")
+        .await
+        .unwrap();
     assert_eq!(status[0].spent, Amount::Tokens(1_500));
     // 1,500 more would pass 3,000.
     read(svc.clone().oneshot(call()).await.unwrap()).await;
     let err = svc.clone().oneshot(call()).await.unwrap_err();
-    assert_eq!(find::<BudgetExceeded>(&err).unwrap().limit(), Amount::Tokens(3_000));
+    assert_eq!(
+        find::<BudgetExceeded>(&err).unwrap().limit(),
+        Amount::Tokens(3_000)
+    );
     // A call whose worst case is over the cap: refused whatever is left.
     let err = svc
         .clone()
@@ -534,7 +599,10 @@ async fn unpriced_models_are_never_free() {
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = budget(global_usd(1.0, Window::Total));
     let svc = layer.layer(MeterLayer::new().layer(provider(10, 10, calls.clone())));
-    let err = svc.oneshot(request(meta("mystery", 10, Some(10)))).await.unwrap_err();
+    let err = svc
+        .oneshot(request(meta("mystery", 10, Some(10))))
+        .await
+        .unwrap_err();
     assert_eq!(find::<Unpriced>(&err).unwrap().model(), "mystery");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
@@ -549,7 +617,12 @@ async fn unpriced_models_are_never_free() {
     let layer = budget(priced);
     let handle = layer.handle();
     let svc = layer.layer(MeterLayer::new().layer(provider(10, 10, calls.clone())));
-    read(svc.oneshot(request(meta("mystery", 10, Some(10)))).await.unwrap()).await;
+    read(
+        svc.oneshot(request(meta("mystery", 10, Some(10))))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(handle.stats().spent, Cost::from_nanos(20 * 3_000));
 
     // Tokens only: the token limit counts it, with an event.
@@ -564,7 +637,10 @@ async fn unpriced_models_are_never_free() {
     let layer = budget(tokens_only).on_event(move |e| seen.lock().unwrap().push(e.clone()));
     let handle = layer.handle();
     let svc = layer.layer(MeterLayer::new().layer(provider(10, 10, calls.clone())));
-    let res = svc.oneshot(request(meta("mystery", 10, Some(10)))).await.unwrap();
+    let res = svc
+        .oneshot(request(meta("mystery", 10, Some(10))))
+        .await
+        .unwrap();
     let call_cost = res.extensions().get::<CallCost>().unwrap().clone();
     read(res).await;
     assert!(call_cost.has_unpriced());
@@ -572,7 +648,13 @@ async fn unpriced_models_are_never_free() {
     let status = handle.status(Scope::Global, "*").await.unwrap();
     assert_eq!(status[0].spent, Amount::Usd(Cost::ZERO));
     assert_eq!(status[1].spent, Amount::Tokens(20));
-    assert!(events.lock().unwrap().iter().any(|e| matches!(e, BudgetEvent::Unpriced { .. })));
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, BudgetEvent::Unpriced { .. }))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -583,11 +665,15 @@ async fn alerts_fire_once_per_threshold_and_soft_limits_never_refuse() {
     let config = BudgetConfig::new()
         .scope(ScopeBudget::global().limit(Limit::usd(0.02, Window::Day).soft()));
     let layer = budget(config).on_event(move |e| {
-        if let BudgetEvent::Threshold { fraction, spent, .. } = e {
+        if let BudgetEvent::Threshold {
+            fraction, spent, ..
+        } = e
+        {
             seen.lock().unwrap().push((*fraction, *spent));
         }
     });
-    let svc = layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
+    let svc =
+        layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
     for _ in 0..14 {
         read(svc.clone().oneshot(call()).await.unwrap()).await;
     }

@@ -579,7 +579,9 @@ impl Limit {
             return Err(ConfigError::new(
                 LAYER,
                 format!("{at}.alerts"),
-                format!("{at}.alerts has {a}: each is a fraction of the limit, above 0 and at most 100"),
+                format!(
+                    "{at}.alerts has {a}: each is a fraction of the limit, above 0 and at most 100"
+                ),
             ));
         }
         Ok(())
@@ -788,7 +790,11 @@ mod tests {
         assert_eq!(config.max_output_for(Some("my-model")), 16_384);
         assert_eq!(config.max_output_for(None), 16_384);
         let over = BudgetConfig::new().max_output_tokens_for("gpt-4o", 2);
-        assert_eq!(over.max_output_for(Some("gpt-4o")), 2, "configured wins a tie");
+        assert_eq!(
+            over.max_output_for(Some("gpt-4o")),
+            2,
+            "configured wins a tie"
+        );
     }
 
     #[test]

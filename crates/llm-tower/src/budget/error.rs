@@ -213,7 +213,11 @@ impl fmt::Display for BudgetExceeded {
                 if let Some(at) = self.resets_at {
                     write!(f, "; resets at {}", humantime::format_rfc3339_seconds(at))?;
                 } else if let Some(wait) = self.retry_after {
-                    write!(f, "; room again in {}", humantime::format_duration(round(wait)))?;
+                    write!(
+                        f,
+                        "; room again in {}",
+                        humantime::format_duration(round(wait))
+                    )?;
                 }
                 Ok(())
             }

@@ -254,7 +254,9 @@ where
     });
     AttemptGate::insert(&mut req, AttemptGate::from_arc(gate.clone()));
     let meta = RequestMeta::get(&req).cloned();
-    poll_fn(|cx| inner.poll_ready(cx)).await.map_err(Into::into)?;
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
     let result = inner.call(req).await.map_err(Into::into);
     // What no attempt claimed is released here (when dropped), unless this
     // layer meters the response itself.
@@ -271,11 +273,11 @@ where
             let mut observers = UsageObservers::new();
             observers.push(Arc::new(TicketObserver::new(ticket)));
             let res = MeteredBody::wrap_response(res, meta.as_ref(), observers);
-            Ok(res.map(|inner| BudgetBody::Metered { inner }))
+            Ok(res.map(BudgetBody::metered))
         }
         other => {
             drop(other);
-            Ok(res.map(|inner| BudgetBody::Plain { inner }))
+            Ok(res.map(BudgetBody::plain))
         }
     }
 }
@@ -284,7 +286,11 @@ where
 /// not sent to any provider: it costs nothing.
 fn is_degraded<B>(res: &Response<B>) -> bool {
     #[cfg(feature = "fallback")]
-    if res.extensions().get::<crate::fallback::Degraded>().is_some() {
+    if res
+        .extensions()
+        .get::<crate::fallback::Degraded>()
+        .is_some()
+    {
         return true;
     }
     #[cfg(not(feature = "fallback"))]
@@ -347,18 +353,43 @@ impl<St: Store> Gate for CallGate<St> {
 pin_project! {
     /// The response body of [`Budget`]: the inner body, metered here when
     /// no meter further in reported the call's usage.
-    #[project = BudgetBodyProj]
-    pub enum BudgetBody<B: Body> {
-        /// A meter further in reports the usage.
+    pub struct BudgetBody<B: Body> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B: Body> {
         Plain {
             #[pin]
-            inner: B,
+            body: B,
         },
-        /// Metered by the budget layer itself.
         Metered {
             #[pin]
-            inner: MeteredBody<B>,
+            body: MeteredBody<B>,
         },
+    }
+}
+
+impl<B: Body> BudgetBody<B> {
+    fn plain(body: B) -> Self {
+        BudgetBody {
+            inner: Inner::Plain { body },
+        }
+    }
+
+    fn metered(body: MeteredBody<B>) -> Self {
+        BudgetBody {
+            inner: Inner::Metered { body },
+        }
+    }
+
+    /// `true` when the budget layer meters this body itself (no meter
+    /// further in consulted its gate).
+    pub fn is_metered_here(&self) -> bool {
+        matches!(self.inner, Inner::Metered { .. })
     }
 }
 
@@ -375,33 +406,32 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        match self.project() {
-            BudgetBodyProj::Plain { inner } => inner.poll_frame(cx).map_err(Into::into),
-            BudgetBodyProj::Metered { inner } => inner.poll_frame(cx).map_err(Into::into),
+        match self.project().inner.project() {
+            InnerProj::Plain { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Metered { body } => body.poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            BudgetBody::Plain { inner } => inner.is_end_stream(),
-            BudgetBody::Metered { inner } => inner.is_end_stream(),
+        match &self.inner {
+            Inner::Plain { body } => body.is_end_stream(),
+            Inner::Metered { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            BudgetBody::Plain { inner } => inner.size_hint(),
-            BudgetBody::Metered { inner } => inner.size_hint(),
+        match &self.inner {
+            Inner::Plain { body } => body.size_hint(),
+            Inner::Metered { body } => body.size_hint(),
         }
     }
 }
 
 impl<B: Body> fmt::Debug for BudgetBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BudgetBody::Plain { .. } => f.write_str("BudgetBody::Plain"),
-            BudgetBody::Metered { .. } => f.write_str("BudgetBody::Metered"),
-        }
+        f.debug_struct("BudgetBody")
+            .field("metered_here", &self.is_metered_here())
+            .finish_non_exhaustive()
     }
 }
 

@@ -19,10 +19,7 @@ use super::{
 };
 use crate::{
     BoxError,
-    clock::{
-        Clock, TokioClock, utc_day, utc_day_start, utc_month, utc_month_start, utc_week,
-        utc_week_start,
-    },
+    clock::{Clock, TokioClock, utc_day},
     metering::{UsageObserver, UsageReport},
     pricing::{Cost, ModelPrice, PriceTable, Unpriced},
     request::RequestMeta,
@@ -30,6 +27,32 @@ use crate::{
     usage::Usage,
     util::{api_key_fnv, api_key_secret, api_key_text, concat, run_now_or_spawn},
 };
+
+// TEMPORARY until clock.rs has them.
+fn utc_day_start(day: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(day * 86_400)
+}
+fn utc_week(t: SystemTime) -> u64 {
+    (utc_day(t) + 3) / 7
+}
+fn utc_week_start(week: u64) -> SystemTime {
+    utc_day_start((week * 7).saturating_sub(3))
+}
+fn utc_month(t: SystemTime) -> u64 {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let d = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    (d.year() as u64 - 1970) * 12 + (u8::from(d.month()) as u64 - 1)
+}
+fn utc_month_start(month: u64) -> SystemTime {
+    let year = 1970 + (month / 12) as i32;
+    let m = time::Month::try_from((month % 12) as u8 + 1).unwrap();
+    let date = time::Date::from_calendar_date(year, m, 1).unwrap();
+    let ts = date.midnight().assume_utc().unix_timestamp();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64)
+}
 
 /// Extra life of a calendar window's bucket past the window's end, on top
 /// of the lease: settlements of calls that started in the window land in it.
@@ -104,6 +127,9 @@ pub(crate) struct Plan {
     price: Option<ModelPrice>,
     /// The worst case at `price`.
     worst_cost: Option<Cost>,
+    /// The scopes that count this attempt in tokens only, its model having
+    /// no price.
+    unpriced: Vec<Scope>,
 }
 
 impl Plan {
@@ -199,7 +225,7 @@ impl<St: Store> Shared<St> {
             Scope::ApiKey => api_key_fnv(api_key_secret(headers, query))
                 .map(|h| api_key_text(Some(h)).into_boxed_str()),
             Scope::Tenant => who.tenant.as_ref()?.tenant().map(Into::into),
-            Scope::Organisation => who.tenant.as_ref()?.organisation().map(Into::into),
+            Scope::Organisation => who.tenant.as_ref()?.organisation_name().map(Into::into),
             Scope::Model => meta?.model().map(Into::into),
             Scope::Provider => meta?.provider().map(|p| p.name().into()),
         }
@@ -283,6 +309,7 @@ impl<St: Store> Shared<St> {
         let mut own_price = table_price;
         let wall = self.wall();
         let mut buckets = Vec::new();
+        let mut unpriced = Vec::new();
         for (si, scope) in self.scopes.iter().enumerate() {
             let Some(value) = Self::scope_value(scope.scope, meta, headers, query, who) else {
                 continue;
@@ -306,17 +333,7 @@ impl<St: Store> Shared<St> {
             }
             let worst_cost = price.map(|p| p.cost(&worst).as_nanos());
             if table_price.is_none() && price.is_none() {
-                self.stats.unpriced.fetch_add(1, Relaxed);
-                self.emit(|| BudgetEvent::Unpriced {
-                    scope: scope.scope,
-                    model: model.clone(),
-                });
-                tracing::warn!(
-                    target: "llm_tower::budget",
-                    scope = scope.scope.as_str(),
-                    gen_ai.request.model = model.as_deref().unwrap_or("-"),
-                    "model has no price: only token limits count this call"
-                );
+                unpriced.push(scope.scope);
             }
             let cap = |limit: u64, asked: u64, unit: Unit| BudgetExceeded {
                 scope: scope.scope,
@@ -370,6 +387,7 @@ impl<St: Store> Shared<St> {
             model,
             buckets,
             price: own_price,
+            unpriced,
         })
     }
 
@@ -380,7 +398,12 @@ impl<St: Store> Shared<St> {
         scope: Scope,
         value: &str,
         wall: SystemTime,
-    ) -> Vec<((Unit, u64, Window, bool), Box<str>, Span, Option<SystemTime>)> {
+    ) -> Vec<(
+        (Unit, u64, Window, bool),
+        Box<str>,
+        Span,
+        Option<SystemTime>,
+    )> {
         self.scopes
             .iter()
             .filter(|s| s.scope == scope)
@@ -420,7 +443,11 @@ impl<St: Store> Shared<St> {
                     spent,
                     reserved,
                     retry_after,
-                }) => return Err(self.denied(&plan, index, spent, reserved, retry_after).into()),
+                }) => {
+                    return Err(self
+                        .denied(&plan, index, spent, reserved, retry_after)
+                        .into());
+                }
                 Err(e) => {
                     self.store_failed(&e);
                     return Err(BudgetUnavailable { source: e }.into());
@@ -437,6 +464,21 @@ impl<St: Store> Shared<St> {
         cost: Option<CallCost>,
     ) -> Ticket<St> {
         self.stats.attempts.fetch_add(1, Relaxed);
+        if !plan.unpriced.is_empty() {
+            self.stats.unpriced.fetch_add(1, Relaxed);
+            let name = plan.model.as_deref().unwrap_or("-");
+            for &scope in &plan.unpriced {
+                tracing::warn!(
+                    target: "llm_tower::budget",
+                    { scope = scope.as_str(), gen_ai.request.model = name },
+                    "model has no price: only token limits count this attempt"
+                );
+                self.emit(|| BudgetEvent::Unpriced {
+                    scope,
+                    model: plan.model.clone(),
+                });
+            }
+        }
         let worst = plan.worst_cost.map_or(0, Cost::as_nanos);
         let now = self.stats.reserved_nanos.fetch_add(worst, Relaxed) + worst;
         self.stats.reserved_peak_nanos.fetch_max(now, Relaxed);
@@ -461,9 +503,8 @@ impl<St: Store> Shared<St> {
         let scope = &self.scopes[b.scope as usize];
         let limit = &scope.limits[b.limit_index as usize];
         let resets_at = b.resets_at;
-        let retry_after = retry_after.or_else(|| {
-            resets_at.map(|at| at.duration_since(self.wall()).unwrap_or_default())
-        });
+        let retry_after = retry_after
+            .or_else(|| resets_at.map(|at| at.duration_since(self.wall()).unwrap_or_default()));
         self.refused(BudgetExceeded {
             scope: scope.scope,
             key: Arc::clone(&b.value),
@@ -587,10 +628,6 @@ impl<St: Store> Ticket<St> {
         &self.plan
     }
 
-    pub(crate) fn set_cost(&mut self, cost: CallCost) {
-        self.cost = Some(cost);
-    }
-
     /// Settles with the usage of the attempt.
     pub(crate) fn settle(mut self, usage: Usage) {
         self.settled = true;
@@ -613,13 +650,12 @@ impl<St: Store> Ticket<St> {
                 None => call.0.unpriced.store(true, Relaxed),
             }
         }
+        let model = self.plan.model.as_deref().unwrap_or("-");
         tracing::debug!(
             target: "llm_tower::budget",
-            gen_ai.request.model = self.plan.model.as_deref().unwrap_or("-"),
-            gen_ai.usage.input_tokens = usage.input_tokens,
-            gen_ai.usage.output_tokens = usage.output_tokens,
-            cost_usd = cost.map(Cost::as_usd),
-            reserved_usd = self.plan.worst_cost.map(Cost::as_usd),
+            { gen_ai.request.model = model, gen_ai.usage.input_tokens = usage.input_tokens,
+              gen_ai.usage.output_tokens = usage.output_tokens,
+              cost_usd = cost.map(Cost::as_usd), reserved_usd = self.plan.worst_cost.map(Cost::as_usd) },
             "budget settled"
         );
         shared.emit(|| BudgetEvent::Settled {
@@ -638,6 +674,7 @@ impl<St: Store> Ticket<St> {
                 buckets: Vec::new(),
                 price: None,
                 worst_cost: None,
+                unpriced: Vec::new(),
             },
         );
         let actual: Vec<u64> = plan
