@@ -1144,7 +1144,10 @@ mod gates {
         assert_eq!(seen_model.lock().unwrap().as_deref(), Some("test-model"));
         let (a, b) = (own.only(), gated.only());
         assert_eq!(a, b, "the same report");
-        assert_eq!((b.usage, b.outcome), (Usage::new(19, 10), Outcome::Completed));
+        assert_eq!(
+            (b.usage, b.outcome),
+            (Usage::new(19, 10), Outcome::Completed)
+        );
         assert_eq!(*order.lock().unwrap(), ["request", "gate"]);
     }
 
@@ -1162,7 +1165,9 @@ mod gates {
             if let Some(g) = gate {
                 AttemptGate::insert(&mut req, g);
             }
-            let svc = Meter::new(service_fn(|_: Req| async { Ok::<_, BoxError>(ok_response()) }));
+            let svc = Meter::new(service_fn(|_: Req| async {
+                Ok::<_, BoxError>(ok_response())
+            }));
             let res = svc.oneshot(req).await.unwrap();
             res.into_body().collect().await.unwrap();
             assert_eq!(rec.only().usage, Usage::new(19, 10));
@@ -1293,7 +1298,11 @@ mod gates {
                 )))
                 .unwrap()
         };
-        let answers = Arc::new(Mutex::new(vec![ok_response(), unavailable(), unavailable()]));
+        let answers = Arc::new(Mutex::new(vec![
+            ok_response(),
+            unavailable(),
+            unavailable(),
+        ]));
         let sent = Arc::new(AtomicUsize::new(0));
         let (a, s) = (answers.clone(), sent.clone());
         let inner = service_fn(move |_: http::Request<String>| {

@@ -109,7 +109,9 @@ where
                     }
                 },
                 StateProj::Refused { error } => {
-                    let e = error.take().expect("ResponseFuture polled after completion");
+                    let e = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Err(e));
                 }
             }

@@ -9,8 +9,9 @@ use crate::{BoxError, request::RequestMeta};
 
 /// The future of [`Admission::Later`]: resolves to the observer of the
 /// attempt's report, or to the error the attempt fails with.
-pub type AdmitFuture =
-    Pin<Box<dyn Future<Output = Result<Option<Arc<dyn UsageObserver>>, BoxError>> + Send + 'static>>;
+pub type AdmitFuture = Pin<
+    Box<dyn Future<Output = Result<Option<Arc<dyn UsageObserver>>, BoxError>> + Send + 'static>,
+>;
 
 /// What a [`Gate`] answers for one attempt.
 pub enum Admission {
