@@ -34,7 +34,11 @@ impl<S> Layer<S> for MeterLayer {
     }
 }
 
-/// Meters the response bodies of `S`. See [`MeterLayer`].
+/// Meters the response bodies of `S`, each attempt admitted first by the
+/// request's [`AttemptGate`], if any. See [`MeterLayer`].
+///
+/// Its error is a [`BoxError`]: the inner service's error, or the error of a
+/// gate that refused the attempt.
 #[derive(Clone, Debug)]
 pub struct Meter<S> {
     inner: S,

@@ -45,7 +45,7 @@
 //!
 //! # Exactly one report
 //!
-//! Every call that reaches [`Meter`] produces exactly one report:
+//! Every call that [`Meter`] sends produces exactly one report:
 //!
 //! | what happened | reported | [`Outcome`] |
 //! |---|---|---|
@@ -62,6 +62,44 @@
 //! | the response future was dropped | the input estimate | `Cancelled` |
 //!
 //! [`MeteredBody`] documents when usage is actual and how it is estimated.
+//! An attempt its [gate](#attempt-gates) refuses, or that is given up while
+//! the gate makes it wait, is never sent and reports nothing.
+//!
+//! # Attempt gates
+//!
+//! An outer layer that must act *before each attempt is sent* — a budget
+//! reserving the attempt's price, at the model of that attempt — puts an
+//! [`AttemptGate`] in the request's extensions. The meter takes it and asks
+//! its [`Gate`] about every attempt before calling the inner service, with
+//! the attempt's [`RequestMeta`](crate::request::RequestMeta) (the model
+//! after any fallback rewrite). The gate answers with an [`Admission`]:
+//!
+//! - [`Now`](Admission::Now): sent at once, as without a gate; the gate's
+//!   observer, if any, gets this attempt's report (after the request's own
+//!   observers), to settle what it reserved.
+//! - [`Later`](Admission::Later): sent when the gate's future resolves
+//!   `Ok`; on `Err` the attempt fails with that error. The meter holds its
+//!   inner service, polled ready, while it waits (as
+//!   `tower::filter::AsyncFilter` does). If the caller gives the attempt
+//!   up meanwhile, the gate's future is dropped and must release what it
+//!   reserved.
+//! - [`Refuse`](Admission::Refuse): not sent; the attempt fails with the
+//!   error.
+//!
+//! A refused attempt reports nothing to the observers: nothing was sent, and
+//! the gate keeps its own accounts.
+//!
+//! Why in the meter: it is the one layer every attempt on the wire passes,
+//! next to the HTTP client. Retry layers, fallback, hedging — including
+//! layers that know nothing of llm-tower, like `tower::retry` — clone the
+//! request, extensions and all, for each attempt, so each clone carries the
+//! gate to the meter, which consults it once for that attempt. A layer
+//! further out would see the call once, not its attempts; the meter sees
+//! each attempt and its usage report, which settles what was reserved.
+//!
+//! Without a gate, or with one answering `Now`, the call costs what it did
+//! before gates: no allocation beyond the observer added. `Later` boxes
+//! the wait.
 //!
 //! # Observing, not acting
 //!
@@ -94,14 +132,18 @@
 //!
 //! [`MeterLayer`] holds no state and [`Meter`] is `Clone` when its inner
 //! service is: everything a call needs travels with the request (its
-//! [`RequestMeta`](crate::request::RequestMeta) and [`UsageObservers`]).
+//! [`RequestMeta`](crate::request::RequestMeta), [`UsageObservers`] and
+//! [`AttemptGate`]). The meter is a service only over a `Clone` inner
+//! service: an attempt a gate makes wait takes the service polled ready
+//! with it, leaving a clone.
 //!
 //! # Order
 //!
 //! Place the meter inside retry and fallback, next to the HTTP client, so
 //! every attempt is metered: each attempt that reached a provider may cost
-//! tokens. The meter *takes* the observers out of the request, so a second
-//! meter further in reports nothing twice.
+//! tokens. The meter *takes* the observers and the gate out of the request,
+//! so a second meter further in reports nothing twice and gates nothing
+//! twice.
 
 mod body;
 mod error;
