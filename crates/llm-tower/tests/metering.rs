@@ -1050,7 +1050,7 @@ mod gates {
         sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     };
 
-    use llm_tower::metering::{Admission, AttemptGate, Meter, UsageObserver};
+    use llm_tower::metering::{Admission, Attempt, AttemptGate, Meter, UsageObserver};
     use tokio::sync::oneshot;
     use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
     use tower_test::mock;
@@ -1099,7 +1099,7 @@ mod gates {
     ) -> (AttemptGate, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let n = calls.clone();
-        let gate = AttemptGate::new(move |_: Option<&RequestMeta>| {
+        let gate = AttemptGate::new(move |_: &Attempt<'_>| {
             n.fetch_add(1, Ordering::SeqCst);
             answer()
         });
@@ -1122,8 +1122,8 @@ mod gates {
         let seen_model = Arc::new(Mutex::new(None));
         let (o1, o2, seen) = (order.clone(), order.clone(), seen_model.clone());
         let gate_obs = observer(&gated);
-        let gate = AttemptGate::new(move |m: Option<&RequestMeta>| {
-            *seen.lock().unwrap() = m.and_then(|m| m.model()).map(str::to_owned);
+        let gate = AttemptGate::new(move |a: &Attempt<'_>| {
+            *seen.lock().unwrap() = a.meta().and_then(|m| m.model()).map(str::to_owned);
             let (obs, o2) = (gate_obs.clone(), o2.clone());
             Admission::Now(Some(Arc::new(move |r: &UsageReport| {
                 o2.lock().unwrap().push("gate");
@@ -1154,9 +1154,7 @@ mod gates {
     #[tokio::test(start_paused = true)]
     async fn now_without_observer_and_no_gate_behave_as_before() {
         for gate in [
-            Some(AttemptGate::new(|_: Option<&RequestMeta>| {
-                Admission::Now(None)
-            })),
+            Some(AttemptGate::new(|_: &Attempt<'_>| Admission::Now(None))),
             None,
         ] {
             let rec = Recorder::default();
@@ -1180,7 +1178,7 @@ mod gates {
         let rx = Mutex::new(Some(rx));
         let (own, gated) = (Recorder::default(), Recorder::default());
         let gate_obs = observer(&gated);
-        let gate = AttemptGate::new(move |_: Option<&RequestMeta>| {
+        let gate = AttemptGate::new(move |_: &Attempt<'_>| {
             let rx = rx.lock().unwrap().take().expect("consulted once");
             let obs = gate_obs.clone();
             Admission::later(async move {
@@ -1241,7 +1239,7 @@ mod gates {
     async fn dropping_the_call_while_the_gate_waits_drops_its_future() {
         let dropped = Arc::new(AtomicBool::new(false));
         let flag = dropped.clone();
-        let gate = AttemptGate::new(move |_: Option<&RequestMeta>| {
+        let gate = AttemptGate::new(move |_: &Attempt<'_>| {
             let guard = DropGuard(flag.clone());
             Admission::later(async move {
                 let _guard = guard;

@@ -26,7 +26,7 @@ use crate::{
     BoxError,
     clock::TokioClock,
     config::Valid,
-    metering::{Admission, AttemptGate, Gate, MeteredBody, UsageObserver, UsageObservers},
+    metering::{Admission, Attempt, AttemptGate, Gate, MeteredBody, UsageObserver, UsageObservers},
     pricing::{Cost, PriceTable},
     request::RequestMeta,
     store::{MemoryStore, Store, StoreError},
@@ -345,8 +345,8 @@ fn observer<St: Store>(ticket: Ticket<St>) -> Arc<dyn UsageObserver> {
 }
 
 impl<St: Store> Gate for CallGate<St> {
-    fn admit(&self, meta: Option<&RequestMeta>) -> Admission {
-        self.admit_attempt(meta, &HeaderMap::new(), None)
+    fn admit(&self, attempt: &Attempt<'_>) -> Admission {
+        self.admit_attempt(attempt.meta(), attempt.headers(), attempt.uri().query())
     }
 }
 

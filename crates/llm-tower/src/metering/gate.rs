@@ -4,8 +4,47 @@
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
+use http::{HeaderMap, Request, Uri};
+
 use super::UsageObserver;
 use crate::{BoxError, request::RequestMeta};
+
+/// An attempt about to be sent, as a [`Gate`] sees it: its metadata (the
+/// model after any fallback rewrite), its headers (its credentials) and its
+/// URI.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    meta: Option<&'a RequestMeta>,
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+}
+
+impl<'a> Attempt<'a> {
+    /// The attempt of `req`.
+    pub fn of<B>(req: &'a Request<B>) -> Self {
+        Attempt {
+            meta: RequestMeta::get(req),
+            headers: req.headers(),
+            uri: req.uri(),
+        }
+    }
+
+    /// The attempt's [`RequestMeta`], `None` when the request has none.
+    pub fn meta(&self) -> Option<&'a RequestMeta> {
+        self.meta
+    }
+
+    /// The attempt's headers (credentials are marked sensitive; read, never
+    /// log them).
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The attempt's URI.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+}
 
 /// The future of [`Admission::Later`]: resolves to the observer of the
 /// attempt's report, or to the error the attempt fails with.
@@ -63,24 +102,22 @@ impl fmt::Debug for Admission {
 /// outer layer's rule for every attempt of a call (each retry, each
 /// fallback target, each hedge), put in the request by [`AttemptGate`].
 ///
-/// Any `Fn(Option<&RequestMeta>) -> Admission + Send + Sync + 'static` is
-/// a gate.
+/// Any `Fn(&Attempt<'_>) -> Admission + Send + Sync + 'static` is a gate.
 pub trait Gate: Send + Sync + 'static {
-    /// Called once per attempt, before it is sent, with the attempt's
-    /// metadata (the model after any fallback rewrite; `None` when the
-    /// request has no [`RequestMeta`]).
+    /// Called once per attempt, before it is sent, with the attempt (its
+    /// metadata holds the model after any fallback rewrite).
     ///
     /// Called from the meter's `call`: it must be quick and must not
     /// block; anything that waits belongs in [`Admission::Later`].
-    fn admit(&self, meta: Option<&RequestMeta>) -> Admission;
+    fn admit(&self, attempt: &Attempt<'_>) -> Admission;
 }
 
 impl<F> Gate for F
 where
-    F: Fn(Option<&RequestMeta>) -> Admission + Send + Sync + 'static,
+    F: Fn(&Attempt<'_>) -> Admission + Send + Sync + 'static,
 {
-    fn admit(&self, meta: Option<&RequestMeta>) -> Admission {
-        self(meta)
+    fn admit(&self, attempt: &Attempt<'_>) -> Admission {
+        self(attempt)
     }
 }
 
@@ -90,13 +127,12 @@ where
 /// same one.
 ///
 /// ```
-/// use llm_tower::metering::{Admission, AttemptGate};
-/// use llm_tower::request::RequestMeta;
+/// use llm_tower::metering::{Admission, Attempt, AttemptGate};
 ///
 /// let mut req = http::Request::new(());
 /// AttemptGate::insert(
 ///     &mut req,
-///     AttemptGate::new(|_meta: Option<&RequestMeta>| Admission::Now(None)),
+///     AttemptGate::new(|_attempt: &Attempt<'_>| Admission::Now(None)),
 /// );
 /// assert!(AttemptGate::take(&mut req).is_some());
 /// assert!(AttemptGate::take(&mut req).is_none(), "taken");
@@ -116,8 +152,8 @@ impl AttemptGate {
     }
 
     /// Asks the gate about one attempt.
-    pub fn admit(&self, meta: Option<&RequestMeta>) -> Admission {
-        self.0.admit(meta)
+    pub fn admit(&self, attempt: &Attempt<'_>) -> Admission {
+        self.0.admit(attempt)
     }
 
     /// Puts `gate` in the request's extensions, replacing any gate there.

@@ -6,7 +6,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    Admission, AttemptGate, MeteredBody, UsageObservers,
+    Admission, Attempt, AttemptGate, MeteredBody, UsageObservers,
     future::ResponseFuture,
     report::{CallInfo, Reporter},
 };
@@ -89,7 +89,7 @@ where
         let info = CallInfo::from_meta(RequestMeta::get(&req));
         let admission = match gate {
             None => Admission::Now(None),
-            Some(gate) => gate.admit(RequestMeta::get(&req)),
+            Some(gate) => gate.admit(&Attempt::of(&req)),
         };
         match admission {
             Admission::Now(observer) => {

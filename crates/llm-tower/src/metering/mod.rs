@@ -157,7 +157,7 @@ pub mod future;
 
 pub use self::body::{BodyKind, JSON_RETAIN_LIMIT, MeteredBody};
 pub use self::error::{MalformedStream, StreamError, TruncatedStream};
-pub use self::gate::{Admission, AdmitFuture, AttemptGate, Gate};
+pub use self::gate::{Admission, AdmitFuture, Attempt, AttemptGate, Gate};
 pub use self::layer::{Meter, MeterLayer};
 #[cfg(any(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
 pub(crate) use self::progress::observe;

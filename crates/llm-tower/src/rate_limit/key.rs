@@ -91,6 +91,7 @@ pub(crate) fn default_key(provider: &str, model: &str, api_key: &str) -> Arc<str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::fnv1a;
 
     #[test]
     fn api_keys_are_hashed_never_kept() {
