@@ -151,6 +151,42 @@ struct Args {
     /// The fallback target's API key (default: --api-key). Never printed.
     #[arg(long, value_name = "KEY")]
     fallback_api_key: Option<Secret>,
+    /// The stack's budget: a global hard limit of X dollars over the whole
+    /// run (at the embedded price table's prices). A call, retry or
+    /// fallback whose worst case no longer fits is refused before it is
+    /// sent. Without it the budget layer refuses nothing and still prices
+    /// every call.
+    #[arg(long, value_name = "X", value_parser = parse_usd, allow_negative_numbers = true)]
+    budget_usd: Option<f64>,
+    /// The stack's budget: a global hard limit of N tokens (input and
+    /// output) over the whole run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    budget_tokens: Option<u64>,
+}
+
+/// `--budget-usd`: a finite number of dollars above 0, at most the budget
+/// layer's largest limit.
+fn parse_usd(s: &str) -> Result<f64, String> {
+    let usd: f64 = s
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of dollars (e.g. 0.25)"))?;
+    if !usd.is_finite() {
+        return Err(format!("`{s}` is not a finite number of dollars"));
+    }
+    if usd <= 0.0 {
+        return Err(format!(
+            "`{s}`: a budget is more than $0 (a limit of $0 or less would refuse every call)"
+        ));
+    }
+    if usd > llm_tower::budget::MAX_USD {
+        return Err(format!(
+            "`{s}`: a budget is at most ${}",
+            llm_tower::budget::MAX_USD
+        ));
+    }
+    Ok(usd)
 }
 
 /// A credential from the command line: `Debug` and `Display` print `***`,
@@ -343,6 +379,7 @@ fn options(args: &Args) -> Result<Options, String> {
         },
         tuning: tuning
             .with_limits(args.rpm, args.tpm)
+            .with_budget(args.budget_usd, args.budget_tokens)
             .with_hold(match args.hold {
                 HoldArg::FirstToken => llm_tower::retry::Hold::FirstToken,
                 HoldArg::Complete => llm_tower::retry::Hold::complete(DEMO_HOLD_BYTES),
@@ -617,6 +654,50 @@ mod tests {
             panic!("remote")
         };
         assert!(endpoint.fallback_for(ApiFormat::OpenAi).is_none());
+    }
+
+    #[test]
+    fn budget_flags_set_the_stacks_global_limits() {
+        let plain = options(&args(&[])).unwrap();
+        assert_eq!(
+            (plain.tuning.budget_usd, plain.tuning.budget_tokens),
+            (None, None)
+        );
+        assert!(
+            !plain
+                .tuning
+                .changed_settings()
+                .iter()
+                .any(|c| c.setting.contains("budget"))
+        );
+        plain.tuning.budget_config().build().expect("no limits: valid");
+        let o = options(&args(&["--budget-usd", "0.25", "--budget-tokens", "5000"])).unwrap();
+        assert_eq!(o.tuning.budget_usd, Some(0.25));
+        assert_eq!(o.tuning.budget_tokens, Some(5000));
+        o.tuning.budget_config().build().expect("valid");
+        let changed = o.tuning.changed_settings();
+        assert!(
+            changed.iter().any(|c| c.setting.contains("$0.25")),
+            "{changed:?}"
+        );
+        assert!(
+            changed.iter().any(|c| c.setting.contains("5000 tokens")),
+            "{changed:?}"
+        );
+        assert_eq!(parse_usd("$1.5"), Ok(1.5));
+        for bad in ["-1", "0", "0.0", "NaN", "inf", "-inf", "abc", "", "1e300"] {
+            assert!(parse_usd(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            &["--budget-usd", "-0.5"][..],
+            &["--budget-usd", "nan"],
+            &["--budget-tokens", "0"],
+            &["--budget-tokens", "-3"],
+            &["--budget-tokens", "1.5"],
+        ] {
+            let flags = std::iter::once("llm-tower-demo").chain(bad.iter().copied());
+            assert!(Args::try_parse_from(flags).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, ops::Range, time::Duration};
 
+use llm_tower::pricing::Cost;
 use serde::Serialize;
 
 use crate::{
@@ -36,6 +37,10 @@ pub struct CallRecord {
     /// The targets the call went to, in order (the stack's; empty on the
     /// bare side).
     pub targets: Vec<String>,
+    /// Whether the budget layer refused it (its worst case did not fit in
+    /// what was left): not a failure of the provider. `failure` is then
+    /// `budget_exceeded`.
+    pub budget_refused: bool,
 }
 
 impl CallRecord {
@@ -43,6 +48,43 @@ impl CallRecord {
     pub fn ok(&self) -> bool {
         self.failure.is_none()
     }
+
+    /// Whether it failed for another reason than a budget refusal.
+    pub fn failed(&self) -> bool {
+        !self.ok() && !self.budget_refused
+    }
+}
+
+/// The failure class of a call the budget refused.
+pub const BUDGET_REFUSED: &str = "budget_exceeded";
+
+/// What the stack's budget layer did (`BudgetLayer`, `BudgetHandle::stats`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BudgetReport {
+    /// The global hard limit in dollars over the run (`--budget-usd`);
+    /// `null` without one.
+    pub limit_usd: Option<f64>,
+    /// The global hard limit in tokens over the run (`--budget-tokens`);
+    /// `null` without one.
+    pub limit_tokens: Option<u64>,
+    /// What the settled attempts cost.
+    pub spent_usd: f64,
+    /// `spent_usd` as a percentage of `limit_usd` (`null` without one).
+    pub spent_pct_of_limit: Option<f64>,
+    /// The most the reservations of the attempts in flight have been at
+    /// once (their worst cases).
+    pub reserved_peak_usd: f64,
+    /// Calls and attempts refused by a limit (a retry or a move to the
+    /// fallback target that did not fit counts too).
+    pub refused: u64,
+    /// Calls that came in.
+    pub calls: u64,
+    /// Attempts reserved: first attempts, retries, fallback targets.
+    pub attempts_reserved: u64,
+    /// Attempts settled.
+    pub settled: u64,
+    /// Tokens the settled attempts used, input and output.
+    pub tokens: u64,
 }
 
 /// A fault the mock injected, for the plot.
@@ -133,8 +175,28 @@ pub struct SideReport {
     pub calls: usize,
     /// Calls that got a 2xx and read their body to its end.
     pub succeeded: u64,
-    /// The others.
+    /// The others, except those the budget refused.
     pub failed: u64,
+    /// Calls the budget layer refused (not sent, or their retry or
+    /// fallback not sent): `succeeded + failed + budget_refused == calls`.
+    /// Always 0 on the bare side, which has no budget.
+    pub budget_refused: u64,
+    /// What the side's attempts cost (settled spend), in dollars: the
+    /// budget layer's on the stack, the bare side's metered usage at the
+    /// same prices (`PriceTable::embedded()`). Retries and fallbacks cost
+    /// too.
+    pub cost_usd: f64,
+    /// `cost_usd / succeeded`: what each answer cost, its failed attempts
+    /// included; `null` when no call succeeded.
+    pub cost_per_success_usd: Option<f64>,
+    /// The metered usage priced at `PriceTable::embedded()`, in dollars, on
+    /// either side: on the stack, a check of the budget's `cost_usd`.
+    pub metered_cost_usd: f64,
+    /// Metered attempts with tokens whose model has no price (left out of
+    /// the cost).
+    pub unpriced_attempts: u64,
+    /// The budget layer's counters; `null` for a side without one.
+    pub budget: Option<BudgetReport>,
     /// `succeeded` as a percentage of `calls`.
     pub success_rate: f64,
     /// Requests that went on the wire, every attempt counted.
@@ -199,15 +261,45 @@ pub struct SideReport {
 
 impl SideReport {
     /// Builds the report of a side from its calls and counters.
-    pub fn new(side: Side, records: Vec<CallRecord>, stats: &SideStats, elapsed: Duration) -> Self {
+    /// `limits` are the budget's `(--budget-usd, --budget-tokens)`.
+    pub fn new(
+        side: Side,
+        records: Vec<CallRecord>,
+        stats: &SideStats,
+        elapsed: Duration,
+        (limit_usd, limit_tokens): (Option<f64>, Option<u64>),
+    ) -> Self {
         let calls = records.len();
         let succeeded = records.iter().filter(|r| r.ok()).count() as u64;
-        let failed = calls as u64 - succeeded;
+        let budget_refused = records.iter().filter(|r| r.budget_refused).count() as u64;
+        let failed = calls as u64 - succeeded - budget_refused;
         let attempts = stats.attempts();
         let mut failures = BTreeMap::new();
-        for f in records.iter().filter_map(|r| r.failure.as_ref()) {
+        for f in records
+            .iter()
+            .filter(|r| r.failed())
+            .filter_map(|r| r.failure.as_ref())
+        {
             *failures.entry(f.clone()).or_default() += 1;
         }
+        let metered_cost_usd = Cost::from_nanos(stats.priced_nanos()).as_usd();
+        let budget = stats.budget().map(|h| {
+            let s = h.stats();
+            let spent_usd = s.spent.as_usd();
+            BudgetReport {
+                limit_usd,
+                limit_tokens,
+                spent_usd,
+                spent_pct_of_limit: limit_usd.map(|l| spent_usd * 100.0 / l),
+                reserved_peak_usd: s.reserved_peak.as_usd(),
+                refused: s.refused,
+                calls: s.calls,
+                attempts_reserved: s.attempts,
+                settled: s.settled,
+                tokens: s.tokens,
+            }
+        });
+        let cost_usd = budget.as_ref().map_or(metered_cost_usd, |b| b.spent_usd);
         let (input, output) = stats.tokens();
         let rate_limit = stats.rate_limit().map(|h| {
             let s = h.stats();
@@ -226,6 +318,12 @@ impl SideReport {
             calls,
             succeeded,
             failed,
+            budget_refused,
+            cost_usd,
+            cost_per_success_usd: (succeeded > 0).then(|| cost_usd / succeeded as f64),
+            metered_cost_usd,
+            unpriced_attempts: stats.unpriced_attempts(),
+            budget,
             success_rate: pct(succeeded, calls as u64),
             attempts,
             attempts_per_call: if calls == 0 {
@@ -237,7 +335,10 @@ impl SideReport {
             retries: stats.retries(),
             gave_up: stats.gave_up(),
             failures,
-            failed_after_output: records.iter().filter(|r| r.after_output).count() as u64,
+            failed_after_output: records
+                .iter()
+                .filter(|r| r.after_output && r.failed())
+                .count() as u64,
             breaker_transitions: None,
             breaker_refusals: None,
             answered_by_target: None,
@@ -343,6 +444,10 @@ impl Report {
             format!("{}/{} ({:.1}%)", s.succeeded, s.calls, s.success_rate)
         });
         row("calls failed", &|s| s.failed.to_string());
+        row("calls refused by budget", &|s| match &s.budget {
+            Some(_) => s.budget_refused.to_string(),
+            None => "n/a".to_owned(),
+        });
         row("attempts sent", &|s| s.attempts.to_string());
         row("attempts per call", &|s| {
             format!(
@@ -425,6 +530,65 @@ impl Report {
         row("latency max", &|s| ms(s.latency_ms.max));
         row("tokens in / out", &|s| {
             format!("{} / {}", s.tokens.input, s.tokens.output)
+        });
+        row("spend (settled)", &|s| {
+            if s.unpriced_attempts == 0 {
+                usd(s.cost_usd)
+            } else {
+                format!("{} (+{} unpriced)", usd(s.cost_usd), s.unpriced_attempts)
+            }
+        });
+        row("  per successful call", &|s| {
+            s.cost_per_success_usd
+                .map_or_else(|| "-".to_owned(), |c| format!("${c:.6}"))
+        });
+        row("budget limit", &|s| {
+            s.budget.as_ref().map_or_else(
+                || "n/a".to_owned(),
+                |b| {
+                    let mut l = Vec::new();
+                    if let Some(u) = b.limit_usd {
+                        l.push(usd(u));
+                    }
+                    if let Some(t) = b.limit_tokens {
+                        l.push(format!("{t} tokens"));
+                    }
+                    if l.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        l.join(" + ")
+                    }
+                },
+            )
+        });
+        row("  spend against limit", &|s| {
+            s.budget.as_ref().map_or_else(
+                || "n/a".to_owned(),
+                |b| {
+                    let mut l = Vec::new();
+                    if let (Some(u), Some(p)) = (b.limit_usd, b.spent_pct_of_limit) {
+                        l.push(format!("{} of {} ({p:.1}%)", usd(b.spent_usd), usd(u)));
+                    }
+                    if let Some(t) = b.limit_tokens {
+                        l.push(format!("{} of {t} tokens", b.tokens));
+                    }
+                    if l.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        l.join(", ")
+                    }
+                },
+            )
+        });
+        row("  reserved peak", &|s| {
+            s.budget
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |b| usd(b.reserved_peak_usd))
+        });
+        row("  calls/attempts refused", &|s| {
+            s.budget
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |b| b.refused.to_string())
         });
         if sides.iter().any(|s| s.faults_injected.is_some()) {
             row("faults injected (journal)", &|s| {
@@ -519,6 +683,11 @@ fn rl(s: &SideReport, f: impl Fn(&RateLimitReport) -> String) -> String {
 
 fn count(m: &BTreeMap<String, u64>, k: &str) -> String {
     m.get(k).copied().unwrap_or(0).to_string()
+}
+
+/// Dollars with four decimals (`$0.0123`).
+fn usd(v: f64) -> String {
+    format!("${v:.4}")
 }
 
 fn ms(v: f64) -> String {

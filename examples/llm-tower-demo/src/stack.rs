@@ -21,11 +21,16 @@ use hyper_util::{
 };
 use llm_tower::{
     BoxError,
+    budget::{
+        BudgetConfig as SpendConfig, BudgetHandle, BudgetLayer, Limit as SpendLimit, ScopeBudget,
+        Window,
+    },
     circuit_breaker::{
         CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, OpenDuration, Transition,
     },
     fallback::{FallbackBody, FallbackEvent, FallbackLayer, Target as FallbackTarget},
     metering::{MeterLayer, StreamProgress, UsageReport},
+    pricing::PriceTable,
     provider::{Provider, WireFormat},
     rate_limit::{Limit, RateLimitConfig, RateLimitEvent, RateLimitHandle, RateLimitLayer},
     request::{PrepareLayer, ReplayBody, RequestMeta},
@@ -82,9 +87,43 @@ pub struct Tuning {
     /// Whether the target has a quota the calls queue for (see
     /// [`under_quota`](Self::under_quota)).
     pub queued: bool,
+    /// The budget layer's global hard limit in dollars over the whole run
+    /// (`--budget-usd`); none by default.
+    pub budget_usd: Option<f64>,
+    /// Its global hard limit in tokens over the whole run
+    /// (`--budget-tokens`); none by default.
+    pub budget_tokens: Option<u64>,
 }
 
 impl Tuning {
+    /// Gives the budget layer a global hard limit over the whole run
+    /// (`Window::Total`): `usd` dollars (`--budget-usd`), `tokens` tokens
+    /// (`--budget-tokens`), either or both. Without either the layer is
+    /// still there: it has no limit, and prices every attempt.
+    pub fn with_budget(mut self, usd: Option<f64>, tokens: Option<u64>) -> Self {
+        self.budget_usd = usd;
+        self.budget_tokens = tokens;
+        self
+    }
+
+    /// The budget layer's configuration: one global scope with the limits
+    /// of [`with_budget`](Self::with_budget), or no scope at all (nothing
+    /// refused, every attempt still priced and counted).
+    pub fn budget_config(&self) -> SpendConfig {
+        let mut config = SpendConfig::new();
+        if self.budget_usd.is_some() || self.budget_tokens.is_some() {
+            let mut scope = ScopeBudget::global();
+            if let Some(usd) = self.budget_usd {
+                scope = scope.limit(SpendLimit::usd(usd, Window::Total));
+            }
+            if let Some(tokens) = self.budget_tokens {
+                scope = scope.limit(SpendLimit::tokens(tokens, Window::Total));
+            }
+            config = config.scope(scope);
+        }
+        config
+    }
+
     /// Holds each target's streams as `hold` says.
     pub fn with_hold(mut self, hold: llm_tower::retry::Hold) -> Self {
         self.retry = self.retry.hold(hold);
@@ -142,6 +181,8 @@ impl Tuning {
                 }),
             rate_limit: RateLimitConfig::new(),
             queued: false,
+            budget_usd: None,
+            budget_tokens: None,
         }
     }
 
@@ -267,6 +308,20 @@ impl Tuning {
                 "about the length of the mock's outage, so the breaker finds it back soon",
             );
         }
+        if let Some(usd) = self.budget_usd {
+            change(
+                format!("budget: global hard limit ${usd} over the run (Window::Total)"),
+                "--budget-usd: the budget layer has no limit by default; calls whose worst case \
+                 no longer fits are refused before they are sent",
+            );
+        }
+        if let Some(tokens) = self.budget_tokens {
+            change(
+                format!("budget: global hard limit {tokens} tokens over the run (Window::Total)"),
+                "--budget-tokens: the budget layer has no limit by default; calls whose worst \
+                 case no longer fits are refused before they are sent",
+            );
+        }
         let l = RateLimitConfig::default();
         let rl = &self.rate_limit;
         for limit in rl.limits.iter().filter(|x| !l.limits.contains(x)) {
@@ -323,6 +378,8 @@ impl Tuning {
             breaker: CircuitBreakerConfig::new(),
             rate_limit: RateLimitConfig::new(),
             queued: false,
+            budget_usd: None,
+            budget_tokens: None,
         }
     }
 
@@ -353,6 +410,17 @@ pub struct SideStats {
     answered: Mutex<BTreeMap<String, u64>>,
     moved: AtomicU64,
     fallbacks: Mutex<BTreeMap<String, u64>>,
+    cost_nanos: AtomicU64,
+    unpriced: AtomicU64,
+    budget: OnceLock<BudgetHandle>,
+}
+
+/// The prices the demo reads both sides' usage at: the library's embedded
+/// table, which the budget layer uses too (the mock's models,
+/// `gpt-4o-mini` and `claude-haiku-4-5`, are in it).
+pub fn prices() -> &'static PriceTable {
+    static PRICES: OnceLock<PriceTable> = OnceLock::new();
+    PRICES.get_or_init(PriceTable::embedded)
 }
 
 impl SideStats {
@@ -454,12 +522,39 @@ impl SideStats {
         }
     }
 
-    /// Adds one metered attempt's usage (a `UsageObserver`).
+    /// Adds one metered attempt's usage (a `UsageObserver`), and prices it
+    /// at its model's price in [`prices`], as the budget layer does.
     pub fn record_usage(&self, report: &UsageReport) {
         self.input_tokens
             .fetch_add(report.usage.input_tokens, Ordering::Relaxed);
         self.output_tokens
             .fetch_add(report.usage.output_tokens, Ordering::Relaxed);
+        match report.model.as_deref().and_then(|m| prices().price(m)) {
+            Some(price) => {
+                self.cost_nanos
+                    .fetch_add(price.cost(&report.usage).as_nanos(), Ordering::Relaxed);
+            }
+            None if report.usage.total_tokens() > 0 => {
+                self.unpriced.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    /// What the metered attempts cost at [`prices`], in nano-dollars: every
+    /// attempt that reached the provider, retries and fallbacks included.
+    pub fn priced_nanos(&self) -> u64 {
+        self.cost_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Metered attempts with tokens whose model has no price.
+    pub fn unpriced_attempts(&self) -> u64 {
+        self.unpriced.load(Ordering::Relaxed)
+    }
+
+    /// The budget layer's handle, on a side that has one.
+    pub fn budget(&self) -> Option<&BudgetHandle> {
+        self.budget.get()
     }
 
     /// Adds one decision of the retry layer (its `on_event` hook).
@@ -743,7 +838,7 @@ type FormatService = BoxCloneService<Request<ReplayBody>, Response<FallbackBody>
 
 /// The recommended stack, outermost first:
 ///
-/// `PrepareLayer → TraceLayer(call) → TimeoutLayer(total) → FallbackLayer →
+/// `PrepareLayer → BudgetLayer → TraceLayer(call) → TimeoutLayer(total) → FallbackLayer →
 /// per target: [RetryLayer → CircuitBreakerLayer → RateLimitLayer →
 /// TimeoutLayer(attempt, first token, idle) → MeterLayer →
 /// TraceLayer(attempt) → client]`
@@ -757,6 +852,12 @@ type FormatService = BoxCloneService<Request<ReplayBody>, Response<FallbackBody>
 /// to the other provider). Each target has its own per-target stack; the
 /// rate limiter is one for all (its queues are per provider, model and
 /// key).
+///
+/// The budget layer is always there: with no limit (no `--budget-usd` or
+/// `--budget-tokens`) it refuses nothing and still prices every attempt;
+/// with one, it reserves each call's worst case before it is sent and each
+/// retry's and fallback's before it goes on the wire (the meters in front
+/// of the client consult its gate), and settles them to what they cost.
 ///
 /// Every retry decision, breaker transition, rate-limit wait and fallback
 /// event goes to `stats`, and the rate limiter's handle with them; with
@@ -816,8 +917,16 @@ pub fn recommended(
             ApiFormat::Anthropic => by_format.anthropic = Some(svc),
         }
     }
+    let budget = BudgetLayer::new(tuning.budget_config().build()?).prices(prices().clone());
+    let _ = stats.budget.set(budget.handle());
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
+        // Outermost after Prepare (which estimates the input tokens it
+        // reserves for): a call that does not fit is refused before it
+        // takes any turn, deadline or attempt; every attempt further in
+        // (retries, the fallback target) reserves at its own model's price
+        // through the meter's gate.
+        .layer(budget)
         // Below Prepare, which marks credential headers sensitive.
         .layer(trace_layer(false))
         // Outside fallback and retry: the caller's deadline for the whole

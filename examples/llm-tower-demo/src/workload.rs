@@ -13,6 +13,7 @@ use http::Request;
 use indicatif::ProgressBar;
 use llm_tower::{
     BoxError,
+    budget::BudgetExceeded,
     classify::{Classifier, DefaultClassifier, ResponseView},
     fallback::AllTargetsFailed,
     metering::{UsageObservers, UsageReport},
@@ -500,6 +501,7 @@ pub async fn run_side(
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     progress.set_length(calls.len() as u64);
     progress.set_position(0);
     progress.set_prefix(side.as_str());
@@ -509,8 +511,13 @@ pub async fn run_side(
     let workers: Vec<_> = (0..workload.concurrency.clamp(1, calls.len().max(1)))
         .map(|_| {
             let mut svc = svc.clone();
-            let (calls, next, ok, failed) =
-                (calls.clone(), next.clone(), ok.clone(), failed.clone());
+            let (calls, next, ok, failed, refused) = (
+                calls.clone(),
+                next.clone(),
+                ok.clone(),
+                failed.clone(),
+                refused.clone(),
+            );
             let (endpoint, stats, progress) = (endpoint.clone(), stats.clone(), progress.clone());
             let pace = workload.pace;
             tokio::spawn(async move {
@@ -527,11 +534,19 @@ pub async fn run_side(
                         action();
                     }
                     let record = one_call(&mut svc, &endpoint, call, &stats, start).await;
-                    if record.ok() { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    if record.ok() {
+                        &ok
+                    } else if record.budget_refused {
+                        &refused
+                    } else {
+                        &failed
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
                     progress.set_message(format!(
-                        "ok {}  failed {}",
+                        "ok {}  failed {}  refused {}",
                         ok.load(Ordering::Relaxed),
-                        failed.load(Ordering::Relaxed)
+                        failed.load(Ordering::Relaxed),
+                        refused.load(Ordering::Relaxed)
                     ));
                     progress.inc(1);
                     records.push(record);
@@ -546,7 +561,11 @@ pub async fn run_side(
     }
     let elapsed = start.elapsed();
     records.sort_by_key(|r| r.index);
-    let mut report = SideReport::new(side, records, &stats, elapsed);
+    let limits = match side {
+        Side::Bare => (None, None),
+        Side::Stack => (tuning.budget_usd, tuning.budget_tokens),
+    };
+    let mut report = SideReport::new(side, records, &stats, elapsed, limits);
     if side == Side::Stack && stack::HAS_BREAKER {
         report.breaker_transitions = Some(stats.breaker_transitions());
         report.breaker_refusals = Some(stats.refused_by_breaker());
@@ -597,6 +616,15 @@ async fn one_call(
         }
         Err(e) => (None, Some(error_class(&classifier, &**e))),
     };
+    let budget_refused = match &result {
+        Err(e) => refused_by_budget(&**e),
+        Ok(_) => false,
+    };
+    let failure = if budget_refused {
+        Some(crate::report::BUDGET_REFUSED.to_owned())
+    } else {
+        failure
+    };
     CallRecord {
         index: call.index,
         format: call.format,
@@ -608,7 +636,32 @@ async fn one_call(
         after_output: !result.as_ref().is_ok_and(|r| r.0.is_success()) && output,
         failure,
         targets: targets.get(),
+        budget_refused,
     }
+}
+
+/// Whether the budget layer refused the call: its error is a
+/// [`BudgetExceeded`] (the call itself did not fit), or no target answered
+/// and the last one tried was refused by the budget (a retry or a move to
+/// the fallback target that did not fit, so its attempt was never sent).
+fn refused_by_budget(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if err.is::<BudgetExceeded>() {
+            return true;
+        }
+        if let Some(all) = err.downcast_ref::<AllTargetsFailed>() {
+            // Each `class: error`, `skipped: why` or `not tried: …`; a
+            // refusal's error is the `BudgetExceeded`'s message.
+            let tried =
+                all.targets.iter().rev().find(|t| {
+                    !t.outcome.starts_with("skipped") && !t.outcome.starts_with("not tried")
+                });
+            return tried.is_some_and(|t| t.outcome.contains("budget exceeded:"));
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// The failure class of a call's error; when no target answered
