@@ -668,7 +668,7 @@ mod tests {
                 .tuning
                 .changed_settings()
                 .iter()
-                .any(|c| c.setting.contains("budget"))
+                .any(|c| c.setting.starts_with("budget:"))
         );
         plain.tuning.budget_config().build().expect("no limits: valid");
         let o = options(&args(&["--budget-usd", "0.25", "--budget-tokens", "5000"])).unwrap();

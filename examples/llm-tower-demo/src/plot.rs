@@ -221,9 +221,13 @@ fn panel(svg: &mut String, side: &SideReport, top: f64, t_max: f64, (lo, hi): (f
             if r.stream { "stream" } else { "json" },
             r.latency.as_secs_f64() * 1000.0,
             r.attempts,
-            r.failure
-                .as_deref()
-                .map_or_else(String::new, |f| format!(", failed: {f}"))
+            if r.budget_refused {
+                ", refused by the budget".to_owned()
+            } else {
+                r.failure
+                    .as_deref()
+                    .map_or_else(String::new, |f| format!(", failed: {f}"))
+            }
         );
         if r.ok() {
             let fill = if r.attempts > 1 { "#e6a100" } else { "#2a9d4b" };
@@ -235,9 +239,11 @@ fn panel(svg: &mut String, side: &SideReport, top: f64, t_max: f64, (lo, hi): (f
         } else {
             let _ = writeln!(
                 svg,
-                r##"<path d="M{:.1} {:.1}l7 7m0 -7l-7 7" stroke="#d62728" stroke-width="2"><title>{}</title></path>"##,
+                r##"<path d="M{:.1} {:.1}l7 7m0 -7l-7 7" stroke="{}" stroke-width="2"><title>{}</title></path>"##,
                 cx - 3.5,
                 cy - 3.5,
+                // A call the budget refused is not the provider's failure.
+                if r.budget_refused { "#888888" } else { "#d62728" },
                 escape(&title)
             );
         }

@@ -643,6 +643,16 @@ fn bad_flags_exit_non_zero_with_a_message() {
             "m",
         ],
         &["--no-such-flag"],
+        // The budget: dollars above 0 and finite, tokens a whole number
+        // above 0.
+        &["--budget-usd", "-1"],
+        &["--budget-usd", "0"],
+        &["--budget-usd", "NaN"],
+        &["--budget-usd", "inf"],
+        &["--budget-usd", "ten"],
+        &["--budget-tokens", "0"],
+        &["--budget-tokens", "-5"],
+        &["--budget-tokens", "2.5"],
     ];
     for args in cases {
         let out = demo(args);
@@ -981,4 +991,174 @@ async fn under_a_quota_and_chaos_the_stack_queues_within_its_deadline() {
         bare.succeeded,
         stack.failures
     );
+}
+
+/// [`run`] of both sides against the fast chaotic mock (seed 3), with the
+/// budget's `(--budget-usd, --budget-tokens)`.
+async fn budget_run(usd: Option<f64>, tokens: Option<u64>) -> llm_tower_demo::Report {
+    let options = Options {
+        workload: workload(3),
+        target: Target::Mock(Chaos::fast(3)),
+        sides: vec![Side::Bare, Side::Stack],
+        tuning: Tuning::for_mock().with_budget(usd, tokens),
+        progress: false,
+    };
+    run(&options).await.unwrap()
+}
+
+fn side_json(report: &llm_tower_demo::Report, side: &str) -> serde_json::Value {
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    json[side].clone()
+}
+
+/// Without budget flags the budget layer is in the stack with no limit:
+/// it refuses nothing, and prices every attempt; the bare side's usage is
+/// priced at the same prices. Both sides report their spend.
+#[tokio::test(start_paused = true)]
+async fn without_a_budget_nothing_is_refused_and_both_sides_report_their_spend() {
+    let report = budget_run(None, None).await;
+    for side in ["bare", "stack"] {
+        let s = side_json(&report, side);
+        assert_eq!(s["budget_refused"], 0, "{side}");
+        let cost = s["cost_usd"].as_f64().unwrap();
+        assert!(cost > 0.0, "{side}: {cost}");
+        assert_eq!(s["unpriced_attempts"], 0, "{side}: the mock's models are priced");
+        let per = s["cost_per_success_usd"].as_f64().unwrap();
+        let ok = s["succeeded"].as_f64().unwrap();
+        assert!((per * ok - cost).abs() < 1e-12, "{side}");
+    }
+    let (bare, stack) = (
+        report.bare.as_ref().unwrap(),
+        report.stack.as_ref().unwrap(),
+    );
+    assert!(bare.budget.is_none());
+    let b = stack.budget.as_ref().expect("the stack always has a budget layer");
+    assert_eq!((b.limit_usd, b.limit_tokens, b.refused), (None, None, 0));
+    assert_eq!(b.calls, N as u64);
+    // Every attempt sent was reserved and settled, retries and fallbacks
+    // included; the budget's spend is the metered usage at the same prices.
+    assert_eq!(b.attempts_reserved, stack.attempts);
+    assert_eq!(b.settled, stack.attempts);
+    assert!((b.spent_usd - stack.metered_cost_usd).abs() < 1e-9, "{b:?}");
+    assert_eq!(b.tokens, stack.tokens.input + stack.tokens.output);
+    assert!(b.reserved_peak_usd > 0.0);
+    let table = report.to_table();
+    for row in [
+        "calls refused by budget",
+        "spend (settled)",
+        "per successful call",
+        "budget limit",
+        "reserved peak",
+    ] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+}
+
+/// `--budget-usd` at about a third of what the stack spends without one:
+/// the budget refuses calls (counted as refused, not as the provider's
+/// failures), the stack's spend stays within the limit, and the bare
+/// side, which has no limit, spends more.
+#[tokio::test(start_paused = true)]
+async fn a_dollar_budget_refuses_calls_and_holds_the_spend_under_its_limit() {
+    let unlimited = budget_run(None, None).await;
+    let full = unlimited.stack.as_ref().unwrap().cost_usd;
+    let limit = full / 3.0;
+    let report = budget_run(Some(limit), None).await;
+    let (bare, stack) = (side_json(&report, "bare"), side_json(&report, "stack"));
+    eprintln!("{}", report.to_table());
+
+    let refused = stack["budget_refused"].as_u64().unwrap();
+    assert!(refused > 0, "{stack}");
+    let cost = stack["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && cost <= limit, "spent {cost} of {limit}");
+    assert!(
+        bare["cost_usd"].as_f64().unwrap() > cost,
+        "bare {} vs stack {cost}",
+        bare["cost_usd"]
+    );
+    assert_eq!(bare["budget_refused"], 0);
+    assert!(bare["budget"].is_null());
+    let b = &stack["budget"];
+    assert_eq!(b["limit_usd"].as_f64(), Some(limit));
+    assert!(b["limit_tokens"].is_null());
+    assert_eq!(b["spent_usd"].as_f64(), Some(cost));
+    assert!(b["refused"].as_u64().unwrap() >= refused, "{b}");
+    for key in ["reserved_peak_usd", "spent_pct_of_limit"] {
+        assert!(b[key].is_f64(), "{key}: {b}");
+    }
+    for key in ["attempts_reserved", "settled", "tokens", "calls"] {
+        assert!(b[key].is_u64(), "{key}: {b}");
+    }
+
+    // Refused, not failed: the breakdown adds up, and the provider's
+    // failures do not include the budget's refusals.
+    let s = report.stack.as_ref().unwrap();
+    assert_eq!(s.succeeded + s.failed + s.budget_refused, N as u64);
+    assert!(!s.failures.contains_key("budget_exceeded"), "{:?}", s.failures);
+    assert!(!s.failures.contains_key("quota_exhausted"), "{:?}", s.failures);
+    assert_eq!(
+        s.records.iter().filter(|r| r.budget_refused).count() as u64,
+        refused
+    );
+    // A call refused before anything was sent made no attempt.
+    assert!(
+        s.records
+            .iter()
+            .filter(|r| r.budget_refused)
+            .any(|r| r.attempts == 0)
+    );
+    let table = report.to_table();
+    assert!(table.contains(&format!("{:.1}%)", cost * 100.0 / limit)), "{table}");
+    assert!(
+        report
+            .changed_settings
+            .iter()
+            .any(|c| c.setting.starts_with("budget: global hard limit $")),
+        "{:?}",
+        report.changed_settings
+    );
+}
+
+/// `--budget-tokens`: a global limit in tokens, input and output.
+#[tokio::test(start_paused = true)]
+async fn a_token_budget_refuses_calls_and_holds_the_tokens_under_its_limit() {
+    let unlimited = budget_run(None, None).await;
+    let all = unlimited.stack.as_ref().unwrap().budget.as_ref().unwrap().tokens;
+    let limit = all / 3;
+    let report = budget_run(None, Some(limit)).await;
+    let stack = side_json(&report, "stack");
+    assert!(stack["budget_refused"].as_u64().unwrap() > 0, "{stack}");
+    let b = &stack["budget"];
+    assert_eq!(b["limit_tokens"].as_u64(), Some(limit));
+    assert!(b["limit_usd"].is_null());
+    assert!(b["tokens"].as_u64().unwrap() <= limit, "{b}");
+    assert!(stack["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(side_json(&report, "bare")["budget_refused"], 0);
+    assert!(report.to_table().contains(&format!("of {limit} tokens")));
+}
+
+/// The binary with `--budget-usd`, as a user runs it: refusals in the
+/// JSON, the spend within the limit, the bare side over it.
+#[test]
+fn budget_flags_reach_the_json_report() {
+    let out = demo(&[
+        "--requests",
+        "16",
+        "--concurrency",
+        "4",
+        "--json",
+        "--seed",
+        "5",
+        "--budget-usd",
+        "0.0003",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (bare, stack) = (&json["bare"], &json["stack"]);
+    assert!(stack["budget_refused"].as_u64().unwrap() > 0, "{stack}");
+    let cost = stack["cost_usd"].as_f64().unwrap();
+    assert!(cost <= 0.0003, "{cost}");
+    assert!(bare["cost_usd"].as_f64().unwrap() > cost, "{bare}");
+    assert_eq!(bare["budget_refused"], 0);
+    assert_eq!(stack["budget"]["limit_usd"].as_f64(), Some(0.0003));
 }
