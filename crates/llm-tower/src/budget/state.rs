@@ -704,6 +704,7 @@ impl<St: Store> Drop for Ticket<St> {
         let shared = Arc::clone(&self.shared);
         let worst = self.plan.worst_cost.map_or(0, Cost::as_nanos);
         shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
+        shared.stats.settled.fetch_add(1, Relaxed);
         if let Some(reservation) = self.reservation.take() {
             let zeros = vec![0; reservation.parts().len()];
             run_now_or_spawn("budget release", async move {
