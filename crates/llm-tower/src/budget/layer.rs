@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use super::{
     Amount, BudgetConfig, BudgetEvent, BudgetTenant, Scope, Window,
-    state::{CallCost, Shared, Ticket, TicketObserver, Who},
+    state::{CallCost, Shared, Signature, Ticket, TicketObserver, Who},
 };
 use crate::{
     BoxError,
@@ -316,6 +316,21 @@ impl<St: Store> CallGate<St> {
         query: Option<&str>,
     ) -> Admission {
         self.admitted.fetch_add(1, Relaxed);
+        {
+            // The usual first attempt: the request as it arrived. Its
+            // reservation is taken without planning again.
+            let mut prepaid = self
+                .prepaid
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if prepaid
+                .as_ref()
+                .is_some_and(|t| t.plan().signature == Signature::of(meta, headers, query))
+                && let Some(ticket) = prepaid.take()
+            {
+                return Admission::Now(Some(observer(ticket)));
+            }
+        }
         let plan = match self.shared.plan(meta, headers, query, &self.who) {
             Ok(plan) => plan,
             Err(e) => return Admission::Refuse(e),
