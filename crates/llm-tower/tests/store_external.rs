@@ -72,7 +72,8 @@ impl Budget {
     fn prune(&mut self, now: u64) {
         self.leases.retain(|&(end, _)| end > now);
         if let Some((len, window)) = self.rolling() {
-            self.slots.retain(|&(slot, _)| (slot + 1) * len + window > now);
+            self.slots
+                .retain(|&(slot, _)| (slot + 1) * len + window > now);
         }
     }
 
@@ -223,7 +224,11 @@ impl Store for LockedStore {
         Ok(())
     }
 
-    async fn reserve(&self, buckets: &[Bucket<'_>], lease: Duration) -> Result<Reserve, StoreError> {
+    async fn reserve(
+        &self,
+        buckets: &[Bucket<'_>],
+        lease: Duration,
+    ) -> Result<Reserve, StoreError> {
         for (i, b) in buckets.iter().enumerate() {
             if buckets[..i].iter().any(|o| o.key == b.key) {
                 return Err(StoreError::new("reserve: two buckets share a key"));
@@ -450,7 +455,10 @@ async fn exercise<S: Store>(store: Arc<S>) {
             retry_after: Some(lease)
         }
     );
-    assert!(store.settle(&r, &[12]).await.is_err(), "one amount per bucket");
+    assert!(
+        store.settle(&r, &[12]).await.is_err(),
+        "one amount per bucket"
+    );
     assert!(
         store
             .reserve(&[both(1, 1)[0], both(1, 1)[0]], lease)
@@ -468,7 +476,11 @@ async fn exercise<S: Store>(store: Arc<S>) {
     store.settle(&over, &[40, 0]).await.unwrap();
     assert!(matches!(
         store.reserve(&both(0, 0), lease).await.unwrap(),
-        Reserve::Denied { index: 0, spent: 52, .. }
+        Reserve::Denied {
+            index: 0,
+            spent: 52,
+            ..
+        }
     ));
     // It is 1 s since the store was made: the rolling spend is in slot 0
     // (0–10 s), which counts until 70 s.

@@ -624,9 +624,14 @@ impl<C: Clock> MemoryStore<C> {
                     g.prune(now);
                 }
             }
-            let full = guards.iter().flatten().zip(buckets).enumerate().find(|(_, (g, b))| {
-                g.spent.saturating_add(g.reserved).saturating_add(b.amount) > b.limit
-            });
+            let full = guards
+                .iter()
+                .flatten()
+                .zip(buckets)
+                .enumerate()
+                .find(|(_, (g, b))| {
+                    g.spent.saturating_add(g.reserved).saturating_add(b.amount) > b.limit
+                });
             if let Some((index, (g, _))) = full {
                 Reserve::Denied {
                     index,

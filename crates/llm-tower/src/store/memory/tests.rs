@@ -246,8 +246,12 @@ async fn sweep_keeps_live_state() {
         ttl: Some(Duration::from_secs(secs)),
     };
     let lease = Duration::from_secs(600);
-    granted(now(store.reserve(&[Bucket::new("live", 1, 10, ttl(60))], lease)));
-    granted(now(store.reserve(&[Bucket::new("dead", 1, 10, ttl(1))], lease)));
+    granted(now(
+        store.reserve(&[Bucket::new("live", 1, 10, ttl(60))], lease)
+    ));
+    granted(now(
+        store.reserve(&[Bucket::new("dead", 1, 10, ttl(1))], lease)
+    ));
     store.set_flag("up", Duration::from_secs(60)).await.unwrap();
     store
         .set_flag("down", Duration::from_secs(1))
@@ -1446,9 +1450,10 @@ async fn budget_exact_limit_and_overspend() {
     let soft = [Bucket::new(key, u64::MAX, u64::MAX, day)];
     let r = granted(now(store.reserve(&soft, LEASE)));
     assert_eq!(now(store.settle(&r, &[5])), [bal(130, 0)]);
-    granted(now(
-        store.reserve(&[Bucket::new("tenant-b:day:20414", 100, 100, day)], LEASE),
-    ));
+    granted(now(store.reserve(
+        &[Bucket::new("tenant-b:day:20414", 100, 100, day)],
+        LEASE,
+    )));
     assert_eq!(now(store.balance("nobody", day)), Balance::default());
 }
 
@@ -1547,12 +1552,15 @@ async fn budget_lease_expiry_releases() {
     assert_eq!(now(store.balance("b", UNENDING)), bal(0, 90));
     advance(NS).await;
     assert_eq!(now(store.balance("b", UNENDING)), bal(0, 40));
-    assert!(now(store.reserve(&one(60), lease)) != Reserve::Denied {
-        index: 0,
-        spent: 0,
-        reserved: 40,
-        retry_after: None
-    });
+    assert!(
+        now(store.reserve(&one(60), lease))
+            != Reserve::Denied {
+                index: 0,
+                spent: 0,
+                reserved: 40,
+                retry_after: None
+            }
+    );
 
     // An expired lease is not released again; its spend still counts.
     assert_eq!(now(store.settle(&first, &[25])), [bal(25, 100)]);
@@ -1705,7 +1713,8 @@ async fn budget_rolling_slots_round_down() {
 async fn budget_sweep_removes_only_idle_buckets() {
     let store = MemoryStore::new();
     let window = Duration::from_secs(60);
-    let reserve = |key, span, lease| granted(now(store.reserve(&[Bucket::new(key, 1, 10, span)], lease)));
+    let reserve =
+        |key, span, lease| granted(now(store.reserve(&[Bucket::new(key, 1, 10, span)], lease)));
     reserve("fixed-live", fixed(10 * window), LEASE);
     reserve("fixed-dead", fixed(window), LEASE);
     reserve("forever", UNENDING, SEC);
@@ -1724,12 +1733,21 @@ async fn budget_sweep_removes_only_idle_buckets() {
     for key in ["fixed-live", "forever", "rolling-leased", "rolling-spent"] {
         assert!(store.inner.buckets.contains_key(key), "{key}");
     }
-    assert_eq!(now(store.balance("rolling-leased", rolling(window, 4))), bal(0, 1));
-    assert_eq!(now(store.balance("rolling-spent", rolling(window, 4))), bal(1, 0));
+    assert_eq!(
+        now(store.balance("rolling-leased", rolling(window, 4))),
+        bal(0, 1)
+    );
+    assert_eq!(
+        now(store.balance("rolling-spent", rolling(window, 4))),
+        bal(1, 0)
+    );
 
     // Spend settled after the bucket was swept still counts.
     now(store.settle(&idle, &[3]));
-    assert_eq!(now(store.balance("rolling-idle", rolling(window, 4))), bal(3, 0));
+    assert_eq!(
+        now(store.balance("rolling-idle", rolling(window, 4))),
+        bal(3, 0)
+    );
     drop(lost);
 }
 
@@ -1879,7 +1897,11 @@ async fn run_budget(limit: u64, ops: Vec<BudgetOp>) -> Result<(), TestCaseError>
     let (mut spent, mut late) = (0u64, false);
     for op in ops {
         match op {
-            BudgetOp::Reserve { amount, rolling: with_roll, lease_s } => {
+            BudgetOp::Reserve {
+                amount,
+                rolling: with_roll,
+                lease_s,
+            } => {
                 let lease = Duration::from_secs(lease_s);
                 let mut buckets = vec![Bucket::new("fixed", amount, limit, UNENDING)];
                 if with_roll {
@@ -1897,9 +1919,18 @@ async fn run_budget(limit: u64, ops: Vec<BudgetOp>) -> Result<(), TestCaseError>
                         let lease_end = (ns() + lease_s * 1_000_000_000).div_ceil(1_000_000_000)
                             * 1_000_000_000;
                         prop_assert_eq!(r.parts()[0].lease(), lease_end);
-                        open.push(Open { reservation: r, amount, lease_end });
+                        open.push(Open {
+                            reservation: r,
+                            amount,
+                            lease_end,
+                        });
                     }
-                    Reserve::Denied { index, spent: s, reserved, .. } => {
+                    Reserve::Denied {
+                        index,
+                        spent: s,
+                        reserved,
+                        ..
+                    } => {
                         if index == 0 {
                             prop_assert!(!fits, "denied but fits");
                             prop_assert_eq!((s, reserved), (spent, model_reserved));
