@@ -69,7 +69,10 @@ const MIN_SWEEP_LEN: usize = 4_096;
 ///   `now < (n+1)·L + window`, i.e. until it ended more than `window` ago.
 ///   Spend thus counts for more than `window` and at most `window + L ≤
 ///   window + window / slots`. A settlement always records its spend in the
-///   current slot, even after its lease ended or the bucket was swept.
+///   current slot, even after its lease ended or the bucket was swept. A
+///   refusal's `retry_after` is the time until the oldest slot with spend
+///   stops counting; with no spend counted, until the first live lease ends;
+///   with neither (the amount alone exceeds the limit), `None`.
 /// - **Span.** An existing bucket keeps the [`Span`] it was made with: a
 ///   `span` given later for the same key (to `reserve`, `balance`) is not
 ///   read. Use one span per key.
