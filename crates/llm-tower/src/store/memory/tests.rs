@@ -1775,7 +1775,7 @@ fn budget_sweep_never_loses_a_reservation() {
                 store.sweep();
             }
         });
-        for round in 0..20 {
+        for round in 0..40 {
             let keys: Vec<String> = (0..500).map(|i| format!("{round}:{i}")).collect();
             let grants: usize = std::thread::scope(|s| {
                 let reservers: Vec<_> = (0..2)
