@@ -57,6 +57,10 @@ const MIN_SWEEP_LEN: usize = 4_096;
 ///   records the spend if it has ended (the store released it already).
 ///   Entries that ended are released whenever the bucket is touched, so
 ///   `reserved` only ever counts live leases.
+///   A reservation settled twice (a caller's bug) releases at most what its
+///   entry still holds: `reserved` never drops below what the live entries
+///   hold, though other reservations sharing the entry may be released
+///   early.
 /// - **Incarnations.** [`Reserved::created`] is a number the store draws from
 ///   a counter when a bucket is made (or made again after it expired):
 ///   strictly increasing, so two incarnations of a key never share it.
