@@ -670,7 +670,11 @@ mod tests {
                 .iter()
                 .any(|c| c.setting.starts_with("budget:"))
         );
-        plain.tuning.budget_config().build().expect("no limits: valid");
+        plain
+            .tuning
+            .budget_config()
+            .build()
+            .expect("no limits: valid");
         let o = options(&args(&["--budget-usd", "0.25", "--budget-tokens", "5000"])).unwrap();
         assert_eq!(o.tuning.budget_usd, Some(0.25));
         assert_eq!(o.tuning.budget_tokens, Some(5000));

@@ -243,7 +243,11 @@ fn panel(svg: &mut String, side: &SideReport, top: f64, t_max: f64, (lo, hi): (f
                 cx - 3.5,
                 cy - 3.5,
                 // A call the budget refused is not the provider's failure.
-                if r.budget_refused { "#888888" } else { "#d62728" },
+                if r.budget_refused {
+                    "#888888"
+                } else {
+                    "#d62728"
+                },
                 escape(&title)
             );
         }
