@@ -2,7 +2,9 @@
 //! 127.0.0.1, hyper-util's legacy client, the recommended stack built as
 //! the demo builds it (`examples/llm-tower-demo/src/stack.rs`), with the
 //! rate limiter between the breaker and the attempt timeout (the demo has
-//! none yet), and its documented reorderings (without a rate limiter),
+//! none yet), a budget outermost after Prepare when [`Tuning::budget`]
+//! sets one, a variant with other targets behind a fallback layer, and its
+//! documented reorderings (without a rate limiter),
 //! requests in both wire formats, and readers of what comes back (the
 //! body, its error's source chain, usage reports, retry decisions, breaker
 //! states, rate-limit events).
