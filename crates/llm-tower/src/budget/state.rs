@@ -19,7 +19,10 @@ use super::{
 };
 use crate::{
     BoxError,
-    clock::{Clock, TokioClock, utc_day},
+    clock::{
+        Clock, TokioClock, utc_day, utc_day_start, utc_month, utc_month_start, utc_week,
+        utc_week_start,
+    },
     metering::{UsageObserver, UsageReport},
     pricing::{Cost, ModelPrice, PriceTable, Unpriced},
     request::RequestMeta,
@@ -27,32 +30,6 @@ use crate::{
     usage::Usage,
     util::{api_key_fnv, api_key_secret, api_key_text, concat, run_now_or_spawn},
 };
-
-// TEMPORARY until clock.rs has them.
-fn utc_day_start(day: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(day * 86_400)
-}
-fn utc_week(t: SystemTime) -> u64 {
-    (utc_day(t) + 3) / 7
-}
-fn utc_week_start(week: u64) -> SystemTime {
-    utc_day_start((week * 7).saturating_sub(3))
-}
-fn utc_month(t: SystemTime) -> u64 {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let d = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
-    (d.year() as u64 - 1970) * 12 + (u8::from(d.month()) as u64 - 1)
-}
-fn utc_month_start(month: u64) -> SystemTime {
-    let year = 1970 + (month / 12) as i32;
-    let m = time::Month::try_from((month % 12) as u8 + 1).unwrap();
-    let date = time::Date::from_calendar_date(year, m, 1).unwrap();
-    let ts = date.midnight().assume_utc().unix_timestamp();
-    SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64)
-}
 
 /// Extra life of a calendar window's bucket past the window's end, on top
 /// of the lease: settlements of calls that started in the window land in it.
@@ -118,8 +95,33 @@ pub(crate) struct PlanBucket {
     resets_at: Option<SystemTime>,
 }
 
+/// What a plan depends on in an attempt: an attempt with the same
+/// signature has the same plan (within the same windows), so it can take a
+/// reservation made for it without planning again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Signature {
+    model: Option<Arc<str>>,
+    provider: Option<crate::provider::Provider>,
+    input: u64,
+    max_output: Option<u64>,
+    api_key: Option<u64>,
+}
+
+impl Signature {
+    pub(crate) fn of(meta: Option<&RequestMeta>, headers: &HeaderMap, query: Option<&str>) -> Self {
+        Signature {
+            model: meta.and_then(RequestMeta::model_arc).cloned(),
+            provider: meta.and_then(RequestMeta::provider).cloned(),
+            input: meta.map_or(0, RequestMeta::estimated_input_tokens),
+            max_output: meta.and_then(RequestMeta::max_output_tokens),
+            api_key: api_key_fnv(api_key_secret(headers, query)),
+        }
+    }
+}
+
 /// What one attempt reserves.
 pub(crate) struct Plan {
+    pub(crate) signature: Signature,
     model: Option<Arc<str>>,
     buckets: Vec<PlanBucket>,
     /// The price of the call's own cost (its model's, or the first
@@ -383,6 +385,7 @@ impl<St: Store> Shared<St> {
             }
         }
         Ok(Plan {
+            signature: Signature::of(meta, headers, query),
             worst_cost: own_price.map(|p| p.cost(&worst)),
             model,
             buckets,
@@ -670,6 +673,13 @@ impl<St: Store> Ticket<St> {
         let plan = std::mem::replace(
             &mut self.plan,
             Plan {
+                signature: Signature {
+                    model: None,
+                    provider: None,
+                    input: 0,
+                    max_output: None,
+                    api_key: None,
+                },
                 model: None,
                 buckets: Vec::new(),
                 price: None,
@@ -704,6 +714,7 @@ impl<St: Store> Drop for Ticket<St> {
         let shared = Arc::clone(&self.shared);
         let worst = self.plan.worst_cost.map_or(0, Cost::as_nanos);
         shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
+        shared.stats.settled.fetch_add(1, Relaxed);
         if let Some(reservation) = self.reservation.take() {
             let zeros = vec![0; reservation.parts().len()];
             run_now_or_spawn("budget release", async move {
