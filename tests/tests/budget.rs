@@ -20,7 +20,9 @@ use futures_util::future::join_all;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use llm_tower::{
-    budget::{Amount, BudgetConfig, BudgetExceeded, CallCost, Limit, Scope, ScopeBudget, Window},
+    budget::{
+        Amount, Arrival, BudgetConfig, BudgetExceeded, CallCost, Limit, Scope, ScopeBudget, Window,
+    },
     circuit_breaker::{BreakerState, CircuitBreakerConfig},
     fallback::{Answered, Target},
     metering::Outcome,
@@ -637,20 +639,58 @@ async fn a_refused_target_is_not_retried_nor_counted_and_the_call_moves_to_a_che
     assert_eq!((stats.attempts, stats.settled), (2, 2), "{stats:?}");
 }
 
-/// The case the brief describes: the model asked for does not fit the
-/// budget, a cheaper fallback does. The layer reserves the first attempt's
-/// worst case, at the asked model's price, when the call comes in, and
-/// refuses the call there: the fallback never sees it. See the report of
-/// this branch.
+/// The model asked for does not fit the budget, a cheaper fallback does.
+/// With `Arrival::Defer` the first attempt's own reservation decides: it
+/// is refused at the meter, and the fallback moves on to the cheap target.
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: BudgetLayer refuses the whole call when the first target's worst case does not fit, before the fallback can move to a cheaper target"]
 async fn a_call_whose_first_target_does_not_fit_moves_to_a_cheaper_one() {
+    let mock = mock(vec![]).await;
+    let mut tuning = room_for_the_cheap_ones();
+    let config = tuning.budget.take().unwrap();
+    tuning.budget = Some(config.arrival(Arrival::Defer));
+    let stack =
+        Stack::recommended_with_fallback(&tuning, vec![openai(&mock, "cheap", OPENAI_MODEL)]);
+    let answer = stack.call(chat_for(&mock, "gpt-4o", "too dear")).await;
+    assert_moved_to_the_cheap_one(&mock, &stack, &answer).await;
+    let stats = stack.budget().stats();
+    // One refusal (the first attempt, at the meter), one reservation.
+    assert_eq!(
+        (stats.refused, stats.attempts, stats.unreserved),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+}
+
+/// By default (`Arrival::Auto`) the first call of a stack is refused on
+/// arrival; once a call has shown a meter inside, the next ones defer to
+/// it and move on to a cheaper target.
+#[tokio::test(start_paused = true)]
+async fn by_default_a_stack_that_meters_its_attempts_defers_to_them() {
     let mock = mock(vec![]).await;
     let stack = Stack::recommended_with_fallback(
         &room_for_the_cheap_ones(),
         vec![openai(&mock, "cheap", OPENAI_MODEL)],
     );
-    let answer = stack.call(chat_for(&mock, "gpt-4o", "too dear")).await;
+    let first = stack.call(chat_for(&mock, "gpt-4o", "too dear")).await;
+    assert!(
+        find::<BudgetExceeded>(first.err()).is_some(),
+        "{}",
+        first.describe()
+    );
+    assert!(mock.journal().entries().is_empty());
+    // A call that fits shows the stack meters its attempts.
+    let fits = stack.call(chat_for(&mock, OPENAI_MODEL, "cheap")).await;
+    assert!(fits.is_clean(), "{}", fits.describe());
+    let spent_before = stack.budget().stats().spent;
+    let moved = stack.call(chat_for(&mock, "gpt-4o", "too dear")).await;
+    assert!(moved.is_clean(), "{}", moved.describe());
+    assert_eq!(moved.extensions.get::<Answered>().unwrap().target, "cheap");
+    assert_eq!(mock.journal().entries().len(), 2);
+    assert!(stack.budget().stats().spent > spent_before);
+    assert_eq!(stack.budget().stats().unreserved, 0);
+}
+
+async fn assert_moved_to_the_cheap_one(mock: &MockServer, stack: &Stack, answer: &Answer) {
     assert!(answer.is_clean(), "{}", answer.describe());
     assert_eq!(answer.extensions.get::<Answered>().unwrap().target, "cheap");
     let models: Vec<Option<String>> = mock
@@ -661,9 +701,9 @@ async fn a_call_whose_first_target_does_not_fit_moves_to_a_cheaper_one() {
         .collect();
     assert_eq!(models, [Some(OPENAI_MODEL.to_owned())]);
     assert_eq!(stack.breaker_state("gpt-4o"), BreakerState::Closed);
-    let usage = journal_usage(&mock);
+    let usage = journal_usage(mock);
     let nanos = usage.input_tokens * 1_000 + usage.output_tokens * 2_000;
-    assert_spent("", &stack, Some(&call_cost(&answer)), nanos).await;
+    assert_spent("", stack, Some(&call_cost(answer)), nanos).await;
 }
 
 /// What refusals look like to a caller of the whole stack: the call that

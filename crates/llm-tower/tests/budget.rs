@@ -179,6 +179,35 @@ async fn without_a_meter_inside_the_layer_meters_itself() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn deferring_without_a_meter_inside_charges_the_call_after_the_fact() {
+    use llm_tower::budget::Arrival;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = budget(global_usd(0.001, Window::Total).arrival(Arrival::Defer));
+    let handle = layer.handle();
+    // No meter: nothing consults the gate, so the call goes out unreserved.
+    let svc = layer.layer(provider(1_000, 500, calls.clone()));
+    let res = svc.oneshot(call()).await.unwrap();
+    read(res).await;
+    let stats = handle.stats();
+    assert_eq!((stats.unreserved, stats.refused), (1, 0), "{stats:?}");
+    // Nothing is lost: the spend is recorded, past the limit.
+    assert_eq!(stats.spent, Cost::from_nanos(WORST));
+    let status = handle.status(Scope::Global, "*").await.unwrap();
+    assert_eq!(status[0].spent, Amount::Usd(Cost::from_nanos(WORST)));
+    assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
+
+    // `Auto` never defers for a service whose calls no meter consulted.
+    let layer = budget(global_usd(0.003, Window::Total));
+    let svc = layer.layer(provider(1_000, 500, calls.clone()));
+    read(svc.clone().oneshot(call()).await.unwrap()).await;
+    let before = calls.load(Ordering::SeqCst);
+    let err = svc.oneshot(call()).await.unwrap_err();
+    assert!(find::<BudgetExceeded>(&err).is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), before, "refused on arrival, nothing sent");
+}
+
+#[tokio::test(start_paused = true)]
 async fn refuses_what_cannot_fit_and_admits_it_once_others_settle_lower() {
     // Room for two worst cases, not three.
     let layer = budget(global_usd(0.005, Window::Total));

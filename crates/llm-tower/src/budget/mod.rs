@@ -116,8 +116,8 @@ mod state;
 use std::sync::Arc;
 
 pub use config::{
-    BudgetConfig, Limit, MAX_ROLLING, MAX_USD, ROLLING_SLOTS, RefusalStatus, Scope, ScopeBudget,
-    Unit, UnpricedPolicy, Window,
+    Arrival, BudgetConfig, Limit, MAX_ROLLING, MAX_USD, ROLLING_SLOTS, RefusalStatus, Scope,
+    ScopeBudget, Unit, UnpricedPolicy, Window,
 };
 pub use error::{Amount, BudgetExceeded, BudgetUnavailable};
 pub use layer::{
