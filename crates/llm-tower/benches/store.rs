@@ -1,6 +1,7 @@
 //! Store cost on the hot path: a GCRA take on an existing key (allowed and
 //! denied), an acquire of three cells in one call (as the rate-limit layer
-//! does), a reserve/settle pair, a flag read, and takes from two threads.
+//! does), a reserve/settle pair in two budget buckets (a fixed day and a
+//! rolling hour), a flag read, and takes from two threads.
 //!
 //! `cargo bench -p llm-tower --bench store -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use llm_tower::clock::Clock;
-use llm_tower::store::{Acquire, Cell, MemoryStore, Quota, Reserve, Store, StoreError, Take};
+use llm_tower::store::{
+    Acquire, Bucket, Cell, MemoryStore, Quota, Reserve, Span, Store, StoreError, Take,
+};
 
 /// `std`'s monotonic clock, without tokio's test-clock indirection.
 #[derive(Clone)]
@@ -116,14 +119,24 @@ fn single_thread(c: &mut Criterion) {
     });
 
     let day = Duration::from_secs(86_400);
-    g.bench_function("reserve+settle", |b| {
+    let day_span = Span::Fixed {
+        ttl: Some(day + Duration::from_secs(3_600)),
+    };
+    let hour_span = Span::Rolling {
+        window: Duration::from_secs(3_600),
+        slots: 60,
+    };
+    let lease = Duration::from_secs(600);
+    g.bench_function("reserve+settle/2-buckets", |b| {
         b.iter(|| {
-            let Reserve::Granted(r) =
-                ready(store.reserve(black_box("tenant-a:day:20414"), 30, u64::MAX, day))
-            else {
-                unreachable!("the limit is u64::MAX")
+            let buckets = [
+                Bucket::new(black_box("tenant-a:day:20414"), 30, u64::MAX, day_span),
+                Bucket::new(black_box("global:tokens:hour"), 1_000, u64::MAX, hour_span),
+            ];
+            let Reserve::Granted(r) = ready(store.reserve(&buckets, lease)) else {
+                unreachable!("the limits are u64::MAX")
             };
-            black_box(ready(store.settle(&r, 0)))
+            black_box(ready(store.settle(&r, &[12, 800])))
         })
     });
 

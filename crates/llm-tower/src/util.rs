@@ -2,12 +2,6 @@
 
 #![cfg_attr(not(any(feature = "rate-limit", feature = "budget")), allow(dead_code))]
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll, Waker},
-};
-
 use http::HeaderMap;
 
 use crate::provider::headers::names;
@@ -77,10 +71,17 @@ pub(crate) fn concat(parts: &[&str]) -> Box<str> {
 /// Runs `work` now if it completes at once (the in-memory store always
 /// does), else on the tokio runtime; dropped, with a warning, when there is
 /// none.
+#[cfg(any(feature = "rate-limit", feature = "budget"))]
 pub(crate) fn run_now_or_spawn(
     what: &'static str,
-    work: impl Future<Output = ()> + Send + 'static,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    use std::{
+        future::Future,
+        pin::Pin,
+        task::{Context, Poll, Waker},
+    };
+
     let mut work: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(work);
     let mut cx = Context::from_waker(Waker::noop());
     if work.as_mut().poll(&mut cx) == Poll::Ready(()) {

@@ -446,6 +446,35 @@ async fn a_dearer_attempt_reserves_at_its_own_price() {
     assert_eq!(stats.reserved_peak, Cost::from_nanos(10 * WORST));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_first_attempt_elsewhere_gives_the_arrival_reservation_back() {
+    // `dear`'s worst case ($0.02) fits; with `m`'s ($0.002) still held on
+    // top, it would not.
+    let layer = budget(global_usd(0.021, Window::Total));
+    let handle = layer.handle();
+    let inner = MeterLayer::new().layer(provider(100, 10, Arc::new(AtomicUsize::new(0))));
+    let rewrite = tower::service_fn(move |mut req: Request<String>| {
+        let mut inner = inner.clone();
+        async move {
+            req.extensions_mut().insert(meta("dear", 1_000, Some(500)));
+            inner.ready().await?.call(req).await
+        }
+    });
+    let svc = layer.layer(rewrite);
+    let res = svc.oneshot(call()).await.unwrap();
+    assert_eq!(handle.stats().reserved, Cost::from_nanos(10 * WORST));
+    read(res).await;
+    let stats = handle.stats();
+    assert_eq!((stats.attempts, stats.settled, stats.refused), (2, 2, 0));
+    assert_eq!(stats.spent, Cost::from_nanos(10 * cost(100, 10)));
+    let status = handle.status(Scope::Global, "*").await.unwrap();
+    assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
+    assert_eq!(
+        status[0].spent,
+        Amount::Usd(Cost::from_nanos(10 * cost(100, 10)))
+    );
+}
+
 fn clone(req: &Request<String>) -> Request<String> {
     let mut out = Request::new(req.body().clone());
     *out.uri_mut() = req.uri().clone();

@@ -9,7 +9,8 @@ use std::{
 };
 
 use llm_tower::store::{
-    Acquire, Balance, Cell, Quota, Reservation, Reserve, Store, StoreError, Take,
+    Acquire, Balance, Bucket, Cell, Quota, Reservation, Reserve, Reserved, Span, Store, StoreError,
+    Take,
 };
 use tokio::time::Instant;
 
@@ -17,16 +18,98 @@ use tokio::time::Instant;
 struct State {
     /// GCRA: the theoretical arrival time, in ns since `origin`.
     cells: HashMap<String, u64>,
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<String, Budget>,
     flags: HashMap<String, Instant>,
     incarnations: u64,
 }
 
-struct Bucket {
-    spent: u64,
-    reserved: u64,
+/// A budget bucket; times in ns since the store's origin.
+struct Budget {
+    span: Span,
     created: u64,
-    expires: Instant,
+    /// Fixed with a ttl: when it expires.
+    expires: Option<u64>,
+    /// Fixed: everything settled.
+    spent: u64,
+    /// Rolling: `(slot, amount)`.
+    slots: Vec<(u64, u64)>,
+    /// `(lease end, amount)`: the lease end is the reservation's lease id.
+    leases: Vec<(u64, u64)>,
+}
+
+impl Budget {
+    fn new(span: Span, created: u64, now: u64) -> Self {
+        let expires = match span {
+            Span::Fixed { ttl } => ttl.map(|ttl| now + nanos(ttl)),
+            Span::Rolling { .. } => None,
+        };
+        Budget {
+            span,
+            created,
+            expires,
+            spent: 0,
+            slots: Vec::new(),
+            leases: Vec::new(),
+        }
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+
+    /// The slot length and window of a rolling bucket.
+    fn rolling(&self) -> Option<(u64, u64)> {
+        match self.span {
+            Span::Rolling { window, slots } => Some((
+                (nanos(window) / u64::from(slots.max(1))).max(1),
+                nanos(window),
+            )),
+            Span::Fixed { .. } => None,
+        }
+    }
+
+    /// Drops ended leases and slots that stopped counting.
+    fn prune(&mut self, now: u64) {
+        self.leases.retain(|&(end, _)| end > now);
+        if let Some((len, window)) = self.rolling() {
+            self.slots
+                .retain(|&(slot, _)| (slot + 1) * len + window > now);
+        }
+    }
+
+    fn spent(&self) -> u64 {
+        match self.rolling() {
+            Some(_) => self.slots.iter().map(|s| s.1).sum(),
+            None => self.spent,
+        }
+    }
+
+    fn reserved(&self) -> u64 {
+        self.leases.iter().map(|l| l.1).sum()
+    }
+
+    fn balance(&self, now: u64) -> Balance {
+        if self.expired(now) {
+            return Balance::default();
+        }
+        Balance {
+            spent: self.spent(),
+            reserved: self.reserved(),
+        }
+    }
+
+    fn spend(&mut self, now: u64, amount: u64) {
+        match self.rolling() {
+            Some((len, _)) => {
+                let slot = now / len;
+                match self.slots.iter_mut().find(|s| s.0 == slot) {
+                    Some(s) => s.1 += amount,
+                    None => self.slots.push((slot, amount)),
+                }
+            }
+            None => self.spent += amount,
+        }
+    }
 }
 
 struct LockedStore {
@@ -143,68 +226,102 @@ impl Store for LockedStore {
 
     async fn reserve(
         &self,
-        key: &str,
-        amount: u64,
-        limit: u64,
-        ttl: Duration,
+        buckets: &[Bucket<'_>],
+        lease: Duration,
     ) -> Result<Reserve, StoreError> {
-        let now = Instant::now();
-        let mut s = self.lock()?;
-        let live = s.buckets.get(key).is_some_and(|b| b.expires > now);
-        if !live {
-            s.incarnations += 1;
-            let created = s.incarnations;
-            s.buckets.insert(
-                key.to_owned(),
-                Bucket {
-                    spent: 0,
-                    reserved: 0,
-                    created,
-                    expires: now + ttl,
-                },
-            );
-        }
-        let b = s.buckets.get_mut(key).expect("just made");
-        if b.spent + b.reserved + amount > limit {
-            return Ok(Reserve::Denied {
-                spent: b.spent,
-                reserved: b.reserved,
-            });
-        }
-        b.reserved += amount;
-        Ok(Reserve::Granted(Reservation::new(key, amount, b.created)))
-    }
-
-    async fn settle(&self, reservation: &Reservation, actual: u64) -> Result<Balance, StoreError> {
-        let now = Instant::now();
-        let mut s = self.lock()?;
-        match s.buckets.get_mut(reservation.key()) {
-            Some(b) if b.expires > now && b.created == reservation.created() => {
-                b.reserved -= reservation.amount();
-                b.spent += actual;
-                Ok(Balance {
-                    spent: b.spent,
-                    reserved: b.reserved,
-                })
+        for (i, b) in buckets.iter().enumerate() {
+            if buckets[..i].iter().any(|o| o.key == b.key) {
+                return Err(StoreError::new("reserve: two buckets share a key"));
             }
-            Some(b) if b.expires > now => Ok(Balance {
-                spent: b.spent,
-                reserved: b.reserved,
-            }),
-            _ => Ok(Balance::default()),
         }
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        // One lock over the whole map: all or nothing by construction.
+        for b in buckets {
+            let live = s.buckets.get(b.key).is_some_and(|x| !x.expired(now));
+            if !live {
+                s.incarnations += 1;
+                let bucket = Budget::new(b.span, s.incarnations, now);
+                s.buckets.insert(b.key.to_owned(), bucket);
+            }
+            s.buckets.get_mut(b.key).expect("just made").prune(now);
+        }
+        for (index, b) in buckets.iter().enumerate() {
+            let x = &s.buckets[b.key];
+            let (spent, reserved) = (x.spent(), x.reserved());
+            if spent.saturating_add(reserved).saturating_add(b.amount) > b.limit {
+                let retry_after = x.rolling().and_then(|(len, window)| {
+                    let first = x.slots.iter().filter(|s| s.1 > 0).map(|s| s.0).min();
+                    let at = match first {
+                        Some(slot) => (slot + 1) * len + window,
+                        None => x.leases.iter().map(|l| l.0).min()?,
+                    };
+                    Some(Duration::from_nanos(at - now))
+                });
+                return Ok(Reserve::Denied {
+                    index,
+                    spent,
+                    reserved,
+                    retry_after,
+                });
+            }
+        }
+        let end = now + nanos(lease);
+        let mut parts = Vec::new();
+        for b in buckets {
+            let x = s.buckets.get_mut(b.key).expect("made above");
+            match x.leases.iter_mut().find(|l| l.0 == end) {
+                Some(l) => l.1 += b.amount,
+                None => x.leases.push((end, b.amount)),
+            }
+            parts.push(Reserved::new(b.key, b.amount, x.span, x.created, end));
+        }
+        Ok(Reserve::Granted(Reservation::new(parts)))
     }
 
-    async fn balance(&self, key: &str) -> Result<Balance, StoreError> {
-        let now = Instant::now();
-        let s = self.lock()?;
-        Ok(match s.buckets.get(key) {
-            Some(b) if b.expires > now => Balance {
-                spent: b.spent,
-                reserved: b.reserved,
-            },
-            _ => Balance::default(),
-        })
+    async fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: &[u64],
+    ) -> Result<Vec<Balance>, StoreError> {
+        let parts = reservation.parts();
+        if parts.len() != actual.len() {
+            return Err(StoreError::new("settle: one actual amount per bucket"));
+        }
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        let mut balances = Vec::new();
+        for (part, &actual) in parts.iter().zip(actual) {
+            if !s.buckets.contains_key(part.key()) {
+                if !matches!(part.span(), Span::Rolling { .. }) {
+                    balances.push(Balance::default());
+                    continue;
+                }
+                s.incarnations += 1;
+                let bucket = Budget::new(part.span(), s.incarnations, now);
+                s.buckets.insert(part.key().to_owned(), bucket);
+            }
+            let x = s.buckets.get_mut(part.key()).expect("present");
+            x.prune(now);
+            let same = x.created == part.created() && !x.expired(now);
+            if same && let Some(l) = x.leases.iter_mut().find(|l| l.0 == part.lease()) {
+                l.1 = l.1.saturating_sub(part.amount());
+            }
+            if same || x.rolling().is_some() {
+                x.spend(now, actual);
+            }
+            balances.push(x.balance(now));
+        }
+        Ok(balances)
+    }
+
+    async fn balance(&self, key: &str, _span: Span) -> Result<Balance, StoreError> {
+        let now = self.now_ns();
+        let mut s = self.lock()?;
+        Ok(s.buckets.get_mut(key).map_or_else(Balance::default, |x| {
+            x.prune(now);
+            x.balance(now)
+        }))
     }
 
     async fn set_flag(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
@@ -300,34 +417,121 @@ async fn exercise<S: Store>(store: Arc<S>) {
     );
     store.clear_flag("pause").await.unwrap();
 
-    // Budgets: reserve, deny past the limit, settle.
-    let day = 24 * 3600 * sec;
-    let Reserve::Granted(r) = store.reserve("tenant", 30, 50, day).await.unwrap() else {
+    // Budgets: reserve in several buckets at once, all or nothing.
+    let day = Span::Fixed {
+        ttl: Some(24 * 3600 * sec),
+    };
+    let minute = Span::Rolling {
+        window: 60 * sec,
+        slots: 6,
+    };
+    let lease = 600 * sec;
+    let both = |a, b| {
+        [
+            Bucket::new("tenant:day", a, 50, day),
+            Bucket::new("global:minute", b, 100, minute),
+        ]
+    };
+    let Reserve::Granted(r) = store.reserve(&both(30, 30), lease).await.unwrap() else {
         panic!("fits");
     };
-    assert_eq!((r.key(), r.amount()), ("tenant", 30));
+    let parts: Vec<_> = r.parts().iter().map(|p| (p.key(), p.amount())).collect();
+    assert_eq!(parts, [("tenant:day", 30), ("global:minute", 30)]);
     assert_eq!(
-        store.reserve("tenant", 30, 50, day).await.unwrap(),
+        store.reserve(&both(30, 1), lease).await.unwrap(),
         Reserve::Denied {
+            index: 0,
             spent: 0,
-            reserved: 30
+            reserved: 30,
+            retry_after: None
         }
     );
-    let b = store.settle(&r, 12).await.unwrap();
-    assert_eq!((b.spent, b.reserved), (12, 0));
-    assert_eq!(store.balance("tenant").await.unwrap(), b);
-    // A settlement after its window ended lands nowhere.
-    let Reserve::Granted(late) = store.reserve("tenant", 5, 50, day).await.unwrap() else {
+    assert_eq!(
+        store.reserve(&both(1, 71), lease).await.unwrap(),
+        Reserve::Denied {
+            index: 1,
+            spent: 0,
+            reserved: 30,
+            retry_after: Some(lease)
+        }
+    );
+    assert!(
+        store.settle(&r, &[12]).await.is_err(),
+        "one amount per bucket"
+    );
+    assert!(
+        store
+            .reserve(&[both(1, 1)[0], both(1, 1)[0]], lease)
+            .await
+            .is_err(),
+        "a key twice"
+    );
+    let balances = store.settle(&r, &[12, 70]).await.unwrap();
+    assert_eq!(balances, [bal(12, 0), bal(70, 0)]);
+    assert_eq!(store.balance("tenant:day", day).await.unwrap(), bal(12, 0));
+    // Over the limit (38 spent of 50): even nothing is refused.
+    let Reserve::Granted(over) = store.reserve(&both(0, 0), lease).await.unwrap() else {
         panic!("fits");
     };
-    tokio::time::advance(day).await;
-    let Reserve::Granted(_) = store.reserve("tenant", 1, 50, day).await.unwrap() else {
+    store.settle(&over, &[40, 0]).await.unwrap();
+    assert!(matches!(
+        store.reserve(&both(0, 0), lease).await.unwrap(),
+        Reserve::Denied {
+            index: 0,
+            spent: 52,
+            ..
+        }
+    ));
+    // It is 1 s since the store was made: the rolling spend is in slot 0
+    // (0–10 s), which counts until 70 s.
+    tokio::time::advance(10 * sec).await;
+    let Reserve::Denied { retry_after, .. } = store
+        .reserve(&[Bucket::new("global:minute", 31, 100, minute)], lease)
+        .await
+        .unwrap()
+    else {
+        panic!("full for a minute");
+    };
+    assert_eq!(retry_after, Some(59 * sec));
+    tokio::time::advance(59 * sec).await;
+    assert_eq!(
+        store.balance("global:minute", minute).await.unwrap(),
+        Balance::default()
+    );
+
+    // An expired lease is released by the store, and its spend still counts.
+    let fresh = Span::Fixed { ttl: None };
+    let Reserve::Granted(leased) = store
+        .reserve(&[Bucket::new("leased", 40, 50, fresh)], 10 * sec)
+        .await
+        .unwrap()
+    else {
+        panic!("fits");
+    };
+    tokio::time::advance(10 * sec).await;
+    assert_eq!(store.balance("leased", fresh).await.unwrap(), bal(0, 0));
+    let Reserve::Granted(next) = store
+        .reserve(&[Bucket::new("leased", 50, 50, fresh)], lease)
+        .await
+        .unwrap()
+    else {
+        panic!("released");
+    };
+    assert_eq!(store.settle(&leased, &[5]).await.unwrap(), [bal(5, 50)]);
+    assert_eq!(store.settle(&next, &[0]).await.unwrap(), [bal(5, 0)]);
+
+    // A settlement after its window ended lands nowhere.
+    let window = |amount| [Bucket::new("window", amount, 50, day)];
+    let Reserve::Granted(late) = store.reserve(&window(5), lease).await.unwrap() else {
+        panic!("fits");
+    };
+    tokio::time::advance(24 * 3600 * sec).await;
+    let Reserve::Granted(_) = store.reserve(&window(1), lease).await.unwrap() else {
         panic!("a new window");
     };
-    let b = store.settle(&late, 5).await.unwrap();
     assert_eq!(
-        (b.spent, b.reserved),
-        (0, 1),
+        store.settle(&late, &[5]).await.unwrap(),
+        [bal(0, 1)],
         "not counted in the new window"
     );
 
@@ -338,6 +542,10 @@ async fn exercise<S: Store>(store: Arc<S>) {
     assert_eq!(store.flag("open:openai").await.unwrap(), Some(6 * sec));
     store.clear_flag("open:openai").await.unwrap();
     assert_eq!(store.flag("open:openai").await.unwrap(), None);
+}
+
+fn bal(spent: u64, reserved: u64) -> Balance {
+    Balance { spent, reserved }
 }
 
 #[tokio::test(start_paused = true)]

@@ -274,7 +274,7 @@ mod tests {
     fn says_what_and_when() {
         assert_eq!(
             refusal().to_string(),
-            "budget exceeded: tenant `acme`: $5.00 per day, $4.99 spent and $0.01 reserved; \
+            "budget exceeded: tenant `acme`: $5.00 per day, $4.99 spent and $0.005 reserved; \
              this call may cost up to $0.02; resets at 2025-12-02T00:00:00Z"
         );
     }

@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use super::{
     Amount, BudgetConfig, BudgetEvent, BudgetTenant, Scope, Window,
-    state::{CallCost, Shared, Ticket, TicketObserver, Who},
+    state::{CallCost, Shared, Signature, Ticket, TicketObserver, Who},
 };
 use crate::{
     BoxError,
@@ -316,21 +316,42 @@ impl<St: Store> CallGate<St> {
         query: Option<&str>,
     ) -> Admission {
         self.admitted.fetch_add(1, Relaxed);
-        let plan = match self.shared.plan(meta, headers, query, &self.who) {
-            Ok(plan) => plan,
-            Err(e) => return Admission::Refuse(e),
-        };
         {
+            // The usual first attempt: the request as it arrived. Its
+            // reservation is taken without planning again.
             let mut prepaid = self
                 .prepaid
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if prepaid.as_ref().is_some_and(|t| t.plan().covers(&plan))
+            if prepaid
+                .as_ref()
+                .is_some_and(|t| t.plan().signature == Signature::of(meta, headers, query))
                 && let Some(ticket) = prepaid.take()
             {
                 return Admission::Now(Some(observer(ticket)));
             }
         }
+        let plan = match self.shared.plan(meta, headers, query, &self.who) {
+            Ok(plan) => plan,
+            Err(e) => return Admission::Refuse(e),
+        };
+        let stale = {
+            let mut prepaid = self
+                .prepaid
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match prepaid.take() {
+                Some(ticket) if ticket.plan().covers(&plan) => {
+                    return Admission::Now(Some(observer(ticket)));
+                }
+                other => other,
+            }
+        };
+        // The call's first attempt goes elsewhere (a fallback target with
+        // another model, say): what was reserved on arrival is given back
+        // now, before this attempt reserves its own, so the call never
+        // holds two worst cases for one attempt.
+        drop(stale);
         let shared = Arc::clone(&self.shared);
         let cost = self.cost.clone();
         Admission::later(async move {
@@ -461,12 +482,14 @@ impl<St> fmt::Debug for BudgetHandle<St> {
 pub struct BudgetStats {
     /// Calls that came in.
     pub calls: u64,
-    /// Attempts reserved (the first attempt of each call, retries, other
-    /// targets, hedges).
+    /// Reservations made: one when a call arrives (for its first
+    /// attempt), and one for each attempt that could not use it (a retry,
+    /// another target, a hedge).
     pub attempts: u64,
     /// Calls and attempts refused by a limit or a per-request cap.
     pub refused: u64,
-    /// Attempts settled.
+    /// Reservations settled, or given back in full because nothing was
+    /// sent with them: `attempts` once nothing is in flight.
     pub settled: u64,
     /// Attempts to models without a price, counted in tokens only.
     pub unpriced: u64,

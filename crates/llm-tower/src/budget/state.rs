@@ -118,8 +118,33 @@ pub(crate) struct PlanBucket {
     resets_at: Option<SystemTime>,
 }
 
+/// What a plan depends on in an attempt: an attempt with the same
+/// signature has the same plan (within the same windows), so it can take a
+/// reservation made for it without planning again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Signature {
+    model: Option<Arc<str>>,
+    provider: Option<crate::provider::Provider>,
+    input: u64,
+    max_output: Option<u64>,
+    api_key: Option<u64>,
+}
+
+impl Signature {
+    pub(crate) fn of(meta: Option<&RequestMeta>, headers: &HeaderMap, query: Option<&str>) -> Self {
+        Signature {
+            model: meta.and_then(RequestMeta::model_arc).cloned(),
+            provider: meta.and_then(RequestMeta::provider).cloned(),
+            input: meta.map_or(0, RequestMeta::estimated_input_tokens),
+            max_output: meta.and_then(RequestMeta::max_output_tokens),
+            api_key: api_key_fnv(api_key_secret(headers, query)),
+        }
+    }
+}
+
 /// What one attempt reserves.
 pub(crate) struct Plan {
+    pub(crate) signature: Signature,
     model: Option<Arc<str>>,
     buckets: Vec<PlanBucket>,
     /// The price of the call's own cost (its model's, or the first
@@ -383,6 +408,7 @@ impl<St: Store> Shared<St> {
             }
         }
         Ok(Plan {
+            signature: Signature::of(meta, headers, query),
             worst_cost: own_price.map(|p| p.cost(&worst)),
             model,
             buckets,
@@ -670,6 +696,13 @@ impl<St: Store> Ticket<St> {
         let plan = std::mem::replace(
             &mut self.plan,
             Plan {
+                signature: Signature {
+                    model: None,
+                    provider: None,
+                    input: 0,
+                    max_output: None,
+                    api_key: None,
+                },
                 model: None,
                 buckets: Vec::new(),
                 price: None,
@@ -704,6 +737,7 @@ impl<St: Store> Drop for Ticket<St> {
         let shared = Arc::clone(&self.shared);
         let worst = self.plan.worst_cost.map_or(0, Cost::as_nanos);
         shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
+        shared.stats.settled.fetch_add(1, Relaxed);
         if let Some(reservation) = self.reservation.take() {
             let zeros = vec![0; reservation.parts().len()];
             run_now_or_spawn("budget release", async move {

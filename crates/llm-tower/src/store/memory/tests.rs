@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use tokio::time::{Instant, advance};
 
 use super::*;
+use crate::store::Bucket;
 
 const MS: Duration = Duration::from_millis(1);
 const NS: Duration = Duration::from_nanos(1);
@@ -26,9 +27,7 @@ fn quota(limit: u64, window: Duration) -> Quota {
 fn granted(r: Reserve) -> Reservation {
     match r {
         Reserve::Granted(r) => r,
-        Reserve::Denied { spent, reserved } => {
-            panic!("denied: spent {spent}, reserved {reserved}")
-        }
+        denied => panic!("{denied:?}"),
     }
 }
 
@@ -195,121 +194,6 @@ async fn zero_take_reads_without_inserting() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn reservations_and_settlement() {
-    let store = MemoryStore::new();
-    let day = Duration::from_secs(86_400);
-    let key = "tenant-a:day:20414";
-
-    let first = granted(store.reserve(key, 30, 100, day).await.unwrap());
-    assert_eq!((first.key(), first.amount()), (key, 30));
-    let second = granted(store.reserve(key, 70, 100, day).await.unwrap());
-    assert_eq!(
-        store.reserve(key, 1, 100, day).await.unwrap(),
-        Reserve::Denied {
-            spent: 0,
-            reserved: 100
-        }
-    );
-
-    // Actual under the estimate frees the difference.
-    let balance = store.settle(&first, 10).await.unwrap();
-    assert_eq!(
-        balance,
-        Balance {
-            spent: 10,
-            reserved: 70
-        }
-    );
-    let third = granted(store.reserve(key, 20, 100, day).await.unwrap());
-    assert_eq!(
-        store.reserve(key, 1, 100, day).await.unwrap(),
-        Reserve::Denied {
-            spent: 10,
-            reserved: 90
-        }
-    );
-
-    // Actual over the estimate, even past the limit, is recorded: spent is spent.
-    store.settle(&second, 90).await.unwrap();
-    let balance = store.settle(&third, 25).await.unwrap();
-    assert_eq!(
-        balance,
-        Balance {
-            spent: 125,
-            reserved: 0
-        }
-    );
-    assert_eq!(store.balance(key).await.unwrap(), balance);
-    assert_eq!(
-        store.reserve(key, 0, 100, day).await.unwrap(),
-        Reserve::Denied {
-            spent: 125,
-            reserved: 0
-        }
-    );
-
-    // Other keys, other budgets; unknown keys have an empty balance.
-    assert!(matches!(
-        store
-            .reserve("tenant-b:day:20414", 100, 100, day)
-            .await
-            .unwrap(),
-        Reserve::Granted(_)
-    ));
-    assert_eq!(store.balance("nobody").await.unwrap(), Balance::default());
-}
-
-#[tokio::test(start_paused = true)]
-async fn bucket_expiry() {
-    let store = MemoryStore::new();
-    let hour = Duration::from_secs(3_600);
-
-    let early = granted(store.reserve("b", 60, 100, hour).await.unwrap());
-    advance(hour / 2).await;
-    // The ttl runs from creation; a later reserve does not extend it.
-    let late = granted(store.reserve("b", 40, 100, 10 * hour).await.unwrap());
-    store.settle(&early, 50).await.unwrap();
-    assert_eq!(
-        store.balance("b").await.unwrap(),
-        Balance {
-            spent: 50,
-            reserved: 40
-        }
-    );
-
-    advance(hour / 2 - NS).await;
-    assert_eq!(store.balance("b").await.unwrap().spent, 50);
-    advance(NS).await;
-    assert_eq!(store.balance("b").await.unwrap(), Balance::default());
-
-    // A new window under the same key starts empty...
-    let fresh = granted(store.reserve("b", 100, 100, hour).await.unwrap());
-    // ...and a late settlement from the old window does not land in it.
-    let balance = store.settle(&late, 40).await.unwrap();
-    assert_eq!(
-        balance,
-        Balance {
-            spent: 0,
-            reserved: 100
-        }
-    );
-    store.settle(&fresh, 1).await.unwrap();
-    assert_eq!(
-        store.balance("b").await.unwrap(),
-        Balance {
-            spent: 1,
-            reserved: 0
-        }
-    );
-
-    // Settling after expiry, with the key swept, is a no-op too.
-    advance(hour).await;
-    assert_eq!(store.sweep(), 1);
-    assert_eq!(store.settle(&fresh, 7).await.unwrap(), Balance::default());
-    assert!(store.is_empty());
-}
-
-#[tokio::test(start_paused = true)]
 async fn flags_expire() {
     let store = MemoryStore::new();
     let ttl = Duration::from_secs(10);
@@ -358,14 +242,16 @@ async fn sweep_keeps_live_state() {
     let q = quota(10, Duration::from_secs(10));
     store.take("busy", 10, q).await.unwrap();
     store.take("idle", 1, q).await.unwrap();
-    store
-        .reserve("live", 1, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
-    store
-        .reserve("dead", 1, 10, Duration::from_secs(1))
-        .await
-        .unwrap();
+    let ttl = |secs| Span::Fixed {
+        ttl: Some(Duration::from_secs(secs)),
+    };
+    let lease = Duration::from_secs(600);
+    granted(now(
+        store.reserve(&[Bucket::new("live", 1, 10, ttl(60))], lease)
+    ));
+    granted(now(
+        store.reserve(&[Bucket::new("dead", 1, 10, ttl(1))], lease)
+    ));
     store.set_flag("up", Duration::from_secs(60)).await.unwrap();
     store
         .set_flag("down", Duration::from_secs(1))
@@ -380,7 +266,7 @@ async fn sweep_keeps_live_state() {
         store.take("busy", 0, q).await.unwrap(),
         Take::Allowed { remaining: 1 }
     );
-    assert_eq!(store.balance("live").await.unwrap().reserved, 1);
+    assert_eq!(now(store.balance("live", ttl(60))).reserved, 1);
     assert!(store.flag("up").await.unwrap().is_some());
 }
 
@@ -398,7 +284,10 @@ async fn eviction_keeps_memory_flat() {
         write!(key, "tenant-{i}").unwrap();
         match i % 3 {
             0 => assert!(store.take(&key, 1, q).await.unwrap().is_allowed()),
-            1 => drop(granted(store.reserve(&key, 1, 1, window).await.unwrap())),
+            1 => drop(granted(now(store.reserve(
+                &[Bucket::new(&key, 1, 1, Span::Fixed { ttl: Some(window) })],
+                window,
+            )))),
             _ => store.set_flag(&key, window).await.unwrap(),
         }
         if i % 1_000 == 999 {
@@ -528,84 +417,6 @@ proptest! {
                 }
             }
         }
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
-
-    /// Concurrent reservations never grant more than the limit in total, and
-    /// never deny one that would have fitted.
-    #[test]
-    fn concurrent_reservations_never_overspend(
-        amounts in proptest::collection::vec(1..=50u64, 1..300),
-        limit in 0..=2_000u64,
-    ) {
-        let store = MemoryStore::with_clock(ManualClock::new());
-        let ttl = Duration::from_secs(60);
-        let chunk = amounts.len().div_ceil(4);
-        let results: Vec<(u64, Vec<u64>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = amounts
-                .chunks(chunk)
-                .map(|amounts| {
-                    let store = store.clone();
-                    s.spawn(move || {
-                        let mut granted = 0;
-                        let mut denied = Vec::new();
-                        for &a in amounts {
-                            match now(store.reserve("budget", a, limit, ttl)) {
-                                Reserve::Granted(r) => granted += r.amount(),
-                                Reserve::Denied { .. } => denied.push(a),
-                            }
-                        }
-                        (granted, denied)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let total: u64 = results.iter().map(|r| r.0).sum();
-        prop_assert!(total <= limit, "granted {total} > {limit}");
-        let balance = now(store.balance("budget"));
-        prop_assert_eq!(balance, Balance { spent: 0, reserved: total });
-        // Reservations only grow here, so a denial means it did not fit at the end either.
-        for a in results.iter().flat_map(|r| &r.1) {
-            prop_assert!(total + a > limit, "{a} was denied but fits: {total} of {limit}");
-        }
-    }
-
-    /// With settlements at or under the reservation running concurrently,
-    /// spent plus reserved never exceeds the limit and every settlement counts.
-    #[test]
-    fn concurrent_reserve_and_settle(
-        jobs in proptest::collection::vec((1..=50u64, 0..=100u64), 1..300),
-        limit in 0..=2_000u64,
-    ) {
-        let store = MemoryStore::with_clock(ManualClock::new());
-        let ttl = Duration::from_secs(60);
-        let chunk = jobs.len().div_ceil(4);
-        let spent: u64 = std::thread::scope(|s| {
-            let handles: Vec<_> = jobs
-                .chunks(chunk)
-                .map(|jobs| {
-                    let store = store.clone();
-                    s.spawn(move || {
-                        let mut spent = 0;
-                        for &(amount, percent) in jobs {
-                            if let Reserve::Granted(r) = now(store.reserve("budget", amount, limit, ttl)) {
-                                let actual = amount * percent / 100;
-                                let b = now(store.settle(&r, actual));
-                                assert!(b.spent + b.reserved <= limit, "{b:?} over {limit}");
-                                spent += actual;
-                            }
-                        }
-                        spent
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        prop_assert_eq!(now(store.balance("budget")), Balance { spent, reserved: 0 });
     }
 }
 
@@ -1559,4 +1370,627 @@ async fn acquire_beyond_the_inline_cells() {
             .unwrap()
             .is_err()
     );
+}
+
+// Budget buckets.
+
+const SEC: Duration = Duration::from_secs(1);
+const LEASE: Duration = Duration::from_secs(600);
+/// A fixed bucket that never expires.
+const UNENDING: Span = Span::Fixed { ttl: None };
+
+fn fixed(ttl: Duration) -> Span {
+    Span::Fixed { ttl: Some(ttl) }
+}
+
+fn rolling(window: Duration, slots: u32) -> Span {
+    Span::Rolling { window, slots }
+}
+
+fn bal(spent: u64, reserved: u64) -> Balance {
+    Balance { spent, reserved }
+}
+
+/// The live lease entries of the bucket `key`.
+fn lease_entries<C: Clock>(store: &MemoryStore<C>, key: &str) -> usize {
+    lock(&store.inner.buckets.get(key).unwrap()).leases.len()
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_exact_limit_and_overspend() {
+    let store = MemoryStore::new();
+    let key = "tenant-a:day:20414";
+    let day = fixed(Duration::from_secs(86_400));
+    let one = |amount| [Bucket::new(key, amount, 100, day)];
+
+    let first = granted(now(store.reserve(&one(30), LEASE)));
+    let part = &first.parts()[0];
+    assert_eq!((part.key(), part.amount(), part.span()), (key, 30, day));
+    let second = granted(now(store.reserve(&one(70), LEASE)));
+    // Exactly at the limit: one more unit does not fit.
+    assert_eq!(
+        now(store.reserve(&one(1), LEASE)),
+        Reserve::Denied {
+            index: 0,
+            spent: 0,
+            reserved: 100,
+            retry_after: None
+        }
+    );
+
+    // Actual under the estimate frees the difference, to the unit.
+    assert_eq!(now(store.settle(&first, &[10])), [bal(10, 70)]);
+    let third = granted(now(store.reserve(&one(20), LEASE)));
+    assert!(matches!(
+        now(store.reserve(&one(1), LEASE)),
+        Reserve::Denied {
+            spent: 10,
+            reserved: 90,
+            ..
+        }
+    ));
+
+    // Actual over the estimate, even past the limit, is recorded.
+    assert_eq!(now(store.settle(&second, &[90])), [bal(100, 20)]);
+    assert_eq!(now(store.settle(&third, &[25])), [bal(125, 0)]);
+    assert_eq!(now(store.balance(key, day)), bal(125, 0));
+    // Over the limit: even nothing is refused.
+    assert_eq!(
+        now(store.reserve(&one(0), LEASE)),
+        Reserve::Denied {
+            index: 0,
+            spent: 125,
+            reserved: 0,
+            retry_after: None
+        }
+    );
+
+    // A soft limit only counts; other keys are other budgets; unknown keys
+    // are empty.
+    let soft = [Bucket::new(key, u64::MAX, u64::MAX, day)];
+    let r = granted(now(store.reserve(&soft, LEASE)));
+    assert_eq!(now(store.settle(&r, &[5])), [bal(130, 0)]);
+    granted(now(store.reserve(
+        &[Bucket::new("tenant-b:day:20414", 100, 100, day)],
+        LEASE,
+    )));
+    assert_eq!(now(store.balance("nobody", day)), Balance::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_reserve_is_all_or_nothing() {
+    let store = MemoryStore::new();
+    let a = |amount| Bucket::new("a", amount, 100, UNENDING);
+    let b = |amount| Bucket::new("b", amount, 50, UNENDING);
+
+    let r = granted(now(store.reserve(&[a(30), b(40)], LEASE)));
+    let parts: Vec<_> = r.parts().iter().map(|p| (p.key(), p.amount())).collect();
+    assert_eq!(parts, [("a", 30), ("b", 40)]);
+
+    // `b` has no room: `a` is left alone.
+    assert_eq!(
+        now(store.reserve(&[a(30), b(20)], LEASE)),
+        Reserve::Denied {
+            index: 1,
+            spent: 0,
+            reserved: 40,
+            retry_after: None
+        }
+    );
+    // The index is in the caller's order, whatever the keys' order.
+    assert_eq!(
+        now(store.reserve(&[b(5), a(80)], LEASE)),
+        Reserve::Denied {
+            index: 1,
+            spent: 0,
+            reserved: 30,
+            retry_after: None
+        }
+    );
+    // Both full: the first in the caller's order is named.
+    assert!(matches!(
+        now(store.reserve(&[b(50), a(80)], LEASE)),
+        Reserve::Denied { index: 0, .. }
+    ));
+    assert_eq!(now(store.balance("a", UNENDING)), bal(0, 30));
+    assert_eq!(now(store.balance("b", UNENDING)), bal(0, 40));
+
+    // What fits everywhere goes everywhere.
+    let more = granted(now(store.reserve(&[b(10), a(70)], LEASE)));
+    assert_eq!(now(store.settle(&r, &[25, 45])), [bal(25, 70), bal(45, 10)]);
+    assert_eq!(now(store.settle(&more, &[0, 0])), [bal(45, 0), bal(25, 0)]);
+
+    // Nothing at all is granted with nothing reserved.
+    let none = granted(now(store.reserve(&[], LEASE)));
+    assert!(now(store.settle(&none, &[])).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_argument_errors() {
+    let store = MemoryStore::new();
+    let twice = [
+        Bucket::new("a", 1, 10, UNENDING),
+        Bucket::new("b", 1, 10, UNENDING),
+        Bucket::new("a", 1, 10, UNENDING),
+    ];
+    let err = store.reserve(&twice, LEASE).now_or_never().unwrap();
+    assert!(err.unwrap_err().to_string().contains("share a key"));
+    assert_eq!(now(store.balance("a", UNENDING)), Balance::default());
+
+    let r = granted(now(store.reserve(&twice[..2], LEASE)));
+    for actual in [&[][..], &[1], &[1, 2, 3]] {
+        let err = store.settle(&r, actual).now_or_never().unwrap();
+        assert!(err.unwrap_err().to_string().contains("one actual amount"));
+    }
+    // The failed settlements changed nothing.
+    assert_eq!(now(store.balance("a", UNENDING)), bal(0, 1));
+    assert_eq!(now(store.settle(&r, &[1, 2])), [bal(1, 0), bal(2, 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_lease_expiry_releases() {
+    let store = MemoryStore::new();
+    let one = |amount| [Bucket::new("b", amount, 100, UNENDING)];
+    advance(Duration::from_millis(300)).await;
+
+    // Lease ends are rounded up to the second: 10.3 s → 11 s.
+    let lease = 10 * SEC;
+    let first = granted(now(store.reserve(&one(30), lease)));
+    assert_eq!(first.parts()[0].lease(), 11_000_000_000);
+    advance(Duration::from_millis(200)).await;
+    // Same second: the same entry.
+    let second = granted(now(store.reserve(&one(20), lease)));
+    assert_eq!(second.parts()[0].lease(), first.parts()[0].lease());
+    assert_eq!(lease_entries(&store, "b"), 1);
+    // A longer lease: another entry.
+    let long = granted(now(store.reserve(&one(40), 60 * SEC)));
+    assert_eq!(lease_entries(&store, "b"), 2);
+    assert_eq!(now(store.balance("b", UNENDING)), bal(0, 90));
+
+    // At least the lease, at most a second more.
+    advance(Duration::from_millis(10_500) - NS).await;
+    assert_eq!(now(store.balance("b", UNENDING)), bal(0, 90));
+    advance(NS).await;
+    assert_eq!(now(store.balance("b", UNENDING)), bal(0, 40));
+    assert!(
+        now(store.reserve(&one(60), lease))
+            != Reserve::Denied {
+                index: 0,
+                spent: 0,
+                reserved: 40,
+                retry_after: None
+            }
+    );
+
+    // An expired lease is not released again; its spend still counts.
+    assert_eq!(now(store.settle(&first, &[25])), [bal(25, 100)]);
+    assert_eq!(now(store.settle(&second, &[20])), [bal(45, 100)]);
+    assert_eq!(now(store.settle(&long, &[40])), [bal(85, 60)]);
+    advance(lease).await;
+    assert_eq!(now(store.balance("b", UNENDING)), bal(85, 0));
+    assert_eq!(lease_entries(&store, "b"), 0);
+}
+
+/// Settling one reservation twice (a caller bug) never drives `reserved`
+/// below what the live entries hold.
+#[tokio::test(start_paused = true)]
+async fn budget_double_settle_never_underflows() {
+    let store = MemoryStore::new();
+    let one = |amount| [Bucket::new("b", amount, 100, UNENDING)];
+    let r = granted(now(store.reserve(&one(30), LEASE)));
+    let other = granted(now(store.reserve(&one(20), LEASE)));
+    assert_eq!(now(store.settle(&r, &[30])), [bal(30, 20)]);
+    // The second settlement releases what is left of the shared entry at
+    // most; the spend is counted again (the caller said so).
+    assert_eq!(now(store.settle(&r, &[0])), [bal(30, 0)]);
+    assert_eq!(now(store.settle(&other, &[20])), [bal(50, 0)]);
+    assert_eq!(lease_entries(&store, "b"), 0);
+
+    // Alone in its entry, a reservation settled twice releases once.
+    let r = granted(now(store.reserve(&one(10), LEASE)));
+    advance(2 * SEC).await;
+    let later = granted(now(store.reserve(&one(5), LEASE)));
+    assert_eq!(now(store.settle(&r, &[0])), [bal(50, 5)]);
+    assert_eq!(now(store.settle(&r, &[0])), [bal(50, 5)]);
+    assert_eq!(now(store.settle(&later, &[0])), [bal(50, 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_fixed_ttl_starts_new_incarnations() {
+    let store = MemoryStore::new();
+    let hour = Duration::from_secs(3_600);
+    let b = |amount, ttl| [Bucket::new("b", amount, 100, fixed(ttl))];
+
+    let early = granted(now(store.reserve(&b(60, hour), LEASE)));
+    advance(hour / 2).await;
+    // The ttl runs from creation; a later span does not change it.
+    let late = granted(now(store.reserve(&b(40, 10 * hour), 2 * hour)));
+    assert_eq!(late.parts()[0].span(), fixed(hour));
+    assert_eq!(late.parts()[0].created(), early.parts()[0].created());
+    assert_eq!(now(store.settle(&early, &[50])), [bal(50, 40)]);
+
+    advance(hour / 2 - NS).await;
+    assert_eq!(now(store.balance("b", fixed(hour))), bal(50, 40));
+    advance(NS).await;
+    assert_eq!(now(store.balance("b", fixed(hour))), Balance::default());
+
+    // The next window under the same key starts empty, as a new incarnation...
+    let fresh = granted(now(store.reserve(&b(100, hour), LEASE)));
+    assert_ne!(fresh.parts()[0].created(), late.parts()[0].created());
+    // ...and a late settlement from the old one changes nothing in it.
+    assert_eq!(now(store.settle(&late, &[40])), [bal(0, 100)]);
+    assert_eq!(now(store.settle(&fresh, &[1])), [bal(1, 0)]);
+
+    // Expired and swept: settling is a no-op, and makes nothing.
+    advance(hour).await;
+    assert_eq!(store.sweep(), 1);
+    assert_eq!(now(store.settle(&fresh, &[7])), [Balance::default()]);
+    assert!(store.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_rolling_window() {
+    let store = MemoryStore::new();
+    // Six slots of 10 s.
+    let minute = rolling(Duration::from_secs(60), 6);
+    let one = |amount| [Bucket::new("rpm", amount, 100, minute)];
+
+    // 30 spent at 0 s (slot 0), 50 at 25 s (slot 2).
+    let r = granted(now(store.reserve(&one(30), LEASE)));
+    assert_eq!(r.parts()[0].span(), minute);
+    now(store.settle(&r, &[30]));
+    advance(25 * SEC).await;
+    let r = granted(now(store.reserve(&one(50), LEASE)));
+    assert_eq!(now(store.settle(&r, &[50])), [bal(80, 0)]);
+
+    // Denied until the oldest spend stops counting: slot 0 ends at 10 s and
+    // counts for a window more, until 70 s.
+    assert_eq!(
+        now(store.reserve(&one(21), LEASE)),
+        Reserve::Denied {
+            index: 0,
+            spent: 80,
+            reserved: 0,
+            retry_after: Some(45 * SEC)
+        }
+    );
+    advance(45 * SEC - NS).await;
+    assert_eq!(now(store.balance("rpm", minute)), bal(80, 0));
+    assert!(matches!(
+        now(store.reserve(&one(21), LEASE)),
+        Reserve::Denied {
+            retry_after: Some(NS),
+            ..
+        }
+    ));
+    advance(NS).await;
+    // 70 s: the 30 left, 70 s after it was spent (window + one slot).
+    assert_eq!(now(store.balance("rpm", minute)), bal(50, 0));
+    let r = granted(now(store.reserve(&one(21), LEASE)));
+
+    // The 50 spent at 25 s leaves at 90 s: 65 s later, within one slot of
+    // the window.
+    advance(20 * SEC - NS).await;
+    assert_eq!(now(store.settle(&r, &[0])), [bal(50, 0)]);
+    advance(NS).await;
+    assert_eq!(now(store.balance("rpm", minute)), Balance::default());
+
+    // Spend settled at the very end of a slot counts for just over the window.
+    advance(10 * SEC - NS).await; // 99.999… s, the end of slot 9
+    let r = granted(now(store.reserve(&one(100), LEASE)));
+    now(store.settle(&r, &[100]));
+    advance(60 * SEC).await;
+    assert_eq!(now(store.balance("rpm", minute)), bal(100, 0));
+    advance(NS).await;
+    assert_eq!(now(store.balance("rpm", minute)), Balance::default());
+
+    // Only reservations in the way: retry when the first lease ends.
+    let r = granted(now(store.reserve(&one(100), 30 * SEC)));
+    let Reserve::Denied { retry_after, .. } = now(store.reserve(&one(1), LEASE)) else {
+        panic!("full");
+    };
+    // It is 160 s: the lease ends at 190 s, a whole second.
+    assert_eq!(retry_after, Some(30 * SEC));
+    now(store.settle(&r, &[0]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_rolling_slots_round_down() {
+    let store = MemoryStore::new();
+    // 10 s in 3 slots: slots of 3.333… s, rounded down to whole nanoseconds.
+    let span = rolling(Duration::from_secs(10), 3);
+    let len = Duration::from_nanos(3_333_333_333);
+    let r = granted(now(store.reserve(&[Bucket::new("r", 1, 1, span)], LEASE)));
+    now(store.settle(&r, &[1]));
+    // Slot 0 ends at `len`, and counts for the window after that.
+    advance(len + Duration::from_secs(10) - NS).await;
+    assert_eq!(now(store.balance("r", span)).spent, 1);
+    advance(NS).await;
+    assert_eq!(now(store.balance("r", span)).spent, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_sweep_removes_only_idle_buckets() {
+    let store = MemoryStore::new();
+    let window = Duration::from_secs(60);
+    let reserve =
+        |key, span, lease| granted(now(store.reserve(&[Bucket::new(key, 1, 10, span)], lease)));
+    reserve("fixed-live", fixed(10 * window), LEASE);
+    reserve("fixed-dead", fixed(window), LEASE);
+    reserve("forever", UNENDING, SEC);
+    let lost = reserve("rolling-leased", rolling(window, 4), 10 * window);
+    let spent = reserve("rolling-spent", rolling(window, 4), LEASE);
+    let idle = reserve("rolling-idle", rolling(window, 4), SEC);
+    let dropped = reserve("rolling-dropped", rolling(window, 4), SEC);
+    assert_eq!(store.len(), 7);
+
+    advance(window).await;
+    now(store.settle(&spent, &[1]));
+    now(store.settle(&idle, &[0]));
+    drop(dropped);
+    // Empty rolling buckets with no live lease, and expired fixed ones.
+    assert_eq!(store.sweep(), 3, "{store:?}");
+    for key in ["fixed-live", "forever", "rolling-leased", "rolling-spent"] {
+        assert!(store.inner.buckets.contains_key(key), "{key}");
+    }
+    assert_eq!(
+        now(store.balance("rolling-leased", rolling(window, 4))),
+        bal(0, 1)
+    );
+    assert_eq!(
+        now(store.balance("rolling-spent", rolling(window, 4))),
+        bal(1, 0)
+    );
+
+    // Spend settled after the bucket was swept still counts.
+    now(store.settle(&idle, &[3]));
+    assert_eq!(
+        now(store.balance("rolling-idle", rolling(window, 4))),
+        bal(3, 0)
+    );
+    drop(lost);
+}
+
+/// A sweep running while reserves make new buckets never drops one between
+/// lookup and lock (which would lose its reservation, and let a second
+/// caller find a fresh, empty bucket).
+#[test]
+fn budget_sweep_never_loses_a_reservation() {
+    let clock = ManualClock::new();
+    let store = MemoryStore::with_clock(clock.clone());
+    let hour = Duration::from_secs(3_600);
+    // Rolling buckets are idle, so swept, until a reservation lands.
+    let span = rolling(hour, 4);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&done);
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                store.sweep();
+            }
+        });
+        for round in 0..20 {
+            let keys: Vec<String> = (0..500).map(|i| format!("{round}:{i}")).collect();
+            let grants: usize = std::thread::scope(|s| {
+                let reservers: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            keys.iter()
+                                .filter(|key| {
+                                    let b = [Bucket::new(key, 1, 1, span)];
+                                    matches!(now(store.reserve(&b, hour)), Reserve::Granted(_))
+                                })
+                                .count()
+                        })
+                    })
+                    .collect();
+                reservers.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            assert_eq!(grants, 500, "round {round}");
+            for key in &keys {
+                assert_eq!(now(store.balance(key, span)), bal(0, 1), "{key}");
+            }
+            // Every lease over: the sweeper clears them for the next round.
+            clock
+                .offset_ns
+                .fetch_add(2 * 3_600 * 1_000_000_000, Ordering::Relaxed);
+        }
+    });
+}
+
+/// 1,000 tasks reserve one unit in a global bucket and in their group's:
+/// exactly what fits is granted, and the totals add up once settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_concurrent_global_and_groups() {
+    const GROUP_LIMITS: [u64; 4] = [100, 150, 200, 400];
+    const GLOBAL: u64 = 600;
+    let store = MemoryStore::new();
+    let groups = ["group-0", "group-1", "group-2", "group-3"];
+    let hour = rolling(Duration::from_secs(3_600), 60);
+    let tasks: Vec<_> = (0..1_000usize)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let g = i % 4;
+                let buckets = [
+                    Bucket::new("global", 1, GLOBAL, UNENDING),
+                    Bucket::new(groups[g], 1, GROUP_LIMITS[g], hour),
+                ];
+                let Reserve::Granted(r) = store.reserve(&buckets, LEASE).await.unwrap() else {
+                    return None;
+                };
+                tokio::task::yield_now().await;
+                let b = store.settle(&r, &[1, 1]).await.unwrap();
+                assert!(b[0].spent + b[0].reserved <= GLOBAL, "{b:?}");
+                assert!(b[1].spent + b[1].reserved <= GROUP_LIMITS[g], "{b:?}");
+                Some(g)
+            })
+        })
+        .collect();
+    let mut per_group = [0u64; 4];
+    for t in tasks {
+        if let Some(g) = t.await.unwrap() {
+            per_group[g] += 1;
+        }
+    }
+    // 250 tasks per group, 700 that fit their groups: the global limit
+    // binds. Had it not filled up, every refusal would be a full group's,
+    // and group 3 (250 tasks under 400) would have taken all: 700 > 600.
+    let granted: u64 = per_group.iter().sum();
+    assert_eq!(granted, GLOBAL, "{per_group:?}");
+    for (g, &n) in per_group.iter().enumerate() {
+        assert!(n <= GROUP_LIMITS[g], "{per_group:?}");
+        assert_eq!(now(store.balance(groups[g], hour)), bal(n, 0));
+    }
+    assert_eq!(now(store.balance("global", UNENDING)), bal(GLOBAL, 0));
+}
+
+/// Operations of the budget property test.
+#[derive(Debug, Clone)]
+enum BudgetOp {
+    /// Reserve `amount` in the fixed bucket and, if `rolling`, in the
+    /// rolling one too, for `lease_s` seconds.
+    Reserve {
+        amount: u64,
+        rolling: bool,
+        lease_s: u64,
+    },
+    /// Settle the `pick`-th reservation still open, `percent` of its amount.
+    Settle { pick: usize, percent: u64 },
+    /// Advance time.
+    Advance { ms: u64 },
+}
+
+fn budget_ops() -> impl Strategy<Value = Vec<BudgetOp>> {
+    let op = prop_oneof![
+        4 => (0..=40u64, any::<bool>(), 1..=60u64).prop_map(|(amount, rolling, lease_s)| {
+            BudgetOp::Reserve { amount, rolling, lease_s }
+        }),
+        3 => (any::<usize>(), 0..=100u64).prop_map(|(pick, percent)| BudgetOp::Settle { pick, percent }),
+        2 => (0..=20_000u64).prop_map(|ms| BudgetOp::Advance { ms }),
+    ];
+    proptest::collection::vec(op, 1..120)
+}
+
+/// An open reservation of the property test, as the model sees it.
+struct Open {
+    reservation: Reservation,
+    amount: u64,
+    lease_end: u64,
+}
+
+/// Runs `ops` against a fixed bucket (limit `limit`, never expiring) and a
+/// rolling one (limit `limit`, 30 s in 3 slots), checking against a model of
+/// the fixed bucket after every step.
+async fn run_budget(limit: u64, ops: Vec<BudgetOp>) -> Result<(), TestCaseError> {
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    let roll = rolling(Duration::from_secs(30), 3);
+    let ns = || u64::try_from((Instant::now() - start).as_nanos()).unwrap();
+    let mut open: Vec<Open> = Vec::new();
+    let (mut spent, mut late) = (0u64, false);
+    for op in ops {
+        match op {
+            BudgetOp::Reserve {
+                amount,
+                rolling: with_roll,
+                lease_s,
+            } => {
+                let lease = Duration::from_secs(lease_s);
+                let mut buckets = vec![Bucket::new("fixed", amount, limit, UNENDING)];
+                if with_roll {
+                    buckets.push(Bucket::new("rolling", amount, limit, roll));
+                }
+                let model_reserved: u64 = open
+                    .iter()
+                    .filter(|o| o.lease_end > ns())
+                    .map(|o| o.amount)
+                    .sum();
+                let fits = spent + model_reserved + amount <= limit;
+                match now(store.reserve(&buckets, lease)) {
+                    Reserve::Granted(r) => {
+                        prop_assert!(fits, "granted past the model's limit");
+                        let lease_end = (ns() + lease_s * 1_000_000_000).div_ceil(1_000_000_000)
+                            * 1_000_000_000;
+                        prop_assert_eq!(r.parts()[0].lease(), lease_end);
+                        open.push(Open {
+                            reservation: r,
+                            amount,
+                            lease_end,
+                        });
+                    }
+                    Reserve::Denied {
+                        index,
+                        spent: s,
+                        reserved,
+                        ..
+                    } => {
+                        if index == 0 {
+                            prop_assert!(!fits, "denied but fits");
+                            prop_assert_eq!((s, reserved), (spent, model_reserved));
+                        } else {
+                            prop_assert!(with_roll && s + reserved + amount > limit);
+                        }
+                    }
+                }
+            }
+            BudgetOp::Settle { pick, percent } => {
+                if open.is_empty() {
+                    continue;
+                }
+                let o = open.remove(pick % open.len());
+                let actual = o.amount * percent / 100;
+                late |= o.lease_end <= ns();
+                let actuals = vec![actual; o.reservation.parts().len()];
+                now(store.settle(&o.reservation, &actuals));
+                spent += actual;
+            }
+            BudgetOp::Advance { ms } => advance(Duration::from_millis(ms)).await,
+        }
+        let model_reserved: u64 = open
+            .iter()
+            .filter(|o| o.lease_end > ns())
+            .map(|o| o.amount)
+            .sum();
+        let fixed = now(store.balance("fixed", UNENDING));
+        prop_assert_eq!(fixed, bal(spent, model_reserved));
+        // Only a settlement after its lease ended can push spend past the
+        // limit when every actual is at most its reservation.
+        if !late {
+            prop_assert!(fixed.spent + fixed.reserved <= limit, "{fixed:?}");
+            let r = now(store.balance("rolling", roll));
+            prop_assert!(r.spent + r.reserved <= limit, "{r:?}");
+        }
+    }
+    for o in open.drain(..) {
+        let zeros = vec![0; o.reservation.parts().len()];
+        now(store.settle(&o.reservation, &zeros));
+    }
+    prop_assert_eq!(now(store.balance("fixed", UNENDING)).reserved, 0);
+    prop_assert_eq!(now(store.balance("rolling", roll)).reserved, 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// With every actual at most its reservation and settled within its
+    /// lease, `spent + reserved` never exceeds the limit; reservations fit
+    /// exactly when the model says; `reserved` counts the live leases and
+    /// returns to zero once everything is settled.
+    #[test]
+    fn budget_reservations_never_overcommit(limit in 0..=200u64, ops in budget_ops()) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(run_budget(limit, ops))?;
+    }
 }
