@@ -10,11 +10,11 @@
 //!
 //! - `bare`: the service alone;
 //! - `meter`: [`MeterLayer`] over it (usage metering, no budget);
-//! - `budget/prices_only`: [`BudgetLayer`] without scopes over the meter:
+//! - `prices_only`: [`BudgetLayer`] without scopes over the meter:
 //!   each call is planned and priced, nothing is reserved in the store;
-//! - `budget/global_day`: one global dollar limit per UTC day: one bucket
+//! - `global_day`: one global dollar limit per UTC day: one bucket
 //!   reserved when the call comes in, settled when the body ends;
-//! - `budget/three_limits`: global dollars per day, the tenant's dollars per
+//! - `three_limits`: global dollars per day, the tenant's dollars per
 //!   month and global tokens over a rolling hour: three buckets, reserved
 //!   together and settled together.
 //!
@@ -123,13 +123,13 @@ fn cases() -> Vec<Case> {
         Box::new(move || round_trip(&mut meter, black_box(r()))),
     ));
     for (name, config) in [
-        ("budget/prices_only", BudgetConfig::new()),
+        ("prices_only", BudgetConfig::new()),
         (
-            "budget/global_day",
+            "global_day",
             BudgetConfig::new().scope(ScopeBudget::global().limit(Limit::usd(USD, Window::Day))),
         ),
         (
-            "budget/three_limits",
+            "three_limits",
             BudgetConfig::new()
                 .scope(
                     ScopeBudget::global()
