@@ -531,6 +531,23 @@ async fn calendar_windows_roll_over_by_themselves() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_week_starts_on_monday_at_midnight_utc() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    // Sunday 2028-02-27T23:00:00Z.
+    let sunday = before_leap_day() - 24 * HOUR;
+    let layer = budget(global_usd(0.003, Window::Week)).clock(TokioClock::starting_at(sunday));
+    let svc =
+        layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
+    read(svc.clone().oneshot(call()).await.unwrap()).await;
+    let err = svc.clone().oneshot(call()).await.unwrap_err();
+    let refusal = find::<BudgetExceeded>(&err).unwrap();
+    assert_eq!(refusal.resets_at(), Some(sunday + HOUR));
+    assert_eq!(refusal.retry_after(), Some(HOUR));
+    tokio::time::advance(HOUR).await;
+    read(svc.oneshot(call()).await.unwrap()).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_rolling_window_forgets_what_is_older_than_it() {
     let layer = budget(global_usd(
         0.003,

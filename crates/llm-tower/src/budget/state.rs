@@ -19,7 +19,10 @@ use super::{
 };
 use crate::{
     BoxError,
-    clock::{Clock, TokioClock, utc_day},
+    clock::{
+        Clock, TokioClock, utc_day, utc_day_start, utc_month, utc_month_start, utc_week,
+        utc_week_start,
+    },
     metering::{UsageObserver, UsageReport},
     pricing::{Cost, ModelPrice, PriceTable, Unpriced},
     request::RequestMeta,
@@ -27,32 +30,6 @@ use crate::{
     usage::Usage,
     util::{api_key_fnv, api_key_secret, api_key_text, concat, run_now_or_spawn},
 };
-
-// TEMPORARY until clock.rs has them.
-fn utc_day_start(day: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(day * 86_400)
-}
-fn utc_week(t: SystemTime) -> u64 {
-    (utc_day(t) + 3) / 7
-}
-fn utc_week_start(week: u64) -> SystemTime {
-    utc_day_start((week * 7).saturating_sub(3))
-}
-fn utc_month(t: SystemTime) -> u64 {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let d = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
-    (d.year() as u64 - 1970) * 12 + (u8::from(d.month()) as u64 - 1)
-}
-fn utc_month_start(month: u64) -> SystemTime {
-    let year = 1970 + (month / 12) as i32;
-    let m = time::Month::try_from((month % 12) as u8 + 1).unwrap();
-    let date = time::Date::from_calendar_date(year, m, 1).unwrap();
-    let ts = date.midnight().assume_utc().unix_timestamp();
-    SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64)
-}
 
 /// Extra life of a calendar window's bucket past the window's end, on top
 /// of the lease: settlements of calls that started in the window land in it.

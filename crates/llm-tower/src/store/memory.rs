@@ -57,6 +57,10 @@ const MIN_SWEEP_LEN: usize = 4_096;
 ///   records the spend if it has ended (the store released it already).
 ///   Entries that ended are released whenever the bucket is touched, so
 ///   `reserved` only ever counts live leases.
+///   A reservation settled twice (a caller's bug) releases at most what its
+///   entry still holds: `reserved` never drops below what the live entries
+///   hold, though other reservations sharing the entry may be released
+///   early.
 /// - **Incarnations.** [`Reserved::created`] is a number the store draws from
 ///   a counter when a bucket is made (or made again after it expired):
 ///   strictly increasing, so two incarnations of a key never share it.
@@ -69,7 +73,10 @@ const MIN_SWEEP_LEN: usize = 4_096;
 ///   `now < (n+1)·L + window`, i.e. until it ended more than `window` ago.
 ///   Spend thus counts for more than `window` and at most `window + L ≤
 ///   window + window / slots`. A settlement always records its spend in the
-///   current slot, even after its lease ended or the bucket was swept.
+///   current slot, even after its lease ended or the bucket was swept. A
+///   refusal's `retry_after` is the time until the oldest slot with spend
+///   stops counting; with no spend counted, until the first live lease ends;
+///   with neither (the amount alone exceeds the limit), `None`.
 /// - **Span.** An existing bucket keeps the [`Span`] it was made with: a
 ///   `span` given later for the same key (to `reserve`, `balance`) is not
 ///   read. Use one span per key.

@@ -6,8 +6,9 @@
 //! processes.
 //!
 //! The trait is meant to be implemented outside this crate: everything a
-//! store needs is public — [`Reservation::new`] and
-//! [`Reservation::created`] to hand out and recognise reservations,
+//! store needs is public — [`Reservation::new`], [`Reserved::new`],
+//! [`Reserved::created`] and [`Reserved::lease`] to hand out and recognise
+//! reservations,
 //! [`Quota::emission_interval`] and [`Quota::tolerance`] for GCRA,
 //! [`StoreError`] for failures.
 //!
@@ -110,8 +111,11 @@
 //!   budget for good. A settlement after the lease still records its spend.
 //! - **Windows.** A [`Span::Fixed`] bucket lives for the key's incarnation:
 //!   the caller puts a calendar window's number in the key, e.g.
-//!   `tenant-a:day:20414` (see [`clock::utc_day`](crate::clock::utc_day)),
-//!   and a time to live a little past the window's end. A reservation
+//!   `tenant-a:day:20414` (see [`clock::utc_day`](crate::clock::utc_day),
+//!   [`utc_week`](crate::clock::utc_week) and
+//!   [`utc_month`](crate::clock::utc_month)), and a time to live a little
+//!   past the window's end ([`until_next_utc_day`](crate::clock::until_next_utc_day)
+//!   and its siblings). A reservation
 //!   settled after its bucket expired changes nothing: its window is over.
 //!   A [`Span::Rolling`] bucket counts what was spent in the last `window`,
 //!   in slots: see [`Span::Rolling`] for the bound.

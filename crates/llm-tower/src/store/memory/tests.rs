@@ -1775,7 +1775,7 @@ fn budget_sweep_never_loses_a_reservation() {
                 store.sweep();
             }
         });
-        for round in 0..20 {
+        for round in 0..40 {
             let keys: Vec<String> = (0..500).map(|i| format!("{round}:{i}")).collect();
             let grants: usize = std::thread::scope(|s| {
                 let reservers: Vec<_> = (0..2)
@@ -1849,6 +1849,90 @@ async fn budget_concurrent_global_and_groups() {
         assert_eq!(now(store.balance(groups[g], hour)), bal(n, 0));
     }
     assert_eq!(now(store.balance("global", UNENDING)), bal(GLOBAL, 0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Concurrent reservations on plain threads never grant more than the
+    /// limit in total, and never deny one that would have fitted.
+    #[test]
+    fn budget_concurrent_reservations_never_overspend(
+        amounts in proptest::collection::vec(1..=50u64, 1..300),
+        limit in 0..=2_000u64,
+    ) {
+        let store = MemoryStore::with_clock(ManualClock::new());
+        let chunk = amounts.len().div_ceil(4);
+        let results: Vec<(u64, Vec<u64>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = amounts
+                .chunks(chunk)
+                .map(|amounts| {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        let mut granted = 0;
+                        let mut denied = Vec::new();
+                        for &a in amounts {
+                            let b = [Bucket::new("budget", a, limit, UNENDING)];
+                            match now(store.reserve(&b, LEASE)) {
+                                Reserve::Granted(r) => granted += r.parts()[0].amount(),
+                                Reserve::Denied { .. } => denied.push(a),
+                            }
+                        }
+                        (granted, denied)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: u64 = results.iter().map(|r| r.0).sum();
+        prop_assert!(total <= limit, "granted {total} > {limit}");
+        prop_assert_eq!(now(store.balance("budget", UNENDING)), bal(0, total));
+        // Reservations only grow here: a denial did not fit at the end either.
+        for a in results.iter().flat_map(|r| &r.1) {
+            prop_assert!(total + a > limit, "{a} was denied but fits: {total} of {limit}");
+        }
+    }
+
+    /// With settlements at or under the reservation running concurrently,
+    /// spent plus reserved never exceeds the limit, in either bucket, and
+    /// every settlement counts.
+    #[test]
+    fn budget_concurrent_reserve_and_settle(
+        jobs in proptest::collection::vec((1..=50u64, 0..=100u64), 1..300),
+        limit in 0..=2_000u64,
+    ) {
+        let store = MemoryStore::with_clock(ManualClock::new());
+        let hour = rolling(Duration::from_secs(3_600), 60);
+        let chunk = jobs.len().div_ceil(4);
+        let spent: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .chunks(chunk)
+                .map(|jobs| {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        let mut spent = 0;
+                        for &(amount, percent) in jobs {
+                            let b = [
+                                Bucket::new("fixed", amount, limit, UNENDING),
+                                Bucket::new("rolling", amount, limit, hour),
+                            ];
+                            if let Reserve::Granted(r) = now(store.reserve(&b, LEASE)) {
+                                let actual = amount * percent / 100;
+                                for b in now(store.settle(&r, &[actual, actual])) {
+                                    assert!(b.spent + b.reserved <= limit, "{b:?} over {limit}");
+                                }
+                                spent += actual;
+                            }
+                        }
+                        spent
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        prop_assert_eq!(now(store.balance("fixed", UNENDING)), bal(spent, 0));
+        prop_assert_eq!(now(store.balance("rolling", hour)), bal(spent, 0));
+    }
 }
 
 /// Operations of the budget property test.
