@@ -29,7 +29,15 @@
 //! unset) `n` times, for instruction and allocation counts under valgrind:
 //! the cost of one call is the difference between two runs (3,000 and 1,000
 //! calls) divided by 2,000, which leaves out the setup and the first calls
-//! (which create the store's buckets).
+//! (which create the store's buckets). With `B` the binary `cargo bench
+//! --no-run` names:
+//!
+//! ```text
+//! BUDGET_BENCH_CASE=global_day BUDGET_BENCH_ITERS=1000 \
+//!     valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null $B   # "I refs"
+//! BUDGET_BENCH_CASE=global_day BUDGET_BENCH_ITERS=1000 \
+//!     valgrind --tool=dhat --dhat-out-file=/dev/null $B                            # "Total: … blocks"
+//! ```
 
 mod support;
 
