@@ -179,6 +179,35 @@ async fn without_a_meter_inside_the_layer_meters_itself() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn deferring_without_a_meter_inside_charges_the_call_after_the_fact() {
+    use llm_tower::budget::Arrival;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = budget(global_usd(0.001, Window::Total).arrival(Arrival::Defer));
+    let handle = layer.handle();
+    // No meter: nothing consults the gate, so the call goes out unreserved.
+    let svc = layer.layer(provider(1_000, 500, calls.clone()));
+    let res = svc.oneshot(call()).await.unwrap();
+    read(res).await;
+    let stats = handle.stats();
+    assert_eq!((stats.unreserved, stats.refused), (1, 0), "{stats:?}");
+    // Nothing is lost: the spend is recorded, past the limit.
+    assert_eq!(stats.spent, Cost::from_nanos(WORST));
+    let status = handle.status(Scope::Global, "*").await.unwrap();
+    assert_eq!(status[0].spent, Amount::Usd(Cost::from_nanos(WORST)));
+    assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
+
+    // `Auto` never defers for a service whose calls no meter consulted.
+    let layer = budget(global_usd(0.003, Window::Total));
+    let svc = layer.layer(provider(1_000, 500, calls.clone()));
+    read(svc.clone().oneshot(call()).await.unwrap()).await;
+    let before = calls.load(Ordering::SeqCst);
+    let err = svc.oneshot(call()).await.unwrap_err();
+    assert!(find::<BudgetExceeded>(&err).is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), before, "refused on arrival, nothing sent");
+}
+
+#[tokio::test(start_paused = true)]
 async fn refuses_what_cannot_fit_and_admits_it_once_others_settle_lower() {
     // Room for two worst cases, not three.
     let layer = budget(global_usd(0.005, Window::Total));
@@ -528,6 +557,23 @@ async fn calendar_windows_roll_over_by_themselves() {
     // March 1st: a new day and a new month.
     tokio::time::advance(24 * HOUR).await;
     read(go("a").await.unwrap()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_week_starts_on_monday_at_midnight_utc() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    // Sunday 2028-02-27T23:00:00Z.
+    let sunday = before_leap_day() - 24 * HOUR;
+    let layer = budget(global_usd(0.003, Window::Week)).clock(TokioClock::starting_at(sunday));
+    let svc =
+        layer.layer(MeterLayer::new().layer(provider(1_000, 500, Arc::new(AtomicUsize::new(0)))));
+    read(svc.clone().oneshot(call()).await.unwrap()).await;
+    let err = svc.clone().oneshot(call()).await.unwrap_err();
+    let refusal = find::<BudgetExceeded>(&err).unwrap();
+    assert_eq!(refusal.resets_at(), Some(sunday + HOUR));
+    assert_eq!(refusal.retry_after(), Some(HOUR));
+    tokio::time::advance(HOUR).await;
+    read(svc.oneshot(call()).await.unwrap()).await;
 }
 
 #[tokio::test(start_paused = true)]

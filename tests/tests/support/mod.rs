@@ -2,7 +2,9 @@
 //! 127.0.0.1, hyper-util's legacy client, the recommended stack built as
 //! the demo builds it (`examples/llm-tower-demo/src/stack.rs`), with the
 //! rate limiter between the breaker and the attempt timeout (the demo has
-//! none yet), and its documented reorderings (without a rate limiter),
+//! none yet), a budget outermost after Prepare when [`Tuning::budget`]
+//! sets one, a variant with other targets behind a fallback layer, and its
+//! documented reorderings (without a rate limiter),
 //! requests in both wire formats, and readers of what comes back (the
 //! body, its error's source chain, usage reports, retry decisions, breaker
 //! states, rate-limit events).
@@ -26,10 +28,13 @@ use hyper_util::{
 };
 use llm_tower::{
     BoxError,
+    budget::{BudgetConfig, BudgetHandle, BudgetLayer},
     circuit_breaker::{
         BreakerState, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, OpenDuration,
     },
+    fallback::{FallbackLayer, Target},
     metering::{MeterLayer, UsageObservers, UsageReport},
+    pricing::PriceTable,
     rate_limit::{RateLimitConfig, RateLimitEvent, RateLimitHandle, RateLimitLayer},
     request::{PrepareLayer, ReplayBody},
     retry::{Backoff, Decision, Jitter, RetryConfig, RetryEvent, RetryLayer},
@@ -107,6 +112,11 @@ pub(crate) struct Tuning {
     /// The rate limiter (recommended stack only): by default adaptive to
     /// the provider's headers, no limit of its own.
     pub(crate) rate_limit: RateLimitConfig,
+    /// The budget (recommended stacks only), outermost after Prepare: none
+    /// by default.
+    pub(crate) budget: Option<BudgetConfig>,
+    /// The budget's prices; `None` for [`PriceTable::embedded`].
+    pub(crate) prices: Option<PriceTable>,
 }
 
 impl Tuning {
@@ -135,7 +145,19 @@ impl Tuning {
                     jitter: 0.0,
                 }),
             rate_limit: RateLimitConfig::default(),
+            budget: None,
+            prices: None,
         }
+    }
+
+    /// The budget layer of `self`, if it has one.
+    fn budget_layer(&self) -> Option<BudgetLayer> {
+        let config = self.budget.clone()?;
+        let layer = BudgetLayer::try_from(config).expect("a valid budget config");
+        Some(match &self.prices {
+            Some(table) => layer.prices(table.clone()),
+            None => layer,
+        })
     }
 
     fn timeouts(&self) -> TimeoutConfig {
@@ -172,6 +194,8 @@ pub(crate) struct Stack {
     pub(crate) rate_limit: Option<RateLimitHandle>,
     /// Every event of its rate limiter, in order.
     pub(crate) rate_events: Arc<Mutex<Vec<RateLimitEvent>>>,
+    /// Its budget, when [`Tuning::budget`] set one (recommended stacks).
+    pub(crate) budget: Option<BudgetHandle>,
 }
 
 fn boxed<B>(res: Response<B>) -> Response<Body>
@@ -212,6 +236,44 @@ impl Stack {
             retries,
             rate_limit: None,
             rate_events: Arc::default(),
+            budget: None,
+        }
+    }
+
+    /// `Prepare → [Budget] → inner`, boxed: the budget only when `t` sets
+    /// one.
+    fn prepared<S, B>(
+        t: &Tuning,
+        inner: S,
+        breaker: CircuitBreakerHandle,
+        retries: Arc<Mutex<Vec<RetryEvent>>>,
+    ) -> Stack
+    where
+        S: tower::Service<Request<ReplayBody>, Response = Response<B>, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        match t.budget_layer() {
+            Some(budget) => {
+                let handle = budget.handle();
+                let svc = ServiceBuilder::new()
+                    .layer(PrepareLayer::new())
+                    .layer(budget)
+                    .service(inner);
+                Stack {
+                    budget: Some(handle),
+                    ..Stack::boxed(svc, breaker, retries)
+                }
+            }
+            None => {
+                let svc = ServiceBuilder::new()
+                    .layer(PrepareLayer::new())
+                    .service(inner);
+                Stack::boxed(svc, breaker, retries)
+            }
         }
     }
 
@@ -226,8 +288,9 @@ impl Stack {
     }
 
     /// The recommended stack, outermost first:
-    /// `Prepare → Timeout(total) → Retry → CircuitBreaker → RateLimit →
-    /// Timeout(attempt, first token, idle) → Meter → client`.
+    /// `Prepare → [Budget] → Timeout(total) → Retry → CircuitBreaker →
+    /// RateLimit → Timeout(attempt, first token, idle) → Meter → client`,
+    /// the budget only when [`Tuning::budget`] sets one.
     pub(crate) fn recommended(t: &Tuning) -> Stack {
         Stack::recommended_over(t, client())
     }
@@ -249,8 +312,7 @@ impl Stack {
         let (rate_limit, rate_events) = Stack::rate_limit_layer(t);
         let handle = breaker.handle();
         let rate_handle = rate_limit.handle();
-        let svc = ServiceBuilder::new()
-            .layer(PrepareLayer::new())
+        let inner = ServiceBuilder::new()
             .layer(TimeoutLayer::try_from(limits.whole_call()).expect("valid limits"))
             .layer(retry)
             .layer(breaker)
@@ -261,8 +323,49 @@ impl Stack {
         Stack {
             rate_limit: Some(rate_handle),
             rate_events,
-            ..Stack::boxed(svc, handle, retries)
+            ..Stack::prepared(t, inner, handle, retries)
         }
+    }
+
+    /// The recommended stack with other targets, outermost first:
+    /// `Prepare → [Budget] → Timeout(total) → Fallback → per target
+    /// [Retry → CircuitBreaker → RateLimit → Timeout(attempt…) → Meter →
+    /// client]`, the first target the request's own model and provider,
+    /// then `targets` in order. The targets share one retry policy (and
+    /// its log), one breaker per provider and model, and one rate limiter.
+    pub(crate) fn recommended_with_fallback(t: &Tuning, targets: Vec<Target>) -> Stack {
+        let limits = t.timeouts();
+        let (retry, breaker, retries) = Stack::layers(t);
+        let (rate_limit, rate_events) = Stack::rate_limit_layer(t);
+        let handle = breaker.handle();
+        let rate_handle = rate_limit.handle();
+        let per_target = ServiceBuilder::new()
+            .layer(retry)
+            .layer(breaker)
+            .layer(rate_limit)
+            .layer(TimeoutLayer::try_from(limits.per_attempt()).expect("valid limits"))
+            .layer(MeterLayer::new())
+            .service(client());
+        let mut fallback = FallbackLayer::new();
+        for target in targets {
+            fallback = fallback.target(target, per_target.clone());
+        }
+        let inner = ServiceBuilder::new()
+            .layer(TimeoutLayer::try_from(limits.whole_call()).expect("valid limits"))
+            .layer(fallback)
+            .service(per_target);
+        Stack {
+            rate_limit: Some(rate_handle),
+            rate_events,
+            ..Stack::prepared(t, inner, handle, retries)
+        }
+    }
+
+    /// The handle of the stack's budget; panics if it has none.
+    pub(crate) fn budget(&self) -> &BudgetHandle {
+        self.budget
+            .as_ref()
+            .expect("this stack has a budget (a recommended one, with Tuning::budget set)")
     }
 
     /// The handle of the stack's rate limiter; panics if it has none.
@@ -437,6 +540,8 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
     /// The error of the call or of its body, if any.
     pub(crate) error: Option<BoxError>,
+    /// The response's extensions (empty when none came).
+    pub(crate) extensions: http::Extensions,
 }
 
 impl Answer {
@@ -490,6 +595,7 @@ pub(crate) async fn call(svc: &Svc, req: Request<String>) -> Answer {
                 status: None,
                 body: Bytes::new(),
                 error: Some(e),
+                extensions: http::Extensions::new(),
             };
         }
     };
@@ -513,6 +619,7 @@ pub(crate) async fn call(svc: &Svc, req: Request<String>) -> Answer {
         status: Some(parts.status),
         body: bytes.into(),
         error,
+        extensions: parts.extensions,
     }
 }
 

@@ -78,6 +78,32 @@ pub struct BudgetConfig {
     /// The prefix of every store key, `llm-tower:budget` by default: layers
     /// (and processes) sharing a store and a prefix share their budgets.
     pub prefix: String,
+    /// What a call does when its first attempt's worst case does not fit
+    /// as it arrives: [`Arrival::Auto`] by default.
+    pub arrival: Arrival,
+}
+
+/// What a call whose first attempt does not fit does when it arrives.
+///
+/// A fallback layer inside may send the call to a cheaper target that
+/// fits; only a [`Meter`](crate::metering::Meter) inside, consulting each
+/// attempt's reservation, makes that safe — without one, a call let
+/// through would go out with nothing reserved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// [`Defer`](Self::Defer) once the service has seen a meter inside
+    /// consult its reservations, [`Refuse`](Self::Refuse) until then (a
+    /// service's first calls, or a stack without a meter).
+    #[default]
+    Auto,
+    /// Refuse the call at once.
+    Refuse,
+    /// Let each attempt's own reservation decide (the first is then
+    /// refused at the meter, and a fallback may move on). Use only with a
+    /// meter in front of every client: a call answered without one is
+    /// charged after the fact, and logged as an error.
+    Defer,
 }
 
 impl Default for BudgetConfig {
@@ -89,6 +115,7 @@ impl Default for BudgetConfig {
             max_output_tokens: BTreeMap::new(),
             refusal_status: RefusalStatus::TooManyRequests,
             prefix: "llm-tower:budget".into(),
+            arrival: Arrival::Auto,
         }
     }
 }
@@ -157,6 +184,13 @@ impl BudgetConfig {
     /// Sets the store key [`prefix`](Self::prefix).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets what a call that does not fit on [`arrival`](Self::arrival)
+    /// does.
+    pub fn arrival(mut self, arrival: Arrival) -> Self {
+        self.arrival = arrival;
         self
     }
 

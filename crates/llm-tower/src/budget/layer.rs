@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU8, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
     time::SystemTime,
@@ -19,7 +19,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    Amount, BudgetConfig, BudgetEvent, BudgetTenant, Scope, Window,
+    Amount, Arrival, BudgetConfig, BudgetEvent, BudgetTenant, Scope, Window,
     state::{CallCost, Shared, Signature, Ticket, TicketObserver, Who},
 };
 use crate::{
@@ -141,6 +141,7 @@ impl<S, St> Layer<S> for BudgetLayer<St> {
             inner,
             shared: Arc::clone(&self.shared),
             tenant_fn: self.tenant_fn.clone(),
+            gated: Arc::new(AtomicU8::new(UNKNOWN)),
         }
     }
 }
@@ -154,7 +155,17 @@ pub struct Budget<S, St = MemoryStore> {
     inner: S,
     shared: Arc<Shared<St>>,
     tenant_fn: Option<TenantFn>,
+    /// Whether a meter inside this service consults the gate (see
+    /// [`Arrival::Auto`]): shared by the service's clones.
+    gated: Arc<AtomicU8>,
 }
+
+/// Not known yet.
+const UNKNOWN: u8 = 0;
+/// A meter inside consulted the gate.
+const GATED: u8 = 1;
+/// A call was answered with no meter consulting the gate.
+const UNGATED: u8 = 2;
 
 impl<S: Clone, St> Clone for Budget<S, St> {
     fn clone(&self) -> Self {
@@ -162,6 +173,7 @@ impl<S: Clone, St> Clone for Budget<S, St> {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
             tenant_fn: self.tenant_fn.clone(),
+            gated: Arc::clone(&self.gated),
         }
     }
 }
@@ -210,7 +222,7 @@ where
             req.uri().query(),
             &who,
         );
-        Box::pin(run(shared, inner, req, who, plan))
+        Box::pin(run(shared, inner, req, who, plan, Arc::clone(&self.gated)))
     }
 }
 
@@ -234,6 +246,7 @@ async fn run<S, St, ReqBody, ResBody>(
     mut req: Request<ReqBody>,
     who: Who,
     plan: Result<super::state::Plan, BoxError>,
+    gated: Arc<AtomicU8>,
 ) -> Result<Response<BudgetBody<ResBody>>, BoxError>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -244,11 +257,29 @@ where
     St: Store,
 {
     let cost = CallCost::default();
-    let ticket = shared.reserve(plan?, Some(cost.clone())).await?;
+    let defer = match shared.config.arrival {
+        Arrival::Refuse => false,
+        Arrival::Defer => true,
+        Arrival::Auto => gated.load(Relaxed) == GATED,
+    };
+    let reserved = match plan {
+        Ok(plan) => shared.reserve(plan, Some(cost.clone())).await,
+        Err(e) => Err(e),
+    };
+    let prepaid = match reserved {
+        Ok(ticket) => Some(ticket),
+        // The first attempt does not fit; an attempt elsewhere may: each
+        // attempt's reservation at the meter decides.
+        Err(e) if defer && is_refusal(&e) => None,
+        Err(e) => return Err(shared.record(e)),
+    };
+    // Only for a call let through unreserved, to charge it if no meter
+    // inside did.
+    let headers = prepaid.is_none().then(|| req.headers().clone());
     let gate = Arc::new(CallGate {
         shared: Arc::clone(&shared),
         who,
-        prepaid: Mutex::new(Some(ticket)),
+        prepaid: Mutex::new(prepaid),
         cost: cost.clone(),
         admitted: AtomicU64::new(0),
     });
@@ -258,6 +289,10 @@ where
         .await
         .map_err(Into::into)?;
     let result = inner.call(req).await.map_err(Into::into);
+    let admitted = gate.admitted.load(Relaxed) > 0;
+    if admitted {
+        gated.store(GATED, Relaxed);
+    }
     // What no attempt claimed is released here (when dropped), unless this
     // layer meters the response itself.
     let unclaimed = gate
@@ -266,20 +301,41 @@ where
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     let mut res = result?;
-    res.extensions_mut().insert(cost);
-    match unclaimed {
-        Some(ticket) if gate.admitted.load(Relaxed) == 0 && !is_degraded(&res) => {
-            // No meter inside consulted the gate: meter the body here.
-            let mut observers = UsageObservers::new();
-            observers.push(Arc::new(TicketObserver::new(ticket)));
-            let res = MeteredBody::wrap_response(res, meta.as_ref(), observers);
-            Ok(res.map(BudgetBody::metered))
-        }
-        other => {
-            drop(other);
-            Ok(res.map(BudgetBody::plain))
-        }
+    res.extensions_mut().insert(cost.clone());
+    if admitted || is_degraded(&res) {
+        drop(unclaimed);
+        return Ok(res.map(BudgetBody::plain));
     }
+    // No meter inside consulted the gate: meter the body here.
+    gated.store(UNGATED, Relaxed);
+    let ticket = match (unclaimed, headers) {
+        (Some(ticket), _) => Some(ticket),
+        (None, Some(headers)) => {
+            tracing::error!(
+                target: "llm_tower::budget",
+                "a call went out without a reservation: no meter inside consulted the budget \
+                 (put MeterLayer in front of the client, or set `arrival` to `refuse`); \
+                 its cost is recorded after the fact"
+            );
+            shared.stats.unreserved.fetch_add(1, Relaxed);
+            match shared.plan(meta.as_ref(), &headers, None, &gate.who) {
+                Ok(plan) => shared.reserve_anyway(plan, Some(cost)).await.ok(),
+                Err(_) => None,
+            }
+        }
+        (None, None) => None,
+    };
+    let mut observers = UsageObservers::new();
+    if let Some(ticket) = ticket {
+        observers.push(Arc::new(TicketObserver::new(ticket)));
+    }
+    let res = MeteredBody::wrap_response(res, meta.as_ref(), observers);
+    Ok(res.map(BudgetBody::metered))
+}
+
+/// A budget's refusal, which another attempt elsewhere may not meet.
+fn is_refusal(e: &BoxError) -> bool {
+    e.is::<super::BudgetExceeded>() || e.is::<crate::pricing::Unpriced>()
 }
 
 /// A degraded answer (a stale or static one from the fallback layer) was
@@ -333,7 +389,7 @@ impl<St: Store> CallGate<St> {
         }
         let plan = match self.shared.plan(meta, headers, query, &self.who) {
             Ok(plan) => plan,
-            Err(e) => return Admission::Refuse(e),
+            Err(e) => return Admission::Refuse(self.shared.record(e)),
         };
         let stale = {
             let mut prepaid = self
@@ -355,8 +411,10 @@ impl<St: Store> CallGate<St> {
         let shared = Arc::clone(&self.shared);
         let cost = self.cost.clone();
         Admission::later(async move {
-            let ticket = shared.reserve(plan, Some(cost)).await?;
-            Ok(Some(observer(ticket)))
+            match shared.reserve(plan, Some(cost)).await {
+                Ok(ticket) => Ok(Some(observer(ticket))),
+                Err(e) => Err(shared.record(e)),
+            }
         })
     }
 }
@@ -495,6 +553,10 @@ pub struct BudgetStats {
     pub unpriced: u64,
     /// Store operations that failed.
     pub store_errors: u64,
+    /// Calls let through unreserved ([`Arrival::Defer`]) that no meter
+    /// inside reserved for: charged after the fact. Zero in a stack with a
+    /// meter in front of the client.
+    pub unreserved: u64,
     /// What the settled attempts cost.
     pub spent: Cost,
     /// The tokens they used.
@@ -536,6 +598,7 @@ impl<St: Store> BudgetHandle<St> {
             settled: s.settled.load(Relaxed),
             unpriced: s.unpriced.load(Relaxed),
             store_errors: s.store_errors.load(Relaxed),
+            unreserved: s.unreserved.load(Relaxed),
             spent: Cost::from_nanos(s.spent_nanos.load(Relaxed)),
             tokens: s.tokens.load(Relaxed),
             reserved: Cost::from_nanos(s.reserved_nanos.load(Relaxed)),

@@ -87,6 +87,13 @@
 //! inside, the layer meters the response itself, and only the first attempt
 //! is reserved.
 //!
+//! When the first attempt's worst case does not fit as the call arrives,
+//! [`Arrival`] decides: refuse the call at once, or let each attempt's own
+//! reservation decide, so that a fallback inside moves to a cheaper target
+//! that fits. The default, [`Arrival::Auto`], refuses until the service has
+//! seen a meter inside consult its reservations (then a call let through is
+//! still reserved before anything is sent), and defers after that.
+//!
 //! # Unknown prices
 //!
 //! A model not in the price table is never silently free: each scope says
@@ -116,8 +123,8 @@ mod state;
 use std::sync::Arc;
 
 pub use config::{
-    BudgetConfig, Limit, MAX_ROLLING, MAX_USD, ROLLING_SLOTS, RefusalStatus, Scope, ScopeBudget,
-    Unit, UnpricedPolicy, Window,
+    Arrival, BudgetConfig, Limit, MAX_ROLLING, MAX_USD, ROLLING_SLOTS, RefusalStatus, Scope,
+    ScopeBudget, Unit, UnpricedPolicy, Window,
 };
 pub use error::{Amount, BudgetExceeded, BudgetUnavailable};
 pub use layer::{

@@ -19,7 +19,10 @@ use super::{
 };
 use crate::{
     BoxError,
-    clock::{Clock, TokioClock, utc_day},
+    clock::{
+        Clock, TokioClock, utc_day, utc_day_start, utc_month, utc_month_start, utc_week,
+        utc_week_start,
+    },
     metering::{UsageObserver, UsageReport},
     pricing::{Cost, ModelPrice, PriceTable, Unpriced},
     request::RequestMeta,
@@ -27,32 +30,6 @@ use crate::{
     usage::Usage,
     util::{api_key_fnv, api_key_secret, api_key_text, concat, run_now_or_spawn},
 };
-
-// TEMPORARY until clock.rs has them.
-fn utc_day_start(day: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(day * 86_400)
-}
-fn utc_week(t: SystemTime) -> u64 {
-    (utc_day(t) + 3) / 7
-}
-fn utc_week_start(week: u64) -> SystemTime {
-    utc_day_start((week * 7).saturating_sub(3))
-}
-fn utc_month(t: SystemTime) -> u64 {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let d = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
-    (d.year() as u64 - 1970) * 12 + (u8::from(d.month()) as u64 - 1)
-}
-fn utc_month_start(month: u64) -> SystemTime {
-    let year = 1970 + (month / 12) as i32;
-    let m = time::Month::try_from((month % 12) as u8 + 1).unwrap();
-    let date = time::Date::from_calendar_date(year, m, 1).unwrap();
-    let ts = date.midnight().assume_utc().unix_timestamp();
-    SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64)
-}
 
 /// Extra life of a calendar window's bucket past the window's end, on top
 /// of the lease: settlements of calls that started in the window land in it.
@@ -79,6 +56,7 @@ pub(crate) struct Counters {
     pub(crate) settled: AtomicU64,
     pub(crate) unpriced: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    pub(crate) unreserved: AtomicU64,
     pub(crate) spent_nanos: AtomicU64,
     pub(crate) tokens: AtomicU64,
     pub(crate) reserved_nanos: AtomicU64,
@@ -375,14 +353,12 @@ impl<St: Store> Shared<St> {
             if let (Some(cap_nanos), Some(cost)) = (scope.max_request_nanos, worst_cost)
                 && cost > cap_nanos
             {
-                return Err(self.refused(cap(cap_nanos, cost, Unit::Usd)).into());
+                return Err(cap(cap_nanos, cost, Unit::Usd).into());
             }
             if let Some(cap_tokens) = scope.max_request_tokens
                 && worst.total_tokens() > cap_tokens
             {
-                return Err(self
-                    .refused(cap(cap_tokens, worst.total_tokens(), Unit::Tokens))
-                    .into());
+                return Err(cap(cap_tokens, worst.total_tokens(), Unit::Tokens).into());
             }
             for (li, limit) in scope.limits.iter().enumerate() {
                 let (amount, price) = match limit.unit {
@@ -441,11 +417,31 @@ impl<St: Store> Shared<St> {
             .collect()
     }
 
-    fn refused(&self, e: BudgetExceeded) -> BudgetExceeded {
-        self.stats.refused.fetch_add(1, Relaxed);
-        tracing::info!(target: "llm_tower::budget", "{e}");
-        self.emit(|| BudgetEvent::Refused(e.clone()));
+    /// Counts and reports a refusal that is final: the call or attempt
+    /// fails with it. Other errors pass through untouched.
+    pub(crate) fn record(&self, e: BoxError) -> BoxError {
+        if let Some(refusal) = e.downcast_ref::<BudgetExceeded>() {
+            self.stats.refused.fetch_add(1, Relaxed);
+            tracing::info!(target: "llm_tower::budget", "{refusal}");
+            self.emit(|| BudgetEvent::Refused(refusal.clone()));
+        } else if let Some(unpriced) = e.downcast_ref::<Unpriced>() {
+            self.stats.refused.fetch_add(1, Relaxed);
+            tracing::info!(target: "llm_tower::budget", "refused: {unpriced}");
+        }
         e
+    }
+
+    /// Reserves a plan whatever its limits say: for a call that went out
+    /// without a reservation, so that its spend is still recorded.
+    pub(crate) async fn reserve_anyway(
+        self: &Arc<Self>,
+        mut plan: Plan,
+        cost: Option<CallCost>,
+    ) -> Result<Ticket<St>, BoxError> {
+        for b in &mut plan.buckets {
+            b.limit = u64::MAX;
+        }
+        self.reserve(plan, cost).await
     }
 
     /// Reserves a plan: a ticket to settle, or the refusal.
@@ -531,7 +527,7 @@ impl<St: Store> Shared<St> {
         let resets_at = b.resets_at;
         let retry_after = retry_after
             .or_else(|| resets_at.map(|at| at.duration_since(self.wall()).unwrap_or_default()));
-        self.refused(BudgetExceeded {
+        BudgetExceeded {
             scope: scope.scope,
             key: Arc::clone(&b.value),
             limit: Amount::of(limit.unit, limit.amount),
@@ -542,7 +538,7 @@ impl<St: Store> Shared<St> {
             resets_at,
             retry_after,
             status: self.config.refusal_status,
-        })
+        }
     }
 
     pub(crate) fn store_failed(&self, e: &StoreError) {
