@@ -33,6 +33,16 @@
 //!     --mock-rpm 60 --requests 90 --concurrency 8 --rpm 60
 //! ```
 //!
+//! The stack's outermost layer after prepare is a budget layer: with no
+//! flag it only prices every attempt, so the report shows what each side
+//! spent (the bare side's usage priced at the same table);
+//! `--budget-usd X` / `--budget-tokens N` give it a global hard limit over
+//! the run, and calls that no longer fit are refused, not sent:
+//!
+//! ```sh
+//! cargo run --release -p llm-tower-demo -- --requests 1000 --concurrency 64 --budget-usd 0.022
+//! ```
+//!
 //! `RUST_LOG` turns on logs on stderr as in any Rust CLI (`RUST_LOG=debug`
 //! shows every call and attempt through tower-http's `TraceLayer`); the
 //! report on stdout is the same either way. API keys never appear in them.

@@ -235,7 +235,8 @@ pub struct SideReport {
     pub provider_429: u64,
     /// The rate limiter's counters; `null` for a side without one.
     pub rate_limit: Option<RateLimitReport>,
-    /// Per logical call, body included, in milliseconds.
+    /// Per logical call, body included, in milliseconds (calls refused by
+    /// the budget left out).
     pub latency_ms: Latency,
     /// Tokens metered (every attempt that reached the provider).
     pub tokens: Tokens,
@@ -346,7 +347,14 @@ impl SideReport {
             fallbacks: None,
             provider_429: stats.provider_429(),
             rate_limit,
-            latency_ms: Latency::of(records.iter().map(|r| r.latency)),
+            // Calls the budget refused took no time at the provider: left
+            // out, so the percentiles stay those of the calls that went.
+            latency_ms: Latency::of(
+                records
+                    .iter()
+                    .filter(|r| !r.budget_refused)
+                    .map(|r| r.latency),
+            ),
             tokens: Tokens { input, output },
             faults_injected: None,
             elapsed_ms: elapsed.as_secs_f64() * 1000.0,
