@@ -204,7 +204,11 @@ async fn deferring_without_a_meter_inside_charges_the_call_after_the_fact() {
     let before = calls.load(Ordering::SeqCst);
     let err = svc.oneshot(call()).await.unwrap_err();
     assert!(find::<BudgetExceeded>(&err).is_some());
-    assert_eq!(calls.load(Ordering::SeqCst), before, "refused on arrival, nothing sent");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "refused on arrival, nothing sent"
+    );
 }
 
 #[tokio::test(start_paused = true)]
