@@ -13,6 +13,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use http::HeaderMap;
+use smallvec::SmallVec;
 
 use super::{
     Amount, BudgetConfig, BudgetEvent, BudgetExceeded, BudgetTenant, BudgetUnavailable, Scope,
@@ -541,7 +542,7 @@ impl<St: Store> Shared<St> {
         let reserved = if plan.buckets.is_empty() {
             None
         } else {
-            let buckets: Vec<Bucket<'_>> = plan
+            let buckets: SmallVec<[Bucket<'_>; 4]> = plan
                 .buckets
                 .iter()
                 .map(|b| Bucket::new(&b.key, b.amount, b.limit, b.span))
@@ -794,7 +795,7 @@ impl<St: Store> Ticket<St> {
                 unpriced: Vec::new(),
             },
         );
-        let actual: Vec<u64> = plan
+        let actual: SmallVec<[u64; 4]> = plan
             .buckets
             .iter()
             .map(|b| match b.price {
@@ -823,7 +824,7 @@ impl<St: Store> Drop for Ticket<St> {
         shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
         shared.stats.settled.fetch_add(1, Relaxed);
         if let Some(reservation) = self.reservation.take() {
-            let zeros = vec![0; reservation.parts().len()];
+            let zeros: SmallVec<[u64; 4]> = smallvec::smallvec![0; reservation.parts().len()];
             run_now_or_spawn("budget release", async move {
                 if let Err(e) = shared.store.settle(&reservation, &zeros).await {
                     shared.store_failed(&e);
