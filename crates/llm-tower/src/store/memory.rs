@@ -126,6 +126,9 @@ struct Inner<C> {
     sweeping: AtomicBool,
 }
 
+/// A bucket found or made for a reservation: its key and its state.
+type Found = (Arc<str>, Arc<Mutex<Budget>>);
+
 /// Lease ends are rounded up to a whole second, so that the reservations of
 /// one second share one entry.
 const LEASE_GRANULE_NS: u64 = 1_000_000_000;
@@ -610,7 +613,7 @@ impl<C: Clock> MemoryStore<C> {
         }
         let mut made = 0;
         // Held until the buckets are updated: a sweep leaves them alone.
-        let found: SmallVec<[(Arc<str>, Arc<Mutex<Budget>>); 4]> = buckets
+        let found: SmallVec<[Found; 4]> = buckets
             .iter()
             .map(|b| {
                 let (key, budget, new) = self.budget(b.key, b.span);
