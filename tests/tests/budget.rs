@@ -725,3 +725,73 @@ async fn a_call_that_does_not_fit_is_refused_without_a_retry() {
     assert!(stack.retries.lock().unwrap().is_empty());
     assert_eq!(stack.breaker_state("gpt-4o"), BreakerState::Closed);
 }
+
+// -------------------------------------------------- hedges
+
+/// A hedged call: OpenAI's answer is slow, so after a second a hedge goes
+/// to Anthropic, which answers; the slow attempt is cut. Each attempt was
+/// reserved on its own, at its own model's price, and settled once: the
+/// hedge at Anthropic's price for what it used, the cut one at its input
+/// estimate at OpenAI's price.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_is_reserved_and_settled_on_its_own() {
+    use llm_tower::{
+        budget::BudgetLayer,
+        fallback::{FallbackLayer, Hedge},
+        metering::MeterLayer,
+        request::PrepareLayer,
+    };
+    use tower::ServiceBuilder;
+
+    let mock = mock(vec![
+        Rule::new(Fault::SlowFirstByte { delay: 10 * SEC }).provider(Provider::OpenAi),
+    ])
+    .await;
+    let budget = BudgetLayer::new(global(1.0).build().unwrap());
+    let handle = budget.handle();
+    let per_target = ServiceBuilder::new()
+        .layer(MeterLayer::new())
+        .service(client());
+    let svc = ServiceBuilder::new()
+        .layer(PrepareLayer::new())
+        .layer(budget)
+        .layer(
+            FallbackLayer::new()
+                .hedge(SEC, 1.0)
+                .target(claude(&mock), per_target.clone()),
+        )
+        .service(per_target);
+    let mut req = chat(&mock, Provider::OpenAi, false, "hedge me");
+    req.extensions_mut().insert(Hedge);
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.extensions().get::<Answered>().unwrap().target, "claude");
+    let cost = res.extensions().get::<CallCost>().cloned().unwrap();
+    // While the answer is read, the cut attempt is settled already.
+    res.into_body().collect().await.unwrap();
+    settle().await;
+    assert_eq!(mock.journal().entries().len(), 2);
+    let claude_usage = journal_usage(&mock);
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.calls, stats.attempts, stats.settled),
+        (1, 2, 2),
+        "{stats:?}"
+    );
+    assert_eq!(stats.reserved, Cost::ZERO);
+    assert_eq!(cost.attempts(), 2);
+    // The cut attempt: its input estimate at OpenAI's price (it may have
+    // been read), nothing for output.
+    let cut = stats.spent.as_nanos() - priced(embedded_rates(Provider::Anthropic), &claude_usage);
+    assert!(cut > 0, "the cut attempt is billed its input: {stats:?}");
+    assert_eq!(
+        cut % embedded_rates(Provider::OpenAi).0,
+        0,
+        "at OpenAI's input price"
+    );
+    assert_eq!(cost.cost(), stats.spent);
+    // Both were in flight at once: the peak is both worst cases.
+    assert!(stats.reserved_peak > stats.spent, "{stats:?}");
+    let status = handle.status(Scope::Global, "*").await.unwrap();
+    assert_eq!(status[0].spent, Amount::Usd(stats.spent));
+    assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
+}

@@ -101,7 +101,7 @@ impl<St: Store> BudgetLayer<St> {
     /// Prices calls with `table` instead of
     /// [`PriceTable::embedded`], for every clone.
     pub fn prices(self, table: PriceTable) -> Self {
-        self.shared.prices.store(Arc::new(table));
+        self.shared.set_prices(table);
         self
     }
 

@@ -182,6 +182,14 @@ impl BudgetTenant {
     pub fn organisation_name(&self) -> Option<&str> {
         self.organisation.as_deref()
     }
+
+    pub(crate) fn tenant_arc(&self) -> Option<&Arc<str>> {
+        self.tenant.as_ref()
+    }
+
+    pub(crate) fn organisation_arc(&self) -> Option<&Arc<str>> {
+        self.organisation.as_ref()
+    }
 }
 
 /// What happened in a [`BudgetLayer`], for [`BudgetLayer::on_event`].

@@ -10,7 +10,10 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use http::HeaderMap;
+use smallvec::SmallVec;
 
 use super::{
     Amount, BudgetConfig, BudgetEvent, BudgetExceeded, BudgetTenant, BudgetUnavailable, Scope,
@@ -37,15 +40,41 @@ const CALENDAR_SLACK: Duration = Duration::from_secs(3600);
 
 type Listener = Box<dyn Fn(&BudgetEvent) + Send + Sync>;
 
+/// The most store keys kept built; past it the cache starts again.
+const KEY_CACHE: usize = 16_384;
+
+/// What a store key is built from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct KeyId {
+    scope: u16,
+    limit: u16,
+    window: u64,
+    value: Arc<str>,
+}
+
+/// The UTC month last seen, so that most calls skip the calendar.
+#[derive(Debug)]
+struct MonthCache {
+    month: u64,
+    start: SystemTime,
+    end: SystemTime,
+}
+
 pub(crate) struct Shared<St> {
     pub(crate) config: BudgetConfig,
     scopes: Box<[CompiledScope]>,
     pub(crate) store: St,
-    pub(crate) prices: ArcSwap<PriceTable>,
+    prices: ArcSwap<PriceTable>,
     pub(crate) clock: ArcSwap<TokioClock>,
     pub(crate) listener: ArcSwapOption<Listener>,
     pub(crate) has_listener: AtomicBool,
     pub(crate) stats: Counters,
+    /// The global scope's value.
+    star: Arc<str>,
+    keys: DashMap<KeyId, Arc<str>, RandomState>,
+    /// Prices resolved from `prices`, by model name.
+    resolved: DashMap<Arc<str>, Option<ModelPrice>, RandomState>,
+    month: ArcSwap<MonthCache>,
 }
 
 #[derive(Default)]
@@ -83,7 +112,7 @@ struct CompiledLimit {
 
 /// One bucket of a planned reservation.
 pub(crate) struct PlanBucket {
-    key: Box<str>,
+    key: Arc<str>,
     /// The scope's value: the tenant, the model…
     value: Arc<str>,
     amount: u64,
@@ -198,6 +227,14 @@ impl<St: Store> Shared<St> {
             listener: ArcSwapOption::empty(),
             has_listener: AtomicBool::new(false),
             stats: Counters::default(),
+            star: Arc::from("*"),
+            keys: DashMap::default(),
+            resolved: DashMap::default(),
+            month: ArcSwap::from_pointee(MonthCache {
+                month: 0,
+                start: SystemTime::UNIX_EPOCH,
+                end: SystemTime::UNIX_EPOCH,
+            }),
         }
     }
 
@@ -217,46 +254,56 @@ impl<St: Store> Shared<St> {
     /// The value of `scope` for an attempt; `None` when the scope does not
     /// apply to it (no tenant, no API key…).
     fn scope_value(
+        &self,
         scope: Scope,
         meta: Option<&RequestMeta>,
         headers: &HeaderMap,
         query: Option<&str>,
         who: &Who,
-    ) -> Option<Box<str>> {
+    ) -> Option<Arc<str>> {
         match scope {
-            Scope::Global => Some("*".into()),
+            Scope::Global => Some(Arc::clone(&self.star)),
             Scope::ApiKey => api_key_fnv(api_key_secret(headers, query))
-                .map(|h| api_key_text(Some(h)).into_boxed_str()),
-            Scope::Tenant => who.tenant.as_ref()?.tenant().map(Into::into),
-            Scope::Organisation => who.tenant.as_ref()?.organisation_name().map(Into::into),
-            Scope::Model => meta?.model().map(Into::into),
-            Scope::Provider => meta?.provider().map(|p| p.name().into()),
+                .map(|h| Arc::from(api_key_text(Some(h)))),
+            Scope::Tenant => who.tenant.as_ref()?.tenant_arc().cloned(),
+            Scope::Organisation => who.tenant.as_ref()?.organisation_arc().cloned(),
+            Scope::Model => meta?.model_arc().cloned(),
+            Scope::Provider => meta?.provider().map(|p| Arc::from(p.name())),
         }
     }
 
-    /// The store key of a limit's bucket, its span and when it resets.
-    fn bucket_of(
-        &self,
-        scope: Scope,
-        value: &str,
-        limit: &CompiledLimit,
-        wall: SystemTime,
-    ) -> (Box<str>, Span, Option<SystemTime>) {
+    /// The table's price of `model`, resolved once per model name.
+    fn price_of(&self, model: &Arc<str>) -> Option<ModelPrice> {
+        if let Some(price) = self.resolved.get(model) {
+            return *price;
+        }
+        let price = self.prices.load().price(model).copied();
+        if self.resolved.len() >= KEY_CACHE {
+            self.resolved.clear();
+        }
+        self.resolved.insert(Arc::clone(model), price);
+        price
+    }
+
+    /// Replaces the price table.
+    pub(crate) fn set_prices(&self, table: PriceTable) {
+        self.prices.store(Arc::new(table));
+        self.resolved.clear();
+    }
+
+    /// The current window of `window` at `wall`: its number (0 for a total
+    /// or a rolling window), the store span of its bucket and when it ends.
+    fn window_of(&self, window: Window, wall: SystemTime) -> (u64, Span, Option<SystemTime>) {
         let lease = self.config.lease;
-        let calendar = |tag: &str, n: u64, end: SystemTime| {
+        let calendar = |n: u64, end: SystemTime| {
             let left = end.duration_since(wall).unwrap_or_default();
-            (
-                format!("{tag}{n}"),
-                Span::Fixed {
-                    ttl: Some(left + lease + CALENDAR_SLACK),
-                },
-                Some(end),
-            )
+            let ttl = Some(left + lease + CALENDAR_SLACK);
+            (n, Span::Fixed { ttl }, Some(end))
         };
-        let (tag, span, resets) = match limit.window {
-            Window::Total => ("total".to_owned(), Span::Fixed { ttl: None }, None),
+        match window {
+            Window::Total => (0, Span::Fixed { ttl: None }, None),
             Window::Rolling(d) => (
-                format!("r{}", d.as_millis()),
+                0,
                 Span::Rolling {
                     window: d,
                     slots: ROLLING_SLOTS,
@@ -265,29 +312,97 @@ impl<St: Store> Shared<St> {
             ),
             Window::Day => {
                 let n = utc_day(wall);
-                calendar("d", n, utc_day_start(n + 1))
+                calendar(n, utc_day_start(n + 1))
             }
             Window::Week => {
                 let n = utc_week(wall);
-                calendar("w", n, utc_week_start(n + 1))
+                calendar(n, utc_week_start(n + 1))
             }
             Window::Month => {
-                let n = utc_month(wall);
-                calendar("m", n, utc_month_start(n + 1))
+                let cached = self.month.load();
+                let (n, end) = if cached.start <= wall && wall < cached.end {
+                    (cached.month, cached.end)
+                } else {
+                    let n = utc_month(wall);
+                    let (start, end) = (utc_month_start(n), utc_month_start(n + 1));
+                    self.month.store(Arc::new(MonthCache {
+                        month: n,
+                        start,
+                        end,
+                    }));
+                    (n, end)
+                };
+                calendar(n, end)
             }
+        }
+    }
+
+    /// The store key of limit `li` of scope `si` for `value` in window
+    /// `window`: built once, then cached until the cache is full.
+    fn key_of(&self, si: usize, li: usize, window: u64, value: &Arc<str>) -> Arc<str> {
+        let id = KeyId {
+            scope: si as u16,
+            limit: li as u16,
+            window,
+            value: Arc::clone(value),
         };
-        let key = concat(&[
+        if let Some(key) = self.keys.get(&id) {
+            return Arc::clone(&key);
+        }
+        let scope = &self.scopes[si];
+        let limit = &scope.limits[li];
+        let tag = match limit.window {
+            Window::Total => "total".to_owned(),
+            Window::Rolling(d) => format!("r{}", d.as_millis()),
+            Window::Day => format!("d{window}"),
+            Window::Week => format!("w{window}"),
+            Window::Month => format!("m{window}"),
+        };
+        let key: Arc<str> = Arc::from(concat(&[
             &self.config.prefix,
             ":",
-            scope.as_str(),
+            scope.scope.as_str(),
             ":",
             value,
             ":",
             limit.unit.as_str(),
             ":",
             &tag,
-        ]);
-        (key, span, resets)
+        ]));
+        if self.keys.len() >= KEY_CACHE {
+            // Old windows and idle tenants: start again.
+            self.keys.clear();
+        }
+        self.keys.insert(id, Arc::clone(&key));
+        key
+    }
+
+    /// Every limit of `scope`, with its bucket for `value` now.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn buckets_of(
+        &self,
+        scope: Scope,
+        value: &str,
+        wall: SystemTime,
+    ) -> Vec<(
+        (Unit, u64, Window, bool),
+        Arc<str>,
+        Span,
+        Option<SystemTime>,
+    )> {
+        let value: Arc<str> = Arc::from(value);
+        let mut out = Vec::new();
+        for (si, s) in self.scopes.iter().enumerate() {
+            if s.scope != scope {
+                continue;
+            }
+            for (li, l) in s.limits.iter().enumerate() {
+                let (n, span, resets) = self.window_of(l.window, wall);
+                let key = self.key_of(si, li, n, &value);
+                out.push(((l.unit, l.amount, l.window, l.hard), key, span, resets));
+            }
+        }
+        out
     }
 
     /// Plans the reservation of one attempt: its buckets and their worst
@@ -306,18 +421,15 @@ impl<St: Store> Shared<St> {
             .and_then(RequestMeta::max_output_tokens)
             .unwrap_or_else(|| self.config.max_output_for(model.as_deref()));
         let worst = Usage::new(input, output);
-        let table_price = model
-            .as_deref()
-            .and_then(|m| self.prices.load().price(m).copied());
+        let table_price = model.as_ref().and_then(|m| self.price_of(m));
         let mut own_price = table_price;
         let wall = self.wall();
         let mut buckets = Vec::new();
         let mut unpriced = Vec::new();
         for (si, scope) in self.scopes.iter().enumerate() {
-            let Some(value) = Self::scope_value(scope.scope, meta, headers, query, who) else {
+            let Some(value) = self.scope_value(scope.scope, meta, headers, query, who) else {
                 continue;
             };
-            let value: Arc<str> = value.into();
             let price = match (table_price, scope.unpriced) {
                 (Some(p), _) => Some(p),
                 (None, UnpricedPolicy::Price(_)) => scope.unpriced_price,
@@ -369,7 +481,8 @@ impl<St: Store> Shared<St> {
                         _ => continue,
                     },
                 };
-                let (key, span, resets_at) = self.bucket_of(scope.scope, &value, limit, wall);
+                let (window, span, resets_at) = self.window_of(limit.window, wall);
+                let key = self.key_of(si, li, window, &value);
                 buckets.push(PlanBucket {
                     key,
                     value: Arc::clone(&value),
@@ -391,30 +504,6 @@ impl<St: Store> Shared<St> {
             price: own_price,
             unpriced,
         })
-    }
-
-    /// Every limit of `scope`, with its bucket for `value` now.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn buckets_of(
-        &self,
-        scope: Scope,
-        value: &str,
-        wall: SystemTime,
-    ) -> Vec<(
-        (Unit, u64, Window, bool),
-        Box<str>,
-        Span,
-        Option<SystemTime>,
-    )> {
-        self.scopes
-            .iter()
-            .filter(|s| s.scope == scope)
-            .flat_map(|s| s.limits.iter())
-            .map(|l| {
-                let (key, span, resets) = self.bucket_of(scope, value, l, wall);
-                ((l.unit, l.amount, l.window, l.hard), key, span, resets)
-            })
-            .collect()
     }
 
     /// Counts and reports a refusal that is final: the call or attempt
@@ -453,7 +542,7 @@ impl<St: Store> Shared<St> {
         let reserved = if plan.buckets.is_empty() {
             None
         } else {
-            let buckets: Vec<Bucket<'_>> = plan
+            let buckets: SmallVec<[Bucket<'_>; 4]> = plan
                 .buckets
                 .iter()
                 .map(|b| Bucket::new(&b.key, b.amount, b.limit, b.span))
@@ -706,7 +795,7 @@ impl<St: Store> Ticket<St> {
                 unpriced: Vec::new(),
             },
         );
-        let actual: Vec<u64> = plan
+        let actual: SmallVec<[u64; 4]> = plan
             .buckets
             .iter()
             .map(|b| match b.price {
@@ -735,7 +824,7 @@ impl<St: Store> Drop for Ticket<St> {
         shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
         shared.stats.settled.fetch_add(1, Relaxed);
         if let Some(reservation) = self.reservation.take() {
-            let zeros = vec![0; reservation.parts().len()];
+            let zeros: SmallVec<[u64; 4]> = smallvec::smallvec![0; reservation.parts().len()];
             run_now_or_spawn("budget release", async move {
                 if let Err(e) = shared.store.settle(&reservation, &zeros).await {
                     shared.store_failed(&e);

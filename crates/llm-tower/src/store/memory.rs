@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
 // The maps' hasher: seeded at random per map (keys come from users), and
 // several times faster than std's SipHash on keys of a few dozen bytes.
 use foldhash::fast::RandomState;
@@ -124,6 +125,9 @@ struct Inner<C> {
     sweep_above: AtomicUsize,
     sweeping: AtomicBool,
 }
+
+/// A bucket found or made for a reservation: its key and its state.
+type Found = (Arc<str>, Arc<Mutex<Budget>>);
 
 /// Lease ends are rounded up to a whole second, so that the reservations of
 /// one second share one entry.
@@ -599,7 +603,7 @@ impl<C: Clock> MemoryStore<C> {
         let inner = &*self.inner;
         // Lock in the order of the keys, as acquire does: two reserves
         // never deadlock.
-        let mut order: Vec<usize> = (0..buckets.len()).collect();
+        let mut order: SmallVec<[usize; 4]> = (0..buckets.len()).collect();
         order.sort_unstable_by_key(|&i| buckets[i].key);
         if order
             .windows(2)
@@ -609,7 +613,7 @@ impl<C: Clock> MemoryStore<C> {
         }
         let mut made = 0;
         // Held until the buckets are updated: a sweep leaves them alone.
-        let found: Vec<(Arc<str>, Arc<Mutex<Budget>>)> = buckets
+        let found: SmallVec<[Found; 4]> = buckets
             .iter()
             .map(|b| {
                 let (key, budget, new) = self.budget(b.key, b.span);
@@ -618,7 +622,7 @@ impl<C: Clock> MemoryStore<C> {
             })
             .collect();
         let reserve = {
-            let mut guards: Vec<Option<MutexGuard<'_, Budget>>> =
+            let mut guards: SmallVec<[Option<MutexGuard<'_, Budget>>; 4]> =
                 (0..buckets.len()).map(|_| None).collect();
             for &i in &order {
                 guards[i] = Some(lock(&found[i].1));
