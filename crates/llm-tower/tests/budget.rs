@@ -166,6 +166,35 @@ async fn reserves_the_worst_case_then_settles_the_metered_cost() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn cached_input_and_reasoning_are_priced_as_the_provider_bills_them() {
+    // $1 per million input, $0.50 cached, $2 output (reasoning included).
+    let table = PriceTable::empty().with_price(
+        "m",
+        ModelPrice::new(1.0, 2.0)
+            .unwrap()
+            .with_cached_input(0.5)
+            .unwrap(),
+    );
+    let layer = BudgetLayer::new(global_usd(1.0, Window::Total).build().unwrap()).prices(table);
+    let handle = layer.handle();
+    let svc = layer.layer(MeterLayer::new().layer(service_fn(|_req: Request<String>| async {
+        let body = r#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1000,"completion_tokens":100,"total_tokens":1100,"prompt_tokens_details":{"cached_tokens":800},"completion_tokens_details":{"reasoning_tokens":60}}}"#;
+        let res = Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        Ok::<_, Infallible>(res)
+    })));
+    let res = svc.oneshot(call()).await.unwrap();
+    let call_cost = res.extensions().get::<CallCost>().unwrap().clone();
+    read(res).await;
+    // 200 uncached at 1,000, 800 cached at 500, 100 output at 2,000.
+    let expected = Cost::from_nanos(200 * 1_000 + 800 * 500 + 100 * 2_000);
+    assert_eq!(call_cost.cost(), expected);
+    assert_eq!(handle.stats().spent, expected);
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_meter_inside_the_layer_meters_itself() {
     let layer = budget(global_usd(1.0, Window::Total));
     let handle = layer.handle();
