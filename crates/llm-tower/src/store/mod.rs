@@ -161,6 +161,8 @@
 //! ```
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -169,6 +171,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisStore, RedisStoreBuilder};
 
 use crate::BoxError;
 
