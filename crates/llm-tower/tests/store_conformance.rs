@@ -321,7 +321,9 @@ async fn acquire_queue_and_all_or_nothing<B: Backend>(b: B, clock: ManualClock) 
             .acquire(&[Cell::new("full", 1, one)], None, Duration::ZERO)
             .await
             .unwrap(),
-        Acquire::Granted { wait: Duration::ZERO }
+        Acquire::Granted {
+            wait: Duration::ZERO
+        }
     );
 }
 
@@ -350,7 +352,9 @@ async fn acquire_keep_and_pause<B: Backend>(b: B, clock: ManualClock) {
             .acquire(&[Cell::new("k", 5, q).keep(100)], None, now)
             .await
             .unwrap(),
-        Acquire::Denied { retry_after: 5 * SEC }
+        Acquire::Denied {
+            retry_after: 5 * SEC
+        }
     );
     assert_eq!(
         store
@@ -371,7 +375,11 @@ async fn acquire_keep_and_pause<B: Backend>(b: B, clock: ManualClock) {
             retry_after: 7 * SEC
         }
     );
-    assert_eq!(remaining(&store, "p", q).await, 10, "a denial takes nothing");
+    assert_eq!(
+        remaining(&store, "p", q).await,
+        10,
+        "a denial takes nothing"
+    );
     assert_eq!(
         store
             .acquire(&[Cell::new("p", 1, q)], Some("pause"), 10 * SEC)
@@ -444,7 +452,10 @@ async fn reserve_and_settle_exactly_once<B: Backend>(b: B, _clock: ManualClock) 
             retry_after: None
         }
     );
-    assert!(store.settle(&r, &[]).await.is_err(), "one amount per bucket");
+    assert!(
+        store.settle(&r, &[]).await.is_err(),
+        "one amount per bucket"
+    );
     assert_eq!(store.settle(&r, &[40]).await.unwrap(), [bal(40, 0)]);
     // Settled twice (a caller's bug): `reserved` never drops below zero,
     // though a reservation sharing the lease entry (the same second) is
@@ -721,13 +732,7 @@ async fn two_instances_share_limits<B: Backend>(b: B, clock: ManualClock) {
     let tasks: Vec<_> = (0..1_000)
         .map(|i| {
             let store = stores[i % 2].clone();
-            tokio::spawn(async move {
-                store
-                    .take("shared", 1, q)
-                    .await
-                    .unwrap()
-                    .is_allowed()
-            })
+            tokio::spawn(async move { store.take("shared", 1, q).await.unwrap().is_allowed() })
         })
         .collect();
     let mut passed = 0;
@@ -820,17 +825,11 @@ async fn budget_across_two_instances<B: Backend>(b: B, _clock: ManualClock) {
         }
     }
     assert_eq!(reservations.len(), 100);
-    assert_eq!(
-        stores[0].balance("exact", day).await.unwrap(),
-        bal(0, 700)
-    );
+    assert_eq!(stores[0].balance("exact", day).await.unwrap(), bal(0, 700));
     for (i, r) in reservations.iter().enumerate() {
         stores[i % 2].settle(r, &[7]).await.unwrap();
     }
-    assert_eq!(
-        stores[1].balance("exact", day).await.unwrap(),
-        bal(700, 0)
-    );
+    assert_eq!(stores[1].balance("exact", day).await.unwrap(), bal(700, 0));
 }
 
 macro_rules! suite {
@@ -877,3 +876,366 @@ suite!(
     two_instances_share_limits,
     budget_across_two_instances,
 );
+
+/// Tests that only make sense against a server: expiry in Redis, failures,
+/// and a differential run against [`MemoryStore`].
+#[cfg(feature = "redis")]
+mod redis_only {
+    use super::*;
+    use llm_tower::store::{RedisStore, StoreError};
+
+    async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Every key the store writes has a TTL in Redis, from the caller's
+    /// clock, except a fixed bucket without one (a total for good).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_key_has_a_ttl() {
+        let Some(server) = redis_support::server() else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let backend = Redis::new(server.url(), "ttl", clock.clone());
+        let store = backend.open().await;
+        let q = quota(60, 60 * SEC);
+        store.take("cell", 1, q).await.unwrap();
+        store.set_flag("pause", 30 * SEC).await.unwrap();
+        store
+            .acquire(&[Cell::new("queued", 1, q)], Some("pause"), 60 * SEC)
+            .await
+            .unwrap();
+        let day = Span::Fixed {
+            ttl: Some(3_600 * SEC),
+        };
+        let minute = Span::Rolling {
+            window: 60 * SEC,
+            slots: 6,
+        };
+        let total = Span::Fixed { ttl: None };
+        let r = granted(
+            store
+                .reserve(
+                    &[
+                        Bucket::new("day", 1, 10, day),
+                        Bucket::new("minute", 1, 10, minute),
+                        Bucket::new("total", 1, 10, total),
+                    ],
+                    120 * SEC,
+                )
+                .await
+                .unwrap(),
+        );
+        let mut con = raw(server.url()).await;
+        let prefix = format!("{{{}}}:", backend.prefix);
+        let mut keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{{{}}}:*", backend.prefix))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        keys.sort();
+        let names: Vec<_> = keys.iter().map(|k| &k[prefix.len()..]).collect();
+        assert_eq!(
+            names,
+            [
+                "b:day",
+                "b:minute",
+                "b:total",
+                "c:cell",
+                "c:queued",
+                "f:pause",
+                "incarnation"
+            ]
+        );
+        let margin = 60_000;
+        let expected = [
+            ("b:day", 3_600_000),
+            ("b:minute", 120_000),
+            ("c:cell", 1_000),
+            ("c:queued", 31_000),
+            ("f:pause", 30_000),
+        ];
+        for (name, ms) in expected {
+            let pttl: i64 = ::redis::cmd("PTTL")
+                .arg(format!("{prefix}{name}"))
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            assert!(
+                pttl > ms + margin - 5_000 && pttl <= ms + margin,
+                "{name}: {pttl} ms"
+            );
+        }
+        let pttl: i64 = ::redis::cmd("PTTL")
+            .arg(format!("{prefix}b:total"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(pttl, -1, "a total never expires");
+        // Settled, with nothing left counting, a rolling bucket goes.
+        store.settle(&r, &[0, 0, 0]).await.unwrap();
+        clock.advance(SEC);
+        store
+            .reserve(&[Bucket::new("minute", 0, 10, minute)], SEC)
+            .await
+            .unwrap();
+        let exists: i64 = ::redis::cmd("EXISTS")
+            .arg(format!("{prefix}b:minute"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0);
+    }
+
+    /// A server that accepts connections and never answers: connecting
+    /// fails within the timeout instead of hanging.
+    #[tokio::test]
+    async fn a_silent_server_never_hangs() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://:hunter2@{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                sockets.push(s);
+            }
+        });
+        let started = std::time::Instant::now();
+        let err: StoreError = RedisStore::builder(&url)
+            .timeout(200 * MS)
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < 2 * SEC, "{:?}", started.elapsed());
+        let message = err.to_string();
+        assert!(message.contains("no answer"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        held.abort();
+    }
+
+    /// A server that goes down fails calls within the timeout; once it is
+    /// back (empty, without the scripts), calls work again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_server_is_used_again() {
+        let Some(mut server) = redis_support::server() else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let url = server.url().to_owned();
+        let store = RedisStore::builder(&url)
+            .prefix("restart")
+            .clock(clock.clone())
+            .timeout(300 * MS)
+            .connect()
+            .await
+            .unwrap();
+        assert!(format!("{store:?}").contains(&url));
+        let q = quota(10, 10 * SEC);
+        assert!(store.take("k", 1, q).await.unwrap().is_allowed());
+        server.kill();
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            assert!(store.take("k", 1, q).await.is_err());
+            assert!(started.elapsed() < 2 * SEC, "{:?}", started.elapsed());
+        }
+        if !server.restart() {
+            eprintln!("an external server cannot be restarted: the rest is skipped");
+            return;
+        }
+        let deadline = std::time::Instant::now() + 10 * SEC;
+        loop {
+            match store.take("k", 1, q).await {
+                Ok(take) => {
+                    // A fresh server: the cell is full again.
+                    assert_eq!(take, Take::Allowed { remaining: 9 });
+                    break;
+                }
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "never back: {e}");
+                    tokio::time::sleep(50 * MS).await;
+                }
+            }
+        }
+        // Every script is loaded again on its first use.
+        store.set_flag("f", SEC).await.unwrap();
+        assert_eq!(store.flag("f").await.unwrap(), Some(SEC));
+    }
+
+    /// A small deterministic generator (no dependency).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn show<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
+        match r {
+            Ok(v) => format!("{v:?}"),
+            Err(_) => "error".to_owned(),
+        }
+    }
+
+    fn show_reserve(r: Result<Reserve, StoreError>) -> (String, Option<Reservation>) {
+        match r {
+            Ok(Reserve::Granted(r)) => {
+                let parts: Vec<_> = r.parts().iter().map(|p| (p.key(), p.amount())).collect();
+                (format!("granted {parts:?}"), Some(r))
+            }
+            other => (show(other), None),
+        }
+    }
+
+    /// Thousands of random operations, on the same clock, answered alike by
+    /// both stores.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_as_the_memory_store_does() {
+        let Some(server) = redis_support::server() else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let memory = MemoryStore::with_clock(clock.clone());
+        let redis = Redis::new(server.url(), "differential", clock.clone())
+            .open()
+            .await;
+        // Emission intervals in whole microseconds, as the Redis store counts.
+        let quotas = [
+            ("a", quota(5, SEC)),
+            ("b", quota(7, 700 * MS)),
+            ("c", quota(3, 1_500 * MS)),
+        ];
+        let buckets = [
+            (
+                "x",
+                50,
+                Span::Fixed {
+                    ttl: Some(30 * SEC),
+                },
+            ),
+            (
+                "y",
+                40,
+                Span::Rolling {
+                    window: 10 * SEC,
+                    slots: 5,
+                },
+            ),
+            ("z", 100, Span::Fixed { ttl: None }),
+        ];
+        let mut rng = Lcg(0x5eed);
+        let mut open: Vec<(Reservation, Reservation)> = Vec::new();
+        for step in 0..3_000 {
+            let (m, r) = match rng.below(11) {
+                0 | 1 => {
+                    let (k, q) = quotas[rng.below(3) as usize];
+                    let n = rng.below(7);
+                    (
+                        show(memory.take(k, n, q).await),
+                        show(redis.take(k, n, q).await),
+                    )
+                }
+                2 => {
+                    let (k, q) = quotas[rng.below(3) as usize];
+                    let n = rng.below(4);
+                    match rng.below(3) {
+                        0 => (
+                            show(memory.refund(k, n, q).await),
+                            show(redis.refund(k, n, q).await),
+                        ),
+                        1 => (
+                            show(memory.charge(k, n, q).await),
+                            show(redis.charge(k, n, q).await),
+                        ),
+                        _ => {
+                            let d = MS * rng.below(3_000) as u32;
+                            (
+                                show(memory.hold(k, q, d).await),
+                                show(redis.hold(k, q, d).await),
+                            )
+                        }
+                    }
+                }
+                3 | 4 => {
+                    let first = rng.below(3) as usize;
+                    let count = 1 + rng.below(3) as usize;
+                    let cells: Vec<_> = (0..count)
+                        .map(|i| {
+                            let (k, q) = quotas[(first + i) % 3];
+                            Cell::new(k, rng.below(6), q).keep(rng.below(3))
+                        })
+                        .collect();
+                    let pause = (rng.below(3) == 0).then_some("p");
+                    let horizon = MS * rng.below(3_000) as u32;
+                    (
+                        show(memory.acquire(&cells, pause, horizon).await),
+                        show(redis.acquire(&cells, pause, horizon).await),
+                    )
+                }
+                5 => {
+                    let d = MS * rng.below(3_000) as u32;
+                    match rng.below(3) {
+                        0 => (
+                            show(memory.set_flag("p", d).await),
+                            show(redis.set_flag("p", d).await),
+                        ),
+                        1 => (
+                            show(memory.clear_flag("p").await),
+                            show(redis.clear_flag("p").await),
+                        ),
+                        _ => (show(memory.flag("p").await), show(redis.flag("p").await)),
+                    }
+                }
+                6 | 7 => {
+                    let first = rng.below(3) as usize;
+                    let count = 1 + rng.below(2) as usize;
+                    let list: Vec<_> = (0..count)
+                        .map(|i| {
+                            let (k, limit, span) = buckets[(first + i) % 3];
+                            Bucket::new(k, rng.below(20), limit, span)
+                        })
+                        .collect();
+                    let lease = SEC * (1 + rng.below(5) as u32);
+                    let (m, mr) = show_reserve(memory.reserve(&list, lease).await);
+                    let (r, rr) = show_reserve(redis.reserve(&list, lease).await);
+                    if let (Some(mr), Some(rr)) = (mr, rr) {
+                        open.push((mr, rr));
+                    }
+                    (m, r)
+                }
+                8 if !open.is_empty() => {
+                    let i = rng.below(open.len() as u64) as usize;
+                    let (mr, rr) = if rng.below(10) == 0 {
+                        open[i].clone()
+                    } else {
+                        open.swap_remove(i)
+                    };
+                    let actual: Vec<u64> = (0..mr.parts().len()).map(|_| rng.below(25)).collect();
+                    (
+                        show(memory.settle(&mr, &actual).await),
+                        show(redis.settle(&rr, &actual).await),
+                    )
+                }
+                9 => {
+                    let (k, _, span) = buckets[rng.below(3) as usize];
+                    (
+                        show(memory.balance(k, span).await),
+                        show(redis.balance(k, span).await),
+                    )
+                }
+                _ => {
+                    clock.advance(MS * rng.below(1_500) as u32);
+                    continue;
+                }
+            };
+            assert_eq!(m, r, "step {step} at {:?}", clock.offset());
+        }
+    }
+}

@@ -170,10 +170,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisStore, RedisStoreBuilder};
+pub use memory::MemoryStore;
 
 use crate::BoxError;
 

@@ -84,9 +84,7 @@ pub fn server() -> Option<RedisServer> {
              no redis-server could be started"
         );
     }
-    eprintln!(
-        "\n*** SKIPPED: no Redis (set LLM_TOWER_REDIS_URL or install redis-server) ***\n"
-    );
+    eprintln!("\n*** SKIPPED: no Redis (set LLM_TOWER_REDIS_URL or install redis-server) ***\n");
     None
 }
 

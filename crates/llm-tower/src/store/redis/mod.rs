@@ -9,8 +9,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
 use super::{
-    Acquire, Balance, Bucket, Cell, Quota, Reservation, Reserve, Reserved, Span, Store,
-    StoreError, Take,
+    Acquire, Balance, Bucket, Cell, Quota, Reservation, Reserve, Reserved, Span, Store, StoreError,
+    Take,
 };
 use crate::clock::{Clock, TokioClock};
 
@@ -378,7 +378,10 @@ fn array<'v>(v: &'v Value, what: &str) -> Result<&'v [Value], StoreError> {
 }
 
 fn num_at(items: &[Value], i: usize, what: &str) -> Result<u64, StoreError> {
-    items.get(i).and_then(number).ok_or_else(|| unexpected(what))
+    items
+        .get(i)
+        .and_then(number)
+        .ok_or_else(|| unexpected(what))
 }
 
 impl<C: Clock> RedisStore<C> {
@@ -640,8 +643,8 @@ impl<C: Clock> Store for RedisStore<C> {
                     .collect::<Result<_, StoreError>>()?;
                 return Ok(Reserve::Granted(Reservation::new(parts)));
             }
-            let index = usize::try_from(num_at(items, 1, "reserve")?)
-                .map_err(|_| unexpected("reserve"))?;
+            let index =
+                usize::try_from(num_at(items, 1, "reserve")?).map_err(|_| unexpected("reserve"))?;
             Ok(Reserve::Denied {
                 index,
                 spent: num_at(items, 2, "reserve")?,
@@ -725,11 +728,7 @@ impl<C: Clock> Store for RedisStore<C> {
         key: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let args = vec![
-            self.now_us().to_string(),
-            micros(ttl).to_string(),
-            margin(),
-        ];
+        let args = vec![self.now_us().to_string(), micros(ttl).to_string(), margin()];
         let run = self.run("set_flag", &SET_FLAG, vec![self.key("f", key)], args);
         async move { run.await.map(drop) }
     }
