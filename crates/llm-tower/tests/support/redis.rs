@@ -8,6 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A Redis server to test against.
@@ -84,7 +85,17 @@ pub fn server() -> Option<RedisServer> {
              no redis-server could be started"
         );
     }
-    eprintln!("\n*** SKIPPED: no Redis (set LLM_TOWER_REDIS_URL or install redis-server) ***\n");
+    // Written to the process's stderr directly, past the test harness's
+    // capture, so that a skip is seen even when the tests pass; once per
+    // test binary.
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: no Redis (set LLM_TOWER_REDIS_URL or install redis-server): \
+             the Redis tests of this binary pass without running ***\n"
+        );
+    }
     None
 }
 
