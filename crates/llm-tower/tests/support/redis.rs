@@ -1,0 +1,160 @@
+//! A Redis server for tests: `LLM_TOWER_REDIS_URL`, or a `redis-server`
+//! started on a free port for the test (killed when dropped). Without
+//! either, [`server`] says loudly that the test is skipped and returns
+//! `None`, unless `LLM_TOWER_REQUIRE_REDIS=1`, which makes it a failure.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A Redis server to test against.
+#[derive(Debug)]
+pub struct RedisServer {
+    url: String,
+    port: Option<u16>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Kills the server started for the test (nothing for an external one).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the test's server again on the same port, empty (no scripts
+    /// loaded, no keys): a restart. `false` for an external server.
+    pub fn restart(&mut self) -> bool {
+        self.kill();
+        let Some(port) = self.port else { return false };
+        match start(port) {
+            Some(child) => {
+                self.child = Some(child);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A server for one test, or `None` (with a loud message) if there is none
+/// and `LLM_TOWER_REQUIRE_REDIS` is not `1`.
+pub fn server() -> Option<RedisServer> {
+    if let Ok(url) = std::env::var("LLM_TOWER_REDIS_URL")
+        && !url.is_empty()
+    {
+        return Some(RedisServer {
+            url,
+            port: None,
+            child: None,
+        });
+    }
+    for _ in 0..3 {
+        let Some(port) = free_port() else { break };
+        if let Some(child) = start(port) {
+            return Some(RedisServer {
+                url: format!("redis://127.0.0.1:{port}"),
+                port: Some(port),
+                child: Some(child),
+            });
+        }
+        if !has_redis_server() {
+            break;
+        }
+    }
+    if std::env::var("LLM_TOWER_REQUIRE_REDIS").as_deref() == Ok("1") {
+        panic!(
+            "no Redis: LLM_TOWER_REQUIRE_REDIS=1, but LLM_TOWER_REDIS_URL is unset and \
+             no redis-server could be started"
+        );
+    }
+    // Written to the process's stderr directly, past the test harness's
+    // capture, so that a skip is seen even when the tests pass; once per
+    // test binary.
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: no Redis (set LLM_TOWER_REDIS_URL or install redis-server): \
+             the Redis tests of this binary pass without running ***\n"
+        );
+    }
+    None
+}
+
+fn has_redis_server() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> Option<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").ok()?;
+    Some(listener.local_addr().ok()?.port())
+}
+
+/// Starts `redis-server` on `port` and waits (at most 5 s) until it
+/// answers PING.
+fn start(port: u16) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if ping(port) {
+            return Some(child);
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
