@@ -80,10 +80,7 @@ type Events = Arc<Mutex<Vec<RateLimitEvent>>>;
 
 /// `rpm` requests per minute (no headroom) over a faulty store, with
 /// `policy`; the events it emits.
-fn layer(
-    rpm: u64,
-    policy: OnStoreFailure,
-) -> (RateLimitLayer<FaultyStore>, FaultyStore, Events) {
+fn layer(rpm: u64, policy: OnStoreFailure) -> (RateLimitLayer<FaultyStore>, FaultyStore, Events) {
     let store = FaultyStore::new();
     let config = RateLimitConfig::new()
         .headroom(1.0)
@@ -282,7 +279,10 @@ async fn degraded_paces_calls_under_a_share_of_the_limit_in_a_private_store() {
     assert_eq!((stats.admitted, stats.store_degraded), (7, 3));
     assert!(!stats.store_down);
     assert_eq!(recoveries(&events), 1);
-    assert!(store.ops() >= shared_before + 4, "the shared store is used again");
+    assert!(
+        store.ops() >= shared_before + 4,
+        "the shared store is used again"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -628,7 +628,10 @@ impl<St: Store + Clone> RateLimitHandle<St> {
         }
         Ok(KeyState {
             limits,
-            paused_for: self.shared.read(self.shared.store.flag(plan.pause())).await?,
+            paused_for: self
+                .shared
+                .read(self.shared.store.flag(plan.pause()))
+                .await?,
         })
     }
 }

@@ -860,7 +860,9 @@ impl<St: Store> Shared<St> {
             .call(|| async move {
                 // The cells live on the stack only for the acquire.
                 let cells = plan.cells(config, false);
-                self.store.acquire(&cells, Some(plan.pause()), horizon).await
+                self.store
+                    .acquire(&cells, Some(plan.pause()), horizon)
+                    .await
             })
             .await;
         let error = match call {
@@ -873,15 +875,20 @@ impl<St: Store> Shared<St> {
                 self.switched(switch, Some(&e));
                 e
             }
-            Call::Skipped => StoreError::new(
-                "unavailable: it failed, and is tried again once a second",
-            ),
+            Call::Skipped => {
+                StoreError::new("unavailable: it failed, and is tried again once a second")
+            }
         };
         match (config.on_store_failure, &self.local) {
             (OnStoreFailure::FailOpen, _) => {
                 self.counters.store_fail_open.fetch_add(1, Relaxed);
                 tracing::debug!(target: "llm_tower::rate_limit", key = %plan.key(), "rate limit: store failing, call let through unlimited");
-                Ok((Acquired::Granted { wait: Duration::ZERO }, Via::Open))
+                Ok((
+                    Acquired::Granted {
+                        wait: Duration::ZERO,
+                    },
+                    Via::Open,
+                ))
             }
             (OnStoreFailure::Degraded { .. }, Some(local)) => {
                 self.counters.store_degraded.fetch_add(1, Relaxed);

@@ -205,9 +205,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use policy::{DEFAULT_STORE_TIMEOUT, OnStoreFailure, PROBE_INTERVAL};
 #[cfg(any(feature = "rate-limit", feature = "budget"))]
 pub(crate) use policy::{Call, StoreGuard, Switch, bounded};
+pub use policy::{DEFAULT_STORE_TIMEOUT, OnStoreFailure, PROBE_INTERVAL};
 
 use crate::BoxError;
 

@@ -55,8 +55,12 @@ impl OnStoreFailure {
     /// A message naming the share.
     pub fn check(&self) -> Result<(), String> {
         match *self {
-            OnStoreFailure::Degraded { share } if !(share.is_finite() && share > 0.0 && share <= 1.0) => {
-                Err(format!("degraded share is {share}: it must be above 0 and at most 1"))
+            OnStoreFailure::Degraded { share }
+                if !(share.is_finite() && share > 0.0 && share <= 1.0) =>
+            {
+                Err(format!(
+                    "degraded share is {share}: it must be above 0 and at most 1"
+                ))
             }
             _ => Ok(()),
         }
@@ -224,7 +228,12 @@ mod guard {
             now >= next
                 && self
                     .next_probe
-                    .compare_exchange(next, now + PROBE_INTERVAL.as_nanos() as u64, Relaxed, Relaxed)
+                    .compare_exchange(
+                        next,
+                        now + PROBE_INTERVAL.as_nanos() as u64,
+                        Relaxed,
+                        Relaxed,
+                    )
                     .is_ok()
         }
 
@@ -260,10 +269,7 @@ mod guard {
         /// Runs `op` on the shared store, bounded by the timeout, on the
         /// path of a call: skipped while the store fails and no probe is
         /// due.
-        pub(crate) async fn call<T, F>(
-            &self,
-            op: impl FnOnce() -> F,
-        ) -> (Call<T>, Option<Switch>)
+        pub(crate) async fn call<T, F>(&self, op: impl FnOnce() -> F) -> (Call<T>, Option<Switch>)
         where
             F: Future<Output = Result<T, StoreError>>,
         {
