@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use crate::{
     config::{ConfigError, Valid, Validate},
     pricing::{ModelPrice, ModelPriceConfig},
+    store::{DEFAULT_STORE_TIMEOUT, OnStoreFailure},
 };
 
 const LAYER: &str = "budget";
@@ -81,6 +82,16 @@ pub struct BudgetConfig {
     /// What a call does when its first attempt's worst case does not fit
     /// as it arrives: [`Arrival::Auto`] by default.
     pub arrival: Arrival,
+    /// What a call does while the store fails (see [When the store
+    /// fails](super#when-the-store-fails)):
+    /// [`FailClosed`](OnStoreFailure::FailClosed) by default — a budget
+    /// guards money, and a call that cannot be checked is refused with
+    /// [`BudgetUnavailable`](super::BudgetUnavailable).
+    pub on_store_failure: OnStoreFailure,
+    /// The longest one store operation may take; a slower one is a store
+    /// failure. 250 ms by default.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
 }
 
 /// What a call whose first attempt does not fit does when it arrives.
@@ -116,6 +127,8 @@ impl Default for BudgetConfig {
             refusal_status: RefusalStatus::TooManyRequests,
             prefix: "llm-tower:budget".into(),
             arrival: Arrival::Auto,
+            on_store_failure: OnStoreFailure::FailClosed,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -194,6 +207,19 @@ impl BudgetConfig {
         self
     }
 
+    /// Sets what a call does while the store fails
+    /// ([`on_store_failure`](Self::on_store_failure)).
+    pub fn on_store_failure(mut self, policy: OnStoreFailure) -> Self {
+        self.on_store_failure = policy;
+        self
+    }
+
+    /// Sets the [`store_timeout`](Self::store_timeout).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
     /// Checks the configuration.
     pub fn build(self) -> Result<Valid<Self>, ConfigError> {
         Valid::new(self)
@@ -231,6 +257,20 @@ impl Validate for BudgetConfig {
     type Error = ConfigError;
 
     fn check(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.on_store_failure.check() {
+            return Err(ConfigError::new(
+                LAYER,
+                "on_store_failure",
+                format!("on_store_failure: {e}"),
+            ));
+        }
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError::new(
+                LAYER,
+                "store_timeout",
+                "store_timeout is zero: every operation of a remote store would fail",
+            ));
+        }
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::new(
                 LAYER,
@@ -745,6 +785,12 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert!(err(r#"{"lease": "0s"}"#).contains("lease"));
+        assert!(
+            err(r#"{"on_store_failure": {"degraded": {"share": 0}}}"#)
+                .contains("on_store_failure: degraded share is 0")
+        );
+        assert!(err(r#"{"on_store_failure": "fail_somehow"}"#).contains("fail_somehow"));
+        assert!(err(r#"{"store_timeout": "0s"}"#).contains("store_timeout"));
         assert!(
             err(r#"{"scopes": [{"scope": "global", "limits": [{"usd": 1, "tokens": 5, "window": "day"}]}]}"#)
                 .contains("scopes[0].limits[0] sets both usd and tokens")

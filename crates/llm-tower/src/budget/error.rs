@@ -232,8 +232,9 @@ fn round(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
-/// The budget could not be checked: its store failed. The call was not sent
-/// (budgets fail closed).
+/// The budget could not be checked: its store failed or timed out, and the
+/// policy is [fail closed](crate::store::OnStoreFailure::FailClosed) (the
+/// default). The call was not sent.
 #[derive(Debug)]
 pub struct BudgetUnavailable {
     pub(crate) source: crate::store::StoreError,

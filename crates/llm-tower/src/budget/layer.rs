@@ -551,8 +551,20 @@ pub struct BudgetStats {
     pub settled: u64,
     /// Attempts to models without a price, counted in tokens only.
     pub unpriced: u64,
-    /// Store operations that failed.
+    /// Store operations that failed or timed out.
     pub store_errors: u64,
+    /// Calls and attempts let through unchecked while the store failed
+    /// ([`OnStoreFailure::FailOpen`](crate::store::OnStoreFailure::FailOpen)):
+    /// their cost is in [`spent`](Self::spent), not in the shared budget.
+    pub store_fail_open: u64,
+    /// Calls and attempts reserved in this process's share of the limits
+    /// while the store failed
+    /// ([`OnStoreFailure::Degraded`](crate::store::OnStoreFailure::Degraded)).
+    pub store_degraded: u64,
+    /// Whether the store is failing now: calls follow the
+    /// [`on_store_failure`](super::BudgetConfig::on_store_failure) policy
+    /// until it answers again.
+    pub store_down: bool,
     /// Calls let through unreserved ([`Arrival::Defer`]) that no meter
     /// inside reserved for: charged after the fact. Zero in a stack with a
     /// meter in front of the client.
@@ -598,6 +610,9 @@ impl<St: Store> BudgetHandle<St> {
             settled: s.settled.load(Relaxed),
             unpriced: s.unpriced.load(Relaxed),
             store_errors: s.store_errors.load(Relaxed),
+            store_fail_open: s.store_fail_open.load(Relaxed),
+            store_degraded: s.store_degraded.load(Relaxed),
+            store_down: self.shared.guard.failing(),
             unreserved: s.unreserved.load(Relaxed),
             spent: Cost::from_nanos(s.spent_nanos.load(Relaxed)),
             tokens: s.tokens.load(Relaxed),
@@ -609,7 +624,8 @@ impl<St: Store> BudgetHandle<St> {
     /// The current window of every limit of `scope` for `key` — `*` for
     /// [`Scope::Global`], the tenant, the organisation, the model, the
     /// provider's name, or for [`Scope::ApiKey`] the API key itself (only
-    /// its hash is used) — read from the store. Empty when the scope is not
+    /// its hash is used) — read from the shared store, each read bounded
+    /// by the [`store_timeout`](super::BudgetConfig::store_timeout). Empty when the scope is not
     /// configured.
     ///
     /// # Errors
@@ -626,7 +642,10 @@ impl<St: Store> BudgetHandle<St> {
         let wall = self.shared.wall();
         let mut out = Vec::new();
         for (limit, bucket_key, span, resets_at) in self.shared.buckets_of(scope, value, wall) {
-            let balance = self.shared.store.balance(&bucket_key, span).await?;
+            let balance = self
+                .shared
+                .read(self.shared.store.balance(&bucket_key, span))
+                .await?;
             let used = balance.spent.saturating_add(balance.reserved);
             out.push(LimitStatus {
                 limit: Amount::of(limit.0, limit.1),

@@ -111,9 +111,39 @@
 //! - [`BudgetLayer::on_event`] receives every [`BudgetEvent`].
 //!
 //! All state is in the [`Store`](crate::store::Store) (one round trip to
-//! reserve, one to settle), so processes sharing a store share budgets. A
-//! store that fails refuses the call ([`BudgetUnavailable`]): budgets fail
-//! closed.
+//! reserve, one to settle), so processes sharing a store share budgets.
+//!
+//! # When the store fails
+//!
+//! Every store operation is bounded by
+//! [`store_timeout`](BudgetConfig::store_timeout) (250 ms): a store that
+//! hangs fails like one that errs. While it fails, calls follow
+//! [`on_store_failure`](BudgetConfig::on_store_failure) (see
+//! [`store`](crate::store#when-the-store-fails)):
+//!
+//! - **fail closed** (the default: money): the call is refused with
+//!   [`BudgetUnavailable`] before anything is sent;
+//! - **fail open**: the call goes unreserved — a `tracing` error and a
+//!   [`BudgetEvent::Unchecked`] for each, counted in
+//!   [`store_fail_open`](BudgetStats::store_fail_open); what it costs is
+//!   counted in this process's [stats](BudgetHandle::stats) only, never in
+//!   the shared budget;
+//! - **degraded**: the call is reserved in a private in-memory store with
+//!   each limit × share — a **per-process** budget, starting empty: with
+//!   `N` processes up to `N × share` of a limit may be spent while the
+//!   store fails, on top of what the shared budget had already seen
+//!   ([`store_degraded`](BudgetStats::store_degraded)).
+//!
+//! The first failure emits [`BudgetEvent::StoreDown`]; one call a second
+//! tries the shared store again, and the first that succeeds switches back
+//! with [`BudgetEvent::StoreRecovered`]. Every failed operation emits
+//! [`BudgetEvent::StoreFailed`] and counts in
+//! [`store_errors`](BudgetStats::store_errors). A settlement that fails
+//! fails nothing: its spend stays in this process's stats and the call's
+//! [`CallCost`], the shared budget never sees it (it is not retried), and
+//! the reservation's lease releases what it held. Spend reserved and
+//! settled in the private store stays there: it is not copied to the
+//! shared budget when the store recovers.
 
 mod config;
 mod error;
@@ -235,10 +265,36 @@ pub enum BudgetEvent {
         /// The model.
         model: Option<Arc<str>>,
     },
-    /// The store failed; the call was refused (or, for a settlement, its
-    /// spend could not be recorded).
+    /// A store operation failed or timed out: a reservation (what the
+    /// call then does follows
+    /// [`on_store_failure`](BudgetConfig::on_store_failure)), or a
+    /// settlement (its spend is in this process's
+    /// [stats](BudgetHandle::stats) only; the reservation's lease releases
+    /// what it held). Once per failed operation.
     StoreFailed {
         /// The store's error.
         error: String,
+    },
+    /// The store started failing: calls follow the
+    /// [`on_store_failure`](BudgetConfig::on_store_failure) policy until it
+    /// answers again. Once per outage.
+    StoreDown {
+        /// The store's error.
+        error: String,
+        /// The policy now in force: `fail_closed`, `fail_open` or
+        /// `degraded` (see [`OnStoreFailure`](crate::store::OnStoreFailure)).
+        policy: &'static str,
+    },
+    /// The store answered again: budgets are shared again.
+    StoreRecovered {
+        /// How long it was failing.
+        down_for: std::time::Duration,
+    },
+    /// A call or attempt went out unchecked, the store failing and the
+    /// policy [fail open](crate::store::OnStoreFailure::FailOpen): its cost
+    /// is counted in this process's [stats](BudgetHandle::stats) only.
+    Unchecked {
+        /// Its model.
+        model: Option<Arc<str>>,
     },
 }

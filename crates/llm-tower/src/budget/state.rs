@@ -29,7 +29,10 @@ use crate::{
     metering::{UsageObserver, UsageReport},
     pricing::{Cost, ModelPrice, PriceTable, Unpriced},
     request::RequestMeta,
-    store::{Balance, Bucket, Reservation, Reserve, Span, Store, StoreError},
+    store::{
+        Balance, Bucket, Call, MemoryStore, OnStoreFailure, Reservation, Reserve, Span, Store,
+        StoreError, StoreGuard, Switch, bounded,
+    },
     usage::Usage,
     util::{api_key_fnv, api_key_secret, api_key_text, concat, run_now_or_spawn},
 };
@@ -64,6 +67,10 @@ pub(crate) struct Shared<St> {
     pub(crate) config: BudgetConfig,
     scopes: Box<[CompiledScope]>,
     pub(crate) store: St,
+    /// Whether the store fails, and the policy meanwhile.
+    pub(crate) guard: StoreGuard,
+    /// The private store of a degraded policy.
+    local: Option<MemoryStore>,
     prices: ArcSwap<PriceTable>,
     pub(crate) clock: ArcSwap<TokioClock>,
     pub(crate) listener: ArcSwapOption<Listener>,
@@ -86,6 +93,8 @@ pub(crate) struct Counters {
     pub(crate) unpriced: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) unreserved: AtomicU64,
+    pub(crate) store_fail_open: AtomicU64,
+    pub(crate) store_degraded: AtomicU64,
     pub(crate) spent_nanos: AtomicU64,
     pub(crate) tokens: AtomicU64,
     pub(crate) reserved_nanos: AtomicU64,
@@ -218,7 +227,10 @@ impl<St: Store> Shared<St> {
                 unpriced_price: s.unpriced_price(),
             })
             .collect();
+        let policy = config.on_store_failure;
         Shared {
+            guard: StoreGuard::new(policy, config.store_timeout),
+            local: matches!(policy, OnStoreFailure::Degraded { .. }).then(MemoryStore::new),
             config,
             scopes,
             store,
@@ -539,39 +551,156 @@ impl<St: Store> Shared<St> {
         plan: Plan,
         cost: Option<CallCost>,
     ) -> Result<Ticket<St>, BoxError> {
-        let reserved = if plan.buckets.is_empty() {
-            None
-        } else {
-            let buckets: SmallVec<[Bucket<'_>; 4]> = plan
-                .buckets
-                .iter()
-                .map(|b| Bucket::new(&b.key, b.amount, b.limit, b.span))
-                .collect();
-            match self.store.reserve(&buckets, self.config.lease).await {
-                Ok(Reserve::Granted(r)) => Some(r),
-                Ok(Reserve::Denied {
-                    index,
-                    spent,
-                    reserved,
-                    retry_after,
-                }) => {
-                    return Err(self
-                        .denied(&plan, index, spent, reserved, retry_after)
-                        .into());
-                }
-                Err(e) => {
-                    self.store_failed(&e);
-                    return Err(BudgetUnavailable { source: e }.into());
-                }
+        if plan.buckets.is_empty() {
+            return Ok(self.ticket(plan, None, cost));
+        }
+        let (call, switch) = self
+            .guard
+            .call(|| async {
+                let buckets: SmallVec<[Bucket<'_>; 4]> = plan
+                    .buckets
+                    .iter()
+                    .map(|b| Bucket::new(&b.key, b.amount, b.limit, b.span))
+                    .collect();
+                self.store.reserve(&buckets, self.config.lease).await
+            })
+            .await;
+        let error = match call {
+            Call::Answered(answer) => {
+                self.switched(switch, None);
+                return match answer {
+                    Reserve::Granted(r) => Ok(self.ticket(plan, Some(Held::Shared(r)), cost)),
+                    Reserve::Denied {
+                        index,
+                        spent,
+                        reserved,
+                        retry_after,
+                    } => Err(self
+                        .denied(&plan, index, spent, reserved, retry_after, false)
+                        .into()),
+                };
+            }
+            Call::Failed(e) => {
+                self.store_failed(&e);
+                self.switched(switch, Some(&e));
+                e
+            }
+            Call::Skipped => {
+                StoreError::new("unavailable: it failed, and is tried again once a second")
             }
         };
-        Ok(self.ticket(plan, reserved, cost))
+        let policy = self.config.on_store_failure;
+        match (policy, &self.local) {
+            (OnStoreFailure::FailOpen, _) => {
+                self.stats.store_fail_open.fetch_add(1, Relaxed);
+                let model = plan.model.as_deref().unwrap_or("-");
+                tracing::error!(
+                    target: "llm_tower::budget",
+                    { gen_ai.request.model = model, error = %error },
+                    "budget store failing: call let through unchecked (fail open); \
+                     its cost is counted in this process's stats only"
+                );
+                self.emit(|| BudgetEvent::Unchecked {
+                    model: plan.model.clone(),
+                });
+                Ok(self.ticket(plan, None, cost))
+            }
+            (OnStoreFailure::Degraded { .. }, Some(local)) => {
+                self.stats.store_degraded.fetch_add(1, Relaxed);
+                let buckets: SmallVec<[Bucket<'_>; 4]> = plan
+                    .buckets
+                    .iter()
+                    .map(|b| Bucket::new(&b.key, b.amount, policy.scale(b.limit), b.span))
+                    .collect();
+                match local.reserve(&buckets, self.config.lease).await {
+                    Ok(Reserve::Granted(r)) => {
+                        drop(buckets);
+                        Ok(self.ticket(plan, Some(Held::Local(r)), cost))
+                    }
+                    Ok(Reserve::Denied {
+                        index,
+                        spent,
+                        reserved,
+                        retry_after,
+                    }) => {
+                        drop(buckets);
+                        Err(self
+                            .denied(&plan, index, spent, reserved, retry_after, true)
+                            .into())
+                    }
+                    Err(e) => Err(BudgetUnavailable { source: e }.into()),
+                }
+            }
+            _ => Err(BudgetUnavailable { source: error }.into()),
+        }
+    }
+
+    /// Reports a change of the store's state.
+    fn switched(&self, switch: Option<Switch>, error: Option<&StoreError>) {
+        match switch {
+            None => {}
+            Some(Switch::Failed) => {
+                let policy = self.guard.policy.as_str();
+                tracing::error!(
+                    target: "llm_tower::budget",
+                    policy,
+                    "budget store failing: calls follow the policy until it answers again"
+                );
+                self.emit(|| BudgetEvent::StoreDown {
+                    error: error.map_or_else(String::new, ToString::to_string),
+                    policy,
+                });
+            }
+            Some(Switch::Recovered { down_for }) => {
+                tracing::warn!(
+                    target: "llm_tower::budget",
+                    ?down_for,
+                    "budget store answers again: budgets are shared again"
+                );
+                self.emit(|| BudgetEvent::StoreRecovered { down_for });
+            }
+        }
+    }
+
+    /// Settles `reservation` where it was made, off the call's path: a
+    /// failure of the shared store is counted, logged and reported, and
+    /// fails nothing.
+    async fn settle_held(&self, held: &Held, actual: &[u64]) -> Option<Vec<Balance>> {
+        match held {
+            Held::Shared(r) => match self.guard.run(self.store.settle(r, actual)).await {
+                (Call::Answered(balances), switch) => {
+                    self.switched(switch, None);
+                    Some(balances)
+                }
+                (Call::Failed(e), switch) => {
+                    self.store_failed(&e);
+                    self.switched(switch, Some(&e));
+                    None
+                }
+                (Call::Skipped, _) => None,
+            },
+            Held::Local(r) => {
+                if let Some(local) = &self.local {
+                    let _ = local.settle(r, actual).await;
+                }
+                // Thresholds are the shared budget's, not this process's.
+                None
+            }
+        }
+    }
+
+    /// A shared-store read for the handle, bounded by the timeout.
+    pub(crate) async fn read<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        bounded(self.guard.timeout, fut).await
     }
 
     fn ticket(
         self: &Arc<Self>,
         plan: Plan,
-        reservation: Option<Reservation>,
+        reservation: Option<Held>,
         cost: Option<CallCost>,
     ) -> Ticket<St> {
         self.stats.attempts.fetch_add(1, Relaxed);
@@ -609,17 +738,23 @@ impl<St: Store> Shared<St> {
         spent: u64,
         reserved: u64,
         retry_after: Option<Duration>,
+        degraded: bool,
     ) -> BudgetExceeded {
         let b = &plan.buckets[index];
         let scope = &self.scopes[b.scope as usize];
         let limit = &scope.limits[b.limit_index as usize];
+        let amount = if degraded {
+            self.config.on_store_failure.scale(limit.amount)
+        } else {
+            limit.amount
+        };
         let resets_at = b.resets_at;
         let retry_after = retry_after
             .or_else(|| resets_at.map(|at| at.duration_since(self.wall()).unwrap_or_default()));
         BudgetExceeded {
             scope: scope.scope,
             key: Arc::clone(&b.value),
-            limit: Amount::of(limit.unit, limit.amount),
+            limit: Amount::of(limit.unit, amount),
             spent,
             reserved,
             asked: b.amount,
@@ -630,6 +765,7 @@ impl<St: Store> Shared<St> {
         }
     }
 
+    /// Counts, logs and reports a failed operation of the shared store.
     pub(crate) fn store_failed(&self, e: &StoreError) {
         self.stats.store_errors.fetch_add(1, Relaxed);
         tracing::error!(target: "llm_tower::budget", error = %e, "budget store failed");
@@ -724,12 +860,28 @@ impl CallCost {
     }
 }
 
+/// A reservation, and the store it was made in.
+pub(crate) enum Held {
+    /// The shared store.
+    Shared(Reservation),
+    /// The layer's private store, the shared one failing (degraded).
+    Local(Reservation),
+}
+
+impl Held {
+    fn parts(&self) -> usize {
+        match self {
+            Held::Shared(r) | Held::Local(r) => r.parts().len(),
+        }
+    }
+}
+
 /// One attempt's reservation, settled exactly once: by its usage report,
 /// or, if it is dropped unreported, with nothing spent.
 pub(crate) struct Ticket<St: Store> {
     shared: Arc<Shared<St>>,
     plan: Plan,
-    reservation: Option<Reservation>,
+    reservation: Option<Held>,
     cost: Option<CallCost>,
     settled: bool,
 }
@@ -804,9 +956,8 @@ impl<St: Store> Ticket<St> {
             })
             .collect();
         run_now_or_spawn("budget settlement", async move {
-            match shared.store.settle(&reservation, &actual).await {
-                Ok(balances) => shared.crossed(&plan, &actual, &balances),
-                Err(e) => shared.store_failed(&e),
+            if let Some(balances) = shared.settle_held(&reservation, &actual).await {
+                shared.crossed(&plan, &actual, &balances);
             }
         });
     }
@@ -824,11 +975,9 @@ impl<St: Store> Drop for Ticket<St> {
         shared.stats.reserved_nanos.fetch_sub(worst, Relaxed);
         shared.stats.settled.fetch_add(1, Relaxed);
         if let Some(reservation) = self.reservation.take() {
-            let zeros: SmallVec<[u64; 4]> = smallvec::smallvec![0; reservation.parts().len()];
+            let zeros: SmallVec<[u64; 4]> = smallvec::smallvec![0; reservation.parts()];
             run_now_or_spawn("budget release", async move {
-                if let Err(e) = shared.store.settle(&reservation, &zeros).await {
-                    shared.store_failed(&e);
-                }
+                shared.settle_held(&reservation, &zeros).await;
             });
         }
     }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Valid, Validate};
-use crate::store::Quota;
+use crate::store::{DEFAULT_STORE_TIMEOUT, OnStoreFailure, Quota};
 
 const LAYER: &str = "rate limit";
 
@@ -76,6 +76,25 @@ pub struct RateLimitConfig {
     /// `llm-tower:rl` by default. Layers that share a store and a prefix
     /// share their limits.
     pub prefix: String,
+    /// What a call does while the store fails (see [When the store
+    /// fails](super#when-the-store-fails)): by default
+    /// [`Degraded { share: 1.0 }`](OnStoreFailure::Degraded) — each
+    /// process keeps pacing its calls under the whole limit by itself.
+    ///
+    /// Why not the others: a rate limiter exists to avoid 429s, and the
+    /// provider enforces the real limit anyway; failing closed would turn
+    /// a store outage into an outage of every call. Failing open would
+    /// also drop what keeps a stack from storming the provider — the
+    /// pacing, the pause after a 429, the alignment with its headers —
+    /// which a degraded layer keeps, per process. A share of 1.0 is the
+    /// one share that is right whatever the number of processes: it
+    /// never refuses a call one process alone could send. Set
+    /// `1/processes` to keep the sum under the limit.
+    pub on_store_failure: OnStoreFailure,
+    /// The longest one store operation may take; a slower one is a store
+    /// failure. 250 ms by default.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
 }
 
 impl Default for RateLimitConfig {
@@ -91,6 +110,8 @@ impl Default for RateLimitConfig {
             batch_share: 0.5,
             settle_output: SettleOutput::Auto,
             prefix: "llm-tower:rl".into(),
+            on_store_failure: OnStoreFailure::Degraded { share: 1.0 },
+            store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -231,6 +252,19 @@ impl RateLimitConfig {
         self
     }
 
+    /// Sets what a call does while the store fails
+    /// ([`on_store_failure`](Self::on_store_failure)).
+    pub fn on_store_failure(mut self, policy: OnStoreFailure) -> Self {
+        self.on_store_failure = policy;
+        self
+    }
+
+    /// Sets the [`store_timeout`](Self::store_timeout).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
     /// Checks the configuration.
     pub fn build(self) -> Result<Valid<Self>, ConfigError> {
         Valid::new(self)
@@ -278,6 +312,15 @@ impl Validate for RateLimitConfig {
                     "batch_share is {}: it must be above 0 and at most 1",
                     self.batch_share
                 ),
+            );
+        }
+        if let Err(e) = self.on_store_failure.check() {
+            return err("on_store_failure".into(), format!("on_store_failure: {e}"));
+        }
+        if self.store_timeout.is_zero() {
+            return err(
+                "store_timeout".into(),
+                "store_timeout is zero: every operation of a remote store would fail".into(),
             );
         }
         if self.default_output_tokens == 0 {
@@ -462,7 +505,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: [(RateLimitConfig, &str); 7] = [
+        let cases: [(RateLimitConfig, &str); 9] = [
+            (
+                RateLimitConfig::new().on_store_failure(OnStoreFailure::Degraded { share: 1.5 }),
+                "on_store_failure",
+            ),
+            (
+                RateLimitConfig::new().store_timeout(Duration::ZERO),
+                "store_timeout",
+            ),
             (RateLimitConfig::new().headroom(0.0), "headroom"),
             (RateLimitConfig::new().headroom(f64::NAN), "headroom"),
             (RateLimitConfig::new().batch_share(1.5), "batch_share"),

@@ -360,31 +360,24 @@ where
             (wait_max, reason) = (Duration::ZERO, RefusalReason::QueueFull);
         }
         let turn = if batch { Duration::ZERO } else { wait_max };
-        let answer = {
-            // The cells live on the stack only for the acquire.
-            let cells = plan.cells(config);
-            shared.store.acquire(&cells, Some(plan.pause()), turn).await
-        };
-        let (wait, taken) = match answer {
-            Err(e) => {
-                shared.store_error(&e);
-                return Err(Box::new(e));
-            }
-            Ok(Acquire::Never { index }) => {
+        let (wait, taken) = match shared.acquire(&plan, turn).await {
+            // Counted and reported already; the policy is fail closed.
+            Err(e) => return Err(Box::new(e)),
+            Ok((Acquire::Never { index }, _)) => {
                 shared.counters.too_large.fetch_add(1, Relaxed);
                 let e = plan.too_large(index);
                 shared.emit(RateLimitEvent::TooLarge { error: e.clone() });
                 return Err(Box::new(e));
             }
-            Ok(Acquire::Denied { retry_after }) if batch && retry_after <= wait_max => {
+            Ok((Acquire::Denied { retry_after }, _)) if batch && retry_after <= wait_max => {
                 // Out of the line: nothing taken; look again then.
                 (retry_after, None)
             }
-            Ok(Acquire::Denied { retry_after }) => {
+            Ok((Acquire::Denied { retry_after }, _)) => {
                 return Err(refuse(Some(retry_after), reason));
             }
-            Ok(Acquire::Granted { wait }) => {
-                let taken = Taken::new(&shared, &plan);
+            Ok((Acquire::Granted { wait }, via)) => {
+                let taken = Taken::new(&shared, &plan, via);
                 if wait.is_zero() {
                     break taken;
                 }
@@ -413,16 +406,12 @@ where
         };
         // A 429 met while this call waited: its place was taken before the
         // pause; take a new one after it.
-        match shared.store.flag(plan.pause()).await {
-            Ok(Some(left)) if !left.is_zero() => continue,
-            Ok(_) => break taken,
-            Err(e) => {
-                shared.store_error(&e);
-                break taken;
-            }
+        match shared.pause_left(taken.via(), plan.pause()).await {
+            Some(left) if !left.is_zero() => continue,
+            _ => break taken,
         }
     };
-    taken.keep();
+    let via = taken.keep();
     drop(queue);
     shared.counters.admitted.fetch_add(1, Relaxed);
     if !waited.is_zero() {
@@ -438,7 +427,7 @@ where
 
     // The settlement takes the call's state over: no more references to
     // count.
-    let settlement = Arc::new(Settlement::new(shared, plan, permits));
+    let settlement = Arc::new(Settlement::new(shared, plan, permits, via));
     UsageObservers::register(&mut req, settlement.clone());
     if let Err(e) = poll_fn(|cx| inner.poll_ready(cx)).await {
         return Err(e.into());
@@ -544,8 +533,18 @@ pub struct RateLimitStats {
     pub settled: u64,
     /// Limits learned or changed from the provider's headers.
     pub adapted: u64,
-    /// Store operations that failed.
+    /// Store operations that failed or timed out.
     pub store_errors: u64,
+    /// Calls let through unlimited while the store failed
+    /// ([`OnStoreFailure::FailOpen`](crate::store::OnStoreFailure::FailOpen)).
+    pub store_fail_open: u64,
+    /// Calls checked against this process's share of the limits while the
+    /// store failed ([`OnStoreFailure::Degraded`](crate::store::OnStoreFailure::Degraded)).
+    pub store_degraded: u64,
+    /// Whether the store is failing now: the layer follows its
+    /// [`on_store_failure`](super::RateLimitConfig::on_store_failure)
+    /// policy until it answers again.
+    pub store_down: bool,
 }
 
 /// Where one limit of a key stands.
@@ -587,12 +586,16 @@ impl<St: Store + Clone> RateLimitHandle<St> {
             settled: c.settled.load(Relaxed),
             adapted: c.adapted.load(Relaxed),
             store_errors: c.store_errors.load(Relaxed),
+            store_fail_open: c.store_fail_open.load(Relaxed),
+            store_degraded: c.store_degraded.load(Relaxed),
+            store_down: self.shared.guard.failing(),
         }
     }
 
     /// The state of the key `key` (as [`RateLimitKey`] or the default key
     /// `provider:model:api-key-hash` names it): its key-scope limits and
-    /// what they hold now, and its pause.
+    /// what they hold now, and its pause — in the shared store, each read
+    /// bounded by the [`store_timeout`](super::RateLimitConfig::store_timeout).
     pub async fn key_state(&self, key: &str) -> Result<KeyState, crate::store::StoreError> {
         let plan = self.shared.plan(
             Some(Arc::from(key)),
@@ -608,7 +611,11 @@ impl<St: Store + Clone> RateLimitHandle<St> {
             .iter()
             .filter(|c| c.scope == super::Scope::Key)
         {
-            let available = match self.shared.store.take(&cell.key, 0, cell.quota).await? {
+            let available = match self
+                .shared
+                .read(self.shared.store.take(&cell.key, 0, cell.quota))
+                .await?
+            {
                 Take::Allowed { remaining } => remaining,
                 _ => 0,
             };
@@ -621,7 +628,10 @@ impl<St: Store + Clone> RateLimitHandle<St> {
         }
         Ok(KeyState {
             limits,
-            paused_for: self.shared.store.flag(plan.pause()).await?,
+            paused_for: self
+                .shared
+                .read(self.shared.store.flag(plan.pause()))
+                .await?,
         })
     }
 }

@@ -92,6 +92,30 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # When the store fails
+//!
+//! Every store operation is bounded by
+//! [`store_timeout`](RateLimitConfig::store_timeout) (250 ms): a store
+//! that hangs fails like one that errs. While it fails, calls follow
+//! [`on_store_failure`](RateLimitConfig::on_store_failure) (see
+//! [`store`](crate::store#when-the-store-fails)):
+//!
+//! - **degraded** (the default, with a share of 1.0): the layer paces calls
+//!   in a private in-memory store, each limit × share — a **per-process**
+//!   limit —, 429 pauses and provider headers included;
+//!   [`store_degraded`](RateLimitStats::store_degraded) counts the calls;
+//! - **fail open**: calls go unlimited
+//!   ([`store_fail_open`](RateLimitStats::store_fail_open));
+//! - **fail closed**: calls fail with the [`StoreError`](crate::store::StoreError).
+//!
+//! The first failure emits [`RateLimitEvent::StoreDown`] (and a `tracing`
+//! error); one call a second tries the shared store again, and the first
+//! that succeeds switches back, with [`RateLimitEvent::StoreRecovered`].
+//! Giving back or charging tokens after a call never fails it: a failure
+//! there is counted in [`store_errors`](RateLimitStats::store_errors) and
+//! logged. [`RateLimitStats::store_down`] says whether the store is
+//! failing now.
+//!
 //! # Observing
 //!
 //! `tracing` events under the target `llm_tower::rate_limit`, the same
@@ -178,6 +202,21 @@ pub enum RateLimitEvent {
         /// Until when.
         delay: Duration,
     },
+    /// The store failed or timed out: the layer follows its
+    /// [`on_store_failure`](RateLimitConfig::on_store_failure) policy until
+    /// it answers again. Once per outage.
+    StoreDown {
+        /// The store's error.
+        error: String,
+        /// The policy now in force: `fail_closed`, `fail_open` or
+        /// `degraded` (see [`OnStoreFailure`](crate::store::OnStoreFailure)).
+        policy: &'static str,
+    },
+    /// The store answered again: the layer uses it again.
+    StoreRecovered {
+        /// How long it was failing.
+        down_for: Duration,
+    },
 }
 
 impl RateLimitEvent {
@@ -217,6 +256,12 @@ impl RateLimitEvent {
             }
             RateLimitEvent::Paused { key, delay } => {
                 tracing::info!(target: T, %key, ?delay, "rate limit: paused by a 429");
+            }
+            RateLimitEvent::StoreDown { error, policy } => {
+                tracing::error!(target: T, %error, policy, "rate limit: store failing, the layer follows its policy until it answers again");
+            }
+            RateLimitEvent::StoreRecovered { down_for } => {
+                tracing::warn!(target: T, ?down_for, "rate limit: store answers again, the layer uses it again");
             }
         }
     }

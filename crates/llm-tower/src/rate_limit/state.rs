@@ -33,7 +33,10 @@ use crate::{
         headers::{RateLimitInfo, server_delay},
     },
     request::RequestMeta,
-    store::{Cell, Quota, Store},
+    store::{
+        Acquire as Acquired, Call, Cell, MemoryStore, OnStoreFailure, Quota, Store, StoreError,
+        StoreGuard, Switch, bounded,
+    },
     usage::Usage,
     util::run_now_or_spawn,
 };
@@ -107,11 +110,29 @@ pub(crate) struct Counters {
     pub(crate) settled: AtomicU64,
     pub(crate) adapted: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    pub(crate) store_fail_open: AtomicU64,
+    pub(crate) store_degraded: AtomicU64,
+}
+
+/// Where a call took from its limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// The shared store.
+    Shared,
+    /// The layer's private store, the shared one failing (degraded).
+    Local,
+    /// Nowhere: the shared store failing, the call went unlimited (fail
+    /// open).
+    Open,
 }
 
 pub(crate) struct Shared<St> {
     pub(crate) config: RateLimitConfig,
     pub(crate) store: St,
+    /// Whether the store fails, and the policy meanwhile.
+    pub(crate) guard: StoreGuard,
+    /// The private store of a degraded policy.
+    local: Option<MemoryStore>,
     pub(crate) learned: DashMap<Arc<str>, Arc<Learned>, RandomState>,
     /// Bumped whenever a learned limit changes, appears or goes: the
     /// cached [`KeyPlan`]s built before are stale.
@@ -273,17 +294,22 @@ impl Plan {
     }
 
     /// The cells to acquire.
-    pub(crate) fn cells<'a>(&'a self, config: &RateLimitConfig) -> Cells<'a> {
+    pub(crate) fn cells<'a>(&'a self, config: &RateLimitConfig, degraded: bool) -> Cells<'a> {
         let cell = |c: &'a PlanCell| -> Cell<'a> {
+            let quota = if degraded {
+                local_quota(config.on_store_failure, c.quota)
+            } else {
+                c.quota
+            };
             let keep = match self.priority {
                 Priority::Interactive => 0,
                 Priority::Batch => {
-                    let limit = c.quota.limit();
+                    let limit = quota.limit();
                     let share = (limit as f64 * config.batch_share).floor() as u64;
                     limit - share.clamp(1, limit)
                 }
             };
-            Cell::new(&c.key, self.amount(c.dim), c.quota).keep(keep)
+            Cell::new(&c.key, self.amount(c.dim), quota).keep(keep)
         };
         let plan = &self.keyed.cells;
         match plan.first() {
@@ -310,6 +336,11 @@ impl Plan {
     }
 }
 
+/// `quota` with its limit times the degraded share of `policy`.
+pub(crate) fn local_quota(policy: OnStoreFailure, quota: Quota) -> Quota {
+    Quota::new(policy.scale(quota.limit()), quota.window()).unwrap_or(quota)
+}
+
 /// A hasher for keys that are hashes already ([`Shared::plans`]).
 #[derive(Default)]
 pub(crate) struct Prehashed(u64);
@@ -333,7 +364,10 @@ impl std::hash::Hasher for Prehashed {
 
 impl<St: Store> Shared<St> {
     pub(crate) fn new(config: RateLimitConfig, store: St) -> Self {
+        let policy = config.on_store_failure;
         Shared {
+            guard: StoreGuard::new(policy, config.store_timeout),
+            local: matches!(policy, OnStoreFailure::Degraded { .. }).then(MemoryStore::new),
             config,
             store,
             learned: DashMap::default(),
@@ -692,10 +726,15 @@ impl<St: Store> Shared<St> {
         let shared = self.clone();
         let keyed = keyed.clone();
         run_now_or_spawn("rate-limit settlement", async move {
-            if let Some(delay) = pause
-                && let Err(e) = shared.store.set_flag(&keyed.pause, delay).await
-            {
-                shared.store_error(&e);
+            // While the store fails, a degraded layer writes what the
+            // provider said into its private store; the others drop it.
+            let via = match (shared.guard.failing(), &shared.local) {
+                (false, _) => Via::Shared,
+                (true, Some(_)) => Via::Local,
+                (true, None) => return,
+            };
+            if let Some(delay) = pause {
+                shared.set_pause(via, &keyed.pause, delay).await;
             }
             let holds = keyed
                 .cells
@@ -707,9 +746,7 @@ impl<St: Store> Shared<St> {
                 if at_least.is_zero() {
                     continue;
                 }
-                if let Err(e) = shared.store.hold(key, quota, at_least).await {
-                    shared.store_error(&e);
-                }
+                shared.hold(via, key, quota, at_least).await;
             }
         });
     }
@@ -769,9 +806,171 @@ impl<St: Store> Shared<St> {
         }
     }
 
-    pub(crate) fn store_error(&self, e: &crate::store::StoreError) {
+    /// Counts and logs a failed operation of the shared store.
+    pub(crate) fn store_error(&self, e: &StoreError) {
         self.counters.store_errors.fetch_add(1, Relaxed);
         tracing::warn!(target: "llm_tower::rate_limit", error = %e, "rate-limit store failed");
+    }
+
+    /// Reports a change of the store's state.
+    fn switched(&self, switch: Option<Switch>, error: Option<&StoreError>) {
+        match switch {
+            None => {}
+            Some(Switch::Failed) => {
+                let error = error.map_or_else(String::new, ToString::to_string);
+                self.emit(RateLimitEvent::StoreDown {
+                    error,
+                    policy: self.guard.policy.as_str(),
+                });
+            }
+            Some(Switch::Recovered { down_for }) => {
+                self.emit(RateLimitEvent::StoreRecovered { down_for });
+            }
+        }
+    }
+
+    /// What came of a shared-store operation that is not on a call's path:
+    /// a failure is counted, logged and may switch the layer; it fails
+    /// nothing.
+    fn after<T>(&self, (call, switch): (Call<T>, Option<Switch>)) -> Option<T> {
+        match call {
+            Call::Answered(v) => {
+                self.switched(switch, None);
+                Some(v)
+            }
+            Call::Failed(e) => {
+                self.store_error(&e);
+                self.switched(switch, Some(&e));
+                None
+            }
+            Call::Skipped => None,
+        }
+    }
+
+    /// Takes the call's cells: from the shared store, or as the policy
+    /// says while it fails (tried again once per probe interval).
+    pub(crate) async fn acquire(
+        &self,
+        plan: &Plan,
+        horizon: Duration,
+    ) -> Result<(Acquired, Via), StoreError> {
+        let config = &self.config;
+        let (call, switch) = self
+            .guard
+            .call(|| async move {
+                // The cells live on the stack only for the acquire.
+                let cells = plan.cells(config, false);
+                self.store
+                    .acquire(&cells, Some(plan.pause()), horizon)
+                    .await
+            })
+            .await;
+        let error = match call {
+            Call::Answered(answer) => {
+                self.switched(switch, None);
+                return Ok((answer, Via::Shared));
+            }
+            Call::Failed(e) => {
+                self.store_error(&e);
+                self.switched(switch, Some(&e));
+                e
+            }
+            Call::Skipped => {
+                StoreError::new("unavailable: it failed, and is tried again once a second")
+            }
+        };
+        match (config.on_store_failure, &self.local) {
+            (OnStoreFailure::FailOpen, _) => {
+                self.counters.store_fail_open.fetch_add(1, Relaxed);
+                tracing::debug!(target: "llm_tower::rate_limit", key = %plan.key(), "rate limit: store failing, call let through unlimited");
+                Ok((
+                    Acquired::Granted {
+                        wait: Duration::ZERO,
+                    },
+                    Via::Open,
+                ))
+            }
+            (OnStoreFailure::Degraded { .. }, Some(local)) => {
+                self.counters.store_degraded.fetch_add(1, Relaxed);
+                let cells = plan.cells(config, true);
+                let answer = local.acquire(&cells, Some(plan.pause()), horizon).await?;
+                Ok((answer, Via::Local))
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// The time left on the pause flag `key`, where the call took.
+    pub(crate) async fn pause_left(&self, via: Via, key: &str) -> Option<Duration> {
+        match via {
+            Via::Open => None,
+            Via::Local => match &self.local {
+                Some(local) => local.flag(key).await.ok().flatten(),
+                None => None,
+            },
+            Via::Shared => self
+                .after(self.guard.run(self.store.flag(key)).await)
+                .flatten(),
+        }
+    }
+
+    async fn set_pause(&self, via: Via, key: &str, delay: Duration) {
+        match (via, &self.local) {
+            (Via::Shared, _) => {
+                self.after(self.guard.run(self.store.set_flag(key, delay)).await);
+            }
+            (Via::Local, Some(local)) => {
+                let _ = local.set_flag(key, delay).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn hold(&self, via: Via, key: &str, quota: Quota, at_least: Duration) {
+        match (via, &self.local) {
+            (Via::Shared, _) => {
+                self.after(self.guard.run(self.store.hold(key, quota, at_least)).await);
+            }
+            (Via::Local, Some(local)) => {
+                let quota = local_quota(self.config.on_store_failure, quota);
+                let _ = local.hold(key, quota, at_least).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Gives `n` units back to a cell (`refund`), or takes `n` more,
+    /// where the call took them.
+    pub(crate) async fn adjust(&self, via: Via, key: &str, quota: Quota, refund: bool, n: u64) {
+        match (via, &self.local) {
+            (Via::Shared, _) => {
+                let op = async {
+                    if refund {
+                        self.store.refund(key, n, quota).await
+                    } else {
+                        self.store.charge(key, n, quota).await
+                    }
+                };
+                self.after(self.guard.run(op).await);
+            }
+            (Via::Local, Some(local)) => {
+                let quota = local_quota(self.config.on_store_failure, quota);
+                let _ = if refund {
+                    local.refund(key, n, quota).await
+                } else {
+                    local.charge(key, n, quota).await
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// A shared-store read for the handle, bounded by the timeout.
+    pub(crate) async fn read<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        bounded(self.guard.timeout, fut).await
     }
 }
 
@@ -779,6 +978,8 @@ impl<St: Store> Shared<St> {
 /// report when there is a meter inside, else when the last holder lets go.
 pub(crate) struct Settlement<St: Store + Clone> {
     pub(crate) shared: Arc<Shared<St>>,
+    /// Where the call took.
+    via: Via,
     /// The call's plan, handed over by the call once it is admitted.
     pub(crate) plan: Plan,
     /// The call's permits while it is not settled; `None` once it is.
@@ -792,9 +993,11 @@ impl<St: Store + Clone> Settlement<St> {
         shared: Arc<Shared<St>>,
         plan: Plan,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+        via: Via,
     ) -> Self {
         Settlement {
             shared,
+            via,
             plan,
             pending: Mutex::new(Some(permits)),
             progress: std::sync::OnceLock::new(),
@@ -854,25 +1057,19 @@ impl<St: Store + Clone> Settlement<St> {
             reserved: plan.input + plan.output,
             used: Some(input + output),
         });
-        if deltas.iter().all(|&d| d == 0) {
+        if deltas.iter().all(|&d| d == 0) || self.via == Via::Open {
             return;
         }
         let shared = shared.clone();
         let keyed = plan.keyed.clone();
+        let via = self.via;
         let work = async move {
             for (c, delta) in keyed.cells.iter().zip(deltas) {
                 if delta == 0 {
                     continue;
                 }
                 let n = delta.unsigned_abs().min(u128::from(u64::MAX)) as u64;
-                let r = if delta < 0 {
-                    shared.store.refund(&c.key, n, c.quota).await
-                } else {
-                    shared.store.charge(&c.key, n, c.quota).await
-                };
-                if let Err(e) = r {
-                    shared.store_error(&e);
-                }
+                shared.adjust(via, &c.key, c.quota, delta < 0, n).await;
             }
         };
         run_now_or_spawn("rate-limit settlement", work);
@@ -897,19 +1094,28 @@ impl<St: Store + Clone> UsageObserver for Settlement<St> {
 pub(crate) struct Taken<'a, St: Store + Clone> {
     shared: &'a Arc<Shared<St>>,
     plan: Option<&'a Plan>,
+    via: Via,
 }
 
 impl<'a, St: Store + Clone> Taken<'a, St> {
-    pub(crate) fn new(shared: &'a Arc<Shared<St>>, plan: &'a Plan) -> Self {
+    pub(crate) fn new(shared: &'a Arc<Shared<St>>, plan: &'a Plan, via: Via) -> Self {
         Taken {
             shared,
             plan: Some(plan),
+            via,
         }
     }
 
-    /// The call goes: what it took stays taken, to be settled.
-    pub(crate) fn keep(mut self) {
+    /// The call goes: what it took stays taken, to be settled where it
+    /// was taken.
+    pub(crate) fn keep(mut self) -> Via {
         self.plan = None;
+        self.via
+    }
+
+    /// Where the call took.
+    pub(crate) fn via(&self) -> Via {
+        self.via
     }
 }
 
@@ -918,15 +1124,16 @@ impl<St: Store + Clone> Drop for Taken<'_, St> {
         let Some(plan) = self.plan.take() else {
             return;
         };
+        if self.via == Via::Open {
+            return;
+        }
         let shared = self.shared.clone();
         let keyed = plan.keyed.clone();
-        let (input, output) = (plan.input, plan.output);
+        let (input, output, via) = (plan.input, plan.output, self.via);
         run_now_or_spawn("rate-limit settlement", async move {
             for c in keyed.cells.iter() {
                 let amount = amount(c.dim, input, output);
-                if let Err(e) = shared.store.refund(&c.key, amount, c.quota).await {
-                    shared.store_error(&e);
-                }
+                shared.adjust(via, &c.key, c.quota, true, amount).await;
             }
         });
     }

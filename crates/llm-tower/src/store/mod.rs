@@ -129,6 +129,41 @@
 //! a time to live, [`flag`](Store::flag) returns the time left, and
 //! [`clear_flag`](Store::clear_flag) removes it early.
 //!
+//! # When the store fails
+//!
+//! [`MemoryStore`] never fails; a remote store does: it is down, slow, or
+//! never answers. Every layer that uses a store therefore bounds each
+//! operation by its `store_timeout` ([`DEFAULT_STORE_TIMEOUT`], 250 ms,
+//! unless configured) — a timed-out operation is a failure like any other,
+//! and a hung store never hangs a call — and declares what a call does
+//! while the store fails, its [`OnStoreFailure`] policy:
+//!
+//! | policy | the call | default of |
+//! |---|---|---|
+//! | [`FailClosed`](OnStoreFailure::FailClosed) | fails with the store's error | budgets (money) |
+//! | [`FailOpen`](OnStoreFailure::FailOpen) | goes unchecked | — |
+//! | [`Degraded { share }`](OnStoreFailure::Degraded) | is checked in a private in-memory store of this process, against each limit × `share` | rate limits (`share` 1.0) |
+//!
+//! A degraded limit is **per process**: with `N` processes, up to `N ×
+//! share` of the limit may pass in all. Pick `share = 1/N` to stay under
+//! it, at the price of using less of it while the store fails.
+//!
+//! The switch is never silent. The first failure switches the layer to its
+//! policy, with an event (`StoreDown`), a `tracing` error and a counter;
+//! while the store fails, each call the policy handles counts in the
+//! layer's stats (`store_fail_open`, `store_degraded`), and the store is
+//! tried again by one call per [`PROBE_INTERVAL`] (one second) — the other
+//! calls follow the policy at once instead of waiting for a timeout each.
+//! The first operation that succeeds switches the layer back to the shared
+//! store, with an event (`StoreRecovered`). What a call took in the private
+//! store stays there: it is settled there, and the private store is only
+//! used while the shared one fails.
+//!
+//! Settlements after a call (giving back unused tokens, recording what a
+//! call cost) never fail the call: a failure is counted and logged, and
+//! what it would have written is lost to the shared store (the reservation's
+//! lease, or the rate limit's refill, restores it in time).
+//!
 //! # Example
 //!
 //! ```
@@ -161,6 +196,7 @@
 //! ```
 
 mod memory;
+mod policy;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -174,6 +210,9 @@ use std::time::Duration;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisStore, RedisStoreBuilder};
 pub use memory::MemoryStore;
+#[cfg(any(feature = "rate-limit", feature = "budget"))]
+pub(crate) use policy::{Call, StoreGuard, Switch, bounded};
+pub use policy::{DEFAULT_STORE_TIMEOUT, OnStoreFailure, PROBE_INTERVAL};
 
 use crate::BoxError;
 
