@@ -104,10 +104,7 @@ fn config(base: Duration) -> CircuitBreakerConfig {
 
 type Log = Arc<Mutex<Vec<(BreakerState, BreakerState, &'static str, Option<Duration>)>>>;
 
-fn layer<St: Store + Clone>(
-    config: CircuitBreakerConfig,
-    store: St,
-) -> (CircuitBreakerLayer, Log) {
+fn layer<St: Store + Clone>(config: CircuitBreakerConfig, store: St) -> (CircuitBreakerLayer, Log) {
     let log: Log = Arc::default();
     let sink = log.clone();
     let layer = CircuitBreakerLayer::with_store(config.build().unwrap(), store).on_transition(
@@ -216,7 +213,11 @@ async fn a_successful_probe_clears_the_shared_flag_for_the_others() {
     // A third process whose trip holds longer (its open time is 30 s).
     let (c, _) = layer(config(30 * SEC), store.clone());
     let (b, _) = layer(config(10 * SEC), store.clone());
-    let (pa, pb, pc) = (Provider::default(), Provider::default(), Provider::default());
+    let (pa, pb, pc) = (
+        Provider::default(),
+        Provider::default(),
+        Provider::default(),
+    );
     let (mut sa, mut sb, mut sc) = (
         a.layer(pa.service()),
         b.layer(pb.service()),
@@ -292,7 +293,10 @@ async fn sharing_stays_within_one_prefix() {
     assert_eq!(store.flag(FLAG).await.unwrap(), Some(10 * SEC));
     advance(SEC).await;
     assert_eq!(call(&mut sb).await.unwrap(), 200);
-    assert_eq!(store.flag("other-fleet:breaker:m:open").await.unwrap(), None);
+    assert_eq!(
+        store.flag("other-fleet:breaker:m:open").await.unwrap(),
+        None
+    );
 }
 
 /// A store that is down: every operation fails.
@@ -403,7 +407,10 @@ fn share_is_configured_as_data_and_checked() {
     assert_eq!(config.share_refresh, Duration::from_millis(250));
     assert_eq!(config.prefix, "fleet");
     let defaults = CircuitBreakerConfig::default();
-    assert_eq!((defaults.share_refresh, &*defaults.prefix), (SEC, "llm-tower"));
+    assert_eq!(
+        (defaults.share_refresh, &*defaults.prefix),
+        (SEC, "llm-tower")
+    );
 
     let e = CircuitBreakerConfig::new()
         .share(true)

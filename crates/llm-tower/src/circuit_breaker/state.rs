@@ -312,10 +312,9 @@ impl Breaker {
     /// own next look is a period away.
     fn share_close(&self, policy: &Policy) {
         if let (Some(share), Some(health)) = (&self.share, &policy.health) {
-            share.checked.store(
-                policy.nanos(Instant::now()).saturating_add(1),
-                Relaxed,
-            );
+            share
+                .checked
+                .store(policy.nanos(Instant::now()).saturating_add(1), Relaxed);
             health.clear(share.flag.clone());
         }
     }
