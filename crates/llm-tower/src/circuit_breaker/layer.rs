@@ -60,7 +60,6 @@ impl<C: Classifier> Shared<C> {
     /// once per `share_refresh`: set, it opens for the time left on it.
     /// With an in-memory store this happens before the call is admitted;
     /// with a remote one, on a task, for the calls that follow.
-    #[cold]
     fn look_elsewhere(self: &Arc<Self>, breaker: &Arc<Breaker>) {
         let (Some(flag), Some(health)) = (breaker.share_due(&self.policy), &self.policy.health)
         else {

@@ -136,6 +136,9 @@
 //!   never calls the store. On, it reads the clock and one atomic per call,
 //!   and calls the store once per key and `share_refresh`, plus once per
 //!   trip and close.
+//! - **Not shared**: isolations, the counts of a closed breaker (each
+//!   process trips on its own failures), and the overflow breaker of a full
+//!   map (it stands for many keys).
 //!
 //! ```
 //! use std::time::Duration;
