@@ -71,7 +71,11 @@ pub(crate) fn concat(parts: &[&str]) -> Box<str> {
 /// Runs `work` now if it completes at once (the in-memory store always
 /// does), else on the tokio runtime; dropped, with a warning, when there is
 /// none.
-#[cfg(any(feature = "rate-limit", feature = "budget"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "budget",
+    feature = "circuit-breaker"
+))]
 pub(crate) fn run_now_or_spawn(
     what: &'static str,
     work: impl std::future::Future<Output = ()> + Send + 'static,

@@ -24,6 +24,7 @@ use llm_tower::{
         RateLimited, RefusalReason, RequestTooLarge, Scope,
     },
     request::RequestMeta,
+    store::MemoryStore,
     usage::Usage,
 };
 use tokio::time::Instant;
@@ -518,6 +519,47 @@ async fn a_429_that_names_no_spent_limit_pauses_but_empties_nothing() {
     limited.ready().await.unwrap().call(plain()).await.unwrap();
     // Everyone waits for the pause; then the burst the limit holds is there.
     assert_eq!(starts_after_429(&layer, &calls).await, vec![5 * SEC; 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_pause_is_shared_by_layers_over_one_store() {
+    // Two layers over one store and prefix: two processes over one Redis.
+    // No limit of their own: only the pause can hold a call back.
+    let store = MemoryStore::new();
+    let shared =
+        || RateLimitLayer::with_store(RateLimitConfig::new().build().unwrap(), store.clone());
+    let (a, b) = (shared(), shared());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let limited = a.layer(headers_service(
+        StatusCode::TOO_MANY_REQUESTS,
+        &[("retry-after", "5")],
+        calls.clone(),
+    ));
+    let res = limited.oneshot(plain()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let key = state_key("openai:gpt-4o:");
+    assert_eq!(
+        b.handle().key_state(&key).await.unwrap().paused_for,
+        Some(5 * SEC)
+    );
+
+    // B never met the 429, yet its next call of the key waits the pause out.
+    let t0 = Instant::now();
+    b.layer(ok_service(calls.clone()))
+        .oneshot(plain())
+        .await
+        .unwrap();
+    assert_eq!(t0.elapsed(), 5 * SEC);
+    assert_eq!(b.handle().stats().provider_429, 0);
+
+    // A layer over a store of its own is not paused.
+    let t1 = Instant::now();
+    layer(RateLimitConfig::new())
+        .layer(ok_service(calls.clone()))
+        .oneshot(plain())
+        .await
+        .unwrap();
+    assert_eq!(t1.elapsed(), Duration::ZERO);
 }
 
 #[tokio::test(start_paused = true)]

@@ -55,10 +55,34 @@ pub struct CircuitBreakerConfig {
     /// times per period, so it may stay up to about 1.5 times as long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Share the breakers' health through the layer's store (off by
+    /// default): a breaker that trips sets a flag
+    /// `<prefix>:breaker:<key>:open` for its open time, and a closed
+    /// breaker of the same key in another layer or process that finds the
+    /// flag opens for the time left on it. Needs a layer made
+    /// [`with_store`](super::CircuitBreakerLayer::with_store); see
+    /// [sharing](super#sharing-health-across-processes).
+    pub share: bool,
+    /// How often, at most, a closed breaker looks at its shared flag (1 s
+    /// by default): a breaker opened elsewhere is seen here within this
+    /// time (plus a store round trip). `0s` looks on every call — a store
+    /// call per request. Only read when [`share`](Self::share) is on.
+    #[serde(with = "humantime_serde")]
+    pub share_refresh: Duration,
+    /// The prefix of the keys the layer writes in its store when it
+    /// [shares](Self::share), `llm-tower` by default. Layers that share a
+    /// store and a prefix share their breakers' health.
+    pub prefix: String,
 }
 
 /// The default [`max_keys`](CircuitBreakerConfig::max_keys).
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+/// The default [`share_refresh`](CircuitBreakerConfig::share_refresh): 1 s.
+pub const DEFAULT_SHARE_REFRESH: Duration = Duration::from_secs(1);
+
+/// The default [`prefix`](CircuitBreakerConfig::prefix): `llm-tower`.
+pub const DEFAULT_PREFIX: &str = "llm-tower";
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
@@ -71,6 +95,9 @@ impl Default for CircuitBreakerConfig {
             count: None,
             max_keys: DEFAULT_MAX_KEYS,
             idle_timeout: Duration::from_secs(600),
+            share: false,
+            share_refresh: DEFAULT_SHARE_REFRESH,
+            prefix: DEFAULT_PREFIX.to_owned(),
         }
     }
 }
@@ -248,6 +275,24 @@ impl CircuitBreakerConfig {
         self
     }
 
+    /// Sets [`share`](Self::share).
+    pub fn share(mut self, share: bool) -> Self {
+        self.share = share;
+        self
+    }
+
+    /// Sets [`share_refresh`](Self::share_refresh).
+    pub fn share_refresh(mut self, d: Duration) -> Self {
+        self.share_refresh = d;
+        self
+    }
+
+    /// Sets the store key [`prefix`](Self::prefix).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
     /// Sets [`count`](Self::count) from classes.
     pub fn count(mut self, classes: &[FailureClass]) -> Self {
         self.count = Some(classes.iter().map(|c| c.as_str().to_owned()).collect());
@@ -397,6 +442,12 @@ impl CircuitBreakerConfig {
             return Err(err(
                 "idle_timeout",
                 "idle_timeout is 0s: every breaker would be dropped at once".into(),
+            ));
+        }
+        if self.share && self.prefix.is_empty() {
+            return Err(err(
+                "prefix",
+                "prefix is empty: shared flags would collide with other users of the store".into(),
             ));
         }
         self.counted_classes().map_err(|e| err("count", e))?;

@@ -17,8 +17,9 @@ use tower_service::Service;
 
 use super::{
     Admitted, BreakerBody, BreakerKey, BreakerState, CircuitBreakerConfig, ConfigError, Transition,
-    future::{ResponseFuture, Ticket},
+    future::{Judge, ResponseFuture, Ticket},
     map::Breakers,
+    share::Health,
     state::{Breaker, Policy},
 };
 use crate::{
@@ -26,6 +27,7 @@ use crate::{
     attempts::AttemptBudget,
     classify::{Classifier, DefaultClassifier, Failure, FailureClass},
     config::Valid,
+    store::Store,
 };
 
 type KeyFn = Arc<dyn Fn(&http::request::Parts) -> BreakerKey + Send + Sync>;
@@ -50,6 +52,24 @@ impl<C> Shared<C> {
 
     fn breaker(&self, key: &BreakerKey) -> Arc<Breaker> {
         self.breakers.get(key, &self.policy)
+    }
+}
+
+impl<C: Classifier> Shared<C> {
+    /// A closed breaker that shares its health looks at its flag, at most
+    /// once per `share_refresh`: set, it opens for the time left on it.
+    /// With an in-memory store this happens before the call is admitted;
+    /// with a remote one, on a task, for the calls that follow.
+    fn look_elsewhere(self: &Arc<Self>, breaker: &Arc<Breaker>) {
+        let (Some(flag), Some(health)) = (breaker.share_due(&self.policy), &self.policy.health)
+        else {
+            return;
+        };
+        let judge: Arc<dyn Judge> = self.clone();
+        let breaker = breaker.clone();
+        health.read(flag, move |left| {
+            breaker.open_elsewhere(judge.policy(), left);
+        });
     }
 }
 
@@ -89,8 +109,22 @@ impl CircuitBreakerLayer {
     /// A layer with a checked `config` ([`CircuitBreakerConfig::build`])
     /// and the [`DefaultClassifier`], keyed by provider and model. It cannot
     /// fail.
+    ///
+    /// Its breakers live in this process: [`share`](CircuitBreakerConfig::share)
+    /// needs a store ([`with_store`](Self::with_store)).
     pub fn new(config: Valid<CircuitBreakerConfig>) -> Self {
         Self::with_classifier(config, DefaultClassifier::new())
+    }
+
+    /// A layer with a checked `config` and the [`DefaultClassifier`] that,
+    /// when [`share`](CircuitBreakerConfig::share) is on, shares its
+    /// breakers' health through `store` with every layer (and process)
+    /// using the same store and [`prefix`](CircuitBreakerConfig::prefix):
+    /// a breaker that opens anywhere opens the others. With `share` off,
+    /// the store is never called. See
+    /// [sharing](super#sharing-health-across-processes).
+    pub fn with_store<St: Store + Clone>(config: Valid<CircuitBreakerConfig>, store: St) -> Self {
+        Self::with_classifier_and_store(config, DefaultClassifier::new(), store)
     }
 }
 
@@ -113,12 +147,39 @@ impl TryFrom<CircuitBreakerConfig> for CircuitBreakerLayer {
 impl<C: Classifier> CircuitBreakerLayer<C> {
     /// A layer with a checked `config` and `classifier`.
     pub fn with_classifier(config: Valid<CircuitBreakerConfig>, classifier: C) -> Self {
+        if config.share {
+            tracing::warn!(
+                target: "llm_tower::circuit_breaker",
+                "circuit breaker: `share` is on but the layer has no store \
+                 (use `with_store`): its health stays in this process"
+            );
+        }
+        Self::build(config.into_inner(), classifier, None)
+    }
+
+    /// A layer with a checked `config` and `classifier` that shares its
+    /// breakers' health through `store` when
+    /// [`share`](CircuitBreakerConfig::share) is on, as
+    /// [`with_store`](CircuitBreakerLayer::with_store) does.
+    pub fn with_classifier_and_store<St: Store + Clone>(
+        config: Valid<CircuitBreakerConfig>,
+        classifier: C,
+        store: St,
+    ) -> Self {
         let config = config.into_inner();
+        let health = config
+            .share
+            .then(|| Arc::new(Health::new(store, config.share_refresh, &config.prefix)));
+        Self::build(config, classifier, health)
+    }
+
+    fn build(config: CircuitBreakerConfig, classifier: C, health: Option<Arc<Health>>) -> Self {
         let counted = config.counted_classes().expect("validated");
         let policy = Policy {
             config,
             origin: Instant::now(),
             listener: ArcSwapOption::empty(),
+            health,
         };
         CircuitBreakerLayer {
             shared: Arc::new(Shared {
@@ -248,8 +309,20 @@ impl<C> CircuitBreakerHandle<C> {
     /// failures) the breakers it covers — except those a broader isolation
     /// still holds: resetting `openai/gpt-4o` leaves it isolated while
     /// `BreakerKey::named("gpt-4o")` is.
+    ///
+    /// When the layer [shares](super#sharing-health-across-processes) its
+    /// breakers' health, closing a breaker also clears its shared flag
+    /// (isolations stay in this process).
     pub fn reset(&self, key: &BreakerKey) {
         self.shared.breakers.reset(key, &self.shared.policy);
+    }
+
+    /// How many operations on the shared health store failed: each one
+    /// left the breaker on its local state, and was logged as a `tracing`
+    /// warning. Always 0 for a layer that does not
+    /// [share](super#sharing-health-across-processes).
+    pub fn store_errors(&self) -> u64 {
+        self.shared.policy.health.as_ref().map_or(0, |h| h.errors())
     }
 }
 
@@ -365,6 +438,9 @@ where
         S: Service<Req> + Clone,
     {
         let breaker = self.shared.breaker(&key);
+        if breaker.is_shared() {
+            self.shared.look_elsewhere(&breaker);
+        }
         match breaker.admit(&self.shared.policy) {
             Err(open) => {
                 if let Some(budget) = budget {

@@ -70,7 +70,7 @@ impl Breakers {
                 idle_cut: 0,
                 overflowed: 0,
             }),
-            overflow: Arc::new(Breaker::new(BreakerKey::overflow(), config, 0)),
+            overflow: Arc::new(Breaker::new(BreakerKey::overflow(), config, 0, None)),
             max_keys: config.max_keys,
             idle: config.idle_timeout,
         }
@@ -126,7 +126,8 @@ impl Breakers {
             }
         }
         let epoch = self.epoch.load(Relaxed);
-        let fresh = Arc::new(Breaker::new(key.clone(), &policy.config, epoch));
+        let flag = policy.health.as_ref().map(|h| h.flag_key(key));
+        let fresh = Arc::new(Breaker::new(key.clone(), &policy.config, epoch, flag));
         if self.isolated(key) {
             fresh.start_isolated();
         }
@@ -151,7 +152,7 @@ impl Breakers {
         self.lock_sweeper().overflowed += 1;
         if self.isolated(key) {
             // Isolated by hand: refused, whatever the overflow's state.
-            let b = Arc::new(Breaker::new(key.clone(), &policy.config, 0));
+            let b = Arc::new(Breaker::new(key.clone(), &policy.config, 0, None));
             b.start_isolated();
             return b;
         }

@@ -92,6 +92,74 @@
 //! permit. Placed outside retry, it would see one outcome per call and trip
 //! later.
 //!
+//! # Sharing health across processes
+//!
+//! Off by default, a breaker's state lives in its process: a fleet of N
+//! processes would each have to fail against a provider that is down
+//! before all of them stop calling it. With
+//! [`share`](CircuitBreakerConfig::share) on, and a layer made
+//! [`with_store`](CircuitBreakerLayer::with_store) — a store shared by the
+//! fleet, such as Redis; here every layer over one
+//! [`MemoryStore`](crate::store::MemoryStore) clone — breakers of the same
+//! key share their openings through a [flag](crate::store::Store::set_flag)
+//! in the store, `<prefix>:breaker:<key>:open` (`llm-tower:breaker:openai/gpt-4o:open`
+//! by default, the key as [`BreakerKey`] displays it):
+//!
+//! - **A trip** anywhere sets the flag, with the open time as its time to
+//!   live. A failed probe trips again and sets it again, for the longer
+//!   open time.
+//! - **A closed breaker** looks at the flag before admitting a call, at most
+//!   once per [`share_refresh`](CircuitBreakerConfig::share_refresh) per key
+//!   (1 s by default; one caller per period looks, the others go on the
+//!   local state). If the flag is set, the breaker opens here for the time
+//!   left on it, with the transition reason `opened_elsewhere`, and refuses
+//!   with [`CircuitOpen`] as if it had tripped. It does **not** count a
+//!   trip of its own: its next open time starts from
+//!   [`base`](OpenDuration::base) again. A breaker that is open or
+//!   half-open here goes on its own state.
+//! - **After the open time** every breaker lets its own probes through, as
+//!   usual. A probe that closes a breaker clears the flag: a breaker that
+//!   opened elsewhere for longer (another process's later trip) no longer
+//!   holds the others back once one of them found the provider back. So
+//!   does [`reset`](CircuitBreakerHandle::reset); isolations stay local.
+//! - **Staleness.** A breaker sees an opening elsewhere within
+//!   `share_refresh` of it: with the in-memory store before the call is
+//!   admitted; with a remote store the look runs on a task and its answer
+//!   applies from the next call on (within `share_refresh` plus a round
+//!   trip). The flag holds the last word: a clear by a successful probe
+//!   lifts a trip made elsewhere at the same time.
+//! - **Store failures never fail a call.** A flag that cannot be read,
+//!   set or cleared leaves the breaker on its local state; the failure is
+//!   a `tracing` warning and is counted
+//!   ([`CircuitBreakerHandle::store_errors`]).
+//! - **Cost.** Off, the closed path reads one more field of the breaker and
+//!   never calls the store. On, it reads the clock and one atomic per call,
+//!   and calls the store once per key and `share_refresh`, plus once per
+//!   trip and close.
+//! - **Not shared**: isolations, the counts of a closed breaker (each
+//!   process trips on its own failures), and the overflow breaker of a full
+//!   map (it stands for many keys).
+//!
+//! ```
+//! use std::time::Duration;
+//! use llm_tower::{
+//!     circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer},
+//!     store::MemoryStore,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One store for the fleet (a Redis store in production).
+//! let store = MemoryStore::new();
+//! let config = CircuitBreakerConfig::new()
+//!     .share(true)
+//!     .share_refresh(Duration::from_millis(500))
+//!     .build()?;
+//! let a = CircuitBreakerLayer::with_store(config.clone(), store.clone());
+//! let b = CircuitBreakerLayer::with_store(config, store);
+//! # let _ = (a, b);
+//! # Ok(()) }
+//! ```
+//!
 //! # Keys and memory
 //!
 //! Breakers are kept per key in a sharded map, at most
@@ -131,13 +199,14 @@ mod future;
 mod key;
 mod layer;
 mod map;
+mod share;
 mod state;
 mod window;
 
 pub use admitted::Admitted;
 pub use config::{
-    CircuitBreakerConfig, ConfigError, DEFAULT_MAX_KEYS, HalfOpen, OpenDuration, RateTrip,
-    SlidingWindow, SlowTrip,
+    CircuitBreakerConfig, ConfigError, DEFAULT_MAX_KEYS, DEFAULT_PREFIX, DEFAULT_SHARE_REFRESH,
+    HalfOpen, OpenDuration, RateTrip, SlidingWindow, SlowTrip,
 };
 pub use error::CircuitOpen;
 pub use future::{BreakerBody, ResponseFuture};

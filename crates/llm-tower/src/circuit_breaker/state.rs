@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{
             AtomicU32, AtomicU64,
             Ordering::{Acquire, Relaxed, Release},
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::{
     BreakerKey, CircuitBreakerConfig, CircuitOpen,
     config::SlidingWindow,
+    share::Health,
     window::{CallRing, Counts, TimeRing, Window},
 };
 
@@ -68,7 +69,9 @@ pub struct Transition {
     pub to: BreakerState,
     /// Why: `consecutive_failures`, `failure_rate`, `slow_calls`,
     /// `open_time_over`, `probe_failed`, `probes_succeeded`, `isolated`,
-    /// `reset`.
+    /// `reset`, or `opened_elsewhere` — another layer or process sharing
+    /// the breaker's health through a store opened it (see
+    /// [sharing](super#sharing-health-across-processes)).
     pub reason: &'static str,
     /// For a transition to open: how long it stays open.
     pub open_for: Option<Duration>,
@@ -142,6 +145,9 @@ pub(crate) struct Policy {
     /// Set at any time, by any clone of the layer; read at transitions
     /// only.
     pub(crate) listener: ArcSwapOption<Listener>,
+    /// The store the breakers share their health through, when
+    /// [`share`](CircuitBreakerConfig::share) is on and the layer has one.
+    pub(crate) health: Option<Arc<Health>>,
 }
 
 impl Policy {
@@ -185,6 +191,18 @@ pub(crate) struct Breaker {
     /// Held only to change state, never on the closed path, and never
     /// while the listener runs.
     transitions: Mutex<()>,
+    /// Its shared health, when the layer shares it: `None` otherwise, and
+    /// then the closed path never looks further.
+    share: Option<Box<Shared>>,
+}
+
+/// A breaker's part in the shared health.
+struct Shared {
+    /// Its flag in the store.
+    flag: Arc<str>,
+    /// When its closed state last looked at the flag, in nanoseconds since
+    /// the policy's origin, plus one; 0: never.
+    checked: AtomicU64,
 }
 
 impl fmt::Debug for Breaker {
@@ -197,7 +215,14 @@ impl fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(key: BreakerKey, config: &CircuitBreakerConfig, epoch: u64) -> Self {
+    /// A closed breaker; `flag`: its key in the shared health store, when
+    /// the layer shares its health.
+    pub(crate) fn new(
+        key: BreakerKey,
+        config: &CircuitBreakerConfig,
+        epoch: u64,
+        flag: Option<Arc<str>>,
+    ) -> Self {
         let window = match (config.failure_rate, config.slow_calls) {
             (Some(r), _) => Some(match r.window {
                 SlidingWindow::Calls { calls } => Window::Calls(CallRing::new(calls)),
@@ -215,6 +240,82 @@ impl Breaker {
             window,
             last_used: AtomicU64::new(epoch),
             transitions: Mutex::new(()),
+            share: flag.map(|flag| {
+                Box::new(Shared {
+                    flag,
+                    checked: AtomicU64::new(0),
+                })
+            }),
+        }
+    }
+
+    /// Whether the breaker shares its health. A plain field read: the
+    /// closed path of a layer that does not share goes no further.
+    #[inline]
+    pub(crate) fn is_shared(&self) -> bool {
+        self.share.is_some()
+    }
+
+    /// When a closed, shared breaker is due to look at its flag (its last
+    /// look is `share_refresh` old, or it never looked): its flag's key,
+    /// and the look is recorded, so that one caller per period looks.
+    pub(crate) fn share_due(&self, policy: &Policy) -> Option<Arc<str>> {
+        let share = self.share.as_deref()?;
+        let health = policy.health.as_deref()?;
+        if Word(self.word.load(Acquire)).mode() != CLOSED {
+            return None;
+        }
+        let now = policy.nanos(Instant::now()).saturating_add(1);
+        let last = share.checked.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < health.refresh_ns {
+            return None;
+        }
+        share
+            .checked
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .ok()
+            .map(|_| share.flag.clone())
+    }
+
+    /// Another layer or process opened this key's breaker, for `left`
+    /// more: a closed breaker opens here for as long, without counting a
+    /// trip of its own (the open time of its next trip does not grow).
+    pub(crate) fn open_elsewhere(&self, policy: &Policy, left: Duration) {
+        let g = self.lock();
+        let cur = Word(self.word.load(Acquire));
+        if cur.mode() != CLOSED {
+            return;
+        }
+        let until = policy
+            .nanos(Instant::now())
+            .saturating_add(left.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.open_until.store(until, Relaxed);
+        self.word.store(cur.next(OPEN).0, Release);
+        drop(g);
+        policy.notify(Transition {
+            key: self.key.clone(),
+            from: BreakerState::Closed,
+            to: BreakerState::Open,
+            reason: "opened_elsewhere",
+            open_for: Some(left),
+        });
+    }
+
+    /// Tells the other sharers this breaker opened for `open_for`.
+    fn share_open(&self, policy: &Policy, open_for: Duration) {
+        if let (Some(share), Some(health)) = (&self.share, &policy.health) {
+            health.set(share.flag.clone(), open_for);
+        }
+    }
+
+    /// Tells the other sharers this breaker closed: its flag goes, and its
+    /// own next look is a period away.
+    fn share_close(&self, policy: &Policy) {
+        if let (Some(share), Some(health)) = (&self.share, &policy.health) {
+            share
+                .checked
+                .store(policy.nanos(Instant::now()).saturating_add(1), Relaxed);
+            health.clear(share.flag.clone());
         }
     }
 
@@ -437,6 +538,7 @@ impl Breaker {
                     }
                     let t = self.close(w, "probes_succeeded");
                     drop(g);
+                    self.share_close(policy);
                     policy.notify(t);
                     return;
                 }
@@ -486,6 +588,7 @@ impl Breaker {
         self.open_until.store(until, Relaxed);
         self.word.store(cur.next(OPEN).0, Release);
         drop(g);
+        self.share_open(policy, open_for);
         policy.notify(Transition {
             key: self.key.clone(),
             from: cur.state(),
@@ -537,6 +640,7 @@ impl Breaker {
         let cur = Word(self.word.load(Acquire));
         let t = self.close(cur, "reset");
         drop(g);
+        self.share_close(policy);
         policy.notify(t);
     }
 }

@@ -45,6 +45,14 @@
 //!    configured is learned. A 429 with a server delay pauses the key for
 //!    **every** call until then; a limit its headers say is spent is empty
 //!    then, so calls resume at that limit's pace rather than in a burst.
+//!    The pause is a [flag](crate::store::Store::set_flag) in the store,
+//!    `<prefix>:<key>:pause`, read in the same step as the take: layers
+//!    and processes made [`with_store`](RateLimitLayer::with_store) over
+//!    one store and [`prefix`](RateLimitConfig::prefix) share it, so a
+//!    429 one of them meets pauses the key for the whole fleet, which does
+//!    not walk into the same wall N times. (What a layer *learns* from the
+//!    headers — a limit not configured — stays in its process; the spent
+//!    cells it holds are in the store, and shared too.)
 //! 5. **Settle**, exactly once, with the usage the
 //!    [meter](crate::metering::MeterLayer) reports: tokens reserved and not
 //!    used are given back, tokens used beyond the estimate are taken. A call
