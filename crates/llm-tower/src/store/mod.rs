@@ -19,8 +19,9 @@
 //! caller needs next (how long to wait, what is left, what was spent). Nothing
 //! is read, decided in the caller and written back, so concurrent callers,
 //! threads or processes can never all pass a check only one should pass. For
-//! Redis each method is one Lua script on the server, with the server's
-//! `TIME`; for [`MemoryStore`] it is a short per-key lock.
+//! Redis (`RedisStore`, feature `redis`) each method is one Lua script on
+//! the server, given the time of the store's [`Clock`](crate::clock::Clock);
+//! for [`MemoryStore`] it is a short per-key lock.
 //!
 //! The operations come in three families:
 //!

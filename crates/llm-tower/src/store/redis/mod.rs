@@ -288,8 +288,26 @@ impl<C: Clock> Clone for RedisStore<C> {
     }
 }
 
-/// `url` with the password of its user info, if any, replaced by `***`.
+/// `url` with its password, if any, replaced by `***`: the password of the
+/// user info (`redis://user:password@host`), and the `pass` or `password`
+/// parameters of a Unix socket's URL (`unix:///run/redis.sock?pass=…`).
 fn redact(url: &str) -> String {
+    let url = redact_userinfo(url);
+    let Some(q) = url.find('?') else {
+        return url;
+    };
+    let (head, query) = url.split_at(q + 1);
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}{}", query.join("&"))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
@@ -772,6 +790,10 @@ mod tests {
             "redis://:***@redis.internal"
         );
         assert_eq!(redact("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
+        assert_eq!(
+            redact("unix:///run/redis.sock?db=1&pass=hunter2"),
+            "unix:///run/redis.sock?db=1&pass=***"
+        );
         let builder = RedisStore::builder("redis://alice:hunter2@h:1").prefix("p");
         let debug = format!("{builder:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
