@@ -1020,7 +1020,7 @@ mod redis_only {
     /// back (empty, without the scripts), calls work again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_server_is_used_again() {
-        let Some(mut server) = redis_support::server() else {
+        let Some(mut server) = redis_support::own_server() else {
             return;
         };
         let clock = ManualClock::new();

@@ -66,6 +66,14 @@ pub fn server() -> Option<RedisServer> {
             child: None,
         });
     }
+    own_server()
+}
+
+/// A server the test starts itself, whatever `LLM_TOWER_REDIS_URL` says:
+/// for tests that stop, restart or slow it down. `None` (with a loud
+/// message) when no `redis-server` can be started and
+/// `LLM_TOWER_REQUIRE_REDIS` is not `1`.
+pub fn own_server() -> Option<RedisServer> {
     for _ in 0..3 {
         let Some(port) = free_port() else { break };
         if let Some(child) = start(port) {
@@ -81,8 +89,8 @@ pub fn server() -> Option<RedisServer> {
     }
     if std::env::var("LLM_TOWER_REQUIRE_REDIS").as_deref() == Ok("1") {
         panic!(
-            "no Redis: LLM_TOWER_REQUIRE_REDIS=1, but LLM_TOWER_REDIS_URL is unset and \
-             no redis-server could be started"
+            "no Redis: LLM_TOWER_REQUIRE_REDIS=1, but no redis-server could be started \
+             (and LLM_TOWER_REDIS_URL is unset, or the test needs a server of its own)"
         );
     }
     // Written to the process's stderr directly, past the test harness's
