@@ -3,7 +3,7 @@
 //! redis://HOST:PORT[/DB]`), so that several demo processes share one
 //! quota and one budget.
 
-use std::{fmt, future::Future, str::FromStr, time::Duration};
+use std::{fmt, str::FromStr, time::Duration};
 
 use llm_tower::store::{
     Acquire, Balance, Bucket, Cell, MemoryStore, Quota, RedisStore, Reservation, Reserve, Span,
@@ -92,98 +92,68 @@ impl DemoStore {
 /// Calls `$method` on whichever store this is.
 macro_rules! delegate {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        async move {
-            match $self {
-                DemoStore::Memory(s) => s.$method($($arg),*).await,
-                DemoStore::Redis(s) => s.$method($($arg),*).await,
-            }
+        match $self {
+            DemoStore::Memory(s) => s.$method($($arg),*).await,
+            DemoStore::Redis(s) => s.$method($($arg),*).await,
         }
     };
 }
 
 impl Store for DemoStore {
-    fn take(
-        &self,
-        key: &str,
-        amount: u64,
-        quota: Quota,
-    ) -> impl Future<Output = Result<Take, StoreError>> + Send {
+    async fn take(&self, key: &str, amount: u64, quota: Quota) -> Result<Take, StoreError> {
         delegate!(self.take(key, amount, quota))
     }
 
-    fn refund(
-        &self,
-        key: &str,
-        amount: u64,
-        quota: Quota,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    async fn refund(&self, key: &str, amount: u64, quota: Quota) -> Result<(), StoreError> {
         delegate!(self.refund(key, amount, quota))
     }
 
-    fn acquire(
+    async fn acquire(
         &self,
         cells: &[Cell<'_>],
         pause: Option<&str>,
         horizon: Duration,
-    ) -> impl Future<Output = Result<Acquire, StoreError>> + Send {
+    ) -> Result<Acquire, StoreError> {
         delegate!(self.acquire(cells, pause, horizon))
     }
 
-    fn charge(
-        &self,
-        key: &str,
-        amount: u64,
-        quota: Quota,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    async fn charge(&self, key: &str, amount: u64, quota: Quota) -> Result<(), StoreError> {
         delegate!(self.charge(key, amount, quota))
     }
 
-    fn hold(
-        &self,
-        key: &str,
-        quota: Quota,
-        at_least: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    async fn hold(&self, key: &str, quota: Quota, at_least: Duration) -> Result<(), StoreError> {
         delegate!(self.hold(key, quota, at_least))
     }
 
-    fn reserve(
+    async fn reserve(
         &self,
         buckets: &[Bucket<'_>],
         lease: Duration,
-    ) -> impl Future<Output = Result<Reserve, StoreError>> + Send {
+    ) -> Result<Reserve, StoreError> {
         delegate!(self.reserve(buckets, lease))
     }
 
-    fn settle(
+    async fn settle(
         &self,
         reservation: &Reservation,
         actual: &[u64],
-    ) -> impl Future<Output = Result<Vec<Balance>, StoreError>> + Send {
+    ) -> Result<Vec<Balance>, StoreError> {
         delegate!(self.settle(reservation, actual))
     }
 
-    fn balance(
-        &self,
-        key: &str,
-        span: Span,
-    ) -> impl Future<Output = Result<Balance, StoreError>> + Send {
+    async fn balance(&self, key: &str, span: Span) -> Result<Balance, StoreError> {
         delegate!(self.balance(key, span))
     }
 
-    fn set_flag(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    async fn set_flag(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
         delegate!(self.set_flag(key, ttl))
     }
 
-    fn flag(&self, key: &str) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
+    async fn flag(&self, key: &str) -> Result<Option<Duration>, StoreError> {
         delegate!(self.flag(key))
     }
 
-    fn clear_flag(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+    async fn clear_flag(&self, key: &str) -> Result<(), StoreError> {
         delegate!(self.clear_flag(key))
     }
 }
