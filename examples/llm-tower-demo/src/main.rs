@@ -43,6 +43,18 @@
 //! cargo run --release -p llm-tower-demo -- --requests 1000 --concurrency 64 --budget-usd 0.022
 //! ```
 //!
+//! `--store redis://HOST:PORT` keeps the stack's rate limiter and budget in
+//! Redis instead of the process's memory, so that several demo processes
+//! share one quota and one budget, e.g. two of them against one
+//! standalone mock (`cargo run -p llm-tower-mock -- --port 8090 --rpm 60`):
+//!
+//! ```sh
+//! cargo run --release -p llm-tower-demo -- --only stack \
+//!     --base-url http://127.0.0.1:8090/v1 --provider openai --model gpt-4o-mini \
+//!     --api-key sk-demo --rpm 60 --requests 60 --concurrency 8 \
+//!     --store redis://127.0.0.1:6379
+//! ```
+//!
 //! `RUST_LOG` turns on logs on stderr as in any Rust CLI (`RUST_LOG=debug`
 //! shows every call and attempt through tower-http's `TraceLayer`); the
 //! report on stdout is the same either way. API keys never appear in them.
@@ -174,8 +186,9 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     budget_tokens: Option<u64>,
     /// Where the stack's rate limiter and budget keep their state: `memory`
-    /// (each process its own), or redis://HOST:PORT[/DB] (rediss:// for
-    /// TLS, redis://:PASSWORD@HOST:PORT with a password), connected once at
+    /// (each process its own), or redis://HOST:PORT[/DB]
+    /// (redis://:PASSWORD@HOST:PORT with a password; rediss:// is accepted
+    /// but this build has no Redis TLS yet), connected once at
     /// start, so that several demo processes pointed at the same server
     /// share one quota (--rpm, --tpm, what the provider's headers say) and
     /// one budget (--budget-usd, --budget-tokens). The password is never

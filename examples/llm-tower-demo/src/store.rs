@@ -165,8 +165,9 @@ pub enum StoreUrl {
     /// Each process its own [`MemoryStore`].
     #[default]
     Memory,
-    /// `redis://` or `rediss://` (TLS), checked for shape only: whether a
-    /// server answers is known when connecting.
+    /// `redis://` or `rediss://` (TLS, which the demo's redis client is
+    /// not built with yet: connecting says so), checked for shape only:
+    /// whether a server answers is known when connecting.
     Redis(String),
 }
 
