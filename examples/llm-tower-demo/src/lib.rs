@@ -5,6 +5,7 @@
 //! - [`chaos`]: the embedded mock provider and its fault profile.
 //! - [`workload`]: the calls, where they go, and [`run_side`].
 //! - [`stack`]: the two clients, and the counters they feed.
+//! - [`store`]: where the stack's limits and budget live (memory or Redis).
 //! - [`report`]: per-side numbers, the table and the JSON.
 //! - [`plot`]: the SVG chart of latency over time.
 //!
@@ -14,6 +15,7 @@ pub mod chaos;
 pub mod plot;
 pub mod report;
 pub mod stack;
+pub mod store;
 pub mod workload;
 
 use std::{
@@ -30,6 +32,7 @@ use llm_tower_mock::Rule;
 pub use chaos::Chaos;
 pub use report::{Report, SideReport};
 pub use stack::Tuning;
+pub use store::{DemoStore, StoreUrl};
 pub use workload::{ApiFormat, Endpoint, Side, Workload, run_side};
 
 /// What the calls are sent to.
@@ -68,6 +71,7 @@ pub async fn run(options: &Options) -> Result<Report, BoxError> {
         concurrency: w.concurrency,
         seed: w.seed,
         stream: if w.all_stream { "all" } else { "mix" }.to_owned(),
+        store: options.tuning.store.describe(),
         bare: None,
         stack: None,
         changed_settings: options.tuning.changed_settings(),

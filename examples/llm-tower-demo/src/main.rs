@@ -43,6 +43,18 @@
 //! cargo run --release -p llm-tower-demo -- --requests 1000 --concurrency 64 --budget-usd 0.022
 //! ```
 //!
+//! `--store redis://HOST:PORT` keeps the stack's rate limiter and budget in
+//! Redis instead of the process's memory, so that several demo processes
+//! share one quota and one budget, e.g. two of them against one
+//! standalone mock (`cargo run -p llm-tower-mock -- --port 8090 --rpm 60`):
+//!
+//! ```sh
+//! cargo run --release -p llm-tower-demo -- --only stack \
+//!     --base-url http://127.0.0.1:8090/v1 --provider openai --model gpt-4o-mini \
+//!     --api-key sk-demo --rpm 60 --requests 60 --concurrency 8 \
+//!     --store redis://127.0.0.1:6379
+//! ```
+//!
 //! `RUST_LOG` turns on logs on stderr as in any Rust CLI (`RUST_LOG=debug`
 //! shows every call and attempt through tower-http's `TraceLayer`); the
 //! report on stdout is the same either way. API keys never appear in them.
@@ -51,7 +63,8 @@ use std::{fmt, net::IpAddr, path::PathBuf, process::ExitCode, str::FromStr, time
 
 use clap::Parser;
 use llm_tower_demo::{
-    ApiFormat, Chaos, Endpoint, Options, Side, Target, Tuning, Workload, plot, run,
+    ApiFormat, Chaos, DemoStore, Endpoint, Options, Side, StoreUrl, Target, Tuning, Workload, plot,
+    run,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -172,6 +185,22 @@ struct Args {
     /// output) over the whole run.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     budget_tokens: Option<u64>,
+    /// Where the stack's rate limiter and budget keep their state: `memory`
+    /// (each process its own), or redis://HOST:PORT[/DB]
+    /// (redis://:PASSWORD@HOST:PORT with a password; rediss:// is accepted
+    /// but this build has no Redis TLS yet), connected once at
+    /// start, so that several demo processes pointed at the same server
+    /// share one quota (--rpm, --tpm, what the provider's headers say) and
+    /// one budget (--budget-usd, --budget-tokens). The password is never
+    /// printed.
+    #[arg(long, value_name = "URL", default_value = "memory")]
+    store: StoreUrl,
+    /// With a Redis --store: the prefix of the demo's keys there.
+    /// Processes share limits and budgets only with the same prefix; a new
+    /// prefix starts from a clean slate (a --budget-usd total stays in Redis
+    /// under its prefix).
+    #[arg(long, value_name = "P", default_value = llm_tower_demo::store::REDIS_PREFIX)]
+    store_prefix: String,
 }
 
 /// `--budget-usd`: a finite number of dollars above 0, at most the budget
@@ -293,6 +322,16 @@ fn fallback(args: &Args) -> Result<Option<(&str, ApiFormat, &str)>, String> {
 
 /// Checks the flags clap cannot, and builds the run's options.
 fn options(args: &Args) -> Result<Options, String> {
+    if args.store.redis_url().is_none() && args.store_prefix != llm_tower_demo::store::REDIS_PREFIX
+    {
+        return Err("--store-prefix goes with --store redis://…".to_owned());
+    }
+    if args.store_prefix.is_empty() || args.store_prefix.contains(['{', '}']) {
+        return Err(format!(
+            "--store-prefix `{}`: a prefix is not empty and has no braces",
+            args.store_prefix
+        ));
+    }
     let mut workload = Workload {
         requests: args.requests as usize,
         concurrency: args.concurrency as usize,
@@ -425,6 +464,21 @@ async fn main() -> ExitCode {
     };
     // Logs and a progress bar would garble each other on stderr.
     options.progress &= !logging;
+    if let Some(url) = args.store.redis_url() {
+        match DemoStore::redis_with_prefix(url, &args.store_prefix).await {
+            Ok(store) => options.tuning = options.tuning.with_store(store),
+            Err(e) => {
+                eprintln!(
+                    "error: --store {}: cannot use the Redis server: {e}{}",
+                    args.store,
+                    std::error::Error::source(&e)
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let report = match run(&options).await {
         Ok(r) => r,
         Err(e) => {
@@ -712,6 +766,66 @@ mod tests {
             let flags = std::iter::once("llm-tower-demo").chain(bad.iter().copied());
             assert!(Args::try_parse_from(flags).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn store_flag_takes_memory_or_a_redis_url() {
+        let plain = args(&[]);
+        assert_eq!(plain.store, StoreUrl::Memory, "memory by default");
+        assert_eq!(plain.store_prefix, "llm-tower-demo");
+        let o = options(&plain).unwrap();
+        assert!(!o.tuning.store.is_shared());
+        assert_eq!(o.tuning.store.describe(), "memory");
+        assert!(
+            !o.tuning
+                .changed_settings()
+                .iter()
+                .any(|c| c.setting.starts_with("store"))
+        );
+        assert_eq!(args(&["--store", "memory"]).store, StoreUrl::Memory);
+
+        let a = args(&[
+            "--store",
+            "redis://:s3cret@127.0.0.1:6379/2",
+            "--store-prefix",
+            "team-a",
+        ]);
+        assert_eq!(
+            a.store.redis_url(),
+            Some("redis://:s3cret@127.0.0.1:6379/2")
+        );
+        assert_eq!(a.store_prefix, "team-a");
+        assert!(!format!("{a:?}").contains("s3cret"), "{a:?}");
+        // Connected in main, once: the options carry no connection yet.
+        assert!(options(&a).is_ok());
+        let a = args(&["--store", "rediss://cache.internal:6380"]);
+        assert_eq!(a.store.redis_url(), Some("rediss://cache.internal:6380"));
+
+        for bad in [
+            "http://127.0.0.1:6379",
+            "redis://",
+            "redis://host:port",
+            "127.0.0.1:6379",
+            "mem",
+        ] {
+            let flags = ["llm-tower-demo", "--store", bad];
+            let err = Args::try_parse_from(flags).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(
+                err.to_string().contains("redis://HOST:PORT"),
+                "{bad}: {err}"
+            );
+        }
+        let err = options(&args(&["--store-prefix", "x"])).unwrap_err();
+        assert!(err.contains("--store"), "{err}");
+        let err = options(&args(&[
+            "--store",
+            "redis://127.0.0.1:6379",
+            "--store-prefix",
+            "a{b}",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("braces"), "{err}");
     }
 
     #[test]

@@ -410,6 +410,9 @@ pub struct Report {
     pub seed: u64,
     /// `mix` (about half the calls stream) or `all`.
     pub stream: String,
+    /// Where the stack's rate limiter and budget keep their state:
+    /// `memory` (this process's own) or the Redis URL, password hidden.
+    pub store: String,
     /// The bare client, unless `--only stack`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bare: Option<SideReport>,

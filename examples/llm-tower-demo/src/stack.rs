@@ -40,7 +40,10 @@ use llm_tower::{
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, util::BoxCloneService};
 
-use crate::workload::{ApiFormat, Endpoint};
+use crate::{
+    store::DemoStore,
+    workload::{ApiFormat, Endpoint},
+};
 use tower_http::{
     classify::{ServerErrorsAsFailures, SharedClassifier},
     trace::TraceLayer,
@@ -93,6 +96,11 @@ pub struct Tuning {
     /// Its global hard limit in tokens over the whole run
     /// (`--budget-tokens`); none by default.
     pub budget_tokens: Option<u64>,
+    /// Where the rate limiter and the budget keep their state (`--store`):
+    /// a fresh [`MemoryStore`](llm_tower::store::MemoryStore) per stack by
+    /// default, or one Redis connection that every stack, and every
+    /// process pointed at the same server, shares.
+    pub store: DemoStore,
 }
 
 impl Tuning {
@@ -122,6 +130,12 @@ impl Tuning {
             config = config.scope(scope);
         }
         config
+    }
+
+    /// Keeps the rate limiter's and the budget's state in `store`.
+    pub fn with_store(mut self, store: DemoStore) -> Self {
+        self.store = store;
+        self
     }
 
     /// Holds each target's streams as `hold` says.
@@ -183,6 +197,7 @@ impl Tuning {
             queued: false,
             budget_usd: None,
             budget_tokens: None,
+            store: DemoStore::default(),
         }
     }
 
@@ -322,6 +337,15 @@ impl Tuning {
                  case no longer fits are refused before they are sent",
             );
         }
+        if self.store.is_shared() {
+            change(
+                format!("store = {}", self.store.describe()),
+                "--store: several processes share limits and budgets: the rate limiter's queues \
+                 and the budget's buckets live in Redis, so every demo process pointed at this \
+                 server paces under one quota and spends from one budget (the default keeps \
+                 them in each process's memory)",
+            );
+        }
         let l = RateLimitConfig::default();
         let rl = &self.rate_limit;
         for limit in rl.limits.iter().filter(|x| !l.limits.contains(x)) {
@@ -380,6 +404,7 @@ impl Tuning {
             queued: false,
             budget_usd: None,
             budget_tokens: None,
+            store: DemoStore::default(),
         }
     }
 
@@ -406,13 +431,13 @@ pub struct SideStats {
     too_many_requests: AtomicU64,
     queue_waits: Mutex<Vec<Duration>>,
     pauses: AtomicU64,
-    rate_limit: OnceLock<RateLimitHandle>,
+    rate_limit: OnceLock<RateLimitHandle<DemoStore>>,
     answered: Mutex<BTreeMap<String, u64>>,
     moved: AtomicU64,
     fallbacks: Mutex<BTreeMap<String, u64>>,
     cost_nanos: AtomicU64,
     unpriced: AtomicU64,
-    budget: OnceLock<BudgetHandle>,
+    budget: OnceLock<BudgetHandle<DemoStore>>,
 }
 
 /// The prices the demo reads both sides' usage at: the library's embedded
@@ -470,7 +495,7 @@ impl SideStats {
     }
 
     /// The rate limiter's handle, on a side that has one.
-    pub fn rate_limit(&self) -> Option<&RateLimitHandle> {
+    pub fn rate_limit(&self) -> Option<&RateLimitHandle<DemoStore>> {
         self.rate_limit.get()
     }
 
@@ -553,7 +578,7 @@ impl SideStats {
     }
 
     /// The budget layer's handle, on a side that has one.
-    pub fn budget(&self) -> Option<&BudgetHandle> {
+    pub fn budget(&self) -> Option<&BudgetHandle<DemoStore>> {
         self.budget.get()
     }
 
@@ -870,7 +895,10 @@ pub fn recommended(
 ) -> Result<DemoService, BoxError> {
     let limits = tuning.timeouts();
     let hook = stats.clone();
-    let rate_limit = RateLimitLayer::try_from(tuning.rate_limit.clone())?
+    // One store for the rate limiter and the budget: this stack's own in
+    // memory, or the shared Redis connection.
+    let store = tuning.store.for_stack();
+    let rate_limit = RateLimitLayer::with_store(tuning.rate_limit.clone().build()?, store.clone())
         .on_event(move |e| hook.record_rate_limit_event(e));
     let _ = stats.rate_limit.set(rate_limit.handle());
     // One set of breakers, one per provider and model, whichever role the
@@ -917,7 +945,8 @@ pub fn recommended(
             ApiFormat::Anthropic => by_format.anthropic = Some(svc),
         }
     }
-    let budget = BudgetLayer::new(tuning.budget_config().build()?).prices(prices().clone());
+    let budget =
+        BudgetLayer::with_store(tuning.budget_config().build()?, store).prices(prices().clone());
     let _ = stats.budget.set(budget.handle());
     let svc = ServiceBuilder::new()
         .layer(PrepareLayer::new())
@@ -953,7 +982,7 @@ fn per_target(
     tuning: &Tuning,
     wait_for_breaker: bool,
     breaker: &CircuitBreakerLayer,
-    rate_limit: &RateLimitLayer,
+    rate_limit: &RateLimitLayer<DemoStore>,
     stats: Arc<SideStats>,
 ) -> Result<TargetService, BoxError> {
     let limits = tuning.timeouts();
