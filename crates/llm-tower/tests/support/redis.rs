@@ -121,7 +121,10 @@ fn free_port() -> Option<u16> {
 
 /// The major version of the installed `redis-server`, if it says.
 fn major_version() -> Option<u32> {
-    let out = Command::new("redis-server").arg("--version").output().ok()?;
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
     v.split('.').next()?.parse().ok()
