@@ -627,10 +627,15 @@ async fn a_killed_server_each_policy_applies_then_the_restarted_server_is_used_a
 
     // Restarted — empty: `--save ''`, no persistence. The next probe (one
     // call a second) reconnects, reloads the scripts and switches back.
+    let errors = |layer: &RateLimitLayer<RedisStore>| layer.handle().stats().store_errors;
+    let before = [errors(&closed), errors(&open), errors(&degraded)];
+    let budget_errors = budget.handle().stats().store_errors;
     assert!(server.restart(), "the server restarts");
     let limit = Duration::from_secs(4);
     let (after, tries) = until_ok(limit, || async { rate_call(&closed).await.0.is_ok() }).await;
     eprintln!("fail closed: back {after:?} after the restart, {tries} tries");
+    // The probe a second after the first failure (just before the restart).
+    assert!(after < Duration::from_secs(2), "{after:?}");
     assert_eq!(recoveries(&closed_ev), 1);
     assert!(!closed.handle().stats().store_down);
     // The state written before the restart is lost: the limit starts
@@ -670,6 +675,13 @@ async fn a_killed_server_each_policy_applies_then_the_restarted_server_is_used_a
         )),
         1
     );
+    // The first probe after the restart found the store: no failure since.
+    assert_eq!(
+        [errors(&closed), errors(&open), errors(&degraded)],
+        before,
+        "a probe failed after the restart"
+    );
+    assert_eq!(budget.handle().stats().store_errors, budget_errors);
     // Lost too: the two worst cases spent before are gone, three fit again.
     assert_eq!(settled_balance(&budget).await, (WORST, 0));
     budget_call(&budget, &calls).await.0.unwrap();
