@@ -201,6 +201,7 @@ async fn two_rate_limiters_sharing_redis_stay_under_the_providers_quota() {
     );
     let (ha, hb) = (a.handle(), b.handle());
     let (throttled, took) = two_processes(a, b).await;
+    eprintln!("shared Redis: {throttled} 429s, {took:?}");
     assert_eq!(throttled, 0, "one shared limit: no 429 (in {took:?})");
     let (sa, sb) = (ha.stats(), hb.stats());
     assert_eq!(sa.admitted + sb.admitted, 2 * PER_PROCESS as u64);
@@ -218,6 +219,7 @@ async fn control_two_rate_limiters_with_separate_memory_stores_meet_429s() {
     let a = RateLimitLayer::with_store(rate_config().build().unwrap(), MemoryStore::new());
     let b = RateLimitLayer::with_store(rate_config().build().unwrap(), MemoryStore::new());
     let (throttled, took) = two_processes(a, b).await;
+    eprintln!("separate memory stores: {throttled} 429s, {took:?}");
     assert!(
         throttled >= 20,
         "two separate limits overshoot the quota: {throttled} 429s in {took:?}"
