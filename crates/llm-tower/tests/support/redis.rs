@@ -25,6 +25,12 @@ impl RedisServer {
         &self.url
     }
 
+    /// Whether the server was started for the test (it can be killed,
+    /// restarted and sent `DEBUG`), rather than external.
+    pub fn is_local(&self) -> bool {
+        self.port.is_some()
+    }
+
     /// Kills the server started for the test (nothing for an external one).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -121,20 +127,39 @@ fn free_port() -> Option<u16> {
     Some(listener.local_addr().ok()?.port())
 }
 
+/// The major version of the installed `redis-server`, if it says.
+fn major_version() -> Option<u32> {
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
+    v.split('.').next()?.parse().ok()
+}
+
 /// Starts `redis-server` on `port` and waits (at most 5 s) until it
-/// answers PING.
+/// answers PING. From Redis 7 on, `DEBUG` (the tests' slow server) is
+/// allowed from local connections.
 fn start(port: u16) -> Option<Child> {
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if major_version().is_some_and(|v| v >= 7) {
+        args.extend(["--enable-debug-command".to_owned(), "local".to_owned()]);
+    }
     let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{ErrorKind, Script, ServerErrorKind, Value};
 
 use super::{
     Acquire, Balance, Bucket, Cell, Quota, Reservation, Reserve, Reserved, Span, Store, StoreError,
@@ -28,6 +28,10 @@ const TTL_MARGIN_MS: u64 = 60_000;
 
 /// The largest integer a Lua number (a double) holds exactly.
 const MAX_EXACT: u64 = 1 << 53;
+
+/// How many more times an operation loads its script again when the
+/// server keeps losing it (`SCRIPT FLUSH`, restarts) as it runs.
+const MAX_RELOADS: u32 = 3;
 
 /// Lease ends are rounded up to a whole second, as in [`MemoryStore`](super::MemoryStore).
 const LEASE_GRANULE_US: u64 = 1_000_000;
@@ -452,7 +456,25 @@ impl<C: Clock> RedisStore<C> {
             for a in args {
                 invocation.arg(a);
             }
-            match tokio::time::timeout(timeout, invocation.invoke_async::<Value>(&mut con)).await {
+            // `invoke_async` loads a missing script and tries once more; a
+            // second `SCRIPT FLUSH` (or a restart) between its load and
+            // that try would fail the operation: go on while the server
+            // keeps losing the script, within the timeout.
+            let invoke = async {
+                let mut reloads = 0;
+                loop {
+                    match invocation.invoke_async::<Value>(&mut con).await {
+                        Err(e)
+                            if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                                && reloads < MAX_RELOADS =>
+                        {
+                            reloads += 1;
+                        }
+                        done => return done,
+                    }
+                }
+            };
+            match tokio::time::timeout(timeout, invoke).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(StoreError::with_source(format!("redis: {what} failed"), e)),
                 Err(_) => Err(StoreError::new(format!(
