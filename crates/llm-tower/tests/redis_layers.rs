@@ -35,7 +35,7 @@ use llm_tower::{
         Amount, BudgetConfig, BudgetEvent, BudgetExceeded, BudgetLayer, BudgetUnavailable, Limit,
         Scope, ScopeBudget, Window,
     },
-    pricing::{ModelPrice, PriceTable},
+    pricing::{Cost, ModelPrice, PriceTable},
     provider::{Endpoint, Provider, WireFormat},
     rate_limit::{
         self, RateLimitConfig, RateLimitEvent, RateLimitKey, RateLimitLayer, RateLimited,
@@ -972,4 +972,57 @@ async fn a_slow_server_each_call_completes_within_the_timeout_with_its_policy() 
         1
     );
     assert!(!budget.handle().stats().store_down);
+}
+
+/// What Redis kept across a restart is used after it: a budget's spend
+/// saved to disk before the server went down still counts once it is
+/// back, and the store reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_kept_across_a_restart_is_used_after_it() {
+    let Some(mut server) = redis_support::own_server() else {
+        return;
+    };
+    let prefix = unique("kept");
+    let store = redis(server.url(), &prefix, Duration::from_secs(2)).await;
+    let (budget, _) = budget_layer(3, store, OnStoreFailure::FailClosed, STORE_TIMEOUT);
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        budget_call(&budget, &calls).await.0.expect("fits");
+    }
+    assert_eq!(settled_balance(&budget).await, (2 * WORST, 0));
+    assert!(server.save(), "SAVE");
+    server.kill();
+    assert!(server.restart(), "restart");
+    // The same store, reconnected: the spend is still there.
+    let t0 = Instant::now();
+    let balance = loop {
+        match budget.handle().status(Scope::Global, "*").await {
+            Ok(status) => break status,
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(10), "never back: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(balance[0].spent, Amount::Usd(Cost::from_nanos(2 * WORST)));
+    // One more worst case fits, and the one after does not.
+    let t0 = Instant::now();
+    loop {
+        match budget_call(&budget, &calls).await.0 {
+            Ok(()) => break,
+            // The first operations after the restart may meet the broken
+            // connection, and the layer's probe once a second.
+            Err(e) if !e.is::<BudgetExceeded>() && t0.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the third call: {e}"),
+        }
+    }
+    let (res, _) = budget_call(&budget, &calls).await;
+    assert!(
+        res.as_ref().is_err_and(|e| e.is::<BudgetExceeded>()),
+        "the fourth call does not fit: {res:?}"
+    );
+    assert_eq!(settled_balance(&budget).await, (3 * WORST, 0));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }

@@ -39,8 +39,25 @@ impl RedisServer {
         }
     }
 
-    /// Starts the test's server again on the same port, empty (no scripts
-    /// loaded, no keys): a restart. `false` for an external server.
+    /// Writes the data set to disk (`SAVE`), for a restart to load it as
+    /// Redis does after a restart with persistence. `false` for an external
+    /// server, or when the server did not confirm.
+    pub fn save(&self) -> bool {
+        let Some(port) = self.port else { return false };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"SAVE\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0; 5];
+        s.read_exact(&mut buf).is_ok() && &buf == b"+OK\r\n"
+    }
+
+    /// Starts the test's server again on the same port: a restart. It has
+    /// no scripts loaded, and holds what the last [`save`](Self::save)
+    /// wrote (nothing otherwise). `false` for an external server.
     pub fn restart(&mut self) -> bool {
         self.kill();
         let Some(port) = self.port else { return false };
@@ -57,6 +74,11 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(port) = self.port {
+            let dir =
+                std::env::temp_dir().join(format!("llm-tower-redis-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -142,6 +164,10 @@ fn major_version() -> Option<u32> {
 /// answers PING. From Redis 7 on, `DEBUG` (the tests' slow server) is
 /// allowed from local connections.
 fn start(port: u16) -> Option<Child> {
+    // Its own directory (a restart on the same port reads what `save`
+    // wrote there), never the test's working directory.
+    let dir = std::env::temp_dir().join(format!("llm-tower-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -151,6 +177,8 @@ fn start(port: u16) -> Option<Child> {
         "",
         "--appendonly",
         "no",
+        "--dir",
+        dir.to_str()?,
     ]
     .iter()
     .map(|s| (*s).to_owned())
