@@ -34,57 +34,9 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-fn request(model: &str) -> Request<String> {
-    let mut req = Request::post("http://llm.test/v1/chat/completions")
-        .body(String::new())
-        .unwrap();
-    req.extensions_mut()
-        .insert(RequestMeta::new(None).with_model(model));
-    req
-}
-
-fn key(model: &str) -> BreakerKey {
-    BreakerKey::new(None, Some(model.into()))
-}
-
-type Answer = Result<Response<Full<Bytes>>, Infallible>;
-
-/// An inner service whose status the test sets; counts its calls.
-#[derive(Clone, Default)]
-struct Provider503 {
-    status: Arc<AtomicU16>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Provider503 {
-    fn set(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn service(
-        &self,
-    ) -> impl Service<
-        Request<String>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = std::future::Ready<Answer>,
-    > + Clone {
-        let this = self.clone();
-        this.set(200);
-        service_fn(move |_req: Request<String>| {
-            this.calls.fetch_add(1, Ordering::SeqCst);
-            let status = this.status.load(Ordering::SeqCst);
-            std::future::ready(Ok(Response::builder()
-                .status(status)
-                .body(Full::new(Bytes::from_static(b"{}")))
-                .unwrap()))
-        })
-    }
-}
+#[path = "support/breaker.rs"]
+mod breaker_support;
+use breaker_support::{ScriptedProvider as Provider503, key, request};
 
 fn config() -> CircuitBreakerConfig {
     CircuitBreakerConfig::new()

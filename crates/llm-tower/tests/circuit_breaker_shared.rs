@@ -2,89 +2,38 @@
 //! one `MemoryStore` clone stand for two processes over one Redis.
 
 use std::{
-    convert::Infallible,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU16, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use llm_tower::{
     BoxError,
     circuit_breaker::{
-        BreakerKey, BreakerState, CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen,
-        OpenDuration, Transition,
+        BreakerState, CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, OpenDuration,
+        Transition,
     },
     config::Valid,
-    request::RequestMeta,
     store::{
         Acquire, Balance, Bucket, Cell, MemoryStore, Quota, Reservation, Reserve, Span, Store,
         StoreError, Take,
     },
 };
 use tokio::time::advance;
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt};
 
 const SEC: Duration = Duration::from_secs(1);
 
 /// The flag of the breaker of model `m`, with the default prefix.
 const FLAG: &str = "llm-tower:breaker:m:open";
 
-fn request(model: &str) -> Request<String> {
-    let mut req = Request::post("http://llm.test/v1/chat/completions")
-        .body(String::new())
-        .unwrap();
-    req.extensions_mut()
-        .insert(RequestMeta::new(None).with_model(model));
-    req
-}
-
-fn key(model: &str) -> BreakerKey {
-    BreakerKey::new(None, Some(model.into()))
-}
-
-type Answer = Result<Response<Full<Bytes>>, Infallible>;
-
-/// An inner service whose status the test sets; counts its calls.
-#[derive(Clone, Default)]
-struct Provider {
-    status: Arc<AtomicU16>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Provider {
-    fn set(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn service(
-        &self,
-    ) -> impl Service<
-        Request<String>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = std::future::Ready<Answer>,
-    > + Clone {
-        let this = self.clone();
-        this.set(200);
-        service_fn(move |_req: Request<String>| {
-            this.calls.fetch_add(1, Ordering::SeqCst);
-            let status = this.status.load(Ordering::SeqCst);
-            std::future::ready(Ok(Response::builder()
-                .status(status)
-                .body(Full::new(Bytes::from_static(b"{}")))
-                .unwrap()))
-        })
-    }
-}
+#[path = "support/breaker.rs"]
+mod breaker_support;
+use breaker_support::{ScriptedProvider as Provider, key, request};
 
 /// Two failures in a row open for 10 s (no jitter); shared, looked at
 /// every second at most.
