@@ -58,6 +58,19 @@ pub(crate) fn api_key_text(hash: Option<u64>) -> String {
     }
 }
 
+/// The value of the longest prefix of `model` among `entries`; on a tie,
+/// the last one listed. How per-model settings are looked up by name.
+pub(crate) fn longest_prefix<'a>(
+    model: &str,
+    entries: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Option<u64> {
+    entries
+        .into_iter()
+        .filter(|(prefix, _)| model.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, n)| n)
+}
+
 /// `parts` joined, allocated once at its length: the keys of every call
 /// are built this way, without `format!`'s growing buffer.
 pub(crate) fn concat(parts: &[&str]) -> Box<str> {

@@ -235,21 +235,10 @@ impl BudgetConfig {
         let Some(model) = model else {
             return self.default_max_output_tokens;
         };
-        let configured = self
-            .max_output_tokens
-            .iter()
-            .filter(|(prefix, _)| model.starts_with(prefix.as_str()))
-            .map(|(prefix, &n)| (prefix.len(), n));
-        let embedded = EMBEDDED_MAX_OUTPUT
-            .iter()
-            .filter(|(prefix, _)| model.starts_with(prefix))
-            .map(|&(prefix, n)| (prefix.len(), n));
-        // The longest prefix wins; on a tie, the configured entry (listed
-        // last, and `max_by_key` keeps the last maximum).
-        embedded
-            .chain(configured)
-            .max_by_key(|&(len, _)| len)
-            .map_or(self.default_max_output_tokens, |(_, n)| n)
+        // The configured entries come last: they win a tie.
+        let configured = self.max_output_tokens.iter().map(|(p, &n)| (p.as_str(), n));
+        crate::util::longest_prefix(model, EMBEDDED_MAX_OUTPUT.iter().copied().chain(configured))
+            .unwrap_or(self.default_max_output_tokens)
     }
 }
 

@@ -274,11 +274,10 @@ impl RateLimitConfig {
     pub(crate) fn default_output_for(&self, model: Option<&str>) -> u64 {
         model
             .and_then(|m| {
-                self.output_tokens
-                    .iter()
-                    .filter(|(prefix, _)| m.starts_with(prefix.as_str()))
-                    .max_by_key(|(prefix, _)| prefix.len())
-                    .map(|(_, &n)| n)
+                crate::util::longest_prefix(
+                    m,
+                    self.output_tokens.iter().map(|(p, &n)| (p.as_str(), n)),
+                )
             })
             .unwrap_or(self.default_output_tokens)
     }
