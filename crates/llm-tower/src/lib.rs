@@ -78,6 +78,7 @@
 //! | `fallback` | [`FallbackLayer`](fallback::FallbackLayer): ordered targets, classified moves, cross-provider translation, one attempt budget, hedging, degradation; and [`translate`]: OpenAI chat <-> Anthropic messages, JSON and streams |
 //! | `budget` | [`BudgetLayer`](budget::BudgetLayer): dollar and token limits per scope (global, API key, tenant, organisation, model, provider) over total, rolling and UTC calendar windows; worst case reserved before each attempt, settled to the metered cost; hard and soft limits with alerts |
 //! | `redis` | [`store::RedisStore`]: limits and budgets shared across processes in Redis, one Lua script per operation |
+//! | `redis-cluster` | `store::RedisStore::cluster_builder`: the Redis store on a Redis (or Valkey) Cluster |
 //! | `full` | all of the above |
 //! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
 //! | `hyper` (default) | the classifier recognises hyper's and hyper-util's client errors; without it neither is compiled, and their I/O causes are still found through the source chain |

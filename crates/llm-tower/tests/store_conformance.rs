@@ -87,9 +87,11 @@ impl Backend for Memory {
     }
 }
 
+/// A Redis server, or (`cluster`) the nodes of a Redis Cluster.
 #[cfg(feature = "redis")]
 struct Redis {
-    url: String,
+    urls: Vec<String>,
+    cluster: bool,
     prefix: String,
     clock: ManualClock,
 }
@@ -97,23 +99,48 @@ struct Redis {
 #[cfg(feature = "redis")]
 impl Redis {
     fn new(url: &str, test: &str, clock: ManualClock) -> Self {
-        let unique = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
         Redis {
-            url: url.to_owned(),
-            prefix: format!("test:{test}:{}:{unique}", std::process::id()),
+            urls: vec![url.to_owned()],
+            cluster: false,
+            prefix: unique_prefix(test),
             clock,
         }
     }
+
+    #[cfg(feature = "redis-cluster")]
+    fn cluster(urls: &[String], test: &str, clock: ManualClock) -> Self {
+        Redis {
+            urls: urls.to_vec(),
+            cluster: true,
+            prefix: unique_prefix(test),
+            clock,
+        }
+    }
+}
+
+/// A prefix no other test (or run) uses.
+#[cfg(feature = "redis")]
+fn unique_prefix(test: &str) -> String {
+    let unique = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test:{test}:{}:{unique}", std::process::id())
 }
 
 #[cfg(feature = "redis")]
 impl Backend for Redis {
     type S = llm_tower::store::RedisStore<ManualClock>;
     async fn open(&self) -> Self::S {
-        llm_tower::store::RedisStore::builder(&self.url)
+        #[cfg(feature = "redis-cluster")]
+        let builder = if self.cluster {
+            llm_tower::store::RedisStore::cluster_builder(&self.urls)
+        } else {
+            llm_tower::store::RedisStore::builder(&self.urls[0])
+        };
+        #[cfg(not(feature = "redis-cluster"))]
+        let builder = llm_tower::store::RedisStore::builder(&self.urls[0]);
+        builder
             .prefix(self.prefix.clone())
             .clock(self.clock.clone())
             // Generous: hundreds of concurrent calls on a loaded machine.
@@ -859,6 +886,23 @@ macro_rules! suite {
                 }
             )*
         }
+
+        #[cfg(feature = "redis-cluster")]
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(cluster) = super::redis_support::cluster() else {
+                        return;
+                    };
+                    let clock = super::ManualClock::new();
+                    let backend =
+                        super::Redis::cluster(cluster.urls(), stringify!($name), clock.clone());
+                    super::$name(backend, clock).await;
+                    drop(cluster);
+                }
+            )*
+        }
     };
 }
 
@@ -1237,5 +1281,144 @@ mod redis_only {
             };
             assert_eq!(m, r, "step {step} at {:?}", clock.offset());
         }
+    }
+}
+
+/// What only a cluster shows: stores spread over the shards, scripts lost
+/// by every primary, and a plain connection to one node.
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster_only {
+    use super::*;
+    use ::redis::{ErrorKind, ServerErrorKind};
+    use llm_tower::store::RedisStore;
+
+    async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// The index of the node that holds `key` (the others answer `MOVED`).
+    async fn owner(urls: &[String], key: &str) -> usize {
+        let mut owners = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            let answer: Result<u64, _> = ::redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(&mut raw(url).await)
+                .await;
+            match answer {
+                Ok(1) => owners.push(i),
+                Ok(n) => panic!("{key} is not on node {i} ({n}), which holds its slot"),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Server(ServerErrorKind::Moved)),
+            }
+        }
+        assert_eq!(owners.len(), 1, "{key} on nodes {owners:?}");
+        owners[0]
+    }
+
+    fn q() -> Quota {
+        quota(10, 10 * SEC)
+    }
+
+    /// Twelve stores, twelve prefixes: each store's cell lands on the
+    /// shard of its prefix's slot, the stores together use more than one
+    /// shard, and each answers from its own state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_spread_over_the_shards() {
+        let Some(cluster) = redis_support::cluster() else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let mut owners = std::collections::BTreeSet::new();
+        for i in 0..12 {
+            let backend = Redis::cluster(cluster.urls(), &format!("spread{i}"), clock.clone());
+            let store = backend.open().await;
+            for n in 0..=(i % 5) {
+                assert_eq!(
+                    store.take("cell", 1, q()).await.unwrap(),
+                    Take::Allowed { remaining: 9 - n },
+                    "store {i}, take {n}"
+                );
+            }
+            let key = format!("{{{}}}:c:cell", backend.prefix);
+            owners.insert(owner(cluster.urls(), &key).await);
+        }
+        assert!(owners.len() >= 2, "every store on one shard: {owners:?}");
+    }
+
+    /// `SCRIPT FLUSH` on every primary: the next operation loads its script
+    /// on the shard again, without an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripts_flushed_everywhere_are_loaded_again() {
+        let Some(cluster) = redis_support::cluster() else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let store = Redis::cluster(cluster.urls(), "flush", clock.clone())
+            .open()
+            .await;
+        store.take("cell", 1, q()).await.unwrap();
+        for url in cluster.urls() {
+            let () = ::redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut raw(url).await)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.take("cell", 1, q()).await.unwrap(),
+            Take::Allowed { remaining: 8 }
+        );
+    }
+
+    /// A plain store pointed at one node fails, with an error, on a prefix
+    /// whose slot another node holds (what the docs warn of), while the
+    /// cluster store serves it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plain_store_on_one_node_does_not_follow_redirections() {
+        let Some(cluster) = redis_support::cluster() else {
+            return;
+        };
+        let clock = ManualClock::new();
+        let urls = cluster.urls();
+        for i in 0..64 {
+            let backend = Redis::cluster(urls, &format!("plain{i}"), clock.clone());
+            let store = backend.open().await;
+            store.take("cell", 1, q()).await.unwrap();
+            let key = format!("{{{}}}:c:cell", backend.prefix);
+            if owner(urls, &key).await == 0 {
+                continue;
+            }
+            let plain = RedisStore::builder(&urls[0])
+                .prefix(backend.prefix.clone())
+                .clock(clock.clone())
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .unwrap();
+            let err = plain.take("cell", 1, q()).await.unwrap_err();
+            assert!(err.to_string().contains("take failed"), "{err}");
+            assert_eq!(
+                store.take("cell", 1, q()).await.unwrap(),
+                Take::Allowed { remaining: 8 }
+            );
+            return;
+        }
+        panic!("64 prefixes, all on the first node");
+    }
+
+    /// No node, or a node that is not a URL: a clear error.
+    #[tokio::test]
+    async fn bad_cluster_nodes_are_refused() {
+        let none: [&str; 0] = [];
+        let err = RedisStore::connect_cluster(none).await.unwrap_err();
+        assert!(err.to_string().contains("at least one node"), "{err}");
+        let err = RedisStore::cluster_builder(["not a url"])
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid cluster nodes"), "{err}");
     }
 }

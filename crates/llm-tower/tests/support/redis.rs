@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A Redis server to test against.
@@ -115,24 +115,132 @@ pub fn own_server() -> Option<RedisServer> {
             break;
         }
     }
+    skipped(
+        "Redis (set LLM_TOWER_REDIS_URL or install redis-server; \
+         or the test needs a server of its own)",
+    );
+    None
+}
+
+/// Fails the test when `LLM_TOWER_REQUIRE_REDIS=1`; says loudly that the
+/// tests needing `what` are skipped otherwise.
+fn skipped(what: &str) {
     if std::env::var("LLM_TOWER_REQUIRE_REDIS").as_deref() == Ok("1") {
-        panic!(
-            "no Redis: LLM_TOWER_REQUIRE_REDIS=1, but no redis-server could be started \
-             (and LLM_TOWER_REDIS_URL is unset, or the test needs a server of its own)"
-        );
+        panic!("no {what}, and LLM_TOWER_REQUIRE_REDIS=1");
     }
     // Written to the process's stderr directly, past the test harness's
     // capture, so that a skip is seen even when the tests pass; once per
     // test binary.
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if !SAID.swap(true, Ordering::Relaxed) {
+    static SAID: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.iter().any(|w| w == what) {
+        said.push(what.to_owned());
         let _ = writeln!(
             std::io::stderr(),
-            "\n*** SKIPPED: no Redis (set LLM_TOWER_REDIS_URL or install redis-server): \
-             the Redis tests of this binary pass without running ***\n"
+            "\n*** SKIPPED: no {what}: the tests of this binary that need it pass without running ***\n"
         );
     }
+}
+
+/// A Redis Cluster of three primaries to test against.
+#[derive(Debug)]
+pub struct RedisCluster {
+    urls: Vec<String>,
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// The nodes' URLs.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+}
+
+/// A cluster for one test: `LLM_TOWER_REDIS_CLUSTER` (its nodes' URLs,
+/// comma-separated), or three `redis-server`s in cluster mode started for
+/// the test (killed when dropped). `None`, with a loud message, when there
+/// is neither and `LLM_TOWER_REQUIRE_REDIS` is not `1`.
+pub fn cluster() -> Option<RedisCluster> {
+    if let Ok(urls) = std::env::var("LLM_TOWER_REDIS_CLUSTER")
+        && !urls.is_empty()
+    {
+        return Some(RedisCluster {
+            urls: urls.split(',').map(str::to_owned).collect(),
+            nodes: Vec::new(),
+        });
+    }
+    if let Some(cluster) = own_cluster() {
+        return Some(cluster);
+    }
+    skipped(
+        "a Redis Cluster (set LLM_TOWER_REDIS_CLUSTER, or install redis-server 7 and redis-cli)",
+    );
     None
+}
+
+/// Three primaries on free ports (each with a free port for its cluster
+/// bus, `cluster-port`, Redis 7), joined by `redis-cli --cluster create`,
+/// once every node says `cluster_state:ok`.
+fn own_cluster() -> Option<RedisCluster> {
+    if major_version().is_none_or(|v| v < 7) {
+        return None;
+    }
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let (port, bus) = (free_port()?, free_port()?);
+        let extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus.to_string(),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+        ]
+        .map(str::to_owned);
+        let child = start_with(port, &extra)?;
+        nodes.push(RedisServer {
+            url: format!("redis://127.0.0.1:{port}"),
+            port: Some(port),
+            child: Some(child),
+        });
+    }
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port.unwrap_or_default()))
+        .collect();
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !created {
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if nodes.iter().all(|n| cluster_ok(n.port.unwrap_or_default())) {
+            return Some(RedisCluster {
+                urls: nodes.iter().map(|n| n.url.clone()).collect(),
+                nodes,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
 }
 
 fn has_redis_server() -> bool {
@@ -164,6 +272,11 @@ fn major_version() -> Option<u32> {
 /// answers PING. From Redis 7 on, `DEBUG` (the tests' slow server) is
 /// allowed from local connections.
 fn start(port: u16) -> Option<Child> {
+    start_with(port, &[])
+}
+
+/// [`start`], with more arguments for the server.
+fn start_with(port: u16, extra: &[String]) -> Option<Child> {
     // Its own directory (a restart on the same port reads what `save`
     // wrote there), never the test's working directory.
     let dir = std::env::temp_dir().join(format!("llm-tower-redis-{}-{port}", std::process::id()));
@@ -186,6 +299,7 @@ fn start(port: u16) -> Option<Child> {
     if major_version().is_some_and(|v| v >= 7) {
         args.extend(["--enable-debug-command".to_owned(), "local".to_owned()]);
     }
+    args.extend_from_slice(extra);
     let mut child = Command::new("redis-server")
         .args(&args)
         .stdin(Stdio::null())

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, Script, ServerErrorKind, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value};
 
 use super::{
     Acquire, Balance, Bucket, Cell, Quota, Reservation, Reserve, Reserved, Span, Store, StoreError,
@@ -98,9 +98,28 @@ script!(BALANCE, "balance.lua", budget);
 /// `{<prefix>}:incarnation` (the counter of budget incarnations). The whole
 /// prefix is the key's hash tag: one operation touches several keys at
 /// once (a global cell and per-key cells, several budgets), and Redis
-/// Cluster runs a script only on keys of one slot. The store therefore
-/// works on a cluster, with **all its keys in one slot** (one shard): use
-/// several prefixes (several stores) to spread unrelated limits.
+/// Cluster runs a script only on keys of one slot.
+///
+/// With the `redis-cluster` feature, [`RedisStore::cluster_builder`]
+/// connects to a Redis (or Valkey) Cluster through redis' cluster client,
+/// which sends each script to the shard that holds the prefix's slot,
+/// follows `MOVED` and `ASK` redirections, and loads the scripts on every
+/// primary. **All the keys of one store sit in one slot** (one shard): use
+/// several prefixes (several stores) to spread unrelated limits over the
+/// shards. A plain [`RedisStore::builder`] pointed at one node of a cluster
+/// does not follow redirections, and fails on the slots other nodes hold.
+///
+/// ```no_run
+/// # #[cfg(feature = "redis-cluster")]
+/// # async fn f() -> Result<(), llm_tower::store::StoreError> {
+/// use llm_tower::store::RedisStore;
+///
+/// let store = RedisStore::cluster_builder(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+///     .prefix("llm-tower:prod")
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
 ///
 /// # Time
 ///
@@ -148,7 +167,8 @@ script!(BALANCE, "balance.lua", budget);
 /// Each operation has a timeout (250 ms by default): a server that is down,
 /// slow or restarting never hangs a call, which returns a [`StoreError`].
 /// The connection is re-established in the background (redis'
-/// `ConnectionManager`).
+/// `ConnectionManager`; on a cluster, its cluster client reconnects to each
+/// node and refreshes the map of slots when a node moves or fails).
 ///
 /// # Clone
 ///
@@ -158,7 +178,7 @@ pub struct RedisStore<C: Clock = TokioClock> {
 }
 
 struct Inner<C> {
-    manager: ConnectionManager,
+    conn: Conn,
     clock: C,
     /// `{prefix}:`
     prefix: String,
@@ -167,9 +187,36 @@ struct Inner<C> {
     url: String,
 }
 
-/// The options of a [`RedisStore`], from [`RedisStore::builder`].
+/// The connection under a store: one server, or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// What a builder connects to.
+enum Target {
+    Single(String),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// The URLs with their passwords hidden, comma-separated.
+    fn redacted(&self) -> String {
+        match self {
+            Target::Single(url) => redact(url),
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(urls) => urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(","),
+        }
+    }
+}
+
+/// The options of a [`RedisStore`], from [`RedisStore::builder`] (or
+/// `RedisStore::cluster_builder`, with the `redis-cluster` feature).
 pub struct RedisStoreBuilder<C: Clock = TokioClock> {
-    url: String,
+    target: Target,
     prefix: String,
     timeout: Duration,
     clock: C,
@@ -191,7 +238,45 @@ impl RedisStore {
     /// [`DEFAULT_PREFIX`], timeout [`DEFAULT_TIMEOUT`], [`TokioClock`].
     pub fn builder(url: &str) -> RedisStoreBuilder {
         RedisStoreBuilder {
-            url: url.to_owned(),
+            target: Target::Single(url.to_owned()),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            clock: TokioClock::new(),
+        }
+    }
+
+    /// Connects to the Redis Cluster that `nodes` belong to, with the
+    /// default options. See [`cluster_builder`](Self::cluster_builder).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if there is no node, a URL is invalid, or the
+    /// cluster does not answer within the timeout.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub async fn connect_cluster<I>(nodes: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Self::cluster_builder(nodes).connect().await
+    }
+
+    /// The options of a store on the Redis Cluster that `nodes` belong to
+    /// (`redis://[[user]:password@]host[:port]` each; one node is enough,
+    /// more are tried in turn when the first does not answer). The store
+    /// learns the cluster's slots from them and sends every operation to
+    /// the shard that holds its prefix's slot. Prefix [`DEFAULT_PREFIX`],
+    /// timeout [`DEFAULT_TIMEOUT`], [`TokioClock`].
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn cluster_builder<I>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        RedisStoreBuilder {
+            target: Target::Cluster(nodes.into_iter().map(|n| n.as_ref().to_owned()).collect()),
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             clock: TokioClock::new(),
@@ -216,7 +301,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
     /// The clock whose wall time every operation passes to the server.
     pub fn clock<C2: Clock>(self, clock: C2) -> RedisStoreBuilder<C2> {
         RedisStoreBuilder {
-            url: self.url,
+            target: self.target,
             prefix: self.prefix,
             timeout: self.timeout,
             clock,
@@ -227,34 +312,52 @@ impl<C: Clock> RedisStoreBuilder<C> {
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] if the URL or the prefix is invalid, or if the
-    /// server does not answer within the timeout.
+    /// A [`StoreError`] if a URL or the prefix is invalid, or if the
+    /// server (or cluster) does not answer within the timeout.
     pub async fn connect(self) -> Result<RedisStore<C>, StoreError> {
         if self.prefix.contains('}') || self.prefix.contains('{') {
             return Err(StoreError::new("redis: the prefix must not contain braces"));
         }
-        let url = redact(&self.url);
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| StoreError::with_source(format!("redis: invalid URL {url}"), e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_max_delay(Duration::from_secs(1));
-        let manager = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| {
-            StoreError::new(format!(
-                "redis: no answer from {url} within {:?}",
-                self.timeout
-            ))
-        })?
-        .map_err(|e| StoreError::with_source(format!("redis: cannot connect to {url}"), e))?;
+        let url = self.target.redacted();
+        let timeout = self.timeout;
+        let conn = match &self.target {
+            Target::Single(raw) => {
+                let client = redis::Client::open(raw.as_str())
+                    .map_err(|e| StoreError::with_source(format!("redis: invalid URL {url}"), e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_max_delay(Duration::from_secs(1));
+                let manager = within(
+                    timeout,
+                    &url,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await?;
+                Conn::Single(manager)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(StoreError::new("redis: a cluster needs at least one node"));
+                }
+                let client =
+                    redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .build()
+                        .map_err(|e| {
+                            StoreError::with_source(
+                                format!("redis: invalid cluster nodes {url}"),
+                                e,
+                            )
+                        })?;
+                Conn::Cluster(within(timeout, &url, client.get_async_connection()).await?)
+            }
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                manager,
+                conn,
                 clock: self.clock,
                 prefix: format!("{{{}}}:", self.prefix),
                 timeout: self.timeout,
@@ -264,10 +367,22 @@ impl<C: Clock> RedisStoreBuilder<C> {
     }
 }
 
+/// Connecting, within `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    url: &str,
+    connect: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| StoreError::new(format!("redis: no answer from {url} within {timeout:?}")))?
+        .map_err(|e| StoreError::with_source(format!("redis: cannot connect to {url}"), e))
+}
+
 impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redact(&self.url))
+            .field("url", &self.target.redacted())
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -407,7 +522,8 @@ fn num_at(items: &[Value], i: usize, what: &str) -> Result<u64, StoreError> {
 }
 
 impl<C: Clock> RedisStore<C> {
-    /// The connection's URL, with its password hidden.
+    /// The connection's URL (a cluster's: its nodes' URLs, comma-separated),
+    /// with passwords hidden.
     pub fn url(&self) -> &str {
         &self.inner.url
     }
@@ -445,7 +561,7 @@ impl<C: Clock> RedisStore<C> {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> impl Future<Output = Result<Value, StoreError>> + Send + 'static {
-        let mut con = self.inner.manager.clone();
+        let conn = self.inner.conn.clone();
         let timeout = self.inner.timeout;
         async move {
             let script: &'static Script = script;
@@ -456,22 +572,11 @@ impl<C: Clock> RedisStore<C> {
             for a in args {
                 invocation.arg(a);
             }
-            // `invoke_async` loads a missing script and tries once more; a
-            // second `SCRIPT FLUSH` (or a restart) between its load and
-            // that try would fail the operation: go on while the server
-            // keeps losing the script, within the timeout.
             let invoke = async {
-                let mut reloads = 0;
-                loop {
-                    match invocation.invoke_async::<Value>(&mut con).await {
-                        Err(e)
-                            if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
-                                && reloads < MAX_RELOADS =>
-                        {
-                            reloads += 1;
-                        }
-                        done => return done,
-                    }
+                match conn {
+                    Conn::Single(mut con) => invoke(&invocation, &mut con).await,
+                    #[cfg(feature = "redis-cluster")]
+                    Conn::Cluster(mut con) => invoke(&invocation, &mut con).await,
                 }
             };
             match tokio::time::timeout(timeout, invoke).await {
@@ -481,6 +586,28 @@ impl<C: Clock> RedisStore<C> {
                     "redis: {what} timed out after {timeout:?}"
                 ))),
             }
+        }
+    }
+}
+
+/// Runs `invocation` on `con`. `invoke_async` loads a missing script and
+/// tries once more; a second `SCRIPT FLUSH` (or a restart) between its load
+/// and that try would fail the operation: go on while the server keeps
+/// losing the script (the caller's timeout bounds it all).
+async fn invoke(
+    invocation: &ScriptInvocation<'static>,
+    con: &mut (impl ConnectionLike + Send),
+) -> RedisResult<Value> {
+    let mut reloads = 0;
+    loop {
+        match invocation.invoke_async::<Value>(con).await {
+            Err(e)
+                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                    && reloads < MAX_RELOADS =>
+            {
+                reloads += 1;
+            }
+            done => return done,
         }
     }
 }
