@@ -79,6 +79,7 @@
 //! | `budget` | [`BudgetLayer`](budget::BudgetLayer): dollar and token limits per scope (global, API key, tenant, organisation, model, provider) over total, rolling and UTC calendar windows; worst case reserved before each attempt, settled to the metered cost; hard and soft limits with alerts |
 //! | `redis` | [`store::RedisStore`]: limits and budgets shared across processes in Redis, one Lua script per operation |
 //! | `redis-cluster` | `store::RedisStore::cluster_builder`: the Redis store on a Redis (or Valkey) Cluster |
+//! | `redis-tls` | TLS for the Redis store (`rediss://`): rustls with ring, the system's roots or a CA of your own, client certificates |
 //! | `full` | all of the above |
 //! | `tower-http` | [`classify::HttpClassifier`], the classifier as a tower-http `ClassifyResponse` |
 //! | `hyper` (default) | the classifier recognises hyper's and hyper-util's client errors; without it neither is compiled, and their I/O causes are still found through the source chain |

@@ -21,6 +21,9 @@ use tokio::time::Instant;
 #[cfg(feature = "redis")]
 #[path = "support/redis.rs"]
 mod redis_support;
+#[cfg(feature = "redis-tls")]
+#[path = "support/redis_tls.rs"]
+mod redis_tls_support;
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -87,11 +90,13 @@ impl Backend for Memory {
     }
 }
 
-/// A Redis server, or (`cluster`) the nodes of a Redis Cluster.
+/// A Redis server, or (`cluster`) the nodes of a Redis Cluster; over TLS
+/// with `tls_root`, the CA to trust.
 #[cfg(feature = "redis")]
 struct Redis {
     urls: Vec<String>,
     cluster: bool,
+    tls_root: Option<String>,
     prefix: String,
     clock: ManualClock,
 }
@@ -102,8 +107,17 @@ impl Redis {
         Redis {
             urls: vec![url.to_owned()],
             cluster: false,
+            tls_root: None,
             prefix: unique_prefix(test),
             clock,
+        }
+    }
+
+    #[cfg(feature = "redis-tls")]
+    fn tls(url: &str, ca: &str, test: &str, clock: ManualClock) -> Self {
+        Redis {
+            tls_root: Some(ca.to_owned()),
+            ..Redis::new(url, test, clock)
         }
     }
 
@@ -112,6 +126,7 @@ impl Redis {
         Redis {
             urls: urls.to_vec(),
             cluster: true,
+            tls_root: None,
             prefix: unique_prefix(test),
             clock,
         }
@@ -140,6 +155,11 @@ impl Backend for Redis {
         };
         #[cfg(not(feature = "redis-cluster"))]
         let builder = llm_tower::store::RedisStore::builder(&self.urls[0]);
+        #[cfg(feature = "redis-tls")]
+        let builder = match &self.tls_root {
+            Some(ca) => builder.tls_root_certificate(ca.clone()),
+            None => builder,
+        };
         builder
             .prefix(self.prefix.clone())
             .clock(self.clock.clone())
@@ -881,6 +901,23 @@ macro_rules! suite {
                     };
                     let clock = super::ManualClock::new();
                     let backend = super::Redis::new(server.url(), stringify!($name), clock.clone());
+                    super::$name(backend, clock).await;
+                    drop(server);
+                }
+            )*
+        }
+
+        #[cfg(feature = "redis-tls")]
+        mod redis_tls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some((server, certs)) = super::redis_tls_support::server(false) else {
+                        return;
+                    };
+                    let clock = super::ManualClock::new();
+                    let backend =
+                        super::Redis::tls(server.url(), &certs.ca, stringify!($name), clock.clone());
                     super::$name(backend, clock).await;
                     drop(server);
                 }

@@ -187,8 +187,9 @@ struct Args {
     budget_tokens: Option<u64>,
     /// Where the stack's rate limiter and budget keep their state: `memory`
     /// (each process its own), or redis://HOST:PORT[/DB]
-    /// (redis://:PASSWORD@HOST:PORT with a password; rediss:// is accepted
-    /// but this build has no Redis TLS yet), connected once at
+    /// (redis://:PASSWORD@HOST:PORT with a password; rediss://HOST:PORT for
+    /// TLS, trusting the system's root certificates and SSL_CERT_FILE),
+    /// connected once at
     /// start, so that several demo processes pointed at the same server
     /// share one quota (--rpm, --tpm, what the provider's headers say) and
     /// one budget (--budget-usd, --budget-tokens). The password is never

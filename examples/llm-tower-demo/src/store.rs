@@ -165,8 +165,8 @@ pub enum StoreUrl {
     /// Each process its own [`MemoryStore`].
     #[default]
     Memory,
-    /// `redis://` or `rediss://` (TLS, which the demo's redis client is
-    /// not built with yet: connecting says so), checked for shape only:
+    /// `redis://` or `rediss://` (TLS, with the system's root certificates
+    /// and those `SSL_CERT_FILE` names), checked for shape only:
     /// whether a server answers is known when connecting.
     Redis(String),
 }

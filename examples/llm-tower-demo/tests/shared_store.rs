@@ -16,6 +16,9 @@
 
 #[path = "../../../crates/llm-tower/tests/support/redis.rs"]
 mod redis;
+#[path = "../../../crates/llm-tower/tests/support/redis_tls.rs"]
+mod redis_tls;
+use redis as redis_support;
 
 use std::{
     process::Command,
@@ -285,4 +288,44 @@ fn an_unreachable_redis_is_an_error_at_start() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--store"), "{stderr}");
+}
+
+/// `--store rediss://…`: the demo reaches a Redis behind TLS whose CA the
+/// system trusts (here through `SSL_CERT_FILE`), and refuses one it does
+/// not, at start.
+#[test]
+fn a_redis_behind_tls_is_reached() {
+    let Some((server, certs)) = redis_tls::server(false) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("llm-tower-demo-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &certs.ca).unwrap();
+    let run = |cert_file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_llm-tower-demo"))
+            .args(["--only", "stack", "--requests", "2", "--json"])
+            .args(["--store", server.url(), "--store-prefix"])
+            .arg(unique_prefix("tls"))
+            .env("SSL_CERT_FILE", cert_file)
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&ca);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["store"], server.url(), "{report}");
+
+    // A CA nobody signed the server's certificate with.
+    let (other, _, _) = redis_tls::certificates();
+    let other_ca = dir.join("other.pem");
+    std::fs::write(&other_ca, &other.ca).unwrap();
+    let out = run(&other_ca);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--store rediss://127.0.0.1"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -122,9 +122,20 @@ pub fn own_server() -> Option<RedisServer> {
     None
 }
 
+/// Starts `redis-server` on `port` with `extra` arguments, answering at
+/// `url`; `None` if it does not answer PING on `port` within 5 s.
+pub fn start_server(port: u16, extra: &[String], url: String) -> Option<RedisServer> {
+    let child = start_with(port, extra)?;
+    Some(RedisServer {
+        url,
+        port: Some(port),
+        child: Some(child),
+    })
+}
+
 /// Fails the test when `LLM_TOWER_REQUIRE_REDIS=1`; says loudly that the
 /// tests needing `what` are skipped otherwise.
-fn skipped(what: &str) {
+pub fn skipped(what: &str) {
     if std::env::var("LLM_TOWER_REQUIRE_REDIS").as_deref() == Ok("1") {
         panic!("no {what}, and LLM_TOWER_REQUIRE_REDIS=1");
     }
@@ -252,7 +263,8 @@ fn has_redis_server() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn free_port() -> Option<u16> {
+/// A port nothing listens on now.
+pub fn free_port() -> Option<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").ok()?;
     Some(listener.local_addr().ok()?.port())
 }

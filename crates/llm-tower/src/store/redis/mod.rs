@@ -121,6 +121,31 @@ script!(BALANCE, "balance.lua", budget);
 /// # Ok(()) }
 /// ```
 ///
+/// # TLS
+///
+/// With the `redis-tls` feature, a `rediss://` URL connects over TLS
+/// (rustls, with the ring provider): the server's certificate is checked
+/// against the system's root certificates (and `SSL_CERT_FILE`), or
+/// against a CA of your own
+/// ([`tls_root_certificate`](RedisStoreBuilder::tls_root_certificate)); a
+/// server that authenticates its clients gets
+/// [`tls_client_certificate`](RedisStoreBuilder::tls_client_certificate).
+/// Without the feature, a `rediss://` URL is refused at
+/// [`connect`](RedisStoreBuilder::connect), saying so; certificates with a
+/// plain `redis://` URL are refused too.
+///
+/// ```no_run
+/// # #[cfg(feature = "redis-tls")]
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use llm_tower::store::RedisStore;
+///
+/// let store = RedisStore::builder("rediss://:secret@redis.internal:6380")
+///     .tls_root_certificate(std::fs::read("/etc/redis/ca.pem")?)
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
 /// # Time
 ///
 /// Time comes from the store's [`Clock`] ([`TokioClock`] by default), never
@@ -213,10 +238,80 @@ impl Target {
     }
 }
 
+/// The certificates of a TLS connection (`rediss://`), beyond the system's
+/// roots.
+#[derive(Default)]
+struct TlsOptions {
+    /// A root certificate (PEM) to trust instead of the system's.
+    #[cfg(feature = "redis-tls")]
+    root: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), for servers that ask.
+    #[cfg(feature = "redis-tls")]
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsOptions {
+    #[cfg(feature = "redis-tls")]
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.root.is_none() && self.client.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.root.clone(),
+        })
+    }
+
+    /// Refuses a `rediss://` URL without TLS compiled in, and certificates
+    /// given for plain URLs.
+    fn check<'u>(
+        &self,
+        urls: impl Iterator<Item = &'u str>,
+        redacted: &str,
+    ) -> Result<(), StoreError> {
+        let secure: Vec<bool> = urls
+            .map(|u| u.trim_start().to_ascii_lowercase().starts_with("rediss://"))
+            .collect();
+        if cfg!(not(feature = "redis-tls")) && secure.iter().any(|s| *s) {
+            return Err(StoreError::new(format!(
+                "redis: {redacted} asks for TLS (rediss://), which needs llm-tower's \
+                 `redis-tls` feature"
+            )));
+        }
+        #[cfg(feature = "redis-tls")]
+        if (self.root.is_some() || self.client.is_some()) && !secure.iter().all(|s| *s) {
+            return Err(StoreError::new(format!(
+                "redis: TLS certificates were given, but {redacted} is not a rediss:// URL"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Tls");
+        #[cfg(feature = "redis-tls")]
+        {
+            // Whether they are set, never what they hold (a key).
+            d.field("root_certificate", &self.root.is_some())
+                .field("client_certificate", &self.client.is_some());
+        }
+        d.finish()
+    }
+}
+
 /// The options of a [`RedisStore`], from [`RedisStore::builder`] (or
 /// `RedisStore::cluster_builder`, with the `redis-cluster` feature).
 pub struct RedisStoreBuilder<C: Clock = TokioClock> {
     target: Target,
+    tls: TlsOptions,
     prefix: String,
     timeout: Duration,
     clock: C,
@@ -239,6 +334,7 @@ impl RedisStore {
     pub fn builder(url: &str) -> RedisStoreBuilder {
         RedisStoreBuilder {
             target: Target::Single(url.to_owned()),
+            tls: TlsOptions::default(),
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             clock: TokioClock::new(),
@@ -277,6 +373,7 @@ impl RedisStore {
     {
         RedisStoreBuilder {
             target: Target::Cluster(nodes.into_iter().map(|n| n.as_ref().to_owned()).collect()),
+            tls: TlsOptions::default(),
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             clock: TokioClock::new(),
@@ -298,10 +395,37 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// Trusts `pem` (one or more certificates, PEM) as the root of the
+    /// server's certificate chain, instead of the system's roots: for a
+    /// server whose certificate a private CA signed. Only for `rediss://`
+    /// URLs (a plain URL with certificates is refused at
+    /// [`connect`](Self::connect)).
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root = Some(pem.into());
+        self
+    }
+
+    /// Presents `certificate` (PEM) with its private `key` (PEM) to a
+    /// server that authenticates its clients (`tls-auth-clients yes`):
+    /// mutual TLS. Only for `rediss://` URLs. `Debug` never shows either.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((certificate.into(), key.into()));
+        self
+    }
+
     /// The clock whose wall time every operation passes to the server.
     pub fn clock<C2: Clock>(self, clock: C2) -> RedisStoreBuilder<C2> {
         RedisStoreBuilder {
             target: self.target,
+            tls: self.tls,
             prefix: self.prefix,
             timeout: self.timeout,
             clock,
@@ -322,8 +446,28 @@ impl<C: Clock> RedisStoreBuilder<C> {
         let timeout = self.timeout;
         let conn = match &self.target {
             Target::Single(raw) => {
-                let client = redis::Client::open(raw.as_str())
-                    .map_err(|e| StoreError::with_source(format!("redis: invalid URL {url}"), e))?;
+                self.tls.check(std::iter::once(raw.as_str()), &url)?;
+                let invalid = |e| StoreError::with_source(format!("redis: invalid URL {url}"), e);
+                #[cfg(feature = "redis-tls")]
+                let client = match self.tls.certificates() {
+                    Some(certificates) => redis::Client::build_with_tls(raw.as_str(), certificates),
+                    None => redis::Client::open(raw.as_str()),
+                }
+                .map_err(invalid)?;
+                #[cfg(not(feature = "redis-tls"))]
+                let client = redis::Client::open(raw.as_str()).map_err(invalid)?;
+                // One plain attempt first: the connection manager retries
+                // a failed connection until the timeout, which would hide
+                // why it failed (refused, a certificate, a password).
+                let probe = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                within(
+                    timeout,
+                    &url,
+                    client.get_multiplexed_async_connection_with_config(&probe),
+                )
+                .await?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
@@ -341,17 +485,19 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 if nodes.is_empty() {
                     return Err(StoreError::new("redis: a cluster needs at least one node"));
                 }
-                let client =
+                self.tls.check(nodes.iter().map(String::as_str), &url)?;
+                let builder =
                     redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                         .connection_timeout(timeout)
-                        .response_timeout(timeout)
-                        .build()
-                        .map_err(|e| {
-                            StoreError::with_source(
-                                format!("redis: invalid cluster nodes {url}"),
-                                e,
-                            )
-                        })?;
+                        .response_timeout(timeout);
+                #[cfg(feature = "redis-tls")]
+                let builder = match self.tls.certificates() {
+                    Some(certificates) => builder.certs(certificates),
+                    None => builder,
+                };
+                let client = builder.build().map_err(|e| {
+                    StoreError::with_source(format!("redis: invalid cluster nodes {url}"), e)
+                })?;
                 Conn::Cluster(within(timeout, &url, client.get_async_connection()).await?)
             }
         };
@@ -376,13 +522,23 @@ async fn within<T>(
     tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| StoreError::new(format!("redis: no answer from {url} within {timeout:?}")))?
-        .map_err(|e| StoreError::with_source(format!("redis: cannot connect to {url}"), e))
+        .map_err(|e| {
+            if e.is_timeout() {
+                StoreError::with_source(
+                    format!("redis: no answer from {url} within {timeout:?}"),
+                    e,
+                )
+            } else {
+                StoreError::with_source(format!("redis: cannot connect to {url}"), e)
+            }
+        })
 }
 
 impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
             .field("url", &self.target.redacted())
+            .field("tls", &self.tls)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -922,6 +1078,19 @@ impl<C: Clock> Store for RedisStore<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without the `redis-tls` feature, a `rediss://` URL is refused with
+    /// the reason, before any connection (CI runs this build's unit tests).
+    #[cfg(not(feature = "redis-tls"))]
+    #[tokio::test]
+    async fn tls_urls_need_the_feature() {
+        let err = RedisStore::connect("rediss://:hunter2@127.0.0.1:1")
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("`redis-tls` feature"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
 
     #[test]
     fn urls_never_show_passwords() {
