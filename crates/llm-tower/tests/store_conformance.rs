@@ -133,6 +133,17 @@ impl Redis {
     }
 }
 
+/// A plain connection to the server (or node) at `url`, to look behind
+/// the store.
+#[cfg(feature = "redis")]
+async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// A prefix no other test (or run) uses.
 #[cfg(feature = "redis")]
 fn unique_prefix(test: &str) -> String {
@@ -965,14 +976,6 @@ mod redis_only {
     use super::*;
     use llm_tower::store::{RedisStore, StoreError};
 
-    async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
-        ::redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-
     /// Every key the store writes has a TTL in Redis, from the caller's
     /// clock, except a fixed bucket without one (a total for good).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1328,14 +1331,6 @@ mod redis_cluster_only {
     use super::*;
     use ::redis::{ErrorKind, ServerErrorKind};
     use llm_tower::store::RedisStore;
-
-    async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
-        ::redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
 
     /// The index of the node that holds `key` (the others answer `MOVED`).
     async fn owner(urls: &[String], key: &str) -> usize {
