@@ -7,7 +7,10 @@
 //!
 //! The server is `LLM_TOWER_REDIS_URL`, or a `redis-server` started on a
 //! free port (see `tests/support/redis.rs`); with neither, the bench says
-//! so and measures nothing.
+//! so and measures nothing. With `--features redis-cluster` the single
+//! operations are measured on a three-primary cluster too
+//! (`LLM_TOWER_REDIS_CLUSTER`, or one started here), and with
+//! `--features redis-tls` over TLS to a `redis-server` started here.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -17,6 +20,9 @@ use llm_tower::store::{Bucket, Cell, MemoryStore, Quota, RedisStore, Reserve, Sp
 
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
+#[cfg(feature = "redis-tls")]
+#[path = "../tests/support/redis_tls.rs"]
+mod redis_tls_support;
 
 /// A microsecond per unit: whole microseconds in Redis, and never denied at
 /// the rates measured here.
@@ -75,29 +81,59 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let memory = MemoryStore::new();
-    let redis = rt.block_on(async {
-        RedisStore::builder(server.url())
+    // More stores with the features that make them.
+    #[cfg_attr(
+        not(any(feature = "redis-cluster", feature = "redis-tls")),
+        allow(unused_mut)
+    )]
+    let mut remote = vec![(
+        "redis",
+        rt.block_on(RedisStore::builder(server.url()).prefix("bench").connect())
+            .unwrap(),
+    )];
+    #[cfg(feature = "redis-cluster")]
+    let cluster = redis_support::cluster();
+    #[cfg(feature = "redis-cluster")]
+    if let Some(cluster) = &cluster {
+        let store = RedisStore::cluster_builder(cluster.urls())
             .prefix("bench")
-            .connect()
-            .await
-            .unwrap()
-    });
+            .connect();
+        remote.push(("redis-cluster", rt.block_on(store).unwrap()));
+    }
+    #[cfg(feature = "redis-tls")]
+    let tls = redis_tls_support::server(false);
+    #[cfg(feature = "redis-tls")]
+    if let Some((server, certs)) = &tls {
+        let store = RedisStore::builder(server.url())
+            .prefix("bench")
+            .tls_root_certificate(certs.ca.clone())
+            .connect();
+        remote.push(("redis-tls", rt.block_on(store).unwrap()));
+    }
 
     let mut g = c.benchmark_group("redis_store");
     g.bench_function("take/memory", |b| b.to_async(&rt).iter(|| take(&memory)));
-    g.bench_function("take/redis", |b| b.to_async(&rt).iter(|| take(&redis)));
+    for (name, store) in &remote {
+        g.bench_function(format!("take/{name}"), |b| {
+            b.to_async(&rt).iter(|| take(store))
+        });
+    }
     g.bench_function("acquire3/memory", |b| {
         b.to_async(&rt).iter(|| acquire3(&memory))
     });
-    g.bench_function("acquire3/redis", |b| {
-        b.to_async(&rt).iter(|| acquire3(&redis))
-    });
+    for (name, store) in &remote {
+        g.bench_function(format!("acquire3/{name}"), |b| {
+            b.to_async(&rt).iter(|| acquire3(store))
+        });
+    }
     g.bench_function("reserve_settle2/memory", |b| {
         b.to_async(&rt).iter(|| reserve_settle2(&memory))
     });
-    g.bench_function("reserve_settle2/redis", |b| {
-        b.to_async(&rt).iter(|| reserve_settle2(&redis))
-    });
+    for (name, store) in &remote {
+        g.bench_function(format!("reserve_settle2/{name}"), |b| {
+            b.to_async(&rt).iter(|| reserve_settle2(store))
+        });
+    }
     g.finish();
 
     // 64 acquires in flight at once through one connection manager.
