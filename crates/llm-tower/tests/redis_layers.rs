@@ -1,8 +1,8 @@
 //! The rate limiter and the budget over a real Redis (see
 //! `support/redis.rs`: without one, every test says loudly that it was
 //! skipped): two "processes" — two layers, each over its own
-//! [`RedisStore`] connected to the same server and prefix — share their
-//! limits; and each `on_store_failure` policy holds when the server is
+//! [`RedisStore`] connected to the same server (or Redis Cluster) and
+//! prefix — share their limits; and each `on_store_failure` policy holds when the server is
 //! killed, loses its scripts, or is too slow.
 //!
 //! Real time throughout, kept short: with tokio's paused time, a pending
@@ -65,6 +65,31 @@ async fn redis(url: &str, prefix: &str, op_timeout: Duration) -> RedisStore {
         .connect()
         .await
         .expect("connect to the test server")
+}
+
+/// Where two "processes" meet: one server, or (feature `redis-cluster`)
+/// the nodes of a Redis Cluster.
+#[derive(Debug, Clone)]
+enum Remote {
+    Server(String),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Vec<String>),
+}
+
+impl Remote {
+    /// A new connection (another process) under `prefix`.
+    async fn open(&self, prefix: &str, op_timeout: Duration) -> RedisStore {
+        match self {
+            Remote::Server(url) => redis(url, prefix, op_timeout).await,
+            #[cfg(feature = "redis-cluster")]
+            Remote::Cluster(nodes) => RedisStore::cluster_builder(nodes)
+                .prefix(prefix)
+                .timeout(op_timeout)
+                .connect()
+                .await
+                .expect("connect to the test cluster"),
+        }
+    }
 }
 
 /// Runs `f` within `limit`, or fails the test: nothing may hang.
@@ -189,19 +214,34 @@ async fn two_rate_limiters_sharing_redis_stay_under_the_providers_quota() {
     let Some(server) = redis_support::server() else {
         return;
     };
+    rate_limiters_sharing(Remote::Server(server.url().to_owned())).await;
+}
+
+/// The same on a Redis Cluster: both layers' cells in the shard of their
+/// prefix's slot, reached through the cluster client.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rate_limiters_sharing_a_redis_cluster_stay_under_the_providers_quota() {
+    let Some(cluster) = redis_support::cluster() else {
+        return;
+    };
+    rate_limiters_sharing(Remote::Cluster(cluster.urls().to_vec())).await;
+}
+
+async fn rate_limiters_sharing(remote: Remote) {
     let prefix = unique("shared-rpm");
     let op = Duration::from_secs(2);
     let a = RateLimitLayer::with_store(
         rate_config().build().unwrap(),
-        redis(server.url(), &prefix, op).await,
+        remote.open(&prefix, op).await,
     );
     let b = RateLimitLayer::with_store(
         rate_config().build().unwrap(),
-        redis(server.url(), &prefix, op).await,
+        remote.open(&prefix, op).await,
     );
     let (ha, hb) = (a.handle(), b.handle());
     let (throttled, took) = two_processes(a, b).await;
-    eprintln!("shared Redis: {throttled} 429s, {took:?}");
+    eprintln!("shared Redis ({remote:?}): {throttled} 429s, {took:?}");
     assert_eq!(throttled, 0, "one shared limit: no 429 (in {took:?})");
     let (sa, sb) = (ha.stats(), hb.stats());
     assert_eq!(sa.admitted + sb.admitted, 2 * PER_PROCESS as u64);
@@ -355,6 +395,20 @@ async fn a_thousand_concurrent_calls_over_two_redis_stores_never_overspend() {
     let Some(server) = redis_support::server() else {
         return;
     };
+    a_thousand_calls_over_two_stores(Remote::Server(server.url().to_owned())).await;
+}
+
+/// The same on a Redis Cluster.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_calls_over_two_redis_cluster_stores_never_overspend() {
+    let Some(cluster) = redis_support::cluster() else {
+        return;
+    };
+    a_thousand_calls_over_two_stores(Remote::Cluster(cluster.urls().to_vec())).await;
+}
+
+async fn a_thousand_calls_over_two_stores(remote: Remote) {
     const N: u64 = 100;
     const CALLS: usize = 1_000;
     let prefix = unique("budget-1000");
@@ -362,13 +416,13 @@ async fn a_thousand_concurrent_calls_over_two_redis_stores_never_overspend() {
     let op = Duration::from_secs(5);
     let (a, _) = budget_layer(
         N,
-        redis(server.url(), &prefix, op).await,
+        remote.open(&prefix, op).await,
         OnStoreFailure::FailClosed,
         op,
     );
     let (b, _) = budget_layer(
         N,
-        redis(server.url(), &prefix, op).await,
+        remote.open(&prefix, op).await,
         OnStoreFailure::FailClosed,
         op,
     );
