@@ -665,10 +665,12 @@ fn check_usd(usd: f64, field: impl Fn() -> String, zero: bool) -> Result<(), Con
     ))
 }
 
-/// Dollars to whole nano-dollars, rounded down (a limit never grows).
+/// Dollars to whole nano-dollars, rounded to the nearest, as prices are
+/// ($2.01 is 2,010,000,000, not one short of it: `2.01 * 1e9` is a hair
+/// below in binary).
 pub(crate) fn usd_to_nanos(usd: f64) -> u64 {
     // Checked to be in range by validation.
-    (usd * 1e9).floor() as u64
+    (usd * crate::pricing::NANOS_PER_USD as f64).round() as u64
 }
 
 /// The window a [`Limit`] applies to.
@@ -764,6 +766,14 @@ impl ScopeBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_are_rounded_to_the_nearest_nano_dollar() {
+        // 2.01 · 1e9 is 2,009,999,999.99… in binary.
+        assert_eq!(usd_to_nanos(2.01), 2_010_000_000);
+        assert_eq!(usd_to_nanos(0.027), 27_000_000);
+        assert_eq!(usd_to_nanos(1e-9), 1);
+    }
 
     fn err(json: &str) -> String {
         serde_json::from_str::<Valid<BudgetConfig>>(json)

@@ -274,8 +274,11 @@ where
         Err(e) => return Err(shared.record(e)),
     };
     // Only for a call let through unreserved, to charge it if no meter
-    // inside did.
-    let headers = prepaid.is_none().then(|| req.headers().clone());
+    // inside did: what its scopes are read from (a Gemini key is in the
+    // query).
+    let unreserved = prepaid
+        .is_none()
+        .then(|| (req.headers().clone(), req.uri().query().map(str::to_owned)));
     let gate = Arc::new(CallGate {
         shared: Arc::clone(&shared),
         who,
@@ -308,9 +311,9 @@ where
     }
     // No meter inside consulted the gate: meter the body here.
     gated.store(UNGATED, Relaxed);
-    let ticket = match (unclaimed, headers) {
+    let ticket = match (unclaimed, unreserved) {
         (Some(ticket), _) => Some(ticket),
-        (None, Some(headers)) => {
+        (None, Some((headers, query))) => {
             tracing::error!(
                 target: "llm_tower::budget",
                 "a call went out without a reservation: no meter inside consulted the budget \
@@ -318,7 +321,7 @@ where
                  its cost is recorded after the fact"
             );
             shared.stats.unreserved.fetch_add(1, Relaxed);
-            match shared.plan(meta.as_ref(), &headers, None, &gate.who) {
+            match shared.plan(meta.as_ref(), &headers, query.as_deref(), &gate.who) {
                 Ok(plan) => shared.reserve_anyway(plan, Some(cost)).await.ok(),
                 Err(_) => None,
             }

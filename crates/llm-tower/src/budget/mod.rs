@@ -51,11 +51,15 @@
 //!
 //! Before an attempt is sent, its **worst case** is reserved in every
 //! bucket: the input estimate (from [`PrepareLayer`](crate::request::PrepareLayer)'s
-//! estimator) at the input price plus the output cap — the request's
+//! estimator) at the dearest input price (the plain, cached or cache-write
+//! price, whichever is highest: a call may write its whole prompt to the
+//! cache) plus the output cap — the request's
 //! `max_tokens`, or the model's most output
 //! ([`BudgetConfig::max_output_tokens`]) — at the output price, from the
-//! [`PriceTable`](crate::pricing::PriceTable). N concurrent calls therefore
-//! cannot all pass a check only some of them fit.
+//! [`PriceTable`](crate::pricing::PriceTable)
+//! ([`ModelPrice::worst_cost`](crate::pricing::ModelPrice::worst_cost)).
+//! N concurrent calls therefore cannot all pass a check only some of them
+//! fit, and no usage settles above its reservation.
 //!
 //! After the attempt, its reservation is **settled exactly once** to what
 //! it actually cost, from the usage the [meter](crate::metering) reports:

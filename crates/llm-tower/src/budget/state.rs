@@ -458,7 +458,7 @@ impl<St: Store> Shared<St> {
             if own_price.is_none() {
                 own_price = price;
             }
-            let worst_cost = price.map(|p| p.cost(&worst).as_nanos());
+            let worst_cost = price.map(|p| p.worst_cost(input, output).as_nanos());
             if table_price.is_none() && price.is_none() {
                 unpriced.push(scope.scope);
             }
@@ -510,7 +510,7 @@ impl<St: Store> Shared<St> {
         }
         Ok(Plan {
             signature: Signature::of(meta, headers, query),
-            worst_cost: own_price.map(|p| p.cost(&worst)),
+            worst_cost: own_price.map(|p| p.worst_cost(input, output)),
             model,
             buckets,
             price: own_price,

@@ -3,7 +3,7 @@ use std::iter::Sum;
 use std::ops::{Add, AddAssign};
 
 /// Nano-dollars in one US dollar.
-pub(super) const NANOS_PER_USD: u64 = 1_000_000_000;
+pub(crate) const NANOS_PER_USD: u64 = 1_000_000_000;
 
 /// An amount of money in US dollars, held as whole nano-dollars
 /// (10⁻⁹ USD).

@@ -86,6 +86,8 @@ mod table;
 
 pub use config::{ModelPriceConfig, PricingConfig};
 pub use cost::Cost;
+#[cfg(feature = "budget")]
+pub(crate) use cost::NANOS_PER_USD;
 pub use error::{InvalidPrice, Unpriced};
 pub use price::ModelPrice;
 pub use table::PriceTable;

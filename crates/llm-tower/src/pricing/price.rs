@@ -161,6 +161,31 @@ impl ModelPrice {
         let nanos = nanos_times_million.div_ceil(TOKENS_PER_MILLION);
         Cost::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
+
+    /// The most `input_tokens` and `output_tokens` can cost: every input
+    /// token at the dearest input price (plain, cached or cache write,
+    /// whichever is highest: a call may write its whole prompt to the
+    /// cache), every output token at the output price. What a budget
+    /// reserves before a call, so that no usage settles above it.
+    ///
+    /// ```
+    /// use llm_tower::pricing::{Cost, ModelPrice};
+    ///
+    /// // Anthropic-style: cache writes at 1.25 times the input price.
+    /// let price = ModelPrice::new(1.0, 5.0)?.with_cache_write(1.25)?;
+    /// assert_eq!(price.worst_cost(1_000, 100), Cost::from_nanos(1_750_000));
+    /// # Ok::<(), llm_tower::pricing::InvalidPrice>(())
+    /// ```
+    pub fn worst_cost(&self, input_tokens: u64, output_tokens: u64) -> Cost {
+        let dearest_input = self
+            .input
+            .max(self.cached_input.unwrap_or(0))
+            .max(self.cache_write.unwrap_or(0));
+        let nanos_times_million = u128::from(input_tokens) * u128::from(dearest_input)
+            + u128::from(output_tokens) * u128::from(self.output);
+        let nanos = nanos_times_million.div_ceil(TOKENS_PER_MILLION);
+        Cost::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
 }
 
 /// Shows dollars per million tokens, as configured, not raw nano-dollars.
