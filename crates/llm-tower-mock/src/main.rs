@@ -149,18 +149,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("llm-tower-mock listening on {}", server.url());
-    println!("  OpenAI base URL:    {}", server.openai_base_url());
-    println!("  Anthropic base URL: {}", server.url());
-    println!("  journal:            {}/__mock/journal", server.url());
-    println!("  fault rules:        {rules}");
+    // Written, not `println!`: a reader that closes the pipe after the
+    // first line (a script, a test) must not kill the mock with a panic
+    // on a broken pipe.
+    say(&format!(
+        "llm-tower-mock listening on {url}\n  OpenAI base URL:    {}\n  Anthropic base URL: {url}\n  journal:            {url}/__mock/journal\n  fault rules:        {rules}",
+        server.openai_base_url(),
+        url = server.url(),
+    ));
     tokio::select! {
         _ = server.serve_forever() => ExitCode::from(1),
         _ = tokio::signal::ctrl_c() => {
-            println!("stopping after {} requests", server.journal().len());
+            say(&format!("stopping after {} requests", server.journal().len()));
             ExitCode::SUCCESS
         }
     }
+}
+
+/// A line on stdout, if anyone still reads it.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]

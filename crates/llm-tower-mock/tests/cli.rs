@@ -128,3 +128,31 @@ fn bad_flags_exit_non_zero_with_a_reason() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// Nobody reads the banner (stdout closed at once, as `| head -0` would):
+/// the mock goes on serving instead of dying on the broken pipe.
+#[tokio::test]
+async fn a_closed_stdout_does_not_stop_the_mock() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let server = Server(child);
+    let url = format!("http://127.0.0.1:{port}");
+    // Polls until it listens (real time: a separate process).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let r = post(&client(), &url, OPENAI, &openai("gpt-4o", false, "x")).await;
+    assert_eq!(r.status, 200);
+    drop(server);
+}
