@@ -255,18 +255,10 @@ impl fmt::Debug for StoreUrl {
     }
 }
 
-/// `url` with the password of its user info, if any, replaced by `***`
-/// (a lone user info counts as a password, as Redis reads it).
+/// `url` with its password, if any, replaced by `***` (the library's
+/// redaction, which `RedisStore` uses too).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..end].rfind('@') else {
-        return url.to_owned();
-    };
-    let user = rest[..at].split_once(':').map_or("", |(user, _)| user);
-    format!("{scheme}://{user}:***{}", &rest[at..])
+    llm_tower::store::redact_redis_url(url)
 }
 
 #[cfg(test)]

@@ -209,7 +209,9 @@ use std::time::Duration;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisStore, RedisStoreBuilder};
+pub use self::redis::{
+    DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisStore, RedisStoreBuilder, redact_redis_url,
+};
 pub use memory::MemoryStore;
 #[cfg(any(feature = "rate-limit", feature = "budget"))]
 pub(crate) use policy::{Call, StoreGuard, Switch, bounded};

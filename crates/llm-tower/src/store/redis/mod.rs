@@ -14,8 +14,11 @@ use super::{
 };
 use crate::clock::{Clock, TokioClock};
 
-/// The default time allowed to each operation, round trip included.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+/// The default time allowed to each operation, round trip included: the
+/// layers' own bound on a store operation
+/// ([`DEFAULT_STORE_TIMEOUT`](super::DEFAULT_STORE_TIMEOUT)), so that the
+/// store's error, not the layer's timeout, says what went wrong.
+pub const DEFAULT_TIMEOUT: Duration = super::DEFAULT_STORE_TIMEOUT;
 
 /// The default prefix, the hash tag of every key.
 pub const DEFAULT_PREFIX: &str = "llm-tower";
@@ -231,9 +234,13 @@ impl Target {
     /// The URLs with their passwords hidden, comma-separated.
     fn redacted(&self) -> String {
         match self {
-            Target::Single(url) => redact(url),
+            Target::Single(url) => redact_redis_url(url),
             #[cfg(feature = "redis-cluster")]
-            Target::Cluster(urls) => urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(","),
+            Target::Cluster(urls) => urls
+                .iter()
+                .map(|u| redact_redis_url(u))
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 }
@@ -566,7 +573,16 @@ impl<C: Clock> Clone for RedisStore<C> {
 /// `url` with its password, if any, replaced by `***`: the password of the
 /// user info (`redis://user:password@host`), and the `pass` or `password`
 /// parameters of a Unix socket's URL (`unix:///run/redis.sock?pass=…`).
-fn redact(url: &str) -> String {
+/// What [`RedisStore`]'s `Debug`, [`url`](RedisStore::url) and errors
+/// show; for showing a Redis URL of your own (a configuration, a log line).
+///
+/// ```
+/// assert_eq!(
+///     llm_tower::store::redact_redis_url("redis://:hunter2@cache:6379/0"),
+///     "redis://:***@cache:6379/0"
+/// );
+/// ```
+pub fn redact_redis_url(url: &str) -> String {
     let url = redact_userinfo(url);
     let Some(q) = url.find('?') else {
         return url;
@@ -588,8 +604,16 @@ fn redact_userinfo(url: &str) -> String {
         None => ("", url),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    let at = match rest[..authority_end].rfind('@') {
+        Some(at) => at,
+        // A password with `/`, `?` or `#` in it, not percent-encoded
+        // (`redis://:pa/ss@host`): the user info still ends at the last
+        // `@` when a `:` comes before the first of those. Hiding too much
+        // of a URL with an `@` in its query is the safe mistake.
+        None => match rest.rfind('@') {
+            Some(at) if rest[..authority_end].contains(':') => at,
+            _ => return url.to_owned(),
+        },
     };
     let userinfo = &rest[..at];
     let user = match userinfo.find(':') {
@@ -1094,22 +1118,30 @@ mod tests {
 
     #[test]
     fn urls_never_show_passwords() {
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(
-            redact("redis://:hunter2@redis.internal:6379/0"),
+            redact_redis_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_redis_url("redis://:hunter2@redis.internal:6379/0"),
             "redis://:***@redis.internal:6379/0"
         );
         assert_eq!(
-            redact("rediss://alice:hunter2@redis.internal"),
+            redact_redis_url("rediss://alice:hunter2@redis.internal"),
             "rediss://alice:***@redis.internal"
         );
         assert_eq!(
-            redact("redis://hunter2@redis.internal"),
+            redact_redis_url("redis://hunter2@redis.internal"),
             "redis://:***@redis.internal"
         );
-        assert_eq!(redact("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
+        assert_eq!(redact_redis_url("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
         assert_eq!(
-            redact("unix:///run/redis.sock?db=1&pass=hunter2"),
+            redact_redis_url("redis://:pa/ss?#@h:6379"),
+            "redis://:***@h:6379"
+        );
+        assert_eq!(redact_redis_url("redis://u:pa/ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(
+            redact_redis_url("unix:///run/redis.sock?db=1&pass=hunter2"),
             "unix:///run/redis.sock?db=1&pass=***"
         );
         let builder = RedisStore::builder("redis://alice:hunter2@h:1").prefix("p");
