@@ -240,6 +240,31 @@ async fn deferring_without_a_meter_inside_charges_the_call_after_the_fact() {
     );
 }
 
+/// Charged after the fact, a Gemini call's spend still lands on its API
+/// key's budget: the key is read from the query (`?key=`), as on arrival.
+#[tokio::test(start_paused = true)]
+async fn a_call_charged_after_the_fact_is_charged_to_its_gemini_key() {
+    use llm_tower::budget::Arrival;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let config = BudgetConfig::new()
+        .scope(ScopeBudget::new(Scope::ApiKey).limit(Limit::usd(0.001, Window::Total)))
+        .arrival(Arrival::Defer);
+    let layer = budget(config);
+    let handle = layer.handle();
+    let svc = layer.layer(provider(1_000, 500, calls));
+    let mut req = request(meta("m", 1_000, Some(500)));
+    req.headers_mut().remove("authorization");
+    *req.uri_mut() =
+        "https://generativelanguage.googleapis.com/v1beta/models/m:generateContent?key=AIza-test"
+            .parse()
+            .unwrap();
+    read(svc.oneshot(req).await.unwrap()).await;
+    assert_eq!(handle.stats().unreserved, 1);
+    let status = handle.status(Scope::ApiKey, "AIza-test").await.unwrap();
+    assert_eq!(status[0].spent, Amount::Usd(Cost::from_nanos(WORST)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn refuses_what_cannot_fit_and_admits_it_once_others_settle_lower() {
     // Room for two worst cases, not three.
@@ -406,6 +431,47 @@ async fn a_stream_dropped_midway_is_billed_for_what_it_used() {
     assert!(stats.spent < Cost::from_nanos(WORST), "{stats:?}");
 }
 
+/// An Anthropic call that writes its whole prompt to the prompt cache pays
+/// the cache-write price (1.25 times the input price here) for it: the
+/// reservation covered that, so the settlement is never above it.
+#[tokio::test(start_paused = true)]
+async fn a_prompt_written_to_the_cache_never_settles_above_its_reservation() {
+    let prices = PriceTable::empty().with_price(
+        "cw",
+        ModelPrice::new(1.0, 2.0)
+            .unwrap()
+            .with_cache_write(1.25)
+            .unwrap(),
+    );
+    let layer = BudgetLayer::new(global_usd(1.0, Window::Total).build().unwrap()).prices(prices);
+    let handle = layer.handle();
+    let inner = service_fn(|_req: Request<String>| async {
+        let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"cw","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":0,"cache_creation_input_tokens":1000,"cache_read_input_tokens":0,"output_tokens":500}}"#;
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap(),
+        )
+    });
+    let svc = layer.layer(MeterLayer::new().layer(inner));
+    let mut req = request(
+        RequestMeta::new(Some(Endpoint {
+            provider: Provider::Anthropic,
+            format: WireFormat::AnthropicMessages,
+        }))
+        .with_model("cw")
+        .with_estimated_input_tokens(1_000)
+        .with_max_output_tokens(Some(500)),
+    );
+    *req.uri_mut() = "https://api.anthropic.com/v1/messages".parse().unwrap();
+    read(svc.oneshot(req).await.unwrap()).await;
+    let stats = handle.stats();
+    // 1,000 tokens written at 1,250 nano-dollars, 500 out at 2,000.
+    assert_eq!(stats.spent, Cost::from_nanos(2_250_000), "{stats:?}");
+    assert!(stats.reserved_peak >= stats.spent, "{stats:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn retries_reserve_and_settle_each_attempt() {
     use llm_tower::retry::{RetryConfig, RetryLayer};
@@ -450,34 +516,67 @@ async fn retries_reserve_and_settle_each_attempt() {
     assert_eq!(call_cost.cost(), Cost::from_nanos(cost(300, 40)));
 }
 
+/// A call's first attempt fails (503, which costs nothing); while its
+/// retry waits out the backoff, another call takes the room. The retry
+/// reserves for itself before it goes out, does not fit, and is refused
+/// unsent: the caller gets the `BudgetExceeded`.
 #[tokio::test(start_paused = true)]
 async fn a_retry_that_does_not_fit_is_refused_before_it_is_sent() {
     use llm_tower::retry::{RetryConfig, RetryLayer};
 
-    // Room for one worst case and a bit.
+    // Room for one worst case and a bit, not two.
     let layer = budget(global_usd(0.003, Window::Total));
     let handle = layer.handle();
     let n = Arc::new(AtomicUsize::new(0));
     let seen = n.clone();
-    // The first attempt streams a long answer and then fails midway… here,
-    // simply: an answer that cost its whole reservation and failed.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let hold = release.clone();
+    // The first request (call A's first attempt) fails; the second (call
+    // B) answers once released; a third would be A's retry.
     let inner = service_fn(move |_req: Request<String>| {
-        seen.fetch_add(1, Ordering::SeqCst);
+        let i = seen.fetch_add(1, Ordering::SeqCst);
+        let hold = hold.clone();
         async move {
-            let mut res = json_usage(1_000, 500);
-            *res.status_mut() = StatusCode::OK;
-            Ok::<_, Infallible>(res)
+            if i == 0 {
+                let mut res = Response::new(Full::new(Bytes::from_static(
+                    br#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+                )));
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Ok::<_, Infallible>(res);
+            }
+            hold.notified().await;
+            Ok(json_usage(1_000, 500))
         }
     });
     let retry = RetryLayer::try_from(RetryConfig::new()).unwrap();
     let svc = layer.layer(retry.layer(MeterLayer::new().layer(inner)));
-    let res = svc.clone().oneshot(call()).await.unwrap();
-    read(res).await;
-    assert_eq!(handle.stats().spent, Cost::from_nanos(WORST));
-    // $0.001 left: the next call's worst case ($0.002) does not fit.
-    let err = svc.oneshot(call()).await.unwrap_err();
+
+    let a = tokio::spawn(svc.clone().oneshot(call()));
+    // A's first attempt answered and settled at nothing; its retry waits.
+    for _ in 0..1_000 {
+        if n.load(Ordering::SeqCst) == 1 && handle.stats().settled == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(handle.stats().reserved, Cost::ZERO, "{:?}", handle.stats());
+    let b = tokio::spawn(svc.oneshot(call()));
+    for _ in 0..1_000 {
+        if n.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(n.load(Ordering::SeqCst), 2, "B is in flight");
+    // The backoff passes (time auto-advances while everything waits).
+    let err = a.await.unwrap().unwrap_err();
     assert!(find::<BudgetExceeded>(&err).is_some(), "{err}");
-    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert_eq!(n.load(Ordering::SeqCst), 2, "the retry was never sent");
+    release.notify_one();
+    read(b.await.unwrap().unwrap()).await;
+    let stats = handle.stats();
+    assert_eq!(stats.spent, Cost::from_nanos(WORST), "{stats:?}");
+    assert_eq!(stats.reserved, Cost::ZERO, "{stats:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -912,15 +1011,21 @@ proptest::proptest! {
             let layer = budget(global_usd(limit as f64 / 1e9, Window::Total));
             let handle = layer.handle();
             let mut tasks = Vec::new();
+            let admitted = Arc::new(AtomicUsize::new(0));
             for (prompt, completion, delay) in costs {
+                let admitted = admitted.clone();
                 let svc = layer.layer(MeterLayer::new().layer(service_fn(move |_req: Request<String>| async move {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                     Ok::<_, Infallible>(json_usage(prompt, completion))
                 })));
                 tasks.push(tokio::spawn(async move {
-                    if let Ok(res) = svc.oneshot(call()).await {
-                        tokio::time::sleep(Duration::from_millis(delay % 7)).await;
-                        read(res).await;
+                    match svc.oneshot(call()).await {
+                        Ok(res) => {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(delay % 7)).await;
+                            read(res).await;
+                        }
+                        Err(e) => assert!(find::<BudgetExceeded>(&e).is_some(), "{e}"),
                     }
                 }));
             }
@@ -932,6 +1037,8 @@ proptest::proptest! {
             assert!(spent.as_nanos() <= limit, "{spent} over {limit}");
             assert_eq!(status[0].reserved, Amount::Usd(Cost::ZERO));
             assert_eq!(handle.stats().reserved, Cost::ZERO);
+            // The first reservation always fits: the limit is at least one worst case.
+            assert!(admitted.load(Ordering::SeqCst) >= 1);
         });
     }
 }

@@ -2,10 +2,7 @@
 //! one `MemoryStore` clone stand for two processes over one Redis.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -18,10 +15,7 @@ use llm_tower::{
         Transition,
     },
     config::Valid,
-    store::{
-        Acquire, Balance, Bucket, Cell, MemoryStore, Quota, Reservation, Reserve, Span, Store,
-        StoreError, Take,
-    },
+    store::{MemoryStore, Store},
 };
 use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt};
@@ -34,6 +28,8 @@ const FLAG: &str = "llm-tower:breaker:m:open";
 #[path = "support/breaker.rs"]
 mod breaker_support;
 use breaker_support::{ScriptedProvider as Provider, key, request};
+mod faulty;
+use faulty::{FaultyStore, Mode};
 
 /// Two failures in a row open for 10 s (no jitter); shared, looked at
 /// every second at most.
@@ -248,63 +244,11 @@ async fn sharing_stays_within_one_prefix() {
     );
 }
 
-/// A store that is down: every operation fails.
-#[derive(Clone, Default)]
-struct DownStore {
-    calls: Arc<AtomicUsize>,
-}
-
-impl DownStore {
-    fn down<T>(&self) -> Result<T, StoreError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Err(StoreError::new("connection refused"))
-    }
-}
-
-impl Store for DownStore {
-    async fn take(&self, _: &str, _: u64, _: Quota) -> Result<Take, StoreError> {
-        self.down()
-    }
-    async fn refund(&self, _: &str, _: u64, _: Quota) -> Result<(), StoreError> {
-        self.down()
-    }
-    async fn acquire(
-        &self,
-        _: &[Cell<'_>],
-        _: Option<&str>,
-        _: Duration,
-    ) -> Result<Acquire, StoreError> {
-        self.down()
-    }
-    async fn charge(&self, _: &str, _: u64, _: Quota) -> Result<(), StoreError> {
-        self.down()
-    }
-    async fn hold(&self, _: &str, _: Quota, _: Duration) -> Result<(), StoreError> {
-        self.down()
-    }
-    async fn reserve(&self, _: &[Bucket<'_>], _: Duration) -> Result<Reserve, StoreError> {
-        self.down()
-    }
-    async fn settle(&self, _: &Reservation, _: &[u64]) -> Result<Vec<Balance>, StoreError> {
-        self.down()
-    }
-    async fn balance(&self, _: &str, _: Span) -> Result<Balance, StoreError> {
-        self.down()
-    }
-    async fn set_flag(&self, _: &str, _: Duration) -> Result<(), StoreError> {
-        self.down()
-    }
-    async fn flag(&self, _: &str) -> Result<Option<Duration>, StoreError> {
-        self.down()
-    }
-    async fn clear_flag(&self, _: &str) -> Result<(), StoreError> {
-        self.down()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failing_store_never_fails_a_call_and_the_breaker_works_locally() {
-    let store = DownStore::default();
+    // A store that is down: every operation fails.
+    let store = FaultyStore::new();
+    store.set(Mode::Fail);
     let (a, log) = layer(config(10 * SEC), store.clone());
     let p = Provider::default();
     let mut svc = a.layer(p.service());
@@ -314,7 +258,7 @@ async fn a_failing_store_never_fails_a_call_and_the_breaker_works_locally() {
     assert_eq!(a.handle().store_errors(), 1);
     // Not looked at again within the refresh period.
     assert_eq!(call(&mut svc).await.unwrap(), 200);
-    assert_eq!(store.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(store.ops(), 1);
 
     // Failures trip it locally, although the trip cannot be shared.
     p.set(503);
@@ -344,7 +288,7 @@ async fn a_failing_store_never_fails_a_call_and_the_breaker_works_locally() {
     // Two reads (at 0 s and 1 s), the set of the trip, the clear of the
     // close; none on the open path, none within a period of the close.
     assert_eq!(a.handle().store_errors(), 4);
-    assert_eq!(store.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(store.ops(), 4);
 }
 
 #[test]

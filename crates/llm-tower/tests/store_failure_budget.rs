@@ -369,9 +369,11 @@ async fn a_settlement_on_a_hung_store_gives_up_after_the_timeout() {
     let hanging = store.clone();
     let (res, _) = call_with(&layer, &calls, move || hanging.set(Mode::Hang)).await;
     res.unwrap();
-    // The settlement runs on a task: it gives up after the timeout.
-    tokio::time::sleep(TIMEOUT).await;
-    tokio::task::yield_now().await;
+    // The settlement runs on a task: it gives up after the timeout, not
+    // before (paused time: a millisecond short, it is still waiting).
+    tokio::time::sleep(TIMEOUT - Duration::from_millis(1)).await;
+    assert_eq!(layer.handle().stats().store_errors, 0);
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let stats = layer.handle().stats();
     assert_eq!(stats.store_errors, 1);
     assert_eq!(

@@ -20,11 +20,7 @@ mod redis;
 mod redis_tls;
 use redis as redis_support;
 
-use std::{
-    process::Command,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{process::Command, sync::Arc, time::Duration};
 
 use llm_tower_demo::{
     ApiFormat, Chaos, DemoStore, Endpoint, Side, SideReport, Tuning, Workload, progress_bar,
@@ -36,15 +32,6 @@ use llm_tower_mock::{MockServer, Quota};
 const RPM: u32 = 120;
 /// Calls per stack.
 const CALLS: usize = 66;
-
-/// A prefix of keys no other run uses.
-fn unique_prefix(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("llm-tower-demo-test:{name}:{}:{nanos}", std::process::id())
-}
 
 /// A mock with no faults, fast answers and a quota of [`RPM`] requests a
 /// minute per model.
@@ -126,7 +113,7 @@ async fn two_stacks_sharing_redis_meet_no_429s_and_two_with_memory_stores_do() {
     let Some(server) = redis::server() else {
         return;
     };
-    let store = DemoStore::redis_with_prefix(server.url(), &unique_prefix("two-stacks"))
+    let store = DemoStore::redis_with_prefix(server.url(), &redis::unique_prefix("two-stacks"))
         .await
         .expect("the test's Redis answers");
     assert!(store.is_shared());
@@ -177,7 +164,7 @@ async fn two_demo_processes_sharing_redis_meet_no_429s() {
     };
     let mock = Arc::new(quota_mock().await);
     let base = mock.openai_base_url();
-    let prefix = unique_prefix("two-processes");
+    let prefix = redis::unique_prefix("two-processes");
     let rpm = RPM.to_string();
     let calls = CALLS.to_string();
     let children: Vec<_> = [1, 2]
@@ -306,7 +293,7 @@ fn a_redis_behind_tls_is_reached() {
         Command::new(env!("CARGO_BIN_EXE_llm-tower-demo"))
             .args(["--only", "stack", "--requests", "2", "--json"])
             .args(["--store", server.url(), "--store-prefix"])
-            .arg(unique_prefix("tls"))
+            .arg(redis::unique_prefix("tls"))
             .env("SSL_CERT_FILE", cert_file)
             .env_remove("SSL_CERT_DIR")
             .env_remove("RUST_LOG")

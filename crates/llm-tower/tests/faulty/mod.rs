@@ -16,6 +16,7 @@ use llm_tower::store::{
 };
 
 /// What the store does with the next operations.
+#[allow(dead_code)] // Each test binary uses some of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Mode {

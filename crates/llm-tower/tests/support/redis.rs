@@ -82,6 +82,15 @@ impl Drop for RedisServer {
     }
 }
 
+/// A key prefix no other test, process or run uses.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("test:{test}:{}:{nanos}", std::process::id())
+}
+
 /// A server for one test, or `None` (with a loud message) if there is none
 /// and `LLM_TOWER_REQUIRE_REDIS` is not `1`.
 pub fn server() -> Option<RedisServer> {
