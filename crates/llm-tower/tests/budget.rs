@@ -472,6 +472,26 @@ async fn a_prompt_written_to_the_cache_never_settles_above_its_reservation() {
     assert!(stats.reserved_peak >= stats.spent, "{stats:?}");
 }
 
+/// New prices given to a clone apply to the next call of every clone: the
+/// prices resolved from the old table go with it.
+#[tokio::test(start_paused = true)]
+async fn new_prices_apply_to_the_next_call() {
+    let layer = budget(global_usd(1.0, Window::Total));
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer
+        .clone()
+        .layer(MeterLayer::new().layer(provider(100, 10, calls.clone())));
+    read(svc.clone().oneshot(call()).await.unwrap()).await;
+    assert_eq!(handle.stats().spent, Cost::from_nanos(cost(100, 10)));
+    let _ = layer.prices(PriceTable::empty().with_price("m", ModelPrice::new(2.0, 4.0).unwrap()));
+    read(svc.oneshot(call()).await.unwrap()).await;
+    assert_eq!(
+        handle.stats().spent,
+        Cost::from_nanos(cost(100, 10) + 2 * cost(100, 10))
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn retries_reserve_and_settle_each_attempt() {
     use llm_tower::retry::{RetryConfig, RetryLayer};

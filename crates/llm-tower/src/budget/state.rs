@@ -63,6 +63,21 @@ struct MonthCache {
     end: SystemTime,
 }
 
+/// A price table and the prices resolved from it, by model name.
+struct Prices {
+    table: PriceTable,
+    resolved: DashMap<Arc<str>, Option<ModelPrice>, RandomState>,
+}
+
+impl Prices {
+    fn new(table: PriceTable) -> Self {
+        Prices {
+            table,
+            resolved: DashMap::default(),
+        }
+    }
+}
+
 pub(crate) struct Shared<St> {
     pub(crate) config: BudgetConfig,
     scopes: Box<[CompiledScope]>,
@@ -71,7 +86,10 @@ pub(crate) struct Shared<St> {
     pub(crate) guard: StoreGuard,
     /// The private store of a degraded policy.
     local: Option<MemoryStore>,
-    prices: ArcSwap<PriceTable>,
+    /// The price table, with the prices resolved from it so far: swapped
+    /// together, so that a lookup racing `set_prices` caches the old price
+    /// in the old map only.
+    prices: ArcSwap<Prices>,
     pub(crate) clock: ArcSwap<TokioClock>,
     pub(crate) listener: ArcSwapOption<Listener>,
     pub(crate) has_listener: AtomicBool,
@@ -79,8 +97,6 @@ pub(crate) struct Shared<St> {
     /// The global scope's value.
     star: Arc<str>,
     keys: DashMap<KeyId, Arc<str>, RandomState>,
-    /// Prices resolved from `prices`, by model name.
-    resolved: DashMap<Arc<str>, Option<ModelPrice>, RandomState>,
     month: ArcSwap<MonthCache>,
 }
 
@@ -234,14 +250,13 @@ impl<St: Store> Shared<St> {
             config,
             scopes,
             store,
-            prices: ArcSwap::from_pointee(PriceTable::embedded()),
+            prices: ArcSwap::from_pointee(Prices::new(PriceTable::embedded())),
             clock: ArcSwap::from_pointee(TokioClock::new()),
             listener: ArcSwapOption::empty(),
             has_listener: AtomicBool::new(false),
             stats: Counters::default(),
             star: Arc::from("*"),
             keys: DashMap::default(),
-            resolved: DashMap::default(),
             month: ArcSwap::from_pointee(MonthCache {
                 month: 0,
                 start: SystemTime::UNIX_EPOCH,
@@ -286,21 +301,22 @@ impl<St: Store> Shared<St> {
 
     /// The table's price of `model`, resolved once per model name.
     fn price_of(&self, model: &Arc<str>) -> Option<ModelPrice> {
-        if let Some(price) = self.resolved.get(model) {
+        let prices = self.prices.load();
+        if let Some(price) = prices.resolved.get(model) {
             return *price;
         }
-        let price = self.prices.load().price(model).copied();
-        if self.resolved.len() >= KEY_CACHE {
-            self.resolved.clear();
+        let price = prices.table.price(model).copied();
+        if prices.resolved.len() >= KEY_CACHE {
+            prices.resolved.clear();
         }
-        self.resolved.insert(Arc::clone(model), price);
+        prices.resolved.insert(Arc::clone(model), price);
         price
     }
 
-    /// Replaces the price table.
+    /// Replaces the price table (and with it what was resolved from the
+    /// old one).
     pub(crate) fn set_prices(&self, table: PriceTable) {
-        self.prices.store(Arc::new(table));
-        self.resolved.clear();
+        self.prices.store(Arc::new(Prices::new(table)));
     }
 
     /// The current window of `window` at `wall`: its number (0 for a total
